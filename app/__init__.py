@@ -1,0 +1,1 @@
+"""The experiment service: REST API, SQL store, settings and auth."""

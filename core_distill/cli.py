@@ -1,0 +1,57 @@
+"""Engine commands of the `distill` CLI: `run`, `eval`, `compare` and `toy ...`.
+
+The service commands (`up`, `api`, `worker`, `token`) are added in app/cli.py, so that this
+module imports no web, database or queue code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+engine_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Distill large language models into small ones.")
+
+
+@engine_cli.callback()
+def _root() -> None:
+    """Distill large language models into small ones: run experiments locally or as a service."""
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"expected FIELD=VALUE, got {pair!r}", param_hint="--set")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@engine_cli.command("run")
+def run_command(
+    spec_file: Annotated[Path, typer.Argument(help="YAML spec (see examples/).", exists=True, dir_okay=False)],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: runs/<spec name>).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a field: --set lmbda=1.0 (repeatable).")] = [],  # noqa: B006
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint if there is one.")] = True,
+) -> None:
+    """Run one distillation experiment locally, without the service."""
+    from core_distill.spec import DistillSpec, SpecError
+
+    try:
+        spec = DistillSpec.from_yaml(spec_file).with_overrides(_parse_overrides(set_))
+        spec.preflight()
+    except SpecError as exc:
+        for field, msg in exc.errors.items():
+            typer.secho(f"error: {field}: {msg}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+    from core_distill.reporting import JsonlReporter
+    from core_distill.train import run
+
+    output_dir = output or Path("runs") / spec_file.stem
+    result = run(spec, output_dir=output_dir, reporter=JsonlReporter(output_dir), resume=resume, progress=True)
+    typer.echo(f"finished at step {result.step}; model: {result.model_dir}; metrics: {output_dir / 'metrics.jsonl'}")

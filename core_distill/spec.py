@@ -1,0 +1,339 @@
+"""The one description of a distillation experiment.
+
+`DistillSpec` is used unchanged by the engine (`distill run`), the REST API (request schema),
+the database (stored whole as JSON and re-validated on read), the worker and the UI form
+(generated from the field metadata). Declare a field here and nowhere else.
+
+Conventions (those of the GKD paper, TRL and ms-swift):
+    beta = 0   forward KL(teacher || student)   (mode covering)
+    beta = 1   reverse KL(student || teacher)   (mode seeking)
+    0<beta<1   generalized JSD with mixture M = beta * teacher + (1 - beta) * student
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core_distill.paths import looks_like_local_path, resolve_data_path, resolve_model_path
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; `errors` maps each bad field to what is wrong with it."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {msg}" for field, msg in errors.items()))
+
+
+def _field(default: Any, help: str, group: str, **constraints: Any) -> Any:
+    # `group` orders the UI form; `help` is the tooltip, the CLI help and the OpenAPI description.
+    return Field(default, description=help, json_schema_extra={"group": group}, **constraints)
+
+
+class DistillSpec(BaseModel):
+    """A distillation experiment: models, method knobs, data and training settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # --- models ---------------------------------------------------------------------------------
+    student: str = _field(
+        "toy:student",
+        "Student model: a hub id or a local directory saved with save_pretrained "
+        "('toy:NAME' is the built-in arithmetic task's model, see `distill toy build`).",
+        "models",
+        min_length=1,
+        max_length=1024,
+    )
+    teacher: str = _field(
+        "toy:teacher",
+        "Teacher model (hub id or local directory). Empty means self-distillation: the student "
+        "itself, which needs opsd=dynamic or fixed.",
+        "models",
+        max_length=1024,
+    )
+    teacher_server_url: str = _field(
+        "",
+        "URL of a teacher server (`distill teacher serve`) used instead of loading the teacher; "
+        "needs loss_top_k > 0.",
+        "models",
+        max_length=1024,
+    )
+    trust_remote_code: bool = _field(
+        False, "Allow model repositories to run their own Python code (off unless you trust them).", "models"
+    )
+    dtype: Dtype = _field(
+        "auto",
+        "Compute precision: auto = bfloat16 on GPUs that support it, float32 on CPU.",
+        "models",
+    )
+
+    # --- method ---------------------------------------------------------------------------------
+    objective: Literal["gkd", "minillm"] = _field(
+        "gkd",
+        "gkd: token-level generalized JSD between student and teacher. minillm: the sampled-token "
+        "reverse-KL policy gradient of MiniLLM / on-policy distillation (needs lmbda = 1).",
+        "method",
+    )
+    lmbda: float = _field(
+        0.5,
+        "Share of micro-batches whose completions the student samples itself (on-policy); "
+        "the rest use the dataset's completion (or the teacher's own with seq_kd).",
+        "method",
+        ge=0.0,
+        le=1.0,
+    )
+    beta: float = _field(
+        0.5,
+        "Generalized JSD interpolation: 0 = forward KL(teacher||student), 1 = reverse KL(student||teacher).",
+        "method",
+        ge=0.0,
+        le=1.0,
+    )
+    temperature: float = _field(
+        0.9, "Sampling temperature of on-policy and seq_kd generation.", "method", gt=0.0, le=10.0
+    )
+    kd_temperature: float = _field(
+        1.0,
+        "Temperature applied to student and teacher logits inside the loss (1 = the raw distributions).",
+        "method",
+        gt=0.0,
+        le=10.0,
+    )
+    max_new_tokens: int = _field(
+        128, "Longest completion sampled on-policy, by seq_kd and at evaluation.", "method", ge=1, le=32768
+    )
+    seq_kd: bool = _field(
+        False,
+        "Sequence-level KD: off-policy micro-batches use a completion sampled by the teacher "
+        "instead of the dataset's.",
+        "method",
+    )
+    loss_top_k: int = _field(
+        0,
+        "0 = exact loss over the full vocabulary. K > 0 = the teacher's top K tokens plus one tail "
+        "bucket holding the rest of each distribution's mass.",
+        "method",
+        ge=0,
+        le=1_000_000,
+    )
+    sft_alpha: float = _field(
+        0.0,
+        "Weight of a cross-entropy (SFT) term on completions the student did not sample itself.",
+        "method",
+        ge=0.0,
+        le=100.0,
+    )
+    opsd: Literal["off", "dynamic", "fixed"] = _field(
+        "off",
+        "On-policy self-distillation: the teacher is the student's own network shown the "
+        "'teacher_prompt' column (privileged context). dynamic = current weights, fixed = frozen "
+        "initial weights.",
+        "method",
+    )
+    rkl_advantage: bool = _field(
+        True,
+        "minillm: policy-gradient term with per-token advantage log p_teacher - log p_student.",
+        "minillm",
+    )
+    single_step_decomposition: bool = _field(
+        True, "minillm: add the exact full-vocabulary reverse KL at every sampled position.", "minillm"
+    )
+    gamma: float = _field(
+        0.0,
+        "minillm: discount of the reward-to-go (0 = each token's own log-ratio only).",
+        "minillm",
+        ge=0.0,
+        le=1.0,
+    )
+    length_normalization: bool = _field(
+        True, "minillm: divide the discounted reward-to-go by the sum of its discounts.", "minillm"
+    )
+
+    # --- data -----------------------------------------------------------------------------------
+    train_data: str = _field(
+        "toy:train",
+        "Training data: a JSONL or Parquet file or a saved `datasets` directory with 'messages', "
+        "'prompt'/'completion' or prompt-only rows (optional 'teacher_prompt' column for OPSD).",
+        "data",
+        min_length=1,
+        max_length=1024,
+    )
+    eval_data: str = _field("toy:eval", "Evaluation data, same formats; empty = no evaluation.", "data", max_length=1024)
+    max_prompt_length: int = _field(
+        512, "Prompts longer than this many tokens are cut from the left.", "data", ge=1, le=131072
+    )
+    max_completion_length: int = _field(
+        512, "Dataset completions longer than this many tokens are cut.", "data", ge=1, le=131072
+    )
+    eval_examples: int = _field(64, "How many eval rows to score at each evaluation.", "data", ge=1, le=100000)
+    eval_completions_logged: int = _field(
+        4, "How many sampled eval completions to log, with per-token divergences.", "data", ge=0, le=64
+    )
+
+    # --- training -------------------------------------------------------------------------------
+    learning_rate: float = _field(5e-5, "Peak learning rate of AdamW.", "training", gt=0.0, le=1.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = _field(
+        "linear", "Decay after warm-up.", "training"
+    )
+    warmup_steps: int = _field(0, "Linear warm-up, in optimizer steps.", "training", ge=0, le=1_000_000)
+    weight_decay: float = _field(0.0, "AdamW weight decay.", "training", ge=0.0, le=10.0)
+    max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 = off).", "training", ge=0.0, le=1e6)
+    max_steps: int = _field(100, "Optimizer steps to train.", "training", ge=1, le=10_000_000)
+    batch_size: int = _field(4, "Rows per micro-batch.", "training", ge=1, le=4096)
+    grad_accum: int = _field(1, "Micro-batches per optimizer step.", "training", ge=1, le=1024)
+    seed: int = _field(0, "Seed of data order, the on/off-policy draws and sampling.", "training", ge=0, le=2**31 - 1)
+    loss_chunk_size: int = _field(
+        0,
+        "Completion positions per chunk of hidden states x lm_head (0 = auto: about 8M logits per chunk).",
+        "training",
+        ge=0,
+        le=65536,
+    )
+    lora: bool = _field(False, "Train LoRA adapters (peft) instead of all student weights.", "training")
+    lora_r: int = _field(16, "LoRA rank.", "training", ge=1, le=1024)
+    lora_alpha: int = _field(32, "LoRA alpha.", "training", ge=1, le=4096)
+    lora_dropout: float = _field(0.0, "LoRA dropout.", "training", ge=0.0, lt=1.0)
+    lora_target_modules: str = _field(
+        "all-linear", "Modules that get adapters: 'all-linear' or comma-separated names.", "training", min_length=1
+    )
+    eval_every: int = _field(50, "Evaluate every N optimizer steps (0 = only at the end).", "training", ge=0)
+    save_every: int = _field(
+        50, "Checkpoint every N optimizer steps for resume (0 = only at the end).", "training", ge=0
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> DistillSpec:
+        errors = self.combination_errors()
+        if errors:
+            field, msg = next(iter(errors.items()))
+            raise ValueError(f"{field}: {msg}")
+        return self
+
+    def combination_errors(self) -> dict[str, str]:
+        """Rules that involve several fields (ranges are checked by the field types)."""
+        errors: dict[str, str] = {}
+        for name in ("lmbda", "beta", "temperature", "kd_temperature", "sft_alpha", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                errors[name] = f"must be a finite number, got {getattr(self, name)!r}"
+        if self.teacher_server_url:
+            if not self.teacher_server_url.startswith(("http://", "https://")):
+                errors["teacher_server_url"] = f"must start with http:// or https://, got {self.teacher_server_url!r}"
+            if self.loss_top_k == 0:
+                errors["loss_top_k"] = (
+                    "must be > 0 with a teacher_server_url: a server returns the teacher's top K "
+                    "tokens, not the full vocabulary"
+                )
+            if self.opsd != "off":
+                errors["opsd"] = f"{self.opsd!r} uses the student as teacher; it cannot use a teacher_server_url"
+        if self.opsd == "dynamic" and self.teacher:
+            errors["teacher"] = (
+                f"must be empty with opsd='dynamic' (the teacher is the live student), got {self.teacher!r}"
+            )
+        if self.opsd == "fixed" and self.teacher and self.teacher != self.student:
+            errors["teacher"] = (
+                f"opsd='fixed' uses a frozen copy of the student; leave teacher empty or equal to the "
+                f"student, got {self.teacher!r}"
+            )
+        if self.opsd == "off" and not self.teacher and not self.teacher_server_url:
+            errors["teacher"] = "is empty, which means self-distillation: set opsd to 'dynamic' or 'fixed'"
+        if self.objective == "minillm":
+            if self.lmbda != 1.0:
+                errors["lmbda"] = f"objective='minillm' learns from the student's own samples; set lmbda=1.0, got {self.lmbda}"
+            if not (self.rkl_advantage or self.single_step_decomposition):
+                errors["rkl_advantage"] = (
+                    "objective='minillm' needs rkl_advantage or single_step_decomposition (both are off)"
+                )
+        if self.lora and self.lora_target_modules != "all-linear":
+            names = [n.strip() for n in self.lora_target_modules.split(",")]
+            if not all(n.replace("_", "").replace(".", "").isalnum() for n in names):
+                errors["lora_target_modules"] = f"must be 'all-linear' or comma-separated module names, got {self.lora_target_modules!r}"
+        return errors
+
+    # --- resources (filesystem and model configs), checked before any weights load -------------
+    def preflight(self) -> None:
+        """Check what the spec points at: paths exist, vocabularies match, data has the columns.
+
+        Raises:
+            SpecError: naming every bad field and its bad value.
+        """
+        errors: dict[str, str] = {}
+        for name in ("student", "teacher"):
+            value = getattr(self, name)
+            if value and looks_like_local_path(value) and not resolve_model_path(value).is_dir():
+                errors[name] = f"no model directory at {value!r} (resolved to {resolve_model_path(value)})"
+        for name in ("train_data", "eval_data"):
+            value = getattr(self, name)
+            if value and not resolve_data_path(value).exists():
+                errors[name] = f"no data at {value!r} (resolved to {resolve_data_path(value)})"
+        if "student" not in errors and "teacher" not in errors and self.teacher and self.teacher != self.student:
+            vocab_error = _vocab_mismatch(self.student, self.teacher, self.trust_remote_code)
+            if vocab_error:
+                errors["teacher"] = vocab_error
+        if errors:
+            raise SpecError(errors)
+
+    # --- I/O ------------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, text_or_path: str | Path) -> DistillSpec:
+        """Parse a YAML spec (text or a file path); errors name the field."""
+        path = Path(text_or_path) if not isinstance(text_or_path, str) or "\n" not in text_or_path else None
+        text = path.read_text() if path is not None and path.exists() else str(text_or_path)
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise SpecError({"spec": f"must be a mapping of field: value, got {type(data).__name__}"})
+        return cls.parse(data)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> DistillSpec:
+        """Validate a dict, turning pydantic's errors into a SpecError keyed by field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(validation_errors(exc)) from None
+
+    def to_yaml(self, only_changed: bool = False) -> str:
+        data = self.model_dump(exclude_defaults=only_changed)
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> DistillSpec:
+        return DistillSpec.parse({**self.model_dump(), **overrides})
+
+
+def validation_errors(exc: ValidationError) -> dict[str, str]:
+    """pydantic errors as {field: message with the bad value}."""
+    errors: dict[str, str] = {}
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] and ": " in msg:  # a model-level rule names its own field
+            field, msg = msg.split(": ", 1)
+        elif "input" in err and err["type"] != "missing":
+            msg = f"{msg}, got {json.dumps(err['input'], default=str)[:200]}"
+        errors.setdefault(field, msg)
+    return errors
+
+
+def _vocab_mismatch(student: str, teacher: str, trust_remote_code: bool) -> str | None:
+    from transformers import AutoConfig  # config.json only: no weights are read
+
+    try:
+        s_cfg = AutoConfig.from_pretrained(str(resolve_model_path(student)), trust_remote_code=trust_remote_code)
+        t_cfg = AutoConfig.from_pretrained(str(resolve_model_path(teacher)), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # unreachable hub ids are reported when the models load
+    s_vocab = s_cfg.get_text_config().vocab_size
+    t_vocab = t_cfg.get_text_config().vocab_size
+    if s_vocab != t_vocab:
+        return (
+            f"vocabulary size {t_vocab} differs from the student's {s_vocab}: token-level distillation "
+            f"needs the same tokenizer (got teacher={teacher!r}, student={student!r})"
+        )
+    return None

@@ -24,6 +24,9 @@ class Reporter(Protocol):
     def should_stop(self) -> bool:
         """Polled every step; True makes the run checkpoint and stop cleanly."""
 
+    def resumed(self, step: int) -> None:
+        """The run continues from a checkpoint at `step`: forget anything logged after it."""
+
 
 class NullReporter:
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -35,6 +38,9 @@ class NullReporter:
     def should_stop(self) -> bool:
         return False
 
+    def resumed(self, step: int) -> None:
+        pass
+
 
 class JsonlReporter:
     """Appends metrics to `metrics.jsonl` and samples to `samples.jsonl` in the run folder."""
@@ -45,7 +51,7 @@ class JsonlReporter:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.samples_path = self.output_dir / "samples.jsonl"
 
-    def truncate_after(self, step: int) -> None:
+    def resumed(self, step: int) -> None:
         """Drop lines logged after `step`, so a resumed run does not log a step twice."""
         for path in (self.metrics_path, self.samples_path):
             if path.exists():
@@ -83,3 +89,7 @@ class FanoutReporter:
 
     def should_stop(self) -> bool:
         return any(r.should_stop() for r in self.reporters)
+
+    def resumed(self, step: int) -> None:
+        for r in self.reporters:
+            r.resumed(step)

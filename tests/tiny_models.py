@@ -1,0 +1,132 @@
+"""Tiny models, tokenizer and data built locally, saved with save_pretrained and loaded by path.
+
+Nothing can be downloaded here, so tests build what a hub id would give: a character-level
+tokenizer with a chat template, a Llama-shaped student and a bigger teacher with the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% elif m['role'] == 'system' %}<|system|>{{ m['content'] }}"
+    "{% else %}<|assistant|>{{ m['content'] }}<|eos|>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+
+def build_tokenizer(path: Path | None = None, extra_chars: str = ""):
+    """A character-level PreTrainedTokenizerFast with pad/eos and a chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(string.digits + string.ascii_letters + " +-*=?.,:;()\n" + extra_chars))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|pad|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|eos|>", additional_special_tokens=SPECIAL_TOKENS[2:]
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if path is not None:
+        tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def build_model(path: Path, tokenizer, *, hidden: int = 64, layers: int = 2, seed: int = 0, arch: str = "llama"):
+    """A randomly initialised causal LM saved with save_pretrained (head dimension 32)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 32,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**common))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model
+
+
+def addition_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        question = f"{a}+{b}=?"
+        answer = f"{a}+{b}={a + b}"
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                "teacher_prompt": f"{question} hint {a + b}",
+            }
+        )
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@dataclass
+class TinyWorkspace:
+    root: Path
+    student: Path
+    teacher: Path
+    train_data: Path
+    eval_data: Path
+
+    def spec(self, **overrides: Any):
+        """A spec that trains for a few seconds on CPU."""
+        from core_distill.spec import DistillSpec
+
+        fields: dict[str, Any] = dict(
+            student=str(self.student),
+            teacher=str(self.teacher),
+            train_data=str(self.train_data),
+            eval_data=str(self.eval_data),
+            max_new_tokens=8,
+            max_steps=3,
+            batch_size=2,
+            grad_accum=2,
+            learning_rate=1e-3,
+            eval_every=0,
+            save_every=0,
+            eval_examples=4,
+            eval_completions_logged=2,
+        )
+        fields.update(overrides)
+        return DistillSpec(**fields)
+
+
+def build_workspace(root: Path) -> TinyWorkspace:
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    build_model(root / "student", tokenizer, hidden=64, layers=1, seed=1)
+    build_model(root / "teacher", tokenizer, hidden=64, layers=2, seed=2)
+    train = write_jsonl(root / "train.jsonl", addition_rows(64, seed=0))
+    evals = write_jsonl(root / "eval.jsonl", addition_rows(8, seed=1))
+    return TinyWorkspace(root, root / "student", root / "teacher", train, evals)

@@ -151,6 +151,17 @@ def policy_gradient_loss(student_logp: Tensor, advantages: Tensor, mask: Tensor)
     return -(advantages.detach() * student_logp * mask).sum() / mask.sum().clamp_min(1)
 
 
+def sampled_token_logprobs(hidden: Tensor, head: Head, targets: Tensor, temperature: float = 1.0, chunk_size: int = 0) -> Tensor:
+    """log p(target) per position, chunked, without gradients. hidden (N, H), targets (N,) -> (N,)"""
+    chunk_size = chunk_size or auto_chunk_size(head.weight.shape[0])
+    out = torch.empty(hidden.shape[0], device=hidden.device)
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk_size):
+            logp = log_softmax_fp32(head.logits(hidden[start : start + chunk_size]), temperature)
+            out[start : start + chunk_size] = logp.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1)
+    return out
+
+
 # --- the fused, chunked training loss -----------------------------------------------------------
 @dataclass
 class Head:
@@ -278,6 +289,7 @@ class _FusedDistill(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, head, teacher, targets, token_weights, outputs,
                 beta, temperature, top_k, kd_weight, normalizer, chunk_size):  # fmt: skip
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        want_grad = need_h or need_w or need_b  # False under torch.no_grad (evaluation)
         grad_hidden = torch.zeros_like(hidden) if need_h else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
@@ -290,9 +302,11 @@ class _FusedDistill(torch.autograd.Function):
             t_logp = _teacher_chunk(teacher, start, end, temperature)
             loss_sum, g_logp = _chunk_loss_and_grad(
                 s_logp, t_logp, targets[start:end], token_weights[start:end], outputs, start,
-                beta=beta, top_k=top_k, kd_weight=kd_weight,
+                beta=beta, top_k=top_k, kd_weight=kd_weight, want_grad=want_grad,
             )  # fmt: skip
             total += loss_sum
+            if not want_grad:
+                continue
             # d/dz of log_softmax(z / T): (g - p * sum(g)) / T, then back through softcap/scale.
             g_logits = (g_logp - s_logp.exp() * g_logp.sum(-1, keepdim=True)) / (temperature * normalizer)
             g_logits = head.grad_to_raw(logits, g_logits)
@@ -337,32 +351,35 @@ def _chunk_loss_and_grad(
     beta: float,
     top_k: int,
     kd_weight: float,
-) -> tuple[Tensor, Tensor]:
+    want_grad: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Loss summed over the chunk's tokens and its gradient w.r.t. the student log-probs. (n, V)"""
     end = start + s_logp.shape[0]
-    g_logp = torch.zeros_like(s_logp)
+    g_logp = torch.zeros_like(s_logp) if want_grad else None
     loss_sum = torch.zeros((), device=s_logp.device)
     s_target = s_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     outputs.student_logp[start:end] = s_target
     if t_logp is not None:
         with torch.no_grad():
-            kd, g_kd = _divergence_and_grad(s_logp, t_logp, beta, top_k)
+            kd, g_kd = _divergence_and_grad(s_logp, t_logp, beta, top_k, want_grad)
             outputs.kd[start:end] = kd
             outputs.teacher_logp[start:end] = _teacher_target_logp(t_logp, targets)
             _accumulate_stats(outputs.stat_sums, s_logp, t_logp, top_k)
         if kd_weight:
             loss_sum = loss_sum + kd_weight * kd.sum()
-            g_logp += kd_weight * g_kd
+            if want_grad:
+                g_logp += kd_weight * g_kd
     # sampled-token term: -w_t log p_S(y_t)
     loss_sum = loss_sum - (token_weights * s_target).sum()
-    g_logp.scatter_add_(-1, targets.unsqueeze(-1), -token_weights.unsqueeze(-1))
+    if want_grad:
+        g_logp.scatter_add_(-1, targets.unsqueeze(-1), -token_weights.unsqueeze(-1))
     return loss_sum.detach(), g_logp
 
 
-def _divergence_and_grad(s_logp: Tensor, t_logp: Tensor | SparseTeacher, beta: float, top_k: int):
-    """Per-token divergence (n,) and its gradient w.r.t. the student log-probs (n, V)."""
+def _divergence_and_grad(s_logp: Tensor, t_logp: Tensor | SparseTeacher, beta: float, top_k: int, want_grad: bool = True):
+    """Per-token divergence (n,) and its gradient w.r.t. the student log-probs (n, V) or None."""
     if isinstance(t_logp, Tensor) and top_k == 0:
-        return jsd_per_token(s_logp, t_logp, beta), _jsd_grad(s_logp, t_logp, beta)
+        return jsd_per_token(s_logp, t_logp, beta), (_jsd_grad(s_logp, t_logp, beta) if want_grad else None)
     if isinstance(t_logp, Tensor):
         t_top, ids = t_logp.topk(top_k, dim=-1)
         t_coarse = with_tail(t_top, outside_logmass(t_logp, ids)[0])
@@ -370,6 +387,8 @@ def _divergence_and_grad(s_logp: Tensor, t_logp: Tensor | SparseTeacher, beta: f
         ids, t_coarse = t_logp.ids, with_tail(t_logp.logp, t_logp.tail)
     s_tail, outside = outside_logmass(s_logp, ids)
     s_coarse = with_tail(s_logp.gather(-1, ids), s_tail)  # (n, K+1)
+    if not want_grad:
+        return jsd_per_token(s_coarse, t_coarse, beta), None
     g_coarse = _jsd_grad(s_coarse, t_coarse, beta)
     # d tail / d s_logp[j] = p_S(j) / tail mass for the tokens outside the top K
     g = torch.zeros_like(s_logp).scatter_(-1, ids, g_coarse[:, :-1])

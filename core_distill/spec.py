@@ -76,10 +76,11 @@ class DistillSpec(BaseModel):
     )
 
     # --- method ---------------------------------------------------------------------------------
-    objective: Literal["gkd", "minillm"] = _field(
+    objective: Literal["gkd", "minillm", "sft"] = _field(
         "gkd",
         "gkd: token-level generalized JSD between student and teacher. minillm: the sampled-token "
-        "reverse-KL policy gradient of MiniLLM / on-policy distillation (needs lmbda = 1).",
+        "reverse-KL policy gradient of MiniLLM / on-policy distillation (needs lmbda = 1). sft: plain "
+        "cross-entropy on the dataset's completions (with seq_kd: on the teacher's), the baseline.",
         "method",
     )
     lmbda: float = _field(
@@ -174,6 +175,12 @@ class DistillSpec(BaseModel):
         512, "Dataset completions longer than this many tokens are cut.", "data", ge=1, le=131072
     )
     eval_examples: int = _field(64, "How many eval rows to score at each evaluation.", "data", ge=1, le=100000)
+    eval_metric: Literal["exact_match", "final_answer"] = _field(
+        "exact_match",
+        "Task metric at evaluation: exact_match compares whole completions; final_answer compares the "
+        "text after the last '####' (else after the last '=' of the last line).",
+        "data",
+    )
     eval_completions_logged: int = _field(
         4, "How many sampled eval completions to log, with per-token divergences.", "data", ge=0, le=64
     )
@@ -242,7 +249,8 @@ class DistillSpec(BaseModel):
                 f"opsd='fixed' uses a frozen copy of the student; leave teacher empty or equal to the "
                 f"student, got {self.teacher!r}"
             )
-        if self.opsd == "off" and not self.teacher and not self.teacher_server_url:
+        needs_teacher = self.objective != "sft" or self.seq_kd
+        if self.opsd == "off" and needs_teacher and not self.teacher and not self.teacher_server_url:
             errors["teacher"] = "is empty, which means self-distillation: set opsd to 'dynamic' or 'fixed'"
         if self.objective == "minillm":
             if self.lmbda != 1.0:
@@ -251,6 +259,8 @@ class DistillSpec(BaseModel):
                 errors["rkl_advantage"] = (
                     "objective='minillm' needs rkl_advantage or single_step_decomposition (both are off)"
                 )
+        if self.objective == "sft" and self.lmbda != 0.0:
+            errors["lmbda"] = f"objective='sft' trains on dataset (or seq_kd teacher) completions only; set lmbda=0.0, got {self.lmbda}"
         if self.lora and self.lora_target_modules != "all-linear":
             names = [n.strip() for n in self.lora_target_modules.split(",")]
             if not all(n.replace("_", "").replace(".", "").isalnum() for n in names):

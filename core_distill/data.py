@@ -1,0 +1,225 @@
+"""Training and evaluation data: load rows, turn them into token ids, pack them into batches.
+
+Accepted row formats (TRL's names):
+    {"messages": [..., {"role": "assistant", "content": ...}]}   conversational, with completion
+    {"messages": [..., {"role": "user", ...}]}                    conversational, prompt only
+    {"prompt": str | messages, "completion": str | messages}     prompt/completion
+    {"prompt": str | messages}                                    prompt only
+plus an optional "teacher_prompt" (OPSD): a string that replaces the last user message (or the
+text prompt) in the teacher's view, or a full list of messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core_distill.paths import resolve_data_path
+
+
+class DataError(ValueError):
+    """Bad data; the message names the file, the row and the problem."""
+
+
+@dataclass
+class Example:
+    prompt_ids: list[int]
+    completion_ids: list[int] | None  # None for prompt-only rows
+    teacher_prompt_ids: list[int] | None  # OPSD privileged prompt, None if the row has none
+    completion_text: str | None  # reference answer for exact-match evaluation
+
+
+# --- reading files --------------------------------------------------------------------------------
+def read_rows(name: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL/JSON/Parquet file or a saved `datasets` directory."""
+    path = resolve_data_path(name)
+    if not path.exists():
+        raise DataError(f"no data at {name!r} (resolved to {path})")
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path))
+        if hasattr(dataset, "keys"):  # a DatasetDict: take its train split, else the first
+            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+        return list(dataset)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix in (".jsonl", ".json"):
+        text = path.read_text()
+        if path.suffix == ".json" and text.lstrip().startswith("["):
+            return json.loads(text)
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        return rows
+    raise DataError(f"{path}: unknown data format {path.suffix!r} (use .jsonl, .json, .parquet or a datasets folder)")
+
+
+# --- rows -> token ids ------------------------------------------------------------------------------
+def split_row(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(prompt, completion or None, teacher_prompt or None) in text or message form."""
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError("'messages' must be a non-empty list of {role, content}")
+        if messages[-1].get("role") == "assistant":
+            return messages[:-1], messages[-1:], row.get("teacher_prompt")
+        return messages, None, row.get("teacher_prompt")
+    if "prompt" in row:
+        return row["prompt"], row.get("completion"), row.get("teacher_prompt")
+    raise DataError(f"a row needs 'messages' or 'prompt', got columns {sorted(row)}")
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def encode_prompt(tokenizer, prompt: Any) -> list[int]:
+    if isinstance(prompt, list):
+        return _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def encode_completion(tokenizer, prompt: Any, completion: Any, prompt_ids: list[int]) -> list[int]:
+    """Completion ids as the model would produce them after `prompt_ids`, ending in EOS."""
+    if isinstance(prompt, list) and isinstance(completion, list):
+        full = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
+        if full[: len(prompt_ids)] == prompt_ids:  # templates that re-render the prompt differently fall through
+            return full[len(prompt_ids) :]
+        completion = completion[-1]["content"]
+    text = completion if isinstance(completion, str) else completion[-1]["content"]
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+
+
+def teacher_view(prompt: Any, teacher_prompt: Any) -> Any:
+    """The teacher's prompt for OPSD: the student's with its last user turn replaced."""
+    if isinstance(teacher_prompt, list):
+        return teacher_prompt
+    if isinstance(prompt, list):
+        messages = [dict(m) for m in prompt]
+        last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+        messages[last_user]["content"] = teacher_prompt
+        return messages
+    return teacher_prompt
+
+
+def completion_text(completion: Any) -> str | None:
+    if completion is None:
+        return None
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def encode_rows(
+    rows: list[dict[str, Any]], tokenizer, *, max_prompt_length: int, max_completion_length: int, source: str
+) -> list[Example]:
+    examples = []
+    for number, row in enumerate(rows, 1):
+        try:
+            prompt, completion, teacher_prompt = split_row(row)
+            prompt_ids = encode_prompt(tokenizer, prompt)[-max_prompt_length:]  # keep the prompt's end
+            completion_ids = None
+            if completion is not None:
+                completion_ids = encode_completion(tokenizer, prompt, completion, encode_prompt(tokenizer, prompt))
+                completion_ids = completion_ids[:max_completion_length]
+            teacher_ids = None
+            if teacher_prompt is not None:
+                teacher_ids = encode_prompt(tokenizer, teacher_view(prompt, teacher_prompt))[-max_prompt_length:]
+        except (DataError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{source}, row {number}: {exc}") from None
+        examples.append(Example(prompt_ids, completion_ids, teacher_ids, completion_text(completion)))
+    if not examples:
+        raise DataError(f"{source}: no rows")
+    return examples
+
+
+def check_examples(examples: list[Example], *, needs_completions: bool, needs_teacher_prompt: bool, field: str) -> None:
+    """Refuse data that cannot serve the spec, naming the spec field."""
+    if needs_completions and any(e.completion_ids is None for e in examples):
+        raise DataError(f"{field}: off-policy batches (lmbda < 1 without seq_kd) need completions, but some rows are prompt-only")
+    if needs_teacher_prompt and any(e.teacher_prompt_ids is None for e in examples):
+        raise DataError(f"{field}: opsd needs a 'teacher_prompt' column in every row")
+
+
+# --- the order rows are visited in -------------------------------------------------------------------
+def batch_indices(n_rows: int, start: int, count: int, seed: int) -> list[int]:
+    """Rows `start .. start+count` of an endless stream of seeded per-epoch permutations.
+
+    Pure function of (seed, position): a resumed run visits exactly the rows it would have.
+    """
+    indices = []
+    for position in range(start, start + count):
+        epoch, offset = divmod(position, n_rows)
+        indices.append(int(_permutation(n_rows, seed, epoch)[offset]))
+    return indices
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    key = (n, seed, epoch)
+    if key not in _PERMUTATIONS:
+        _PERMUTATIONS.clear()  # one epoch at a time is all a run needs
+        _PERMUTATIONS[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERMUTATIONS[key]
+
+
+# --- token ids -> tensors ------------------------------------------------------------------------------
+@dataclass
+class SequenceBatch:
+    """Left-padded prompts followed by right-padded completions.
+
+    input_ids, attention_mask, position_ids: (B, P + C); completion_mask: (B, C).
+    Position P - 1 + j predicts completion token j.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    prompt_width: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+    def to(self, device: torch.device) -> SequenceBatch:
+        return SequenceBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.completion_ids, self.completion_mask)),
+            self.prompt_width,
+        )
+
+
+def make_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> SequenceBatch:
+    prompt_width = max(len(p) for p in prompts)
+    completion_width = max(1, max(len(c) for c in completions))
+    b = len(prompts)
+    input_ids = torch.full((b, prompt_width + completion_width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    completion_mask = torch.zeros((b, completion_width), dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        input_ids[i, prompt_width - len(p) : prompt_width] = torch.tensor(p)
+        attention_mask[i, prompt_width - len(p) : prompt_width] = 1
+        if c:
+            input_ids[i, prompt_width : prompt_width + len(c)] = torch.tensor(c)
+            attention_mask[i, prompt_width : prompt_width + len(c)] = 1
+            completion_mask[i, : len(c)] = True
+    # positions count real tokens only, so left padding does not shift them
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    completion_ids = input_ids[:, prompt_width:]
+    return SequenceBatch(input_ids, attention_mask, position_ids, completion_ids, completion_mask, prompt_width)

@@ -1,0 +1,74 @@
+"""Sampling completions for a batch of prompts with the KV cache (Hugging Face `generate`).
+
+All on-policy prompts of an optimizer step go through here together (the generation buffer):
+one batched call per `max_batch` prompts instead of one call per micro-batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core_distill.models import causal_lm
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    """Keep tokens up to and including the first EOS (pad may equal EOS, so cut, don't strip)."""
+    for i, tok in enumerate(tokens):
+        if tok in eos_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+@torch.no_grad()
+def sample_completions(
+    model: nn.Module,
+    prompts: list[list[int]],
+    *,
+    pad_id: int,
+    eos_ids: set[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    max_batch: int = 64,
+) -> list[list[int]]:
+    """Completion ids for each prompt, each ending at its first EOS (or at max_new_tokens)."""
+    lm = causal_lm(model)
+    device = next(lm.parameters()).device
+    completions: list[list[int]] = []
+    for start in range(0, len(prompts), max_batch):
+        ids, mask = left_pad(prompts[start : start + max_batch], pad_id)
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        sequences = lm.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids),
+            use_cache=True,
+            **sampling,
+        )
+        for row in sequences[:, ids.shape[1] :].tolist():
+            completions.append(cut_at_eos(row, eos_ids))
+    return completions
+
+
+def eos_token_ids(model: nn.Module, tokenizer) -> set[int]:
+    """The tokenizer's EOS plus any the generation config lists (Llama 3 has several)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(causal_lm(model).generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids

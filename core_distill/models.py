@@ -1,0 +1,110 @@
+"""Loading students and teachers, and reaching their hidden states and lm_head.
+
+A local path and a hub id go through the same `from_pretrained` call; only the name differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from core_distill.data import SequenceBatch
+from core_distill.losses import Head
+from core_distill.paths import resolve_model_path
+from core_distill.spec import DistillSpec
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def compute_dtype(spec: DistillSpec, device: torch.device) -> torch.dtype:
+    """auto = bfloat16 on GPUs that support it, float32 otherwise."""
+    if spec.dtype != "auto":
+        return _DTYPES[spec.dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(name)), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {name!r} has no eos token; completions could never end")
+    return tokenizer
+
+
+def load_model(name: str, *, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(resolve_model_path(name)), dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    disable_dropout(model)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Distillation compares two distributions; dropout would add noise to one of them."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def add_lora(model: nn.Module, spec: DistillSpec) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if spec.lora_target_modules == "all-linear" else [
+        name.strip() for name in spec.lora_target_modules.split(",")
+    ]  # fmt: skip
+    config = LoraConfig(
+        r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=targets,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(model, config)
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM inside accelerate/DDP and peft wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def head_of(model: nn.Module) -> Head:
+    lm = causal_lm(model)
+    output = lm.get_output_embeddings()
+    config = lm.config.get_text_config()
+    return Head(
+        weight=output.weight,
+        bias=getattr(output, "bias", None),
+        logit_scale=float(getattr(config, "logit_scale", None) or 1.0),  # Cohere
+        softcap=getattr(config, "final_logit_softcapping", None),  # Gemma 2/3
+    )
+
+
+def completion_hidden(model: nn.Module, batch: SequenceBatch) -> Tensor:
+    """Final (normed) hidden states at the positions that predict completion tokens. -> (N, H)
+
+    Calls the model itself (not its decoder) so that DDP/FSDP hooks run; `logits_to_keep=1`
+    keeps the full-vocabulary logits from ever being built.
+    """
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    width = batch.completion_mask.shape[1]
+    hidden = out.hidden_states[-1][:, batch.prompt_width - 1 : batch.prompt_width - 1 + width]  # (B, C, H)
+    return hidden[batch.completion_mask]
+
+
+def vocab_size(model: nn.Module) -> int:
+    return causal_lm(model).get_output_embeddings().weight.shape[0]

@@ -1,0 +1,348 @@
+"""The distillation training loop, readable top to bottom.
+
+    distill run examples/gkd_on_policy.yaml         # the CLI
+    core_distill.train.run(spec, output_dir=...)    # the worker
+
+One optimizer step:
+  1. draw a data source for each of the `grad_accum` micro-batches (seeded by step): the student
+     samples the completion with probability lmbda (on-policy), else the dataset's completion is
+     used, or the teacher's own sample with seq_kd;
+  2. sample every on-policy completion of the step in one batched call (the generation buffer),
+     and every seq_kd completion in another;
+  3. for each micro-batch: teacher hidden states (no grad) and student hidden states at the
+     completion positions, then the fused chunked loss (no (B, L, V) logits are ever built);
+  4. clip, step, log, evaluate, checkpoint; stop cleanly when the reporter asks.
+Losses are normalised by the number of completion tokens in the whole step, so gradient
+accumulation gives the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core_distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from core_distill.data import (
+    DataError,
+    Example,
+    batch_indices,
+    check_examples,
+    encode_rows,
+    make_batch,
+    read_rows,
+)
+from core_distill.evaluation import EvalContext, answer_matcher, evaluate
+from core_distill.generation import eos_token_ids, sample_completions
+from core_distill.losses import STAT_KEYS, fused_distill_loss, reverse_kl_advantages, sampled_token_logprobs
+from core_distill.models import (
+    add_lora,
+    causal_lm,
+    completion_hidden,
+    compute_dtype,
+    head_of,
+    load_model,
+    load_tokenizer,
+)
+from core_distill.reporting import NullReporter, Reporter
+from core_distill.spec import DistillSpec, SpecError
+from core_distill.teachers import build_teacher
+
+STUDENT, TEACHER, DATASET = "student", "teacher", "dataset"
+
+
+@dataclass
+class RunResult:
+    step: int  # last completed optimizer step
+    model_dir: Path | None  # final model (None when stopped early)
+    stopped: bool  # the reporter asked to stop
+    metrics: dict[str, float] = field(default_factory=dict)  # the last step's
+
+
+def run(
+    spec: DistillSpec,
+    *,
+    output_dir: str | Path,
+    reporter: Reporter | None = None,
+    resume: bool = True,
+    progress: bool = False,
+) -> RunResult:
+    """Train `spec.student` toward the teacher; checkpoints and the final model go to output_dir."""
+    from accelerate import Accelerator
+
+    spec.preflight()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "spec.yaml").write_text(spec.to_yaml())
+    reporter = reporter or NullReporter()
+
+    # --- setup: precision, models, data, optimizer --------------------------------------------
+    dtype = compute_dtype(spec, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    # fp32 master weights; bf16/fp16 compute through autocast
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    tokenizer = load_tokenizer(spec.student, spec.trust_remote_code)
+    train_examples, eval_examples = load_examples(spec, tokenizer)
+    student = load_model(spec.student, dtype=dtype if spec.lora else torch.float32, trust_remote_code=spec.trust_remote_code)
+    if spec.lora:
+        student = add_lora(student, spec)
+    student.to(device).train()
+    needs_teacher = spec.objective != "sft" or spec.seq_kd
+    teacher = build_teacher(spec, student, dtype=dtype, device=device) if needs_teacher else None
+    optimizer, scheduler = make_optimizer(spec, student)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    eos_ids = eos_token_ids(student, tokenizer)
+    eval_ctx = EvalContext(
+        student, teacher, tokenizer, eos_ids, beta=spec.beta, temperature=spec.kd_temperature, top_k=spec.loss_top_k,
+        max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, matcher=answer_matcher(spec.eval_metric),
+    )  # fmt: skip
+
+    start = 0
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, accelerator.unwrap_model(student), optimizer, scheduler)
+    reporter.resumed(start)
+
+    # --- the loop ------------------------------------------------------------------------------
+    bar = _progress_bar(progress, start, spec.max_steps)
+    metrics: dict[str, float] = {}
+    stopped = False
+    for step in range(start + 1, spec.max_steps + 1):
+        torch.manual_seed(spec.seed * 1_000_003 + step)  # sampling depends on (seed, step) only
+        t_step = time.perf_counter()
+        rows = batch_indices(len(train_examples), (step - 1) * spec.batch_size * spec.grad_accum,
+                             spec.batch_size * spec.grad_accum, spec.seed)  # fmt: skip
+        micro_batches = [[train_examples[i] for i in rows[k * spec.batch_size : (k + 1) * spec.batch_size]]
+                         for k in range(spec.grad_accum)]  # fmt: skip
+        sources = draw_sources(spec, step)
+
+        t0 = time.perf_counter()
+        completions = fill_completions(spec, micro_batches, sources, student, teacher, tokenizer, eos_ids)
+        time_generate = time.perf_counter() - t0
+
+        n_tokens = sum(len(c) for mb in completions for c in mb)
+        sums = StepSums()
+        for k, (examples, source, comps) in enumerate(zip(micro_batches, sources, completions, strict=True)):
+            with accelerator.no_sync(student) if k < spec.grad_accum - 1 else nullcontext():
+                loss = micro_batch_loss(spec, student, teacher, tokenizer, examples, comps, source, n_tokens, sums)
+                t0 = time.perf_counter()
+                accelerator.backward(loss)
+                sums.time_update += time.perf_counter() - t0
+
+        grad_norm = _clip(accelerator, student, spec.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_seconds = time.perf_counter() - t_step
+        metrics = sums.metrics(n_tokens, completions, sources, eos_ids)
+        metrics.update({
+            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "perf/step_seconds": step_seconds,
+            "perf/tokens_per_sec": n_tokens / step_seconds, "time/generate": time_generate,
+        })  # fmt: skip
+        reporter.log(step, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", kd=f"{metrics['loss/kd']:.4f}")
+
+        if eval_examples and ((spec.eval_every and step % spec.eval_every == 0) or step == spec.max_steps):
+            eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged)
+            reporter.log(step, eval_metrics)
+            reporter.log_samples(step, samples)
+            student.train()
+        stopped = reporter.should_stop()
+        if stopped or step == spec.max_steps or (spec.save_every and step % spec.save_every == 0):
+            save_checkpoint(output_dir, step, accelerator.unwrap_model(student), optimizer, scheduler)
+        if stopped:
+            break
+    bar.close()
+
+    last_step = step if spec.max_steps > start else start
+    if stopped:
+        return RunResult(last_step, None, True, metrics)
+    return RunResult(last_step, save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir), False, metrics)
+
+
+# --- data sources ------------------------------------------------------------------------------------
+def draw_sources(spec: DistillSpec, step: int) -> list[str]:
+    """Per micro-batch: on-policy with probability lmbda. Seeded by (seed, step), so every
+    process of a multi-GPU run and every resumed run draws the same coins."""
+    rng = random.Random(spec.seed * 1_000_003 + step)
+    off_policy = TEACHER if spec.seq_kd else DATASET
+    return [STUDENT if rng.random() < spec.lmbda else off_policy for _ in range(spec.grad_accum)]
+
+
+def fill_completions(spec, micro_batches, sources, student, teacher, tokenizer, eos_ids) -> list[list[list[int]]]:
+    """Completion ids for every row of every micro-batch; generation is batched across the step."""
+    completions: list[list[list[int]] | None] = [
+        [e.completion_ids for e in mb] if src == DATASET else None for mb, src in zip(micro_batches, sources, strict=True)
+    ]
+    for source, model in ((STUDENT, student), (TEACHER, teacher.model if teacher else None)):
+        wanted = [k for k, src in enumerate(sources) if src == source]
+        if not wanted:
+            continue
+        # seq_kd: the teacher samples from its own view of the prompt (OPSD: the privileged one)
+        use_teacher_view = source == TEACHER and spec.opsd != "off"
+        prompts = [(e.teacher_prompt_ids if use_teacher_view else e.prompt_ids) for k in wanted for e in micro_batches[k]]
+        sampled = sample_completions(
+            model, prompts, pad_id=tokenizer.pad_token_id, eos_ids=eos_ids, max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+        )  # fmt: skip
+        for i, k in enumerate(wanted):
+            completions[k] = sampled[i * spec.batch_size : (i + 1) * spec.batch_size]
+    return completions  # type: ignore[return-value]
+
+
+# --- the loss of one micro-batch ---------------------------------------------------------------------
+@dataclass
+class StepSums:
+    """Sums over the micro-batches of one optimizer step, turned into per-token means at the end."""
+
+    loss: float = 0.0
+    kd: float = 0.0
+    sft: float = 0.0
+    sft_tokens: int = 0
+    pg: float = 0.0
+    stats: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAT_KEYS, 0.0))
+    time_teacher: float = 0.0
+    time_update: float = 0.0
+
+    def metrics(self, n_tokens: int, completions, sources, eos_ids) -> dict[str, float]:
+        n = max(n_tokens, 1)
+        lengths = [len(c) for mb in completions for c in mb]
+        ended = [bool(c) and c[-1] in eos_ids for mb in completions for c in mb]
+        out = {
+            "loss": self.loss,
+            "loss/kd": self.kd / n,
+            "loss/sft": self.sft / max(self.sft_tokens, 1),
+            "div/fkl": self.stats["fkl"] / n,
+            "div/rkl": self.stats["rkl"] / n,
+            "div/jsd": self.stats["jsd"] / n,
+            "entropy/student": self.stats["entropy_student"] / n,
+            "entropy/teacher": self.stats["entropy_teacher"] / n,
+            "topk/coverage": self.stats["coverage"] / n,
+            "data/on_policy": sources.count(STUDENT) / len(sources),
+            "completion/length_mean": sum(lengths) / max(len(lengths), 1),
+            "completion/eos_rate": sum(ended) / max(len(ended), 1),
+            "time/teacher": self.time_teacher,
+            "time/update": self.time_update,
+        }
+        if self.pg:
+            out["loss/pg"] = self.pg / n
+        return out
+
+
+def micro_batch_loss(spec, student, teacher, tokenizer, examples: list[Example], completions, source, n_tokens, sums) -> torch.Tensor:
+    """Loss of one micro-batch, already divided by the step's token count; updates `sums`."""
+    pad = tokenizer.pad_token_id
+    device = next(student.parameters()).device
+    batch = make_batch([e.prompt_ids for e in examples], completions, pad).to(device)
+    targets = batch.completion_ids[batch.completion_mask]  # (N,)
+
+    t0 = time.perf_counter()
+    teacher_targets = None
+    if teacher is not None and spec.objective != "sft":
+        teacher_prompts = [e.teacher_prompt_ids for e in examples] if spec.opsd != "off" else [e.prompt_ids for e in examples]
+        teacher_targets = teacher.score(make_batch(teacher_prompts, completions, pad).to(device))
+    sums.time_teacher += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    hidden = completion_hidden(student, batch)  # (N, H)
+    head = head_of(student)
+    kd_weight, beta = 1.0, spec.beta
+    token_weights = torch.zeros(targets.shape[0], device=device)
+    if spec.objective == "sft":
+        kd_weight = 0.0
+        token_weights += 1.0
+    elif source != STUDENT and spec.sft_alpha:
+        token_weights += spec.sft_alpha  # SFT only on completions the student did not sample
+    if spec.objective == "minillm":
+        kd_weight, beta = (1.0 if spec.single_step_decomposition else 0.0), 1.0  # single step = exact reverse KL
+        if spec.rkl_advantage:
+            advantages = _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch)
+            token_weights += advantages
+            sums.pg += -(advantages * sampled_token_logprobs(hidden.detach(), head, targets, spec.kd_temperature)).sum().item()
+    terms = fused_distill_loss(
+        hidden, head, teacher_targets, targets, beta=beta, temperature=spec.kd_temperature, top_k=spec.loss_top_k,
+        kd_weight=kd_weight, token_weights=token_weights, normalizer=max(n_tokens, 1), chunk_size=spec.loss_chunk_size,
+    )  # fmt: skip
+    sums.time_update += time.perf_counter() - t0
+
+    sums.loss += terms.loss.item()
+    sums.kd += terms.kd_per_token.sum().item()
+    for key in STAT_KEYS:
+        sums.stats[key] += terms.stat_sums[key]
+    if spec.objective == "sft" or (source != STUDENT and spec.sft_alpha):
+        sums.sft += -terms.student_logp.sum().item()
+        sums.sft_tokens += targets.shape[0]
+    return terms.loss
+
+
+def _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch) -> torch.Tensor:
+    """Per-token advantages (N,) of the sampled-token reverse-KL policy gradient, detached."""
+    student_logp = sampled_token_logprobs(hidden.detach(), head, targets, spec.kd_temperature)
+    teacher_logp = sampled_token_logprobs(teacher_targets.hidden, teacher_targets.head, targets, spec.kd_temperature)
+    mask = batch.completion_mask
+    as_grid = lambda values: torch.zeros(mask.shape, device=values.device).masked_scatter(mask, values)  # noqa: E731
+    advantages = reverse_kl_advantages(as_grid(teacher_logp), as_grid(student_logp), mask, spec.gamma, spec.length_normalization)
+    return advantages[mask]
+
+
+# --- setup helpers ----------------------------------------------------------------------------------
+def load_examples(spec: DistillSpec, tokenizer) -> tuple[list[Example], list[Example]]:
+    lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length)
+    try:
+        train = encode_rows(read_rows(spec.train_data), tokenizer, source=spec.train_data, **lengths)
+        check_examples(
+            train, field="train_data", needs_completions=spec.lmbda < 1.0 and not spec.seq_kd,
+            needs_teacher_prompt=spec.opsd != "off",
+        )  # fmt: skip
+        evals = []
+        if spec.eval_data:
+            evals = encode_rows(read_rows(spec.eval_data)[: spec.eval_examples], tokenizer, source=spec.eval_data, **lengths)
+    except DataError as exc:
+        field_name = str(exc).split(":", 1)[0]
+        known = field_name if field_name in ("train_data", "eval_data") else "train_data"
+        raise SpecError({known: str(exc)}) from None
+    return train, evals
+
+
+def make_optimizer(spec: DistillSpec, model: nn.Module):
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(
+        spec.lr_schedule, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=spec.max_steps
+    )
+    return optimizer, scheduler
+
+
+def save_final_model(student: nn.Module, tokenizer, output_dir: Path) -> Path:
+    """A plain `from_pretrained`-loadable model (LoRA adapters merged into the weights)."""
+    final = output_dir / "final"
+    model = student
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    causal_lm(model).save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return final
+
+
+def _clip(accelerator, model: nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(accelerator.clip_grad_norm_(params, max_norm))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc="distill", unit="step", dynamic_ncols=True)
+

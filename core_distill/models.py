@@ -66,10 +66,16 @@ def add_lora(model: nn.Module, spec: DistillSpec) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers CausalLM inside accelerate/DDP and peft wrappers."""
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module inside DDP/compile wrappers (a peft model stays a peft model)."""
     while hasattr(model, "module"):
         model = model.module
+    return model
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM inside accelerate/DDP and peft wrappers."""
+    model = unwrap_parallel(model)
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model

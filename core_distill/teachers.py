@@ -16,7 +16,7 @@ from torch import nn
 
 from core_distill.data import SequenceBatch
 from core_distill.losses import DenseTeacher, SparseTeacher
-from core_distill.models import causal_lm, completion_hidden, head_of, load_model
+from core_distill.models import causal_lm, completion_hidden, head_of, load_model, unwrap_parallel
 
 
 class Teacher(Protocol):
@@ -41,7 +41,7 @@ class LocalTeacher:
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch) -> DenseTeacher:
-        context = causal_lm(self._model).disable_adapter() if self._adapter_off else nullcontext()
+        context = unwrap_parallel(self._model).disable_adapter() if self._adapter_off else nullcontext()
         with context:
             hidden = completion_hidden(self._model, batch)
         head = head_of(self._model)

@@ -1,0 +1,77 @@
+"""Bad specs are refused before anything loads, naming the field and the bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from core_distill.spec import DistillSpec, SpecError
+from tests.tiny_models import build_model, build_tokenizer
+
+
+def refused(fields: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as exc:
+        DistillSpec.parse(fields)
+    return exc.value.errors
+
+
+@pytest.mark.parametrize(
+    "fields, field, fragment",
+    [
+        ({"lmbda": 1.5}, "lmbda", "1.5"),
+        ({"beta": -0.1}, "beta", "-0.1"),
+        ({"temperature": 0}, "temperature", "greater than 0"),
+        ({"kd_temperature": float("nan")}, "kd_temperature", "NaN"),
+        ({"loss_top_k": -1}, "loss_top_k", "-1"),
+        ({"max_steps": 0}, "max_steps", "0"),
+        ({"opsd": "sometimes"}, "opsd", "sometimes"),
+        ({"objective": "minillm", "lmbda": 0.5}, "lmbda", "0.5"),
+        ({"objective": "sft", "lmbda": 0.5}, "lmbda", "sft"),
+        ({"teacher_server_url": "http://h:1", "loss_top_k": 0}, "loss_top_k", "teacher_server_url"),
+        ({"teacher_server_url": "ftp://h"}, "teacher_server_url", "ftp://h"),
+        ({"opsd": "dynamic"}, "teacher", "toy:teacher"),
+        ({"opsd": "off", "teacher": ""}, "teacher", "self-distillation"),
+        ({"learning_rate": "fast"}, "learning_rate", "fast"),
+        ({"lmbda_typo": 1}, "lmbda_typo", "Extra inputs"),
+        ({"student": "x" * 2000}, "student", "1024"),
+    ],
+)
+def test_bad_fields_are_named_with_their_value(fields, field, fragment):
+    errors = refused(fields)
+    assert field in errors, errors
+    assert fragment in errors[field]
+
+
+def test_every_field_has_a_default_a_help_string_and_a_group():
+    schema = DistillSpec.model_json_schema()
+    for name, prop in schema["properties"].items():
+        assert "default" in prop, name
+        assert prop.get("description"), name
+        assert prop.get("group") in {"models", "method", "minillm", "data", "training"}, name
+    DistillSpec()  # the defaults are a valid spec (the toy example)
+
+
+def test_preflight_refuses_missing_paths_and_different_vocabularies(tmp_path):
+    build_model(tmp_path / "student", build_tokenizer(), hidden=32, layers=1)
+    build_model(tmp_path / "teacher", build_tokenizer(extra_chars="[]{}<>"), hidden=32, layers=1)
+    (tmp_path / "train.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    spec = DistillSpec(student=str(tmp_path / "student"), teacher=str(tmp_path / "missing"),
+                       train_data=str(tmp_path / "train.jsonl"), eval_data=str(tmp_path / "nope.jsonl"))  # fmt: skip
+    with pytest.raises(SpecError) as exc:
+        spec.preflight()
+    assert "missing" in exc.value.errors["teacher"] and "nope.jsonl" in exc.value.errors["eval_data"]
+    with pytest.raises(SpecError) as exc:
+        spec.with_overrides({"teacher": str(tmp_path / "teacher"), "eval_data": ""}).preflight()
+    assert "vocabulary size 86 differs from the student's 80" in exc.value.errors["teacher"]
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    spec = DistillSpec(lmbda=1.0, beta=0.0, seq_kd=True)
+    path = tmp_path / "spec.yaml"
+    path.write_text("# a comment\n" + spec.to_yaml(only_changed=True))
+    loaded = DistillSpec.from_yaml(path)
+    assert loaded == spec
+    assert loaded.with_overrides({"beta": 1.0}).beta == 1.0
+    with pytest.raises(SpecError, match="beta"):
+        loaded.with_overrides({"beta": 2})
+    with pytest.raises(SpecError, match="mapping"):
+        DistillSpec.from_yaml("- a\n- b\n")

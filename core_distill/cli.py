@@ -55,3 +55,13 @@ def run_command(
     output_dir = output or Path("runs") / spec_file.stem
     result = run(spec, output_dir=output_dir, reporter=JsonlReporter(output_dir), resume=resume, progress=True)
     typer.echo(f"finished at step {result.step}; model: {result.model_dir}; metrics: {output_dir / 'metrics.jsonl'}")
+
+
+@engine_cli.command("spec")
+def spec_command(
+    markdown: Annotated[bool, typer.Option("--markdown", help="The field reference as Markdown (docs/spec.md).")] = False,
+) -> None:
+    """Print a spec with every field at its default and its help text, ready to edit."""
+    from core_distill.spec import spec_reference_markdown, spec_template_yaml
+
+    typer.echo(spec_reference_markdown() if markdown else spec_template_yaml(), nl=False)

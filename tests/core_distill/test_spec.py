@@ -75,3 +75,12 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         loaded.with_overrides({"beta": 2})
     with pytest.raises(SpecError, match="mapping"):
         DistillSpec.from_yaml("- a\n- b\n")
+
+
+def test_docs_spec_reference_is_generated_from_the_class():
+    from pathlib import Path
+
+    from core_distill.spec import spec_reference_markdown
+
+    doc = Path(__file__).parents[2] / "docs" / "spec.md"
+    assert doc.read_text() == spec_reference_markdown() + "\n", "run: distill spec --markdown > docs/spec.md"

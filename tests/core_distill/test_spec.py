@@ -83,4 +83,4 @@ def test_docs_spec_reference_is_generated_from_the_class():
     from core_distill.spec import spec_reference_markdown
 
     doc = Path(__file__).parents[2] / "docs" / "spec.md"
-    assert doc.read_text() == spec_reference_markdown() + "\n", "run: distill spec --markdown > docs/spec.md"
+    assert doc.read_text().rstrip() == spec_reference_markdown().rstrip(), "run: distill spec --markdown > docs/spec.md"

@@ -68,7 +68,7 @@ def evaluate(ctx: EvalContext, examples: list[Example], n_samples: int = 4) -> t
     with_reference = [e for e in examples if e.completion_ids]
     if ctx.teacher is not None and with_reference:
         stats, _ = _score(ctx, [e.prompt_ids for e in with_reference], [e.completion_ids for e in with_reference],
-                          [e.teacher_prompt_ids or e.prompt_ids for e in with_reference])  # fmt: skip
+                          [e.teacher_prompt_ids or e.prompt_ids for e in with_reference], cacheable=True)  # fmt: skip
         metrics.update({f"eval/{k}": v for k, v in stats.items()})
     predictions = sample_completions(
         ctx.student, [e.prompt_ids for e in examples], pad_id=ctx.tokenizer.pad_token_id, eos_ids=ctx.eos_ids,
@@ -105,7 +105,7 @@ def _samples(ctx: EvalContext, examples: list[Example], predictions: list[list[i
 
 
 @torch.no_grad()
-def _score(ctx: EvalContext, prompts, completions, teacher_prompts) -> tuple[dict[str, float], list[list[float]]]:
+def _score(ctx: EvalContext, prompts, completions, teacher_prompts, cacheable: bool = False) -> tuple[dict[str, float], list[list[float]]]:
     """Mean divergence stats over all completion tokens and the per-token divergence of each row."""
     sums = dict.fromkeys(("loss", *STAT_KEYS), 0.0)
     n_total, per_row = 0, []
@@ -118,7 +118,7 @@ def _score(ctx: EvalContext, prompts, completions, teacher_prompts) -> tuple[dic
         head = head_of(ctx.student)
         terms = fused_distill_loss(
             completion_hidden(ctx.student, batch).detach(), Head(head.weight.detach(), head.bias, head.logit_scale, head.softcap),
-            ctx.teacher.score(teacher_batch), batch.completion_ids[batch.completion_mask],
+            ctx.teacher.score(teacher_batch, cacheable=cacheable), batch.completion_ids[batch.completion_mask],
             beta=ctx.beta, temperature=ctx.temperature, top_k=ctx.top_k,
         )  # fmt: skip
         n = batch.n_tokens

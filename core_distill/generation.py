@@ -6,6 +6,8 @@ one batched call per `max_batch` prompts instead of one call per micro-batch.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -72,3 +74,30 @@ def eos_token_ids(model: nn.Module, tokenizer) -> set[int]:
     elif configured:
         ids.update(configured)
     return ids
+
+
+class Sampler(Protocol):
+    def sync(self) -> None:
+        """Bring the sampler's weights up to date with the trained student (before each round)."""
+
+    def sample(self, prompts: list[list[int]], **kwargs) -> list[list[int]]:
+        """Completion ids per prompt; keyword arguments as in `sample_completions`."""
+
+
+class HFSampler:
+    """The default backend: the training model itself through `generate` (weights always current)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def sync(self) -> None:
+        pass
+
+    def sample(self, prompts: list[list[int]], **kwargs) -> list[list[int]]:
+        return sample_completions(self.model, prompts, **kwargs)
+
+
+def make_student_sampler(spec, student: nn.Module) -> Sampler:
+    if spec.generation_backend == "vllm":
+        raise NotImplementedError("generation_backend: 'vllm' is not available in this version")
+    return HFSampler(student)

@@ -202,12 +202,14 @@ class DenseTeacher:
 class SparseTeacher:
     """Teacher top-K ids and log-probs with the log tail mass, e.g. from a teacher server.
 
-    Log-probs must already be at the loss temperature. Shapes: ids (N, K), logp (N, K), tail (N,).
+    Log-probs must already be at the loss temperature. Shapes: ids (N, K), logp (N, K), tail (N,),
+    target_logp (N,): the log-prob of each position's actual completion token (MiniLLM needs it).
     """
 
     ids: Tensor
     logp: Tensor
     tail: Tensor | None = None
+    target_logp: Tensor | None = None
 
 
 @dataclass
@@ -337,7 +339,8 @@ def _teacher_chunk(teacher: DenseTeacher | SparseTeacher | None, start: int, end
     if isinstance(teacher, DenseTeacher):
         return teacher.logp(start, end, temperature)
     tail = None if teacher.tail is None else teacher.tail[start:end].float()
-    return SparseTeacher(teacher.ids[start:end], teacher.logp[start:end].float(), tail)
+    target = None if teacher.target_logp is None else teacher.target_logp[start:end].float()
+    return SparseTeacher(teacher.ids[start:end], teacher.logp[start:end].float(), tail, target)
 
 
 def _chunk_loss_and_grad(
@@ -410,6 +413,8 @@ def _jsd_grad(s_logp: Tensor, t_logp: Tensor, beta: float) -> Tensor:
 def _teacher_target_logp(t_logp: Tensor | SparseTeacher, targets: Tensor) -> Tensor:
     if isinstance(t_logp, Tensor):
         return t_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if t_logp.target_logp is not None:
+        return t_logp.target_logp
     hit = t_logp.ids == targets.unsqueeze(-1)  # a target outside the top K gets the tail's log mass
     tail = tail_logmass(t_logp.logp) if t_logp.tail is None else t_logp.tail
     return torch.where(hit.any(-1), (t_logp.logp * hit).sum(-1), tail)

@@ -69,6 +69,18 @@ class DistillSpec(BaseModel):
     trust_remote_code: bool = _field(
         False, "Allow model repositories to run their own Python code (off unless you trust them).", "models"
     )
+    generation_backend: Literal["hf", "vllm"] = _field(
+        "hf",
+        "How the student samples on-policy completions: hf = transformers generate with the KV cache; "
+        "vllm = an in-process vLLM engine synced with the student's weights before each round.",
+        "models",
+    )
+    teacher_cache: bool = _field(
+        False,
+        "Cache the teacher's top-K log-probs of dataset completions on disk, shared by runs on this "
+        "machine, so sweeps do not recompute them (needs loss_top_k > 0).",
+        "models",
+    )
     dtype: Dtype = _field(
         "auto",
         "Compute precision: auto = bfloat16 on GPUs that support it, float32 on CPU.",
@@ -259,6 +271,8 @@ class DistillSpec(BaseModel):
                 errors["rkl_advantage"] = (
                     "objective='minillm' needs rkl_advantage or single_step_decomposition (both are off)"
                 )
+        if self.teacher_cache and self.loss_top_k == 0:
+            errors["teacher_cache"] = "caches the teacher's top K log-probs; set loss_top_k > 0"
         if self.objective == "sft" and self.lmbda != 0.0:
             errors["lmbda"] = f"objective='sft' trains on dataset (or seq_kd teacher) completions only; set lmbda=0.0, got {self.lmbda}"
         if self.lora and self.lora_target_modules != "all-linear":

@@ -20,8 +20,12 @@ from core_distill.models import causal_lm, completion_hidden, head_of, load_mode
 
 
 class Teacher(Protocol):
-    def score(self, batch: SequenceBatch) -> DenseTeacher | SparseTeacher:
-        """Targets for the completion tokens of `batch` (in the teacher's frame)."""
+    def score(self, batch: SequenceBatch, *, cacheable: bool = False) -> DenseTeacher | SparseTeacher:
+        """Targets for the completion tokens of `batch` (in the teacher's frame).
+
+        `cacheable` marks batches whose completions come from the dataset (not sampled this step),
+        which a teacher may answer from its log-prob cache.
+        """
 
     @property
     def model(self) -> nn.Module:
@@ -40,7 +44,7 @@ class LocalTeacher:
         return self._model
 
     @torch.no_grad()
-    def score(self, batch: SequenceBatch) -> DenseTeacher:
+    def score(self, batch: SequenceBatch, *, cacheable: bool = False) -> DenseTeacher:
         context = unwrap_parallel(self._model).disable_adapter() if self._adapter_off else nullcontext()
         with context:
             hidden = completion_hidden(self._model, batch)

@@ -38,8 +38,14 @@ from core_distill.data import (
     read_rows,
 )
 from core_distill.evaluation import EvalContext, answer_matcher, evaluate
-from core_distill.generation import eos_token_ids, sample_completions
-from core_distill.losses import STAT_KEYS, fused_distill_loss, reverse_kl_advantages, sampled_token_logprobs
+from core_distill.generation import HFSampler, eos_token_ids, make_student_sampler
+from core_distill.losses import (
+    STAT_KEYS,
+    SparseTeacher,
+    fused_distill_loss,
+    reverse_kl_advantages,
+    sampled_token_logprobs,
+)
 from core_distill.models import (
     add_lora,
     causal_lm,
@@ -98,6 +104,7 @@ def run(
     optimizer, scheduler = make_optimizer(spec, student)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     eos_ids = eos_token_ids(student, tokenizer)
+    student_sampler = make_student_sampler(spec, student)
     eval_ctx = EvalContext(
         student, teacher, tokenizer, eos_ids, beta=spec.beta, temperature=spec.kd_temperature, top_k=spec.loss_top_k,
         max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, matcher=answer_matcher(spec.eval_metric),
@@ -123,7 +130,7 @@ def run(
         sources = draw_sources(spec, step)
 
         t0 = time.perf_counter()
-        completions = fill_completions(spec, micro_batches, sources, student, teacher, tokenizer, eos_ids)
+        completions = fill_completions(spec, micro_batches, sources, student_sampler, teacher, tokenizer, eos_ids)
         time_generate = time.perf_counter() - t0
 
         n_tokens = sum(len(c) for mb in completions for c in mb)
@@ -177,20 +184,22 @@ def draw_sources(spec: DistillSpec, step: int) -> list[str]:
     return [STUDENT if rng.random() < spec.lmbda else off_policy for _ in range(spec.grad_accum)]
 
 
-def fill_completions(spec, micro_batches, sources, student, teacher, tokenizer, eos_ids) -> list[list[list[int]]]:
+def fill_completions(spec, micro_batches, sources, student_sampler, teacher, tokenizer, eos_ids) -> list[list[list[int]]]:
     """Completion ids for every row of every micro-batch; generation is batched across the step."""
     completions: list[list[list[int]] | None] = [
         [e.completion_ids for e in mb] if src == DATASET else None for mb, src in zip(micro_batches, sources, strict=True)
     ]
-    for source, model in ((STUDENT, student), (TEACHER, teacher.model if teacher else None)):
+    samplers = {STUDENT: student_sampler, TEACHER: HFSampler(teacher.model) if teacher else None}
+    for source, sampler in samplers.items():
         wanted = [k for k, src in enumerate(sources) if src == source]
         if not wanted:
             continue
+        sampler.sync()
         # seq_kd: the teacher samples from its own view of the prompt (OPSD: the privileged one)
         use_teacher_view = source == TEACHER and spec.opsd != "off"
         prompts = [(e.teacher_prompt_ids if use_teacher_view else e.prompt_ids) for k in wanted for e in micro_batches[k]]
-        sampled = sample_completions(
-            model, prompts, pad_id=tokenizer.pad_token_id, eos_ids=eos_ids, max_new_tokens=spec.max_new_tokens,
+        sampled = sampler.sample(
+            prompts, pad_id=tokenizer.pad_token_id, eos_ids=eos_ids, max_new_tokens=spec.max_new_tokens,
             temperature=spec.temperature,
         )  # fmt: skip
         for i, k in enumerate(wanted):
@@ -248,7 +257,8 @@ def micro_batch_loss(spec, student, teacher, tokenizer, examples: list[Example],
     teacher_targets = None
     if teacher is not None and spec.objective != "sft":
         teacher_prompts = [e.teacher_prompt_ids for e in examples] if spec.opsd != "off" else [e.prompt_ids for e in examples]
-        teacher_targets = teacher.score(make_batch(teacher_prompts, completions, pad).to(device))
+        teacher_batch = make_batch(teacher_prompts, completions, pad).to(device)
+        teacher_targets = teacher.score(teacher_batch, cacheable=source == DATASET)
     sums.time_teacher += time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -286,7 +296,12 @@ def micro_batch_loss(spec, student, teacher, tokenizer, examples: list[Example],
 def _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch) -> torch.Tensor:
     """Per-token advantages (N,) of the sampled-token reverse-KL policy gradient, detached."""
     student_logp = sampled_token_logprobs(hidden.detach(), head, targets, spec.kd_temperature)
-    teacher_logp = sampled_token_logprobs(teacher_targets.hidden, teacher_targets.head, targets, spec.kd_temperature)
+    if isinstance(teacher_targets, SparseTeacher):
+        if teacher_targets.target_logp is None:
+            raise ValueError("objective='minillm' needs the teacher's log-prob of each sampled token")
+        teacher_logp = teacher_targets.target_logp.float()
+    else:
+        teacher_logp = sampled_token_logprobs(teacher_targets.hidden, teacher_targets.head, targets, spec.kd_temperature)
     mask = batch.completion_mask
     as_grid = lambda values: torch.zeros(mask.shape, device=values.device).masked_scatter(mask, values)  # noqa: E731
     advantages = reverse_kl_advantages(as_grid(teacher_logp), as_grid(student_logp), mask, spec.gamma, spec.length_normalization)

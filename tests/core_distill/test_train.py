@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core_distill.data import encode_rows, make_batch, read_rows
-from core_distill.generation import eos_token_ids, sample_completions
+from core_distill.generation import HFSampler, eos_token_ids, sample_completions
 from core_distill.models import load_model, load_tokenizer
 from core_distill.reporting import JsonlReporter, NullReporter
 from core_distill.teachers import build_teacher
@@ -48,7 +48,7 @@ def test_seq_kd_completions_are_sampled_by_the_teacher(tiny_workspace):
     eos = eos_token_ids(student, tokenizer)
     mb = [examples[:2]]
     torch.manual_seed(5)
-    got = fill_completions(spec, mb, [TEACHER], student, teacher, tokenizer, eos)[0]
+    got = fill_completions(spec, mb, [TEACHER], HFSampler(student), teacher, tokenizer, eos)[0]
     torch.manual_seed(5)
     by_teacher = sample_completions(teacher.model, [e.prompt_ids for e in mb[0]], pad_id=tokenizer.pad_token_id,
                                     eos_ids=eos, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature)  # fmt: skip

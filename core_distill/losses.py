@@ -193,9 +193,12 @@ class DenseTeacher:
     hidden: Tensor
     head: Head
 
-    def logp(self, start: int, end: int, temperature: float) -> Tensor:
+    def logits(self, start: int, end: int) -> Tensor:
         with torch.no_grad():
-            return log_softmax_fp32(self.head.logits(self.hidden[start:end]), temperature)
+            return self.head.logits(self.hidden[start:end])
+
+    def logp(self, start: int, end: int, temperature: float) -> Tensor:
+        return log_softmax_fp32(self.logits(start, end), temperature)
 
 
 @dataclass
@@ -300,6 +303,15 @@ class _FusedDistill(torch.autograd.Function):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end]
             logits = head.logits(h)  # (n, V) fp32
+            if isinstance(teacher, DenseTeacher) and top_k == 0:  # the hot path: one fused kernel
+                loss_sum, g_logits = _dense_chunk(logits, teacher.logits(start, end), targets[start:end],
+                                                  token_weights[start:end], outputs, start, beta=beta,
+                                                  temperature=temperature, kd_weight=kd_weight, want_grad=want_grad)  # fmt: skip
+                total += loss_sum
+                if want_grad:
+                    g_logits = head.grad_to_raw(logits, g_logits.div_(normalizer))
+                    _accumulate_grads(g_logits, h, weight, start, end, grad_hidden, grad_weight, grad_bias)
+                continue
             s_logp = F.log_softmax(logits / temperature, dim=-1)
             t_logp = _teacher_chunk(teacher, start, end, temperature)
             loss_sum, g_logp = _chunk_loss_and_grad(
@@ -312,12 +324,7 @@ class _FusedDistill(torch.autograd.Function):
             # d/dz of log_softmax(z / T): (g - p * sum(g)) / T, then back through softcap/scale.
             g_logits = (g_logp - s_logp.exp() * g_logp.sum(-1, keepdim=True)) / (temperature * normalizer)
             g_logits = head.grad_to_raw(logits, g_logits)
-            if need_h:
-                grad_hidden[start:end] = (g_logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_w:
-                grad_weight += g_logits.t() @ h.float()
-            if need_b:
-                grad_bias += g_logits.sum(0)
+            _accumulate_grads(g_logits, h, weight, start, end, grad_hidden, grad_weight, grad_bias)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.flags = (need_h, need_w, need_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
@@ -331,6 +338,96 @@ class _FusedDistill(torch.autograd.Function):
         grad_weight = (saved.pop(0) * grad_output).to(ctx.dtypes[0]) if need_w else None
         grad_bias = (saved.pop(0) * grad_output).to(ctx.dtypes[1]) if need_b else None
         return (grad_hidden, grad_weight, grad_bias) + (None,) * 11
+
+
+def _accumulate_grads(g_logits, h, weight, start, end, grad_hidden, grad_weight, grad_bias) -> None:
+    """d loss / d logits (n, V) -> gradients of the hidden states, the head weight and bias."""
+    if grad_hidden is not None:
+        grad_hidden[start:end] = (g_logits.to(weight.dtype) @ weight).to(grad_hidden.dtype)
+    if grad_weight is not None:
+        grad_weight.addmm_(g_logits.t(), h.float())
+    if grad_bias is not None:
+        grad_bias += g_logits.sum(0)
+
+
+def _dense_chunk(logits, teacher_logits, targets, token_weights, outputs, start, *, beta, temperature, kd_weight, want_grad):
+    """Full-vocabulary chunk through the fused (compiled when possible) kernel.
+
+    Returns the chunk's summed loss and d loss / d logits (n, V), or None without gradients.
+    """
+    kernel = _dense_kernel_compiled() if logits.shape[-1] >= COMPILE_MIN_VOCAB else _dense_kernel
+    kd, g_logits, s_target, t_target, stats = kernel(
+        logits, teacher_logits, targets, token_weights.float(), temperature, beta, kd_weight, want_grad
+    )
+    end = start + logits.shape[0]
+    outputs.kd[start:end], outputs.student_logp[start:end], outputs.teacher_logp[start:end] = kd, s_target, t_target
+    for key, value in zip(STAT_KEYS, stats.tolist(), strict=True):
+        outputs.stat_sums[key] += value
+    loss_sum = kd_weight * kd.sum() - (token_weights * s_target).sum()
+    if g_logits is not None:  # the one-hot part of -w * d log p_S(y) / dz
+        g_logits.scatter_add_(-1, targets.unsqueeze(-1), (-token_weights / temperature).unsqueeze(-1).to(g_logits.dtype))
+    return loss_sum.detach(), g_logits
+
+
+def _dense_kernel(logits, teacher_logits, targets, token_weights, temperature: float, beta: float, kd_weight: float, want_grad: bool):
+    """Everything a full-vocabulary chunk needs from its (n, V) logits, in as few passes as possible.
+
+    Returns kd (n,), d loss / d logits without the one-hot target part (n, V) or None,
+    log p_S(y) (n,), log p_T(y) (n,) and the stat sums in STAT_KEYS order (6,).
+    """
+    s_logp = torch.log_softmax(logits / temperature, dim=-1)
+    t_logp = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    s, t = s_logp.exp(), t_logp.exp()
+    diff = s_logp - t_logp  # log(s / t)
+    fkl = -(t * diff).sum(-1)  # KL(T || S)
+    rkl = (s * diff).sum(-1)  # KL(S || T)
+    if beta == 0.0:
+        kd, g = fkl, -t
+    elif beta == 1.0:
+        kd, g = rkl, s * (diff + 1.0)
+    else:
+        m_logp = torch.logaddexp(s_logp + math.log1p(-beta), t_logp + math.log(beta))
+        kd = beta * (t * (t_logp - m_logp)).sum(-1) + (1.0 - beta) * (s * (s_logp - m_logp)).sum(-1)
+        g = (1.0 - beta) * s * (s_logp - m_logp)
+    jsd = kd if beta == 0.5 else jsd_per_token(s_logp, t_logp, 0.5)
+    coverage = s.gather(-1, t_logp.topk(COVERAGE_K, dim=-1).indices).sum()
+    stats = torch.stack([fkl.sum(), rkl.sum(), jsd.sum(), -(s * s_logp).sum(), -(t * t_logp).sum(), coverage])
+    g_logits = None
+    if want_grad:  # chain through log_softmax(z / T): (g - s * sum(g)) / T, plus w * s from -w log p_S(y)
+        g_logits = (kd_weight * (g - s * g.sum(-1, keepdim=True)) + token_weights.unsqueeze(-1) * s) / temperature
+    s_target = s_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    t_target = t_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return kd, g_logits, s_target, t_target, stats
+
+
+COMPILE_MIN_VOCAB = 16384  # below this the eager kernel is fast enough and compiling is not worth it
+_COMPILED: dict[str, object] = {}
+
+
+def _dense_kernel_compiled():
+    """torch.compile fuses the kernel's ~20 elementwise passes into a few (about 5x faster on CPU
+    at a 151,936-token vocabulary). Falls back to eager, once and for all, if compiling fails."""
+    import os
+
+    if os.environ.get("DISTILL_COMPILE", "1") == "0":
+        return _dense_kernel
+    if "kernel" not in _COMPILED:
+        compiled = torch.compile(_dense_kernel, dynamic=True)
+
+        def guarded(*args):
+            if _COMPILED.get("failed"):
+                return _dense_kernel(*args)
+            try:
+                return compiled(*args)
+            except Exception as exc:  # no C++ compiler, unsupported backend, ...
+                import warnings
+
+                warnings.warn(f"torch.compile of the loss kernel failed, using eager mode: {exc}", stacklevel=2)
+                _COMPILED["failed"] = True
+                return _dense_kernel(*args)
+
+        _COMPILED["kernel"] = guarded
+    return _COMPILED["kernel"]
 
 
 def _teacher_chunk(teacher: DenseTeacher | SparseTeacher | None, start: int, end: int, temperature: float):
@@ -358,23 +455,25 @@ def _chunk_loss_and_grad(
 ) -> tuple[Tensor, Tensor | None]:
     """Loss summed over the chunk's tokens and its gradient w.r.t. the student log-probs. (n, V)"""
     end = start + s_logp.shape[0]
-    g_logp = torch.zeros_like(s_logp) if want_grad else None
+    g_logp = None
     loss_sum = torch.zeros((), device=s_logp.device)
     s_target = s_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     outputs.student_logp[start:end] = s_target
     if t_logp is not None:
         with torch.no_grad():
-            kd, g_kd = _divergence_and_grad(s_logp, t_logp, beta, top_k, want_grad)
+            kd, g_kd = _divergence_and_grad(s_logp, t_logp, beta, top_k, want_grad and kd_weight != 0)
+            _accumulate_stats(outputs.stat_sums, s_logp, t_logp, top_k)
             outputs.kd[start:end] = kd
             outputs.teacher_logp[start:end] = _teacher_target_logp(t_logp, targets)
-            _accumulate_stats(outputs.stat_sums, s_logp, t_logp, top_k)
         if kd_weight:
             loss_sum = loss_sum + kd_weight * kd.sum()
             if want_grad:
-                g_logp += kd_weight * g_kd
+                g_logp = g_kd.mul_(kd_weight) if kd_weight != 1 else g_kd
     # sampled-token term: -w_t log p_S(y_t)
     loss_sum = loss_sum - (token_weights * s_target).sum()
     if want_grad:
+        if g_logp is None:
+            g_logp = torch.zeros_like(s_logp)
         g_logp.scatter_add_(-1, targets.unsqueeze(-1), -token_weights.unsqueeze(-1))
     return loss_sum.detach(), g_logp
 

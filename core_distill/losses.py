@@ -334,9 +334,10 @@ class _FusedDistill(torch.autograd.Function):
     def backward(ctx, grad_output):
         saved = list(ctx.saved_tensors)
         need_h, need_w, need_b = ctx.flags
-        grad_hidden = saved.pop(0) * grad_output if need_h else None
-        grad_weight = (saved.pop(0) * grad_output).to(ctx.dtypes[0]) if need_w else None
-        grad_bias = (saved.pop(0) * grad_output).to(ctx.dtypes[1]) if need_b else None
+        # in place: the saved gradients are used once, and the head's is as big as the head
+        grad_hidden = saved.pop(0).mul_(grad_output) if need_h else None
+        grad_weight = saved.pop(0).mul_(grad_output).to(ctx.dtypes[0]) if need_w else None
+        grad_bias = saved.pop(0).mul_(grad_output).to(ctx.dtypes[1]) if need_b else None
         return (grad_hidden, grad_weight, grad_bias) + (None,) * 11
 
 

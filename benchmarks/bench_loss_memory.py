@@ -1,0 +1,85 @@
+"""Working memory of the distillation loss as the vocabulary grows: fused chunked vs full logits.
+
+    python benchmarks/bench_loss_memory.py            # prints a Markdown table
+
+Each measurement runs in a fresh process: it builds hidden states for N completion positions and
+the two lm_heads, records RSS, resets the peak (/proc/self/clear_refs), runs forward + backward of
+the loss, and reports peak RSS minus the starting RSS (after one warm-up call of the same size, which also compiles). "full logits" is the textbook path
+(student and teacher logits for every position, then `generalized_jsd`), as TRL's GKDTrainer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def measure(method: str, vocab: int, positions: int, hidden: int) -> dict[str, float]:
+    import torch
+
+    from core_distill.losses import DenseTeacher, Head, fused_distill_loss, generalized_jsd
+
+    torch.manual_seed(0)
+    h_s = torch.randn(positions, hidden, requires_grad=True)
+    w_s = (torch.randn(vocab, hidden) * 0.05).requires_grad_()
+    h_t = torch.randn(positions, hidden * 2)
+    w_t = torch.randn(vocab, hidden * 2) * 0.05
+    targets = torch.randint(0, vocab, (positions,))
+    w_s.grad = torch.zeros_like(w_s)  # the weight gradient exists in training anyway: count it in the baseline
+
+    def step(n: int) -> None:
+        if method == "fused":
+            terms = fused_distill_loss(h_s[:n], Head(w_s), DenseTeacher(h_t[:n], Head(w_t)), targets[:n], beta=0.5)
+            terms.loss.backward()
+        else:
+            with torch.no_grad():
+                t_logits = h_t[:n] @ w_t.t()
+            generalized_jsd(h_s[:n] @ w_s.t(), t_logits, beta=0.5).backward()
+
+    step(positions)  # warm-up: imports, torch.compile of the fused kernel (every chunk shape), allocator
+    baseline = rss_kib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    start = time.perf_counter()
+    step(positions)
+    seconds = time.perf_counter() - start
+    return {"working_mib": (rss_kib("VmHWM") - baseline) / 1024, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--positions", type=int, default=512, help="completion positions (batch x length)")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--vocabs", default="32000,65536,151936")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.positions, args.hidden)))
+        return
+    print(f"{args.positions} completion positions, hidden {args.hidden} (teacher {2 * args.hidden}), fp32, beta 0.5\n")
+    print("| vocabulary | full logits: working MiB | fused chunked: working MiB | full: s | fused: s |")
+    print("|---|---|---|---|---|")
+    for vocab in [int(v) for v in args.vocabs.split(",")]:
+        row = {}
+        for method in ("full", "fused"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", method, str(vocab), "--positions", str(args.positions), "--hidden", str(args.hidden)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            row[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {vocab:,} | {row['full']['working_mib']:,.0f} | {row['fused']['working_mib']:,.0f} | "
+              f"{row['full']['seconds']:.2f} | {row['fused']['seconds']:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -53,8 +53,25 @@ def run_command(
     from core_distill.train import run
 
     output_dir = output or Path("runs") / spec_file.stem
-    result = run(spec, output_dir=output_dir, reporter=JsonlReporter(output_dir), resume=resume, progress=True)
-    typer.echo(f"finished at step {result.step}; model: {result.model_dir}; metrics: {output_dir / 'metrics.jsonl'}")
+    reporter = JsonlReporter(output_dir)
+    result = run(spec, output_dir=output_dir, reporter=reporter, resume=resume, progress=True)
+    _print_summary(result, reporter)
+
+
+def _print_summary(result, reporter) -> None:
+    import json
+
+    last: dict[str, float] = {}
+    for line in reporter.metrics_path.read_text().splitlines():
+        last.update(json.loads(line)["metrics"])
+    shown = ["loss", "loss/kd", "div/fkl", "div/rkl", "eval/exact_match", "eval/div/fkl", "perf/tokens_per_sec"]
+    typer.echo(f"finished at step {result.step}" + (" (stopped early)" if result.stopped else ""))
+    for key in shown:
+        if key in last:
+            typer.echo(f"  {key:<22} {last[key]:.4f}")
+    typer.echo(f"  metrics: {reporter.metrics_path}")
+    if result.model_dir:
+        typer.echo(f"  model:   {result.model_dir}")
 
 
 @engine_cli.command("spec")

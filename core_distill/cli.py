@@ -82,3 +82,8 @@ def spec_command(
     from core_distill.spec import spec_reference_markdown, spec_template_yaml
 
     typer.echo(spec_reference_markdown() if markdown else spec_template_yaml(), nl=False)
+
+
+from core_distill.toy.cli import toy_cli  # noqa: E402
+
+engine_cli.add_typer(toy_cli, name="toy")

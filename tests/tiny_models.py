@@ -8,36 +8,17 @@ from __future__ import annotations
 
 import json
 import random
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
-    "{% elif m['role'] == 'system' %}<|system|>{{ m['content'] }}"
-    "{% else %}<|assistant|>{{ m['content'] }}<|eos|>{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SPECIAL_TOKENS = ["<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"]
-
 
 def build_tokenizer(path: Path | None = None, extra_chars: str = ""):
-    """A character-level PreTrainedTokenizerFast with pad/eos and a chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The toy task's character-level tokenizer, optionally with more characters (a different vocabulary)."""
+    from core_distill.toy.tokenizer import DEFAULT_CHARS
+    from core_distill.toy.tokenizer import build_tokenizer as build
 
-    chars = sorted(set(string.digits + string.ascii_letters + " +-*=?.,:;()\n" + extra_chars))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|pad|>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|eos|>", additional_special_tokens=SPECIAL_TOKENS[2:]
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = build(DEFAULT_CHARS + extra_chars)
     if path is not None:
         tokenizer.save_pretrained(path)
     return tokenizer

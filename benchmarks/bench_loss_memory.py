@@ -15,10 +15,11 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def rss_kib(field: str = "VmRSS") -> int:
-    for line in open("/proc/self/status"):
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(field)

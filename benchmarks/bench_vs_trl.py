@@ -41,7 +41,7 @@ SETTINGS = {
 
 # --- memory probes ------------------------------------------------------------------------------------
 def rss_mib(field: str = "VmRSS") -> float:
-    for line in open("/proc/self/status"):
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(field)

@@ -86,4 +86,4 @@ def spec_command(
 
 from core_distill.toy.cli import toy_cli  # noqa: E402
 
-engine_cli.add_typer(toy_cli, name="toy")
+engine_cli.add_typer(toy_cli, name="toy", help="The built-in arithmetic task.")

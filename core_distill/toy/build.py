@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from core_distill.data import Example, batch_indices, encode_rows, make_batch
 from core_distill.evaluation import final_answer_match
 from core_distill.generation import sample_completions
+from core_distill.paths import toy_dir
 from core_distill.toy.task import make_splits, write_splits
 from core_distill.toy.tokenizer import build_tokenizer
 
@@ -32,12 +33,13 @@ class ToyConfig:
     test_rows: int = 500
     teacher_hidden: int = 128
     teacher_layers: int = 4
-    teacher_steps: int = 700
+    teacher_steps: int = 600
     student_hidden: int = 64
     student_layers: int = 2
-    student_steps: int = 200
+    student_steps: int = 800
     batch_size: int = 128
-    learning_rate: float = 1.5e-3
+    learning_rate: float = 1.5e-3  # the teacher's
+    student_learning_rate: float = 3e-3
 
 
 # A miniature build for tests: seconds, not minutes.
@@ -45,13 +47,27 @@ QUICK = ToyConfig(digits=2, train_rows=400, eval_rows=16, test_rows=16, teacher_
                   teacher_steps=30, student_hidden=32, student_layers=1, student_steps=5, batch_size=32)  # fmt: skip
 
 
-def build_toy(out_dir: Path, config: ToyConfig = ToyConfig(), progress: bool = True) -> dict:
-    """Write data/, teacher/, student/ and manifest.json into out_dir; return the manifest."""
+def build_toy(
+    out_dir: Path | str | None = None,
+    seed: int = 0,
+    teacher_steps: int | None = None,
+    quick: bool = False,
+    *,
+    config: ToyConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write data/, teacher/, student/ and manifest.json into out_dir (default: the toy folder); return the manifest.
+
+    `config` overrides the defaults (ToyConfig(), or QUICK with quick=True); seed and teacher_steps override it.
+    """
     start = time.time()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else toy_dir()
+    config = replace(config or (QUICK if quick else ToyConfig()), seed=seed)
+    if teacher_steps is not None:
+        config = replace(config, teacher_steps=teacher_steps)
     torch.manual_seed(config.seed)
-    splits = make_splits(config.seed, config.digits,
-                         {"train": config.train_rows, "eval": config.eval_rows, "test": config.test_rows})  # fmt: skip
+    sizes = {"train": config.train_rows, "eval": config.eval_rows, "test": config.test_rows}
+    splits = make_splits(config.seed, config.digits, sizes)
     write_splits(out_dir / "data", splits)
     tokenizer = build_tokenizer()
     encoded = {name: encode_rows(rows, tokenizer, max_prompt_length=64, max_completion_length=256, source=name)
@@ -59,15 +75,20 @@ def build_toy(out_dir: Path, config: ToyConfig = ToyConfig(), progress: bool = T
 
     teacher = new_model(tokenizer, config.teacher_hidden, config.teacher_layers)
     train_sft(teacher, encoded["train"], config, config.teacher_steps, desc="teacher", progress=progress)
+    torch.manual_seed(config.seed + 1)
     student = new_model(tokenizer, config.student_hidden, config.student_layers)
-    train_sft(student, encoded["train"], replace(config, seed=config.seed + 1), config.student_steps,
-              desc="student warm start", progress=progress)  # fmt: skip
+    student_config = replace(config, seed=config.seed + 1, learning_rate=config.student_learning_rate)
+    train_sft(
+        student, encoded["train"], student_config, config.student_steps, desc="student warm start", progress=progress
+    )
 
-    manifest = {"config": asdict(config), "build_seconds": 0.0, "models": {}}
+    manifest = {"seed": config.seed, "sizes": sizes, "config": asdict(config), "build_seconds": 0.0, "models": {}}
     for name, model in (("teacher", teacher), ("student", student)):
         model.save_pretrained(out_dir / name)
         tokenizer.save_pretrained(out_dir / name)
         manifest["models"][name] = {
+            "hidden_size": model.config.hidden_size,
+            "layers": model.config.num_hidden_layers,
             "parameters": sum(p.numel() for p in model.parameters()),
             "test_accuracy": accuracy(model, tokenizer, encoded["test"]),
         }
@@ -101,7 +122,9 @@ def train_sft(model, examples: list[Example], config: ToyConfig, steps: int, des
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        rows = [examples[i] for i in batch_indices(len(examples), step * config.batch_size, config.batch_size, config.seed)]
+        rows = [
+            examples[i] for i in batch_indices(len(examples), step * config.batch_size, config.batch_size, config.seed)
+        ]
         batch = make_batch([e.prompt_ids for e in rows], [e.completion_ids for e in rows], pad_id=0)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids).logits  # (B, L, V)  # fmt: skip

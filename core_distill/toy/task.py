@@ -21,6 +21,13 @@ from typing import Any
 ANSWER_MARK = "####"
 
 
+def extract_answer(text: str) -> str | None:
+    """The text after the last '####', stripped; None when there is no '####'."""
+    if ANSWER_MARK not in text:
+        return None
+    return text.rsplit(ANSWER_MARK, 1)[1].strip()
+
+
 def worked_solution(a: int, b: int, digits: int) -> str:
     """Column sums from the units up, each with its incoming carry, then the answer."""
     a_digits = [int(c) for c in str(a).zfill(digits)][::-1]

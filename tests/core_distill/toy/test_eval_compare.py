@@ -1,0 +1,180 @@
+"""`distill eval` and `distill compare` on the miniature toy build."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from core_distill.cli import engine_cli
+from core_distill.compare import (
+    DISCUSSION_END,
+    DISCUSSION_START,
+    CompareError,
+    CompareSettings,
+    MethodResult,
+    SeedRun,
+    compare,
+    paper_order_check,
+)
+from core_distill.model_eval import EvalError, evaluate_model, resolve_model_name
+
+runner = CliRunner()
+
+
+def test_eval_json_has_accuracy_divergence_and_samples(toy_env):
+    done = runner.invoke(engine_cli, ["eval", "toy:student", "--json", "--limit", "8", "--max-new-tokens", "12",
+                                      "--samples", "2"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert report["model"] == "toy:student" and report["data"] == "toy:test" and report["examples"] == 8
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert report["teacher"] == "toy:teacher"
+    assert set(report["divergence"]) == {"fkl", "rkl", "jsd"}
+    assert report["divergence"]["fkl"] > 1e-3  # a different, smaller model
+    assert len(report["samples"]) == 2
+    first = report["samples"][0]
+    assert re.fullmatch(r"\d+\+\d+=", first["prompt"]) and first["reference"].endswith(
+        str(sum(map(int, first["prompt"][:-1].split("+"))))
+    )
+    assert isinstance(first["correct"], bool)
+
+    readable = runner.invoke(engine_cli, ["eval", "toy:student", "--limit", "4", "--max-new-tokens", "8"])
+    assert readable.exit_code == 0, readable.output
+    assert (
+        re.search(r"^accuracy +\d+\.\d%", readable.stdout, re.M) and "forward KL(teacher || model)" in readable.stdout
+    )
+
+
+def test_the_teacher_has_zero_divergence_to_itself(toy_env):
+    report = evaluate_model("toy:teacher", "test", limit=8, max_new_tokens=8, n_samples=0)
+    assert report.divergence["fkl"] == pytest.approx(0.0, abs=1e-5)
+    assert report.divergence["rkl"] == pytest.approx(0.0, abs=1e-5)
+    no_teacher = evaluate_model("toy:teacher", "test", teacher=None, limit=8, max_new_tokens=8, n_samples=0)
+    assert no_teacher.divergence is None and no_teacher.accuracy == report.accuracy
+
+
+def test_accuracy_is_one_on_the_models_own_answers_and_zero_on_others(toy_env, tmp_path):
+    """References equal to the model's greedy completions are all right; altered ones all wrong."""
+    produced = evaluate_model("toy:student", "test", teacher=None, limit=6, metric="exact_match", max_new_tokens=10,
+                              n_samples=6).samples  # fmt: skip
+
+    def rows(suffix: str) -> str:
+        return "".join(json.dumps({"messages": [{"role": "user", "content": s["prompt"]},
+                                                {"role": "assistant", "content": s["completion"] + suffix}]}) + "\n"
+                       for s in produced)  # fmt: skip
+
+    (tmp_path / "own.jsonl").write_text(rows(""))
+    (tmp_path / "other.jsonl").write_text(rows("9"))
+    for name, expected in (("own.jsonl", 1.0), ("other.jsonl", 0.0)):
+        done = runner.invoke(engine_cli, ["eval", "toy:student", "--data", str(tmp_path / name), "--metric",
+                                          "exact_match", "--max-new-tokens", "10", "--json"])  # fmt: skip
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout[done.stdout.index("{") :])["accuracy"] == expected
+
+
+def test_eval_refuses_bad_arguments_naming_them(toy_env, tmp_path):
+    for args, named in (
+        (["eval", str(tmp_path / "missing")], "MODEL"),
+        (["eval", "toy:student", "--data", str(tmp_path / "missing.jsonl")], "--data"),
+        (["eval", "toy:student", "--teacher", str(tmp_path / "nope")], "--teacher"),
+        (["eval", "toy:student", "--metric", "bleu"], "--metric"),
+    ):
+        done = runner.invoke(engine_cli, args)
+        assert done.exit_code == 2, (args, done.output)
+        assert f"error: {named}:" in done.output
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalError, match="MODEL"):
+        resolve_model_name(str(tmp_path / "empty"))
+
+
+def test_a_run_folder_means_its_final_model(toy_env, tmp_path):
+    shutil.copytree(toy_env / "student", tmp_path / "run" / "final")
+    assert resolve_model_name(str(tmp_path / "run")) == str(tmp_path / "run" / "final")
+
+
+def _tiny_spec(path, **fields):
+    spec = {"student": "toy:student", "teacher": "toy:teacher", "train_data": "toy:train", "eval_data": "toy:eval",
+            "eval_metric": "final_answer", "batch_size": 4, "max_new_tokens": 8, "learning_rate": 1e-3, **fields}  # fmt: skip
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_compare_writes_the_table_it_printed_and_a_plot(toy_env, tmp_path):
+    specs = [_tiny_spec(tmp_path / "sft.yaml", objective="sft", teacher="", lmbda=0.0),
+             _tiny_spec(tmp_path / "gkd_on_policy.yaml", lmbda=1.0, beta=0.5)]  # fmt: skip
+    doc, plot = tmp_path / "docs" / "results.md", tmp_path / "docs" / "results.png"
+    doc.parent.mkdir()
+    doc.write_text(f"old page\n{DISCUSSION_START}\nhand-written words\n{DISCUSSION_END}\nold tail\n")
+    printed: list[str] = []
+    settings = CompareSettings(steps=2, seeds=(0, 1), eval_every=1, curve_examples=4, test_examples=6, max_new_tokens=8)
+    result = compare(specs, settings, output_dir=tmp_path / "runs", doc_path=doc, plot_path=plot,
+                     command="distill compare sft.yaml gkd_on_policy.yaml", echo=printed.append)  # fmt: skip
+
+    assert result.table in "\n".join(printed)
+    page = doc.read_text()
+    assert result.table in page and "distill compare sft.yaml gkd_on_policy.yaml" in page
+    assert f"{DISCUSSION_START}\nhand-written words\n{DISCUSSION_END}" in page and "old tail" not in page
+    assert "Not checked" in page  # supervised_kd did not run
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    saved = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert [m["name"] for m in saved["methods"]] == ["sft", "gkd_on_policy"]
+    for method, row in zip(result.methods, result.table.splitlines()[4:], strict=True):
+        accuracy = [r.test["accuracy"] for r in method.runs]
+        assert [r.seed for r in method.runs] == [0, 1]
+        assert all(0.0 <= a <= 1.0 for a in accuracy)
+        assert [step for step, _ in method.runs[0].curve] == [0, 1, 2]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == method.name
+        assert cells[2] == f"{100 * statistics.mean(accuracy):.1f} ± {100 * statistics.stdev(accuracy):.1f} %"
+        fkl = [r.test["divergence"]["fkl"] for r in method.runs]
+        assert cells[4].startswith(f"{statistics.mean(fkl):.4f}")
+        assert (tmp_path / "runs" / method.name / "seed1" / "final" / "config.json").exists()
+    assert result.table.splitlines()[2].startswith(
+        f"| teacher | – | {100 * result.baselines['teacher'].accuracy:.1f} %"
+    )
+
+    printed.clear()  # an interrupted comparison resumes: finished runs of the same spec are kept
+    again = compare(specs, settings, output_dir=tmp_path / "runs", doc_path=None, plot_path=None, echo=printed.append,
+                    reuse=True)  # fmt: skip
+    assert again.table == result.table
+    assert sum("(reused from an earlier comparison)" in line for line in printed) == 4
+    longer = compare(specs[:1], CompareSettings(**{**settings.__dict__, "steps": 3, "seeds": (0,)}),
+                     output_dir=tmp_path / "runs", doc_path=None, plot_path=None, echo=printed.append, reuse=True)  # fmt: skip
+    assert [step for step, _ in longer.methods[0].runs[0].curve] == [0, 1, 2, 3]  # another budget: trained again
+
+
+def test_compare_refuses_a_bad_spec_before_running_anything(toy_env, tmp_path):
+    good = _tiny_spec(tmp_path / "sft.yaml", objective="sft", teacher="", lmbda=0.0)
+    bad = _tiny_spec(tmp_path / "broken.yaml", lmbda=3)
+    with pytest.raises(CompareError, match=r"broken.yaml: lmbda"):
+        compare([good, bad], CompareSettings(steps=1), output_dir=tmp_path / "runs", doc_path=tmp_path / "r.md",
+                plot_path=None, echo=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "r.md").exists()
+    no_eval = _tiny_spec(tmp_path / "no_eval.yaml", eval_data="")
+    with pytest.raises(CompareError, match=r"no_eval.yaml: eval_data is empty"):
+        compare([no_eval], CompareSettings(steps=1), output_dir=tmp_path / "runs", doc_path=None, plot_path=None)
+    done = runner.invoke(engine_cli, ["compare", str(good), str(bad), "--doc", str(tmp_path / "r.md")])
+    assert done.exit_code == 2 and "broken.yaml: lmbda" in done.output
+
+
+def test_the_paper_order_check_reads_the_means():
+    def method(name: str, *accuracies: float) -> MethodResult:
+        return MethodResult(
+            name, f"{name}.yaml", [SeedRun(i, {"accuracy": a}, [], 1.0) for i, a in enumerate(accuracies)]
+        )
+
+    holds = paper_order_check(
+        [method("sft", 0.5, 0.6), method("supervised_kd", 0.6, 0.6), method("gkd_on_policy", 0.7)]
+    )
+    assert "**holds**" in holds and "55.0%" in holds
+    assert "gap between supervised KD and SFT (5.0 points) is within the spread" in holds
+    fails = paper_order_check([method("sft", 0.8), method("supervised_kd", 0.6), method("gkd_on_policy", 0.7)])
+    assert "**does not hold**" in fails
+    assert "Not checked" in paper_order_check([method("sft", 0.5)])

@@ -1,0 +1,103 @@
+"""The launch form is generated from DistillSpec and round-trips every field through form values and YAML."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+from core_distill.spec import DistillSpec
+from ui import form
+
+
+def _changed_value(name: str):
+    """A value other than the default for field `name`, inside its limits."""
+    info = DistillSpec.model_fields[name]
+    default = info.default
+    if typing.get_origin(info.annotation) is typing.Literal:
+        return next(c for c in typing.get_args(info.annotation) if c != default)
+    if info.annotation is bool:
+        return not default
+    widget = next(w for w in form.field_widgets() if w.name == name)
+    low, high = widget.kwargs.get("minimum"), widget.kwargs.get("maximum")
+    if info.annotation is int:
+        return default + 1 if high is None or default + 1 <= high else default - 1
+    if info.annotation is float:
+        candidate = (low + high) / 2 if low is not None and high is not None else default + 0.25
+        return candidate if candidate != default else candidate / 2
+    return "http://teacher:8600" if name == "teacher_server_url" else default + "x" if default else "x"
+
+
+def test_every_field_has_one_widget_with_its_help_and_default():
+    widgets = form.field_widgets()
+    assert sorted(w.name for w in widgets) == sorted(DistillSpec.model_fields)
+    for w in widgets:
+        info = DistillSpec.model_fields[w.name]
+        assert w.kwargs["info"] == info.description and w.kwargs["value"] == info.default
+    by_name = {w.name: w for w in widgets}
+    assert by_name["beta"].kind == "slider" and (by_name["beta"].kwargs["minimum"], by_name["beta"].kwargs["maximum"]) == (0, 1)
+    assert by_name["max_steps"].kind == "number" and by_name["max_steps"].kwargs["minimum"] == 1
+    assert by_name["max_steps"].kwargs["precision"] == 0
+    assert by_name["objective"].kind == "dropdown" and set(by_name["objective"].kwargs["choices"]) == {"gkd", "minillm", "sft"}
+    assert by_name["seq_kd"].kind == "checkbox" and by_name["student"].kind == "text"
+    # grouped in the spec's group order
+    groups = [w.group for w in widgets]
+    assert groups == sorted(groups, key=form.GROUP_ORDER.index)
+
+
+@pytest.mark.parametrize("name", list(DistillSpec.model_fields))
+def test_each_field_round_trips_through_form_values_and_yaml(name):
+    defaults = DistillSpec().model_dump()
+    data = {**defaults, name: _changed_value(name)}
+    # Gradio hands numbers back as floats
+    values = [float(data[n]) if isinstance(data[n], int) and not isinstance(data[n], bool) else data[n] for n in form.FIELD_NAMES]
+    assert form.values_to_dict(values) == data
+    spec, problems = form.check_values(values, preflight=False)
+    if spec is None:  # a value that breaks a rule involving another field: the message names a field
+        assert "**" in problems
+        return
+    back, problems = form.yaml_to_values(form.values_to_yaml(values))
+    assert problems == "" and dict(zip(form.FIELD_NAMES, back, strict=True)) == data
+
+
+def test_validation_message_names_the_field():
+    values = form.spec_to_values(DistillSpec())
+    values[form.FIELD_NAMES.index("beta")] = 1.5
+    spec, message = form.check_values(values, preflight=False)
+    assert spec is None and "**beta**" in message and "1.5" in message
+
+    values = form.spec_to_values(DistillSpec())
+    values[form.FIELD_NAMES.index("objective")] = "minillm"  # needs lmbda = 1
+    spec, message = form.check_values(values, preflight=False)
+    assert spec is None and "**lmbda**" in message
+
+
+def test_preflight_names_missing_paths(tmp_path):
+    values = form.spec_to_values(DistillSpec(train_data=str(tmp_path / "missing.jsonl")))
+    spec, message = form.check_values(values, preflight=True)
+    assert spec is None and "**train_data**" in message
+
+
+def test_yaml_errors_name_the_problem():
+    assert form.yaml_to_values("beta: 3\n")[0] is None
+    assert "**beta**" in form.yaml_to_values("beta: 3\n")[1]
+    assert "**lmbda_typo**" in form.yaml_to_values("lmbda_typo: 1\n")[1]
+    assert "not valid YAML" in form.yaml_to_values("beta: [0.5\n")[1]
+    values, problems = form.yaml_to_values("")  # empty = the defaults
+    assert problems == "" and values == form.spec_to_values(DistillSpec())
+
+
+def test_yaml_shows_only_changed_fields():
+    values = form.spec_to_values(DistillSpec(beta=0.25, max_steps=7))
+    assert form.values_to_yaml(values) == "beta: 0.25\nmax_steps: 7\n"
+
+
+def test_every_example_preset_loads_into_the_form():
+    names = list(form.presets())
+    assert {"gkd_on_policy", "supervised_kd", "opsd", "minillm"} <= set(names)
+    for name in names:
+        values, problems = form.yaml_to_values(form.preset_yaml(name))
+        assert problems == "", name
+        assert DistillSpec.from_yaml(form.preset_yaml(name)).model_dump() == form.values_to_dict(values)
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        form.preset_yaml("nope")

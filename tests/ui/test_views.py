@@ -1,0 +1,162 @@
+"""Dashboard handlers as plain functions, against the real database (and Redis for launches)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, insert, select
+from sqlmodel import Session
+
+from app.db import get_engine
+from app.models import Experiment, MetricPoint, Run
+from core_distill.spec import DistillSpec
+from tests.ui.factories import add_run
+from ui import app as dashboard
+from ui import compare, form, heatmap, live, runs
+
+
+def _count(model) -> int:
+    with Session(get_engine()) as session:
+        return session.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_runs_table_filters_and_shows_queue_and_metrics(service_env):
+    with Session(get_engine()) as session:
+        done = add_run(session, name="fkl", spec={"beta": 0.0}, tags=["baseline"], steps=30)
+        first = add_run(session, name="jsd", spec={"beta": 0.5}, status="queued")
+        second = add_run(session, name="rkl", spec={"beta": 1.0}, status="queued")
+
+    table, caption = runs.runs_table()
+    assert caption.startswith("3 run(s)") and list(table["run"]) == [second.id, first.id, done.id]
+    by_run = table.set_index("run")
+    assert by_run.loc[first.id, "queue"] == 1 and by_run.loc[second.id, "queue"] == 2
+    assert by_run.loc[done.id, "loss"] is not None and by_run.loc[done.id, "step"] == "30/100"
+    assert by_run.loc[done.id, "beta"] == 0.0 and by_run.loc[done.id, "tags"] == "baseline"
+
+    assert list(runs.runs_table(status="queued")[0]["run"]) == [second.id, first.id]
+    assert list(runs.runs_table(tag_text="baseline")[0]["run"]) == [done.id]
+    assert list(runs.runs_table(field_text="beta=0.5")[0]["run"]) == [first.id]
+    table, caption = runs.runs_table(field_text="betta=0.5")
+    assert table.empty and "betta" in caption
+    table, caption = runs.runs_table(field_text="beta")
+    assert table.empty and "'beta' is not field=value" in caption
+
+
+def test_tags_notes_and_cancel_from_the_side_panel(service_env):
+    with Session(get_engine()) as session:
+        queued = add_run(session, name="waiting", status="queued")
+    assert runs.save_tags_notes(queued.id, "a, b", "first try").startswith("Saved")
+    assert runs.run_details(queued.id)[1:] == ("a, b", "first try")
+    assert "Not saved" in runs.save_tags_notes(queued.id, "x" * 100, "")  # tag too long: nothing changes
+    assert runs.run_details(queued.id)[1] == "a, b"
+
+    message, _ = runs.act_on_run("cancel", queued.id)
+    assert message == f"Run {queued.id} cancelled."
+    message, _ = runs.act_on_run("cancel", queued.id)  # already finished: refused, named
+    assert "cancel failed" in message and "cancelled" in message
+    message, _ = runs.act_on_run("resume", queued.id)  # never started, no checkpoint
+    assert "resume failed" in message and "no checkpoint" in message
+
+
+def test_live_series_are_downsampled_and_keep_spikes(service_env):
+    with Session(get_engine()) as session:
+        run = add_run(session, name="long", steps=10_000, keys=("loss", "div/fkl", "div/rkl"))
+        session.execute(insert(MetricPoint), [{"run_id": run.id, "step": 5_001, "key": "loss", "value": 99.0,
+                                               "wall_time": 0.0}])  # fmt: skip
+        session.commit()
+    frames = live.chart_frames(run.id)
+    assert [title for title, _ in live.CHARTS][0] == "Loss"
+    loss_frame, divergence_frame = frames[0], frames[1]
+    for frame in (loss_frame, divergence_frame):
+        assert 0 < frame.groupby("series").size().max() <= live.MAX_POINTS
+    assert set(divergence_frame["series"]) == {"div/fkl", "div/rkl"}
+    assert loss_frame["value"].max() == 99.0  # the one-step spike survives downsampling
+    smoothed = live.chart_frames(run.id, smoothing=0.9)[0]
+    assert smoothed["value"].max() < 99.0 and len(smoothed) == len(loss_frame)
+    wall = live.chart_frames(run.id, x="wall_time")[1]
+    assert wall["x"].min() == 0.0  # seconds since the run's first point
+
+
+def test_probe_changes_only_when_the_run_moves(service_env):
+    with Session(get_engine()) as session:
+        run = add_run(session, name="live", status="running", steps=5, keys=("loss",))
+    before = live.probe(run.id)
+    assert before == live.probe(run.id)
+    with Session(get_engine()) as session:
+        session.execute(insert(MetricPoint), [{"run_id": run.id, "step": 6, "key": "loss", "value": 1.0, "wall_time": 1.0}])
+        session.commit()
+    assert live.probe(run.id) != before
+    assert live.probe(None) == "" and live.probe(123456) == "missing"
+
+
+def test_ema_is_debiased_and_identity_at_zero():
+    assert live.ema([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    assert live.ema([2.0] * 5, 0.9) == [2.0] * 5 or all(abs(v - 2.0) < 1e-12 for v in live.ema([2.0] * 5, 0.9))
+    smoothed = live.ema([0.0, 10.0], 0.5)
+    assert smoothed[0] == 0.0 and 0.0 < smoothed[1] < 10.0
+
+
+def test_run_header_links_downloads(service_env):
+    with Session(get_engine()) as session:
+        run = session.merge(add_run(session, name="done", steps=3))
+        run.model_dir = "/models/run-1/final"
+        session.commit()
+        session.refresh(run)
+    header = live.run_header(run.id)
+    for suffix in ("metrics.csv", "metrics.json", "spec.yaml"):
+        assert f"/api/runs/{run.id}/{suffix}" in header
+    assert "/models/run-1/final" in header
+
+
+def test_spec_diff_shows_only_differing_fields():
+    diff = compare.spec_diff({
+        "#1 a": DistillSpec(beta=0.0, max_steps=10).model_dump(),
+        "#2 b": DistillSpec(beta=1.0, max_steps=10).model_dump(),
+        "#3 c": DistillSpec(beta=1.0, max_steps=10, loss_top_k=8).model_dump(),
+    })  # fmt: skip
+    assert list(diff["field"]) == ["beta", "loss_top_k"]
+    assert list(diff.columns) == ["field", "#1 a", "#2 b", "#3 c"]
+    assert list(diff.iloc[0])[1:] == [0.0, 1.0, 1.0]
+    assert compare.spec_diff({"#1": {}, "#2": {}}).empty
+
+
+def test_compare_overlays_runs_with_a_reproducible_link(service_env):
+    with Session(get_engine()) as session:
+        a = add_run(session, name="fkl", spec={"beta": 0.0}, steps=2_000, keys=("loss", "div/fkl"))
+        b = add_run(session, name="rkl", spec={"beta": 1.0}, steps=2_000, keys=("loss", "div/fkl"), seed=1)
+    frames, diff, finals, link = compare.compare(f"{a.id}, {b.id}", ["loss", "div/fkl"])
+    assert len(frames) == 2 and set(frames[0]["series"]) == {f"#{a.id} fkl", f"#{b.id} rkl"}
+    assert frames[0].groupby("series").size().max() <= live.MAX_POINTS
+    assert list(diff["field"]) == ["beta"]
+    assert list(finals["run"]) == [f"#{a.id} fkl", f"#{b.id} rkl"] and finals["min loss"].notna().all()
+    assert f"?compare={a.id},{b.id}" in link
+
+    outputs = dashboard.compare_outputs(f"{a.id} 999999", ["loss"], 0.0, "step")
+    assert "no run with id 999999" in outputs[-1]
+    assert compare.parse_run_ids(["#3 x", "4", "3"]) == [3, 4]
+
+
+def test_heat_map_escapes_tokens_and_shows_values():
+    samples = [{"prompt": "<b>1+1=</b>", "completion": "<script>", "reference": "2 & 2", "correct": False,
+                "tokens": ["<script>", "2"], "token_div": [0.5, 2.0]}]  # fmt: skip
+    html = heatmap.samples_html(samples, step=4)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;1+1=&lt;/b&gt;" in html
+    assert "2 &amp; 2" in html and 'data-div="2.00000"' in html and "✗ wrong" in html
+    assert "step 4" in html and "per-token divergence" in html
+    # the largest divergence gets the strongest colour
+    assert "rgba(220, 38, 38, 0.93)" in html
+    assert "No evaluation samples" in heatmap.samples_html([], None)
+
+
+def test_launch_refuses_bad_specs_and_queues_good_ones(service_env):
+    values = form.spec_to_values(DistillSpec(max_steps=2, batch_size=2))
+    values[form.FIELD_NAMES.index("train_data")] = "/nonexistent/data.jsonl"
+    message, run_id = dashboard.launch("bad", "", "", *values)
+    assert run_id is None and "**train_data**" in message
+    assert _count(Experiment) == 0 and _count(Run) == 0
+
+    message, run_id = dashboard.launch("toy", "smoke, ui", "", *form.spec_to_values(DistillSpec(max_steps=2)))
+    assert run_id is not None and f"Queued run {run_id}" in message
+    with Session(get_engine()) as session:
+        run = session.get(Run, run_id)
+        experiment = session.get(Experiment, run.experiment_id)
+        assert run.status == "queued" and run.celery_task_id and experiment.tags == ["smoke", "ui"]
+    assert dashboard.table_fingerprint() != ""

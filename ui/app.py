@@ -1,0 +1,342 @@
+"""The dashboard: Gradio Blocks mounted into the FastAPI app at /ui, sharing its auth.
+
+Tabs: Runs (table, filters, tags/notes, cancel/re-run/resume), Launch (form generated from the
+spec, presets, YAML), Live (charts and eval heat map of one run), Compare (overlaid runs, spec
+diff, final metrics). `/ui/?run=5` opens a run, `/ui/?compare=3,7` a comparison.
+
+Refresh handlers run on every tick of every open page, so they are cheap fingerprints
+(`concurrency_limit=None`, hidden progress); the real queries run only when a fingerprint moved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from app import crud
+from app.db import get_engine
+from app.metrics_query import metric_keys
+from app.models import ExperimentCreate, Run
+from app.settings import get_settings
+from core_distill.spec import SpecError
+from ui import compare as compare_view
+from ui import form, heatmap, live, runs
+
+LIVE_TICK_SECONDS = 2.0
+TABLE_TICK_SECONDS = 5.0
+CHEAP = {"show_progress": "hidden", "concurrency_limit": None}  # refresh ticks: never queue behind others
+# re-queries after a tick saw a change: several viewers' redraws run side by side (Gradio's default is 1)
+REDRAW = {"show_progress": "hidden", "concurrency_limit": 4}
+
+CSS = heatmap.CSS + """
+.gradio-container {max-width: 1400px !important;}
+"""
+
+
+# --- handlers (plain functions; tested without a browser) ----------------------------------------
+def table_fingerprint() -> str:
+    """Changes whenever a run is added, changes status or makes progress."""
+    with Session(get_engine()) as session:
+        totals = session.execute(select(func.count(Run.id), func.max(Run.id), func.sum(Run.last_step))).one()
+        by_status = session.execute(select(Run.status, func.count(Run.id)).group_by(Run.status)).all()
+    return f"{tuple(totals)}|{sorted(tuple(r) for r in by_status)}"
+
+
+def launch(name: str, tags_text: str, notes: str, *values: Any, owner: str | None = None) -> tuple[str, int | None]:
+    """Validate the form and queue a run; (message, new run id or None). Nothing is written on error."""
+    spec, problems = form.check_values(values, preflight=False)
+    if spec is None:
+        return problems, None
+    try:
+        experiment_in = ExperimentCreate(
+            name=(name or "").strip() or f"{spec.objective} {spec.student}", tags=runs.parse_tags(tags_text),
+            notes=notes or "", spec=spec, launch=True,
+        )  # fmt: skip
+    except ValueError as exc:
+        return f"**Cannot launch:** {exc}", None
+    with Session(get_engine()) as session:
+        try:
+            experiment, run = crud.create_experiment(session=session, experiment_in=experiment_in, owner=owner)
+        except SpecError as exc:
+            return "**Cannot launch:**\n" + form.format_errors(exc.errors), None
+        except crud.QueueUnavailableError as exc:
+            return f"**Cannot launch:** {exc}", None
+        return f"Queued run {run.id} of experiment {experiment.id} *{experiment.name}*.", run.id
+
+
+def validate(*values: Any) -> str:
+    spec, problems = form.check_values(values, preflight=True)
+    return problems or "The spec is valid: every field is in range and its models and data exist."
+
+
+def _plot_value(frame):
+    # No data = no value: the chart is then built when its first points arrive. (A chart first built
+    # from an empty frame keeps an empty colour domain in Gradio 6.31 and draws its lines invisible.)
+    return frame if len(frame) else None
+
+
+def live_outputs(run_id: int | None, smoothing: float, x_axis: str) -> list[Any]:
+    """Header, one value per chart, samples HTML; the x title follows the axis choice."""
+    if not run_id:
+        empty = [gr.LinePlot(value=None) for _ in live.CHARTS]
+        return ["Pick a run in the Runs tab or type its id.", *empty, heatmap.samples_html([], None)]
+    frames = live.chart_frames(int(run_id), smoothing, x_axis)
+    plots = [gr.LinePlot(value=_plot_value(f), x_title=live.X_TITLES[x_axis], color_map=live.color_map(f)) for f in frames]
+    samples, step = live.latest_samples(int(run_id))
+    return [live.run_header(int(run_id)), *plots, heatmap.samples_html(samples, step)]
+
+
+def compare_outputs(run_text: str, keys: list[str], smoothing: float, x_axis: str) -> list[Any]:
+    """Plots (COMPARE_SLOTS of them), spec diff, finals, link markdown; errors go in the link slot."""
+    hidden = [gr.LinePlot(visible=False) for _ in range(compare_view.COMPARE_SLOTS)]
+    try:
+        frames, diff, finals, link = compare_view.compare(run_text, keys or compare_view.DEFAULT_KEYS, smoothing, x_axis)
+    except compare_view.CompareError as exc:
+        return [*hidden, None, None, f"**Cannot compare:** {exc}"]
+    keys = [k for k in (keys or compare_view.DEFAULT_KEYS) if k][: compare_view.COMPARE_SLOTS]
+    run_colors = {label: live.PALETTE[i % len(live.PALETTE)] for i, label in enumerate(finals["run"])}  # same in every plot
+    plots = [
+        gr.LinePlot(value=_plot_value(frame), title=key, x_title=live.X_TITLES[x_axis], color_map=run_colors, visible=True)
+        for frame, key in zip(frames, keys, strict=True)
+    ]
+    plots += hidden[len(plots) :]
+    return [*plots, diff, finals, link]
+
+
+def known_metric_keys(run_text: str) -> list[str]:
+    try:
+        run_ids = compare_view.parse_run_ids(run_text)
+    except compare_view.CompareError:
+        return compare_view.DEFAULT_KEYS
+    with Session(get_engine()) as session:
+        keys = sorted({k for run_id in run_ids for k in metric_keys(session, run_id)})
+    return sorted(set(keys) | set(compare_view.DEFAULT_KEYS))
+
+
+# --- layout --------------------------------------------------------------------------------------
+def _spec_components() -> list[gr.components.Component]:
+    """The form: one accordion per spec group, one component per field (order = form.FIELD_NAMES)."""
+    makers = {"dropdown": gr.Dropdown, "checkbox": gr.Checkbox, "slider": gr.Slider, "number": gr.Number,
+              "text": gr.Textbox}  # fmt: skip
+    components = []
+    widgets = form.field_widgets()
+    for group in dict.fromkeys(w.group for w in widgets):
+        with gr.Accordion(form.GROUP_TITLES.get(group, group), open=group in ("models", "method")):
+            for w in (w for w in widgets if w.group == group):
+                components.append(makers[w.kind](**w.kwargs, elem_id=f"spec-{w.name}"))
+    return components
+
+
+def build_dashboard() -> gr.Blocks:
+    with gr.Blocks(title="distill dashboard") as demo:
+        gr.Markdown("## distill · distillation experiments")
+        with gr.Tabs(selected="runs") as tabs:
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                with gr.Row():
+                    status = gr.Dropdown(runs.STATUS_CHOICES, value="all", label="status", scale=1)
+                    tag_filter = gr.Textbox(label="tag", placeholder="baseline", scale=1)
+                    field_filter = gr.Textbox(label="spec fields", placeholder="beta=0.5 objective=gkd", scale=2)
+                    page = gr.Number(0, label="page", precision=0, minimum=0, scale=0)
+                    refresh = gr.Button("Refresh", scale=0)
+                caption = gr.Markdown()
+                table = gr.Dataframe(headers=list(runs.RUN_COLUMNS), interactive=False, elem_id="runs-table",
+                                     max_height=520, wrap=False)  # fmt: skip
+                with gr.Row():
+                    selected = gr.Number(label="selected run", precision=0, scale=0, elem_id="selected-run")
+                    details = gr.Markdown("Select a run in the table.")
+                with gr.Row():
+                    tags_box = gr.Textbox(label="tags (comma-separated)", scale=1)
+                    notes_box = gr.Textbox(label="notes", lines=2, scale=2)
+                    save = gr.Button("Save tags & notes", scale=0)
+                with gr.Row():
+                    open_live = gr.Button("Open live view", variant="primary")
+                    add_compare = gr.Button("Add to comparison")
+                    cancel = gr.Button("Cancel run", variant="stop")
+                    rerun = gr.Button("Re-run")
+                    resume = gr.Button("Resume")
+                action_msg = gr.Markdown(elem_id="run-action-message")
+                table_version = gr.State("")
+                table_timer = gr.Timer(TABLE_TICK_SECONDS)
+
+            with gr.Tab("Launch", id="launch"):
+                with gr.Row():
+                    preset = gr.Dropdown(list(form.presets()), label="preset (examples/)", value=None, scale=2)
+                    name = gr.Textbox(label="experiment name", scale=2)
+                    tags_new = gr.Textbox(label="tags", placeholder="baseline, toy", scale=2)
+                notes_new = gr.Textbox(label="notes", lines=1)
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        spec_inputs = _spec_components()
+                    with gr.Column(scale=2):
+                        spec_yaml = gr.Code(form.values_to_yaml([c.value for c in spec_inputs]), language="yaml",
+                                            label="spec.yaml (only fields that differ from the defaults)",
+                                            interactive=True, lines=16)  # fmt: skip
+                        apply_yaml = gr.Button("Apply YAML to the form")
+                        with gr.Row():
+                            check = gr.Button("Validate")
+                            launch_btn = gr.Button("Launch", variant="primary", elem_id="launch-button")
+                        form_msg = gr.Markdown(elem_id="form-message")
+
+            with gr.Tab("Live", id="live") as live_tab:
+                with gr.Row():
+                    live_run = gr.Number(label="run", precision=0, scale=0, elem_id="live-run")
+                    smoothing = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing (EMA)")
+                    x_axis = gr.Radio([("step", "step"), ("wall time", "wall_time")], value="step", label="x axis")
+                    follow = gr.Checkbox(True, label="follow (refresh every 2 s)")
+                header = gr.Markdown(elem_id="live-header")
+                live_plots = []
+                for start in range(0, len(live.CHARTS), 2):
+                    with gr.Row():
+                        for title, _ in live.CHARTS[start : start + 2]:
+                            live_plots.append(gr.LinePlot(x="x", y="value", color="series", title=title, height=260,
+                                                          x_title="step", y_title="", key=f"live-{title}",
+                                                          elem_classes=["live-plot"]))  # fmt: skip
+                samples_html = gr.HTML(heatmap.samples_html([], None), elem_id="samples")
+                live_version = gr.State("")
+                live_timer = gr.Timer(LIVE_TICK_SECONDS)
+
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                with gr.Row():
+                    compare_runs = gr.Textbox(label="runs (ids)", placeholder="3, 7, 9", elem_id="compare-runs", scale=2)
+                    compare_keys = gr.Dropdown(compare_view.DEFAULT_KEYS, value=compare_view.DEFAULT_KEYS,
+                                               multiselect=True, max_choices=compare_view.COMPARE_SLOTS,
+                                               allow_custom_value=True, label="metrics", scale=3)  # fmt: skip
+                    compare_smoothing = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing (EMA)", scale=1)
+                    compare_x = gr.Radio([("step", "step"), ("wall time", "wall_time")], value="step", label="x axis")
+                    compare_btn = gr.Button("Compare", variant="primary", scale=0, elem_id="compare-button")
+                compare_link = gr.Markdown(elem_id="compare-link")
+                compare_plots = []
+                for start in range(0, compare_view.COMPARE_SLOTS, 2):
+                    with gr.Row():
+                        for i in range(start, start + 2):
+                            compare_plots.append(gr.LinePlot(x="x", y="value", color="series", height=280,
+                                                             color_title="run", key=f"compare-{i}", visible=False,
+                                                             elem_classes=["compare-plot"]))  # fmt: skip
+                gr.Markdown("#### Spec fields that differ")
+                diff_table = gr.Dataframe(interactive=False, elem_id="spec-diff")
+                gr.Markdown("#### Final metrics")
+                finals_table = gr.Dataframe(interactive=False, elem_id="final-metrics")
+
+        # --- runs tab events
+        table_inputs = [status, tag_filter, field_filter, page]
+        for trigger in (refresh.click, status.change, tag_filter.submit, field_filter.submit, page.submit,
+                        runs_tab.select):  # fmt: skip
+            trigger(runs.runs_table, table_inputs, [table, caption], **REDRAW)
+
+        def table_tick(current: str):
+            latest = table_fingerprint()
+            return gr.skip() if latest == current else latest
+
+        table_timer.tick(table_tick, table_version, table_version, **CHEAP)
+        table_version.change(runs.runs_table, table_inputs, [table, caption], **REDRAW)
+
+        def pick_row(evt: gr.SelectData):
+            run_id = int(evt.row_value[0]) if evt.row_value else None
+            return (run_id, *runs.run_details(run_id))
+
+        table.select(pick_row, None, [selected, details, tags_box, notes_box], show_progress="hidden")
+        save.click(runs.save_tags_notes, [selected, tags_box, notes_box], action_msg).then(
+            runs.runs_table, table_inputs, [table, caption], show_progress="hidden"
+        )
+        for button, action in ((cancel, "cancel"), (rerun, "rerun"), (resume, "resume")):
+            button.click(lambda run_id, a=action: runs.act_on_run(a, run_id)[0], selected, action_msg).then(
+                runs.runs_table, table_inputs, [table, caption], show_progress="hidden"
+            )
+        open_live.click(lambda run_id: (run_id, gr.Tabs(selected="live")), selected, [live_run, tabs])
+
+        def add_to_compare(run_id, current: str):
+            ids = [str(i) for i in compare_view.parse_run_ids(current or "")] if current else []
+            if run_id and str(int(run_id)) not in ids:
+                ids.append(str(int(run_id)))
+            return ", ".join(ids), f"Comparison: runs {', '.join(ids)} (open the Compare tab)."
+
+        add_compare.click(add_to_compare, [selected, compare_runs], [compare_runs, action_msg])
+
+        # --- launch tab events
+        def load_preset(name_: str):
+            if not name_:
+                return [gr.skip()] * (len(spec_inputs) + 3)
+            text = form.preset_yaml(name_)
+            values, problems = form.yaml_to_values(text)
+            if values is None:
+                return [*[gr.skip()] * len(spec_inputs), text, problems, gr.skip()]
+            return [*values, text, f"Loaded preset *{name_}*.", name_]
+
+        preset.input(load_preset, preset, [*spec_inputs, spec_yaml, form_msg, name])
+
+        def apply(text: str):
+            values, problems = form.yaml_to_values(text)
+            if values is None:
+                return [*[gr.skip()] * len(spec_inputs), problems]
+            return [*values, "YAML applied to the form."]
+
+        apply_yaml.click(apply, spec_yaml, [*spec_inputs, form_msg])
+        spec_yaml.blur(apply, spec_yaml, [*spec_inputs, form_msg], show_progress="hidden")
+
+        def form_changed(*values):
+            spec, problems = form.check_values(values, preflight=False)
+            return form.values_to_yaml(values), problems
+
+        gr.on([c.input for c in spec_inputs], form_changed, spec_inputs, [spec_yaml, form_msg],
+              show_progress="hidden", trigger_mode="always_last")  # fmt: skip
+        check.click(validate, spec_inputs, form_msg)
+
+        def launch_and_open(request: gr.Request, name_, tags_, notes_, *values):  # Gradio injects positional requests only
+            owner = request.username if request is not None and get_settings().auth == "on" else None
+            message, run_id = launch(name_, tags_, notes_, *values, owner=owner)
+            if run_id is None:
+                return message, gr.skip(), gr.skip()
+            return message, run_id, gr.Tabs(selected="live")
+
+        launch_btn.click(launch_and_open, [name, tags_new, notes_new, *spec_inputs], [form_msg, live_run, tabs])
+
+        # --- live tab events
+        live_inputs = [live_run, smoothing, x_axis]
+        live_all = [header, *live_plots, samples_html]
+
+        def live_tick(run_id, current: str, following: bool):
+            if not following:
+                return gr.skip()
+            latest = live.probe(run_id)
+            return gr.skip() if latest == current else latest
+
+        live_timer.tick(live_tick, [live_run, live_version, follow], live_version, **CHEAP)
+        for trigger in (live_version.change, live_run.change, smoothing.release, x_axis.change, live_tab.select):
+            trigger(live_outputs, live_inputs, live_all, trigger_mode="always_last", **REDRAW)
+        follow.change(lambda on: gr.Timer(active=on), follow, live_timer)
+
+        # --- compare tab events
+        compare_all = [*compare_plots, diff_table, finals_table, compare_link]
+        compare_inputs = [compare_runs, compare_keys, compare_smoothing, compare_x]
+        for trigger in (compare_btn.click, compare_runs.submit, compare_smoothing.release, compare_x.change):
+            trigger(compare_outputs, compare_inputs, compare_all, show_progress="hidden")
+        compare_tab.select(lambda text: gr.Dropdown(choices=known_metric_keys(text)), compare_runs, compare_keys)
+
+        # --- deep links: /ui/?run=5 and /ui/?compare=3,7
+        def on_load(request: gr.Request):
+            params = dict(request.query_params) if request else {}
+            unchanged = [gr.skip()] * len(compare_all)
+            if params.get("compare"):  # one round trip: the comparison is computed in the load event itself
+                shown = compare_outputs(params["compare"], compare_view.DEFAULT_KEYS, 0.0, "step")
+                return [params["compare"], gr.skip(), gr.Tabs(selected="compare"), *shown]
+            if params.get("run", "").isdigit():
+                return [gr.skip(), int(params["run"]), gr.Tabs(selected="live"), *unchanged]
+            return [gr.skip(), gr.skip(), gr.skip(), *unchanged]
+
+        demo.load(on_load, None, [compare_runs, live_run, tabs, *compare_all])
+        demo.load(runs.runs_table, table_inputs, [table, caption], **REDRAW)
+    return demo
+
+
+def mount_dashboard(app: FastAPI) -> FastAPI:
+    """Mount the dashboard at /ui (call after the API routes: a mount shadows what follows)."""
+    from app.auth import auth_dependency  # the API's tokens (header or the login cookie); "anonymous" when off
+
+    return gr.mount_gradio_app(
+        app, build_dashboard(), path="/ui", auth_dependency=auth_dependency, css=CSS, footer_links=[],
+        ssr_mode=False,
+    )  # fmt: skip

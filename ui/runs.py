@@ -1,0 +1,142 @@
+"""The runs table: one row per run with its status, place in the queue, key spec fields and metrics.
+
+Filtering happens in SQL (`app.crud.list_runs`); the metric columns are index seeks per run
+(`latest_metrics`), never a scan of the metric table, so the table loads fast with long runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pandas as pd
+from sqlmodel import Session
+
+from app import crud
+from app.db import get_engine
+from app.metrics_query import latest_metrics
+from app.models import Experiment, ExperimentUpdate, Run, RunStatus
+from core_distill.spec import SpecError
+
+SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd")
+METRIC_COLUMNS = ("loss", "div/fkl", "eval/exact_match")
+# run id first: a selected row's first cell names the run
+RUN_COLUMNS = ("run", "name", "status", "queue", "step", *METRIC_COLUMNS, *SPEC_COLUMNS, "tags", "experiment", "created")
+STATUS_CHOICES = ["all", *[s.value for s in RunStatus]]
+PAGE_SIZE = 100
+
+
+class FilterError(ValueError):
+    """A filter the user typed that cannot be applied; the message names the bad part."""
+
+
+def parse_field_filter(text: str) -> dict[str, str]:
+    """'beta=0.5 student=toy:student' -> {'beta': '0.5', 'student': 'toy:student'} (quotes allowed)."""
+    raw: dict[str, str] = {}
+    for clause in shlex.split(text or ""):
+        name, sep, value = clause.partition("=")
+        if not sep or not name.strip():
+            raise FilterError(f"filter {clause!r} is not field=value")
+        raw[name.strip()] = value.strip()
+    return raw
+
+
+def parse_tags(text: str) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def runs_table(status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0) -> tuple[pd.DataFrame, str]:
+    """(table, caption) for the filters; bad filters give an empty table and a caption naming the problem."""
+    try:
+        spec_filters = crud.parse_spec_filters(parse_field_filter(field_text))
+    except (FilterError, SpecError) as exc:
+        return pd.DataFrame(columns=RUN_COLUMNS), f"**Filter not applied:** {exc}"
+    with Session(get_engine()) as session:
+        rows, total = crud.list_runs(
+            session=session,
+            status=None if status in ("", "all") else status,
+            tags=parse_tags(tag_text),
+            spec_filters=spec_filters,
+            skip=max(int(page or 0), 0) * PAGE_SIZE,
+            limit=PAGE_SIZE,
+        )
+        positions = crud.queue_positions(session=session)
+        metrics = latest_metrics(session, [run.id for run, _ in rows], METRIC_COLUMNS)
+    records = [_row(run, experiment, positions.get(run.id), metrics.get(run.id, {})) for run, experiment in rows]
+    caption = f"{total} run(s) match; showing {len(records)} (page {int(page or 0) + 1})."
+    return pd.DataFrame(records, columns=RUN_COLUMNS), caption
+
+
+def _row(run: Run, experiment: Experiment, queue: int | None, metrics: dict[str, float]) -> dict[str, Any]:
+    spec = experiment.spec
+    row: dict[str, Any] = {
+        "run": run.id,
+        "experiment": experiment.id,
+        "name": experiment.name,
+        "status": run.status + (" (cancelling)" if run.cancel_requested and run.status == "running" else ""),
+        "queue": queue if queue is not None else "",
+        "step": f"{run.last_step}/{run.max_steps}",
+        "tags": ", ".join(experiment.tags),
+        "created": run.created_at.strftime("%Y-%m-%d %H:%M"),
+    }
+    row.update({name: spec.get(name) for name in SPEC_COLUMNS})
+    row.update({key: round(metrics[key], 4) if key in metrics else None for key in METRIC_COLUMNS})
+    return row
+
+
+# --- actions on one run ---------------------------------------------------------------------------
+def run_details(run_id: int | None) -> tuple[str, str, str]:
+    """(summary markdown, tags, notes) of the run's experiment, for the side panel."""
+    if not run_id:
+        return "Select a run in the table.", "", ""
+    with Session(get_engine()) as session:
+        run = session.get(Run, int(run_id))
+        if run is None:
+            return f"No run {int(run_id)}.", "", ""
+        experiment = session.get(Experiment, run.experiment_id)
+        summary = (
+            f"**Run {run.id}** of experiment {experiment.id} *{experiment.name}*: {run.status}, "
+            f"step {run.last_step}/{run.max_steps}, attempt {run.attempt}"
+            + (f"\n\nError: `{run.error}`" if run.error else "")
+        )
+        return summary, ", ".join(experiment.tags), experiment.notes
+
+
+def save_tags_notes(run_id: int | None, tags_text: str, notes: str) -> str:
+    if not run_id:
+        return "Select a run first."
+    try:
+        update = ExperimentUpdate(tags=parse_tags(tags_text), notes=notes)
+    except ValueError as exc:
+        return f"**Not saved:** {exc}"
+    with Session(get_engine()) as session:
+        try:
+            run = crud.get_run(session=session, run_id=int(run_id))
+            experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
+        except crud.NotFoundError as exc:
+            return f"**Not saved:** {exc}"
+        crud.update_experiment(session=session, experiment=experiment, experiment_in=update)
+        return f"Saved tags and notes of experiment {experiment.id}."
+
+
+def act_on_run(action: str, run_id: int | None) -> tuple[str, int | None]:
+    """cancel | rerun | resume the run; (message, id of the run to show)."""
+    if not run_id:
+        return "Select a run first.", None
+    with Session(get_engine()) as session:
+        try:
+            run = crud.get_run(session=session, run_id=int(run_id))
+            if action == "cancel":
+                run = crud.request_cancel(session=session, run=run)
+                verb = "cancelled" if run.status == RunStatus.cancelled else "asked to stop (it checkpoints first)"
+                return f"Run {run.id} {verb}.", run.id
+            if action == "resume":
+                run = crud.resume_run(session=session, run=run)
+                return f"Run {run.id} queued again (attempt {run.attempt}), from its last checkpoint.", run.id
+            if action == "rerun":
+                experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
+                new_run = crud.rerun_experiment(session=session, experiment=experiment)
+                return f"Run {new_run.id} queued: a fresh run of experiment {experiment.id}.", new_run.id
+        except (crud.NotFoundError, crud.ConflictError, crud.QueueUnavailableError, SpecError) as exc:
+            return f"**{action} failed:** {exc}", int(run_id)
+    raise ValueError(f"unknown action {action!r}")

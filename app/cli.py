@@ -2,9 +2,150 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from core_distill.cli import engine_cli
 
 cli = engine_cli
+
+# --- `distill teacher serve`: the teacher server (app/teacher_server.py) ---------------------------
+teacher_cli = typer.Typer(no_args_is_help=True, help="Serve a teacher to training runs on other machines.")
+
+
+@teacher_cli.command("serve")
+def teacher_serve(
+    model: Annotated[str, typer.Argument(help="Teacher model: hub id or local directory.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8600,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    max_top_k: Annotated[int, typer.Option(help="Largest top_k a client may ask for.")] = 1024,
+    max_batch_tokens: Annotated[int, typer.Option(help="Tokens per shared forward pass.")] = 16384,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests.")] = 5.0,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own Python code.")] = False,
+) -> None:
+    """Serve MODEL's top-K log-probs over HTTP (binary arrays), batching requests of all clients."""
+    from app.teacher_server import serve
+
+    try:
+        serve(model, host=host, port=port, dtype=dtype, device=device, max_top_k=max_top_k,
+              max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms, trust_remote_code=trust_remote_code)  # fmt: skip
+    except (OSError, ValueError) as exc:  # a model that cannot load: say why, without a traceback
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+cli.add_typer(teacher_cli, name="teacher")
+
+
+# --- the service: `distill up`, `distill api`, `distill worker`, `distill token ...` ---------------
+@cli.command("up")
+def up_command(
+    host: Annotated[str, typer.Option(help="Interface of the API and dashboard.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API and dashboard.")] = 8000,
+    gpus: Annotated[int | None, typer.Option(help="Workers to start, one per GPU (default: every GPU; 0 = one CPU worker).")] = None,
+    toy: Annotated[bool, typer.Option(help="Build the toy task first if it was never built.")] = True,
+) -> None:
+    """Start everything on this machine: Redis, the API and dashboard, one worker per GPU. Ctrl-C stops it."""
+    from app.embedded import up
+
+    raise typer.Exit(up(host=host, port=port, gpus=gpus, toy=toy))
+
+
+@cli.command("api")
+def api_command(
+    host: Annotated[str | None, typer.Option(help="Interface (default: DISTILL_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: DISTILL_PORT).")] = None,
+    reaper: Annotated[bool, typer.Option(help="Mark runs whose worker stopped sending heartbeats as lost.")] = True,
+) -> None:
+    """Serve the REST API and the dashboard (team mode: workers run elsewhere with `distill worker`)."""
+    import threading
+
+    import uvicorn
+
+    from app.db import init_db
+    from app.run_state import start_reaper
+    from app.settings import get_settings
+
+    settings = get_settings()
+    init_db()
+    stop = threading.Event()
+    if reaper:
+        start_reaper(stop)
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+    finally:
+        stop.set()
+
+
+@cli.command("worker")
+def worker_command(
+    gpu: Annotated[str | None, typer.Option(help="GPU index for CUDA_VISIBLE_DEVICES (default: keep it; none = CPU).")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker name (default: gpuN@host).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run one Celery worker bound to one GPU; start one per GPU."""
+    from worker.launch import run_worker
+
+    run_worker(gpu=gpu, name=name, loglevel=loglevel)
+
+
+token_cli = typer.Typer(no_args_is_help=True, help="API tokens for DISTILL_AUTH=on.")
+
+
+@token_cli.command("create")
+def token_create(name: Annotated[str, typer.Argument(help="Who holds it; their experiments are owned by this name.")]) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from sqlmodel import Session
+
+    from app.auth import create_token
+    from app.db import get_engine, init_db
+
+    init_db()
+    with Session(get_engine()) as session:
+        try:
+            token = create_token(session=session, name=name)
+        except ValueError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(token)
+    typer.echo(f"token for {name!r}: send it as 'Authorization: Bearer <token>'; it is not shown again", err=True)
+
+
+@token_cli.command("list")
+def token_list() -> None:
+    """Token names and when they were created and last used."""
+    from sqlmodel import Session
+
+    from app.auth import list_tokens
+    from app.db import get_engine, init_db
+
+    init_db()
+    with Session(get_engine()) as session:
+        for token in list_tokens(session=session):
+            typer.echo(f"{token.name}\tcreated {token.created_at:%Y-%m-%d %H:%M}\tlast used {token.last_used_at or 'never'}")
+
+
+@token_cli.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
+    """Delete a token: requests with it are refused from now on."""
+    from sqlmodel import Session
+
+    from app.auth import revoke_token
+    from app.db import get_engine, init_db
+
+    init_db()
+    with Session(get_engine()) as session:
+        removed = revoke_token(session=session, name=name)
+    if not removed:
+        typer.secho(f"error: no token named {name!r}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {name!r}")
+
+
+cli.add_typer(token_cli, name="token")
 
 
 def main() -> None:

@@ -84,6 +84,71 @@ def spec_command(
     typer.echo(spec_reference_markdown() if markdown else spec_template_yaml(), nl=False)
 
 
+@engine_cli.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Argument(help="A model folder, toy:NAME, a hub id, or a run folder (its final/ model).")],
+    data: Annotated[str, typer.Option(help="Data to score: test / eval / train (the toy splits) or a file.")] = "test",
+    teacher: Annotated[
+        str, typer.Option(help="Teacher for the divergences ('' = none).")
+    ] = "toy:teacher",
+    limit: Annotated[int, typer.Option(help="Score only the first N rows (0 = all).")] = 0,
+    metric: Annotated[str, typer.Option(help="final_answer (after '####') or exact_match (whole completion).")] = "final_answer",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest greedy completion.", min=1)] = 96,
+    samples: Annotated[int, typer.Option(help="Sample completions to show.", min=0)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+) -> None:
+    """Exact-match accuracy, divergence to the teacher and sample completions of one model."""
+    import json
+
+    from core_distill.model_eval import EvalError, evaluate_model, report_text
+
+    try:
+        report = evaluate_model(model, data, teacher=teacher or None, limit=limit, metric=metric,
+                                max_new_tokens=max_new_tokens, n_samples=samples)  # fmt: skip
+    except EvalError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report_text(report))
+
+
+@engine_cli.command("compare")
+def compare_command(
+    spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps of every run (overrides max_steps).", min=1)] = 100,
+    seeds: Annotated[int, typer.Option(help="Seeds per method: 0, 1, ... N-1.", min=1)] = 3,
+    eval_every: Annotated[int, typer.Option(help="Learning-curve point every N steps.", min=1)] = 20,
+    curve_examples: Annotated[int, typer.Option(help="Eval-split rows per learning-curve point.", min=1)] = 100,
+    test_examples: Annotated[int, typer.Option(help="Test rows scored at the end (0 = all).", min=0)] = 0,
+    teacher: Annotated[str, typer.Option(help="Reference teacher of the divergence columns.")] = "toy:teacher",
+    test_data: Annotated[str, typer.Option(help="Held-out data of the final test: test (the toy split) or a file.")] = "test",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the runs and results.json.")] = Path(
+        "runs/compare"
+    ),
+    doc: Annotated[Path, typer.Option(help="Markdown page to write.")] = Path("docs/results.md"),
+    plot: Annotated[Path, typer.Option(help="PNG of accuracy against steps.")] = Path("docs/results_accuracy.png"),
+    reuse: Annotated[
+        bool, typer.Option(help="Keep finished runs of an earlier comparison with the same spec (resume).")
+    ] = False,
+) -> None:
+    """Run every spec with the same step budget and seeds; write a results table and a plot."""
+    import shlex
+    import sys
+
+    from core_distill.compare import CompareError, CompareSettings, compare
+    from core_distill.model_eval import EvalError
+
+    settings = CompareSettings(steps=steps, seeds=tuple(range(seeds)), eval_every=eval_every,
+                               curve_examples=curve_examples, test_examples=test_examples, teacher=teacher,
+                               test_data=test_data)  # fmt: skip
+    command = shlex.join(["distill", *sys.argv[1:]])
+    try:
+        compare(spec_files, settings, output_dir=output, doc_path=doc, plot_path=plot, command=command,
+                echo=typer.echo, reuse=reuse, progress=True)  # fmt: skip
+    except (CompareError, EvalError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 from core_distill.toy.cli import toy_cli  # noqa: E402
 
 engine_cli.add_typer(toy_cli, name="toy", help="The built-in arithmetic task.")

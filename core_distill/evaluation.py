@@ -60,6 +60,10 @@ class EvalContext:
     max_new_tokens: int
     batch_size: int
     matcher: AnswerMatcher = exact_match
+    privileged_teacher: bool = False  # OPSD: the teacher sees the row's teacher_prompt, as in training
+
+    def teacher_prompt(self, example: Example) -> list[int]:
+        return (example.teacher_prompt_ids or example.prompt_ids) if self.privileged_teacher else example.prompt_ids
 
 
 def evaluate(ctx: EvalContext, examples: list[Example], n_samples: int = 4) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -68,7 +72,7 @@ def evaluate(ctx: EvalContext, examples: list[Example], n_samples: int = 4) -> t
     with_reference = [e for e in examples if e.completion_ids]
     if ctx.teacher is not None and with_reference:
         stats, _ = _score(ctx, [e.prompt_ids for e in with_reference], [e.completion_ids for e in with_reference],
-                          [e.teacher_prompt_ids or e.prompt_ids for e in with_reference], cacheable=True)  # fmt: skip
+                          [ctx.teacher_prompt(e) for e in with_reference], cacheable=True)  # fmt: skip
         metrics.update({f"eval/{k}": v for k, v in stats.items()})
     predictions = sample_completions(
         ctx.student, [e.prompt_ids for e in examples], pad_id=ctx.tokenizer.pad_token_id, eos_ids=ctx.eos_ids,
@@ -88,7 +92,7 @@ def _samples(ctx: EvalContext, examples: list[Example], predictions: list[list[i
     nonempty = [i for i, p in enumerate(predictions) if p]
     if ctx.teacher is not None and nonempty:
         _, kd = _score(ctx, [examples[i].prompt_ids for i in nonempty], [predictions[i] for i in nonempty],
-                       [examples[i].teacher_prompt_ids or examples[i].prompt_ids for i in nonempty])  # fmt: skip
+                       [ctx.teacher_prompt(examples[i]) for i in nonempty])  # fmt: skip
         for i, values in zip(nonempty, kd, strict=True):
             per_token[i] = values
     samples = []

@@ -66,6 +66,12 @@ class DistillSpec(BaseModel):
         "models",
         max_length=1024,
     )
+    teacher_server_api: Literal["distill", "vllm"] = _field(
+        "distill",
+        "What answers at teacher_server_url: distill = `distill teacher serve` (binary protocol); vllm = "
+        "an OpenAI-compatible `vllm serve TEACHER --max-logprobs K` (top-K prompt log-probs, K <= its max_logprobs).",
+        "models",
+    )
     trust_remote_code: bool = _field(
         False, "Allow model repositories to run their own Python code (off unless you trust them).", "models"
     )
@@ -252,6 +258,12 @@ class DistillSpec(BaseModel):
                 )
             if self.opsd != "off":
                 errors["opsd"] = f"{self.opsd!r} uses the student as teacher; it cannot use a teacher_server_url"
+            if self.seq_kd:
+                errors["seq_kd"] = "samples completions from the teacher, which a teacher_server_url only scores; use a local teacher"
+        if self.teacher_server_api != "distill" and not self.teacher_server_url:
+            errors["teacher_server_api"] = (
+                f"{self.teacher_server_api!r} names the kind of teacher server; set teacher_server_url too"
+            )
         if self.opsd == "dynamic" and self.teacher:
             errors["teacher"] = (
                 f"must be empty with opsd='dynamic' (the teacher is the live student), got {self.teacher!r}"
@@ -273,6 +285,8 @@ class DistillSpec(BaseModel):
                 )
         if self.teacher_cache and self.loss_top_k == 0:
             errors["teacher_cache"] = "caches the teacher's top K log-probs; set loss_top_k > 0"
+        elif self.teacher_cache and self.opsd == "dynamic":
+            errors["teacher_cache"] = "opsd='dynamic' scores with the live student, whose log-probs change every step: nothing to cache"
         if self.objective == "sft" and self.lmbda != 0.0:
             errors["lmbda"] = f"objective='sft' trains on dataset (or seq_kd teacher) completions only; set lmbda=0.0, got {self.lmbda}"
         if self.lora and self.lora_target_modules != "all-linear":

@@ -108,6 +108,7 @@ def run(
     eval_ctx = EvalContext(
         student, teacher, tokenizer, eos_ids, beta=spec.beta, temperature=spec.kd_temperature, top_k=spec.loss_top_k,
         max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, matcher=answer_matcher(spec.eval_metric),
+        privileged_teacher=spec.opsd != "off",
     )  # fmt: skip
 
     start = 0

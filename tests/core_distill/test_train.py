@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core_distill.data import encode_rows, make_batch, read_rows
+from core_distill.evaluation import EvalContext, evaluate
 from core_distill.generation import HFSampler, eos_token_ids, sample_completions
 from core_distill.models import load_model, load_tokenizer
 from core_distill.reporting import JsonlReporter, NullReporter
@@ -84,6 +85,21 @@ def test_opsd_dynamic_teacher_sees_the_teacher_prompt(tiny_workspace):
     # the same network with the same prompt is its own perfect teacher; the privileged prompt is not
     assert _kd_of(teacher, student, tokenizer, plain, plain, completions) == pytest.approx(0.0, abs=1e-6)
     assert _kd_of(teacher, student, tokenizer, plain, privileged, completions) > 1e-4
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_evaluation_shows_the_teacher_prompt_only_under_opsd(tiny_workspace, privileged):
+    # the student as its own teacher: zero divergence unless eval shows it the privileged prompt
+    spec, tokenizer, student, examples = _setup(tiny_workspace, opsd="dynamic", teacher="")
+    teacher = build_teacher(spec, student, dtype=torch.float32, device=torch.device("cpu"))
+    ctx = EvalContext(student, teacher, tokenizer, eos_token_ids(student, tokenizer), beta=0.5, temperature=1.0,
+                      top_k=0, max_new_tokens=4, batch_size=4, privileged_teacher=privileged)  # fmt: skip
+    metrics, samples = evaluate(ctx, examples[:4], n_samples=2)
+    if privileged:
+        assert metrics["eval/loss/kd"] > 1e-4 and max(max(s["token_div"]) for s in samples) > 1e-4
+    else:
+        assert metrics["eval/loss/kd"] == pytest.approx(0.0, abs=1e-6)
+        assert all(abs(v) < 1e-5 for s in samples for v in s["token_div"])
 
 
 def test_opsd_fixed_teacher_keeps_the_initial_weights(tiny_workspace):

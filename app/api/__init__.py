@@ -1,0 +1,1 @@
+"""The REST API: routers under /api (see app/main.py and docs/api.md)."""

@@ -1,0 +1,39 @@
+"""Typed dependencies of the routes: a database session and the calling user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlmodel import Session
+
+from app.auth import auth_enabled, token_from_request, user_for_token
+from app.db import get_session
+from app.models import Experiment
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_current_user(request: Request, session: SessionDep) -> str | None:
+    """The token's name with auth on (401 without a valid token); None (anonymous) with auth off."""
+    if not auth_enabled():
+        return None
+    user = user_for_token(session=session, token=token_from_request(request))
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid API token is required: send 'Authorization: Bearer <token>' (create one with `distill token create NAME`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user
+
+
+CurrentUser = Annotated[str | None, Depends(get_current_user)]
+
+
+def check_owner(user: str | None, experiment: Experiment) -> None:
+    """403 unless auth is off or the caller created the experiment."""
+    if auth_enabled() and experiment.owner != user:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"experiment {experiment.id} belongs to {experiment.owner!r}, not to {user!r}"
+        )

@@ -1,0 +1,77 @@
+"""Turning errors into responses: every 4xx names what was wrong and where ("loc"), like FastAPI's own 422s."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app.crud import ConflictError, NotFoundError, QueueUnavailableError
+from core_distill.spec import DistillSpec, SpecError
+
+
+class RequestInvalid(Exception):
+    """A request body that could not be read or validated: answered with 422 and `detail`."""
+
+    def __init__(self, detail: list[dict[str, Any]], status_code: int = status.HTTP_422_UNPROCESSABLE_CONTENT):
+        self.detail = detail
+        self.status_code = status_code
+
+
+def invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> RequestInvalid:
+    return RequestInvalid([{"loc": loc, "msg": msg, "type": kind}])
+
+
+def spec_error_detail(exc: SpecError, prefix: tuple[str, ...] = ("body", "spec")) -> list[dict[str, Any]]:
+    return [
+        {"loc": [*prefix, *field.split(".")], "msg": msg, "type": "spec_error"} for field, msg in exc.errors.items()
+    ]
+
+
+def validation_detail(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[dict[str, Any]]:
+    """pydantic errors without echoing the (possibly huge) input back, with the bad value shortened."""
+    detail = []
+    for err in exc.errors():
+        loc = [*prefix, *err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        # DistillSpec's cross-field rules report at the model level as "field: message"
+        field, sep, rest = msg.partition(": ")
+        if loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
+            loc, msg = [*loc, field], rest
+        elif "input" in err and err["type"] not in ("missing", "extra_forbidden"):
+            msg = f"{msg}, got {_short(err['input'])}"
+        detail.append({"loc": loc, "msg": msg, "type": err["type"]})
+    return detail
+
+
+def _short(value: Any) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        text = repr(type(value))
+    return text if len(text) <= 120 else text[:120] + f"... ({len(text)} characters)"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestInvalid)
+    async def _invalid(_: Request, exc: RequestInvalid) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(SpecError)
+    async def _spec(_: Request, exc: SpecError) -> JSONResponse:
+        return JSONResponse({"detail": spec_error_detail(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(QueueUnavailableError)
+    async def _queue_down(_: Request, exc: QueueUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)

@@ -1,0 +1,129 @@
+"""Metric series of runs: downsampled for charts, full exports, and comparisons of several runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import StreamingResponse
+from sqlmodel import Session, select
+
+from app import crud
+from app.api.deps import SessionDep
+from app.api.routes.experiments import split_list
+from app.api.routes.runs import run_detail
+from app.api.schemas import Comparison, MetricSeries, SpecField
+from app.db import get_engine
+from app.metrics_query import MAX_POINTS_CAP, MIN_POINTS, downsample_series, metric_keys
+from app.models import MetricPoint
+from core_distill.spec import DistillSpec
+
+router = APIRouter(tags=["metrics"])
+
+MaxPoints = Annotated[int, Query(ge=MIN_POINTS, le=MAX_POINTS_CAP, description="Points per series, at most.")]
+XAxis = Annotated[Literal["step", "wall_time"], Query(description="The axis the buckets cut.")]
+KeysQuery = Annotated[str | None, Query(max_length=4000, description="Comma-separated metric keys; default all.")]
+EXPORT_CHUNK = 5000
+MAX_COMPARED = 20
+
+
+@router.get("/runs/{run_id}/metrics", response_model=MetricSeries)
+def run_metrics(
+    run_id: int, session: SessionDep, keys: KeysQuery = None, max_points: MaxPoints = 500, x: XAxis = "step"
+) -> MetricSeries:
+    """A run's metric series, downsampled on the server: each bucket keeps its min and max, so spikes show."""
+    crud.get_run(session=session, run_id=run_id)
+    available = metric_keys(session, run_id)
+    wanted = split_list(keys) or available
+    series = downsample_series(session, run_id, wanted, max_points=max_points, x=x)
+    return MetricSeries(run_id=run_id, x=x, max_points=max_points, keys=available, series=series)
+
+
+def _points(run_id: int, keys: list[str]) -> Iterator[MetricPoint]:
+    """Every point, by (key, step), in chunks (keyset pagination): memory stays flat for any run size."""
+    with Session(get_engine()) as session:
+        last_id = 0
+        while True:
+            query = select(MetricPoint).where(MetricPoint.run_id == run_id, MetricPoint.id > last_id)
+            if keys:
+                query = query.where(MetricPoint.key.in_(keys))
+            chunk = session.exec(query.order_by(MetricPoint.id).limit(EXPORT_CHUNK)).all()
+            if not chunk:
+                return
+            yield from chunk
+            last_id = chunk[-1].id
+
+
+@router.get(
+    "/runs/{run_id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
+)
+def run_metrics_csv(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+    """Every stored point of the run as CSV (step, key, value, wall_time), streamed."""
+    crud.get_run(session=session, run_id=run_id)
+
+    def rows() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["step", "key", "value", "wall_time"])
+        for n, p in enumerate(_points(run_id, split_list(keys)), start=1):
+            writer.writerow([p.step, p.key, repr(p.value), repr(p.wall_time)])
+            if n % 1000 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    headers = {"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'}
+    return StreamingResponse(rows(), media_type="text/csv", headers=headers)
+
+
+@router.get("/runs/{run_id}/metrics.json", response_class=StreamingResponse)
+def run_metrics_json(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+    """Every stored point of the run as a JSON array of {step, key, value, wall_time}, streamed."""
+    crud.get_run(session=session, run_id=run_id)
+
+    def parts() -> Iterator[str]:
+        yield "["
+        for n, p in enumerate(_points(run_id, split_list(keys))):
+            item = {"step": p.step, "key": p.key, "value": p.value, "wall_time": p.wall_time}
+            yield ("," if n else "") + json.dumps(item)
+        yield "]"
+
+    return StreamingResponse(parts(), media_type="application/json")
+
+
+@router.get("/compare", response_model=Comparison)
+def compare_runs(
+    session: SessionDep,
+    run_ids: Annotated[str, Query(max_length=400, description="Comma-separated run ids.")],
+    keys: KeysQuery = None,
+    max_points: MaxPoints = 500,
+    x: XAxis = "step",
+) -> Comparison:
+    """Several runs side by side: each spec field with its value per run (`differs` marks the ones that
+    vary) and the runs' downsampled series of `keys` (default: the keys every run has)."""
+    try:
+        ids = list(dict.fromkeys(int(part) for part in split_list(run_ids)))
+    except ValueError:
+        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated integers, "
+                                   f"got {run_ids[:100]!r}", "type": "int_parsing"}]) from None  # fmt: skip
+    if not 1 <= len(ids) <= MAX_COMPARED:
+        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"compare 1 to {MAX_COMPARED} runs, "
+                                   f"got {len(ids)}", "type": "value_error"}])  # fmt: skip
+    runs = [run_detail(session, crud.get_run(session=session, run_id=i)) for i in ids]
+    wanted = split_list(keys)
+    if not wanted:
+        key_sets = [set(metric_keys(session, i)) for i in ids]
+        wanted = sorted(set.intersection(*key_sets))
+    fields = []
+    for name, info in DistillSpec.model_fields.items():
+        values = [run.spec.get(name, info.default) for run in runs]
+        group = (info.json_schema_extra or {}).get("group") if isinstance(info.json_schema_extra, dict) else None
+        differs = len({json.dumps(v, sort_keys=True) for v in values}) > 1
+        fields.append(SpecField(name=name, group=group, values=values, differs=differs))
+    series = {i: downsample_series(session, i, wanted, max_points=max_points, x=x) for i in ids}
+    return Comparison(runs=runs, fields=fields, series=series)

@@ -1,0 +1,185 @@
+"""Runs: list, read, cancel, resume, the spec and eval samples, and the live event stream (SSE)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlmodel import Session, select
+
+from app import crud, events
+from app.api.deps import CurrentUser, SessionDep, check_owner
+from app.api.routes.experiments import spec_filters_from, split_list
+from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
+from app.db import get_engine
+from app.models import FINISHED, EvalSamples, Experiment, Run, RunPublic, RunStatus
+from app.settings import get_settings
+from core_distill.spec import DistillSpec
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+IDLE_BLOCK_MS = 5000  # an idle stream re-checks the run's row this often (FastAPI pings every 15 s)
+TERMINAL = frozenset(s.value for s in FINISHED)
+
+
+def summarize(run: Run, experiment: Experiment, positions: dict[int, int]) -> RunSummary:
+    return RunSummary(
+        **RunPublic.model_validate(run).model_dump(),
+        experiment_name=experiment.name,
+        tags=experiment.tags,
+        owner=experiment.owner,
+        queue_position=positions.get(run.id),
+    )
+
+
+def run_detail(session: Session, run: Run) -> RunDetail:
+    experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
+    summary = summarize(run, experiment, crud.queue_positions(session=session))
+    return RunDetail(**summary.model_dump(), spec=experiment.spec)
+
+
+@router.get("", response_model=RunsPublic)
+def list_runs(
+    request: Request,
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=200, description="Comma-separated statuses.")] = None,
+    tags: Annotated[str | None, Query(max_length=2000, description="Comma-separated; all must match.")] = None,
+    experiment_id: int | None = None,
+    owner: Annotated[str | None, Query(max_length=200)] = None,
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 100,
+) -> RunsPublic:
+    """List runs, newest first, each with its place in the queue. Spec filters: `spec.FIELD=value`."""
+    statuses = split_list(status)
+    bad = [s for s in statuses if s not in RunStatus.__members__]
+    if bad:
+        raise HTTPException(422, [{"loc": ["query", "status"], "msg": f"unknown status {bad[0]!r}; one of "
+                                   f"{', '.join(RunStatus.__members__)}", "type": "enum"}])  # fmt: skip
+    rows, count = crud.list_runs(
+        session=session,
+        status=statuses or None,
+        tags=split_list(tags),
+        spec_filters=spec_filters_from(request),
+        experiment_id=experiment_id,
+        owner=owner,
+        skip=skip,
+        limit=limit,
+    )
+    positions = crud.queue_positions(session=session)
+    return RunsPublic(data=[summarize(run, experiment, positions) for run, experiment in rows], count=count)
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+def get_run(run_id: int, session: SessionDep) -> RunDetail:
+    """One run with its experiment's spec and its place in the queue."""
+    return run_detail(session, crud.get_run(session=session, run_id=run_id))
+
+
+@router.post("/{run_id}/cancel", response_model=RunDetail)
+def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
+    """Cancel: a queued run at once; a running run checkpoints and stops at its next step (409 if finished)."""
+    run = crud.get_run(session=session, run_id=run_id)
+    check_owner(user, crud.get_experiment(session=session, experiment_id=run.experiment_id))
+    return run_detail(session, crud.request_cancel(session=session, run=run))
+
+
+@router.post("/{run_id}/resume", response_model=RunDetail)
+def resume_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
+    """Continue a lost, failed or cancelled run from its last checkpoint (same run, next attempt)."""
+    run = crud.get_run(session=session, run_id=run_id)
+    check_owner(user, crud.get_experiment(session=session, experiment_id=run.experiment_id))
+    return run_detail(session, crud.resume_run(session=session, run=run))
+
+
+@router.get(
+    "/{run_id}/spec.yaml", response_class=PlainTextResponse, responses={200: {"content": {"application/yaml": {}}}}
+)
+def run_spec_yaml(run_id: int, session: SessionDep) -> PlainTextResponse:
+    """The run's spec as YAML, ready for `distill run` or another POST /api/experiments."""
+    run = crud.get_run(session=session, run_id=run_id)
+    experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
+    header = f"# experiment {experiment.id} ({experiment.name}), run {run.id}\n"
+    return PlainTextResponse(header + DistillSpec.parse(experiment.spec).to_yaml(), media_type="application/yaml")
+
+
+@router.get("/{run_id}/samples", response_model=list[SamplesAtStep])
+def run_samples(
+    run_id: int,
+    session: SessionDep,
+    step: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="How many evaluations, the latest.")] = 10,
+) -> list[SamplesAtStep]:
+    """Sampled eval completions with per-token divergences: at `step`, else the latest evaluations, oldest first."""
+    crud.get_run(session=session, run_id=run_id)
+    query = select(EvalSamples).where(EvalSamples.run_id == run_id)
+    if step is not None:
+        query = query.where(EvalSamples.step == step)
+    rows = session.exec(query.order_by(EvalSamples.step.desc(), EvalSamples.id.desc()).limit(limit)).all()
+    return [SamplesAtStep(step=r.step, wall_time=r.wall_time, samples=r.samples) for r in reversed(rows)]
+
+
+# --- live events ----------------------------------------------------------------------------------
+def _run_state(run_id: int) -> dict:
+    with Session(get_engine()) as session:
+        run = crud.get_run(session=session, run_id=run_id)
+        return {"status": run.status, "error": run.error, "last_step": run.last_step}
+
+
+async def stream_source(run_id: int) -> str:
+    """The Redis URL, after the checks that must answer before the stream starts (an error raised
+    inside an event generator would arrive after a 200): 404 for an unknown run, 503 without Redis."""
+    await run_in_threadpool(_run_state, run_id)
+    url = get_settings().redis_url
+    if not url:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off")
+    return url
+
+
+@router.get(
+    "/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"description": "Events `metrics`, `samples`, `status`, `resumed`; ids are Redis stream ids."}},
+)
+async def run_events(
+    run_id: int,
+    request: Request,
+    url: Annotated[str, Depends(stream_source)],
+    last_event_id: Annotated[str | None, Header(pattern=STREAM_ID_PATTERN)] = None,
+    after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN, description="Like Last-Event-ID.")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Live metric points, samples and status changes of a run, as server-sent events.
+
+    Starts with everything the stream holds (or after `Last-Event-ID`), then follows new events.
+    Ends after a final status (succeeded, failed, cancelled, lost); a client closes then.
+    """
+    client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=IDLE_BLOCK_MS / 1000 + 30)
+    cursor = last_event_id or after or "0-0"
+    last_status: str | None = None
+    try:
+        while not await request.is_disconnected():
+            # after a final status, only drain what is left; otherwise wait for new events
+            block = None if last_status in TERMINAL else IDLE_BLOCK_MS
+            reply = await client.xread({events.stream_key(run_id): cursor}, count=500, block=block)
+            entries = [entry for _, stream_entries in reply for entry in stream_entries]
+            for event_id, fields in entries:
+                cursor = event_id
+                if fields["kind"] == "status":
+                    last_status = json.loads(fields["data"]).get("status")
+                yield ServerSentEvent(raw_data=fields["data"], event=fields["kind"], id=event_id)
+            if entries:
+                continue
+            state = await run_in_threadpool(_run_state, run_id)
+            if state["status"] in TERMINAL:
+                if state["status"] != last_status:  # finished while Redis missed it: say so from the row
+                    yield ServerSentEvent(data=state, event="status")
+                return
+            last_status = state["status"] if last_status in TERMINAL else last_status  # resumed meanwhile
+    finally:
+        await client.aclose()

@@ -1,0 +1,114 @@
+"""Response bodies of the API beyond the table schemas of app.models (which they reuse)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import SQLModel
+
+from app.models import ExperimentPublic, RunPublic
+
+
+class ExperimentCreated(SQLModel):
+    id: int
+    run_id: int | None
+    experiment: ExperimentPublic
+    run: RunPublic | None
+
+
+class ExperimentsPublic(SQLModel):
+    data: list[ExperimentPublic]
+    count: int
+
+
+class ExperimentDetail(ExperimentPublic):
+    runs: list[RunPublic]
+
+
+class RunSummary(RunPublic):
+    """A run in listings: its experiment's name, tags and owner, and its place in the queue."""
+
+    experiment_name: str
+    tags: list[str]
+    owner: str | None
+    queue_position: int | None
+
+
+class RunsPublic(SQLModel):
+    data: list[RunSummary]
+    count: int
+
+
+class RunDetail(RunSummary):
+    spec: dict[str, Any]
+
+
+class MetricSeries(SQLModel):
+    run_id: int
+    x: str
+    max_points: int
+    keys: list[str]  # every key the run has logged
+    series: dict[str, list[dict[str, float]]]
+
+
+class SpecField(SQLModel):
+    name: str
+    group: str | None
+    values: list[Any]  # one per run, in the order of `runs`
+    differs: bool
+
+
+class Comparison(SQLModel):
+    runs: list[RunDetail]
+    fields: list[SpecField]
+    series: dict[int, dict[str, list[dict[str, float]]]]
+
+
+class QueuedRun(SQLModel):
+    run_id: int
+    experiment_id: int
+    experiment_name: str
+    owner: str | None
+    position: int
+    attempt: int
+    queued_at: datetime
+
+
+class RunningRun(SQLModel):
+    run_id: int
+    experiment_id: int
+    experiment_name: str
+    owner: str | None
+    worker: str | None
+    gpu: str | None
+    attempt: int
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    last_step: int
+    max_steps: int
+    cancel_requested: bool
+
+
+class QueueState(SQLModel):
+    queued: list[QueuedRun]
+    running: list[RunningRun]
+
+
+class Health(SQLModel):
+    status: str  # ok | degraded
+    database: str
+    redis: str
+
+
+class SamplesAtStep(SQLModel):
+    step: int
+    wall_time: float
+    samples: list[dict[str, Any]]
+
+
+class Preset(SQLModel):
+    name: str
+    description: str
+    spec: dict[str, Any]
+    yaml: str

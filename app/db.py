@@ -1,0 +1,81 @@
+"""The database engine and sessions. Tables are created by Alembic migrations (app/migrations)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+from app.settings import get_settings
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record) -> None:  # API, worker and reaper write concurrently
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@lru_cache
+def get_engine() -> Engine:
+    return make_engine(get_settings().effective_database_url)
+
+
+def get_session() -> Iterator[Session]:
+    with Session(get_engine()) as session:
+        yield session
+
+
+def init_db(engine: Engine | None = None) -> None:
+    """Bring the schema up to date with `alembic upgrade head` (idempotent; runs at every API and worker start).
+
+    Processes starting together take a lock first (a PostgreSQL advisory lock, or a file lock next
+    to the SQLite file), so only one of them creates the tables.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect, text
+
+    engine = engine or get_engine()
+    config = Config(str(Path(__file__).with_name("alembic.ini")))
+    with _migration_lock(engine), engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(74657301)"))  # held until this transaction ends
+        config.attributes["connection"] = connection
+        tables = inspect(connection)
+        if tables.has_table("experiment") and not tables.has_table("alembic_version"):
+            command.stamp(config, "0001")  # a database made by create_all before migrations existed
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(Path(database).expanduser().with_suffix(".migrate.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

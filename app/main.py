@@ -1,0 +1,130 @@
+"""The web app: the REST API under /api (OpenAPI docs at /docs) and the dashboard at /ui.
+
+distill api                                   # team mode (or `distill up` for everything)
+uvicorn app.main:create_app --factory         # the same, by hand
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.deps import get_current_user
+from app.api.errors import install_error_handlers
+from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
+from app.models import ExperimentCreate
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024  # specs are a few kB; anything near this is a mistake or an attack
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 for /api requests whose body exceeds MAX_BODY_BYTES, declared (Content-Length) or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _send_413(send, self.max_bytes)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _send_413(send, self.max_bytes)
+
+
+async def _send_413(send: Send, max_bytes: int) -> None:
+    body = f'{{"detail":"request body larger than {max_bytes} bytes"}}'.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix="/api")
+    router.include_router(health.router)  # the one route without auth
+    router.include_router(auth.router)  # login checks the token itself; /me needs one
+    guarded = [Depends(get_current_user)]
+    for module in (experiments, runs, metrics, queue, spec):
+        router.include_router(module.router, dependencies=guarded)
+    return router
+
+
+def create_app(ui: bool = True) -> FastAPI:
+    """The app; `ui=False` leaves the Gradio dashboard out (API tests, benchmarks)."""
+    app = FastAPI(
+        title="distill",
+        summary="Distillation experiments: submit, queue, follow live, compare.",
+        version="0.1.0",
+        docs_url="/docs",
+        generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}",
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.include_router(api_router())
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/ui/" if ui else "/docs")
+
+    if ui:
+        try:
+            from ui.app import mount_dashboard
+        except ImportError as exc:  # the API stands without the dashboard
+            log.warning("dashboard not mounted: %s", exc)
+        else:
+            app = mount_dashboard(app)
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus ExperimentCreate (its body is read by hand to accept JSON, YAML and files)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    body = ExperimentCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body.pop("$defs", {}))
+    components["ExperimentCreate"] = body
+    app.openapi_schema = schema
+    return schema
+
+
+def create_api() -> FastAPI:
+    """The API alone (`uvicorn app.main:create_api --factory`): benchmarks, or a deployment without the dashboard."""
+    return create_app(ui=False)

@@ -1,0 +1,166 @@
+"""SQL tables and API schemas, one family per entity (Base -> Create / table / Public).
+
+The experiment's spec is the engine's `DistillSpec`, stored whole as JSON and validated by that
+class on the way in; its fields are never re-declared here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import field_validator
+from sqlalchemy import JSON, Column, DateTime, Index
+from sqlmodel import Field, SQLModel
+
+from core_distill.spec import DistillSpec
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    lost = "lost"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.lost})
+
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, got {len(tags)}")
+    for tag in tags:
+        if not tag.strip() or len(tag) > MAX_TAG_LENGTH:
+            raise ValueError(f"each tag must be 1 to {MAX_TAG_LENGTH} characters, got {tag[:80]!r}")
+    return [t.strip() for t in tags]
+
+
+# --- experiments --------------------------------------------------------------------------------
+class ExperimentBase(SQLModel):
+    name: str = Field(min_length=1, max_length=200, description="A short name to find the experiment by.")
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False), description="Labels.")
+    notes: str = Field(default="", max_length=10_000, description="Free text.")
+
+    _tags = field_validator("tags")(lambda tags: check_tags(tags))
+
+
+class ExperimentCreate(ExperimentBase):
+    spec: DistillSpec = Field(description="The experiment: models, method knobs, data, training.")
+    launch: bool = Field(default=True, description="Queue a run right away.")
+
+
+class ExperimentUpdate(SQLModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tags: list[str] | None = None
+    notes: str | None = Field(default=None, max_length=10_000)
+
+    _tags = field_validator("tags")(lambda tags: None if tags is None else check_tags(tags))
+
+
+class Experiment(ExperimentBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    owner: str | None = Field(default=None, max_length=200, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
+
+    def distill_spec(self) -> DistillSpec:
+        return DistillSpec.parse(self.spec)
+
+
+class ExperimentPublic(ExperimentBase):
+    id: int
+    spec: dict[str, Any]
+    owner: str | None
+    created_at: datetime
+
+
+# --- runs ---------------------------------------------------------------------------------------
+class Run(SQLModel, table=True):
+    """One execution of an experiment; the row is the state machine (the queue only delivers ids)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    status: str = Field(default=RunStatus.queued, max_length=16, index=True)
+    attempt: int = Field(default=1, description="1 for the first execution, +1 for each resume.")
+    cancel_requested: bool = False
+    celery_task_id: str | None = Field(default=None, max_length=64)
+    worker: str | None = Field(default=None, max_length=200)
+    gpu: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
+    queued_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    heartbeat_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    error: str | None = None
+    output_dir: str | None = Field(default=None, max_length=4096)
+    model_dir: str | None = Field(default=None, max_length=4096, description="The final model, once succeeded.")
+    last_step: int = Field(default=0, description="Last optimizer step whose metrics are stored.")
+    max_steps: int = 0
+
+
+class RunPublic(SQLModel):
+    id: int
+    experiment_id: int
+    status: str
+    attempt: int
+    cancel_requested: bool
+    worker: str | None
+    gpu: str | None
+    created_at: datetime
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    error: str | None
+    output_dir: str | None
+    model_dir: str | None
+    last_step: int
+    max_steps: int
+
+
+# --- metrics and samples ------------------------------------------------------------------------
+class MetricPoint(SQLModel, table=True):
+    """One scalar at one step: a long table, never joined into run listings."""
+
+    # value and wall_time ride along in the index so chart queries never touch the table (app/metrics_query.py)
+    __table_args__ = (Index("ix_metricpoint_run_key_step", "run_id", "key", "step", "value", "wall_time"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    step: int
+    key: str = Field(max_length=128)
+    value: float
+    wall_time: float = Field(description="Unix time the worker logged it.")
+
+
+class EvalSamples(SQLModel, table=True):
+    """The sampled eval completions of one evaluation, with per-token divergences (heat map)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    step: int
+    wall_time: float
+    samples: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+
+
+# --- auth ---------------------------------------------------------------------------------------
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True, description="Who holds it; experiments are owned by this name.")
+    token_hash: str = Field(max_length=128, unique=True, description="sha256 of the token; the token is never stored.")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

@@ -1,0 +1,55 @@
+"""What a spec may point at on this server: model and data paths under allowed roots, no remote code.
+
+A shared service runs specs from many people; without this, a spec could read any file the
+worker can (`train_data: /etc/shadow`) or run a model repository's own Python code.
+
+- `toy:NAME` resolves inside the toy folder (and must stay there: `toy:../../x` is refused).
+- A hub id (`org/name`, not a local path) is allowed; downloading is the model loader's business.
+- A local path is resolved (symlinks and `..` followed) and must lie under one of
+  `DISTILL_ALLOWED_PATHS` (os.pathsep-separated) or the toy folder; empty = no restriction.
+- `trust_remote_code: true` needs `DISTILL_ALLOW_REMOTE_CODE=true` on the server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.settings import get_settings
+from core_distill.paths import TOY_SCHEME, looks_like_local_path, resolve_data_path, resolve_model_path, toy_dir
+from core_distill.spec import DistillSpec, SpecError
+
+MODEL_FIELDS = ("student", "teacher")
+DATA_FIELDS = ("train_data", "eval_data")
+
+
+def check_spec_policy(spec: DistillSpec) -> None:
+    """Raise SpecError naming every field that points outside what this server allows."""
+    settings = get_settings()
+    roots = settings.allowed_roots
+    toy_root = toy_dir().expanduser().resolve()
+    errors: dict[str, str] = {}
+    for name in MODEL_FIELDS + DATA_FIELDS:
+        value = getattr(spec, name)
+        if not value:
+            continue
+        is_model = name in MODEL_FIELDS
+        if is_model and not looks_like_local_path(value):
+            continue  # a hub id
+        path = resolve_model_path(value) if is_model else resolve_data_path(value)
+        resolved = Path(path).expanduser().resolve()
+        if value.startswith(TOY_SCHEME):
+            if not _is_under(resolved, toy_root):
+                errors[name] = f"{value!r} leaves the toy folder {toy_root}"
+        elif roots and not any(_is_under(resolved, root) for root in [*roots, toy_root]):
+            allowed = ", ".join(str(r) for r in roots)
+            errors[name] = f"{value!r} (resolved to {resolved}) is outside the allowed roots: {allowed}"
+    if spec.trust_remote_code and not settings.allow_remote_code:
+        errors["trust_remote_code"] = (
+            "this server does not run models' own code; an admin can allow it with DISTILL_ALLOW_REMOTE_CODE=true"
+        )
+    if errors:
+        raise SpecError(errors)
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)

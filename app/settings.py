@@ -1,0 +1,63 @@
+"""The service's one `Settings` object, read from `DISTILL_*` environment variables (or `.env`)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "distill"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISTILL_", env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Folder of the database, run outputs and Redis.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = a SQLite file in `home`.")
+    redis_url: str = Field("", description="Redis URL; empty = an embedded redis-server started by `distill up`.")
+    runs_dir: Path | None = Field(None, description="Where run folders go (default: home/runs).")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    auth: Literal["on", "off"] = Field("off", description="on = every route but health needs a Bearer token.")
+    allowed_paths: str = Field(
+        "",
+        description="os.pathsep-separated roots that model and data paths in a spec must lie under "
+        "(empty = no restriction; the toy folder is always allowed).",
+    )
+    allow_remote_code: bool = Field(False, description="Let specs with trust_remote_code=true run.")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running worker touches its run row.")
+    lost_after_seconds: float = Field(60.0, gt=0, description="A running run silent this long is marked lost.")
+    metrics_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged metric waits before its DB write.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3(cls, url: str) -> str:
+        # psycopg 3 is the driver we install; plain postgresql:// would ask SQLAlchemy for psycopg2.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'distill.db'}"
+
+    @property
+    def effective_runs_dir(self) -> Path:
+        return self.runs_dir or self.home / "runs"
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.allowed_paths.split(os.pathsep) if p.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings; tests change the environment and call `get_settings.cache_clear()`."""
+    return Settings()

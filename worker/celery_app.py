@@ -1,0 +1,43 @@
+"""The Celery app. GPU runs go to the `gpu` queue, one worker process per GPU.
+
+The run's database row is the state machine; the message only carries the run id. Messages are
+acknowledged early (Celery's default): a long run is never re-delivered by Redis's visibility
+timeout, and a run whose worker died is found by the reaper (heartbeat) and marked `lost`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import get_settings
+
+RUN_TASK = "worker.tasks.run_experiment"
+GPU_QUEUE = "gpu"
+
+celery_app = Celery("distill", include=["worker.tasks"])
+celery_app.conf.update(
+    task_acks_late=False,
+    worker_prefetch_multiplier=1,  # one message per process: no run waits behind a busy one
+    # Redis only (Celery 5.6+): take a message only when the child is free. With early ack, a message
+    # prefetched behind a running run would otherwise be lost if that worker is killed.
+    worker_disable_prefetch=True,
+    worker_max_tasks_per_child=1,  # a fresh child per run: GPU memory and CUDA state freed
+    task_routes={RUN_TASK: {"queue": GPU_QUEUE}},
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+def configure(broker_url: str | None = None) -> Celery:
+    """Point the app at the broker named by the settings (read late: `distill up` sets it at start)."""
+    celery_app.conf.broker_url = broker_url or get_settings().redis_url
+    return celery_app
+
+
+def enqueue_run(run_id: int) -> str:
+    """Queue a run for a GPU worker; returns the Celery task id."""
+    configure()
+    return celery_app.send_task(RUN_TASK, args=[run_id], queue=GPU_QUEUE).id

@@ -41,7 +41,7 @@ def token_spans(tokens: list[str], divergences: list[float], scale: float) -> st
 def legend(scale: float) -> str:
     cells = "".join(
         f'<span class="tok" style="background:{_colour(scale * i / (LEGEND_STEPS - 1), scale)}">'
-        f"{scale * i / (LEGEND_STEPS - 1):.2f}</span>"
+        f"{scale * i / (LEGEND_STEPS - 1):.3g}</span>"  # significant digits: tiny divergences stay readable
         for i in range(LEGEND_STEPS)
     )
     return f'<div class="legend">per-token divergence (student vs teacher): {cells}</div>'

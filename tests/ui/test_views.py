@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, insert, select
 from sqlmodel import Session
 
@@ -144,6 +146,12 @@ def test_heat_map_escapes_tokens_and_shows_values():
     # the largest divergence gets the strongest colour
     assert "rgba(220, 38, 38, 0.93)" in html
     assert "No evaluation samples" in heatmap.samples_html([], None)
+
+
+def test_heatmap_legend_keeps_small_divergences_readable():
+    # a well-distilled student diverges by thousandths of a nat: the legend must not read 0.00 throughout
+    cells = re.findall(r">([^<>]+)</span>", heatmap.legend(0.0042))
+    assert cells == ["0", "0.00084", "0.00168", "0.00252", "0.00336", "0.0042"]
 
 
 def test_launch_refuses_bad_specs_and_queues_good_ones(service_env):

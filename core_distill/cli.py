@@ -114,7 +114,7 @@ def eval_command(
 @engine_cli.command("compare")
 def compare_command(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
-    steps: Annotated[int, typer.Option(help="Optimizer steps of every run (overrides max_steps).", min=1)] = 100,
+    steps: Annotated[int, typer.Option(help="Optimizer steps of every run (overrides max_steps).", min=1)] = 200,
     seeds: Annotated[int, typer.Option(help="Seeds per method: 0, 1, ... N-1.", min=1)] = 3,
     eval_every: Annotated[int, typer.Option(help="Learning-curve point every N steps.", min=1)] = 20,
     curve_examples: Annotated[int, typer.Option(help="Eval-split rows per learning-curve point.", min=1)] = 100,

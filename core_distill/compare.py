@@ -39,7 +39,7 @@ class CompareError(ValueError):
 
 @dataclass
 class CompareSettings:
-    steps: int = 100
+    steps: int = 200
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_every: int = 20  # learning-curve points (on the eval split)
     curve_examples: int = 100

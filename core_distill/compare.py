@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import time
@@ -419,9 +420,10 @@ def results_page(result: CompareResult, command: str, load_before, load_after, p
 
 
 def _kept_discussion(previous: str) -> str:
-    if DISCUSSION_START in previous and DISCUSSION_END in previous:
-        body = previous.split(DISCUSSION_START, 1)[1].split(DISCUSSION_END, 1)[0]
-        return f"{DISCUSSION_START}{body}{DISCUSSION_END}"
+    # the markers count only on lines of their own: a page may mention them in its prose
+    found = re.search(rf"^{re.escape(DISCUSSION_START)}$(.*?)^{re.escape(DISCUSSION_END)}$", previous, re.M | re.S)
+    if found:
+        return f"{DISCUSSION_START}{found.group(1)}{DISCUSSION_END}"
     return f"{DISCUSSION_START}\n_Not written yet: the numbers above are all this run shows._\n{DISCUSSION_END}"
 
 

@@ -178,3 +178,12 @@ def test_the_paper_order_check_reads_the_means():
     fails = paper_order_check([method("sft", 0.8), method("supervised_kd", 0.6), method("gkd_on_policy", 0.7)])
     assert "**does not hold**" in fails
     assert "Not checked" in paper_order_check([method("sft", 0.5)])
+
+
+def test_the_discussion_survives_a_rewrite_and_inline_mentions_do_not_count():
+    from core_distill.compare import _kept_discussion
+
+    page = "Text naming `<!-- discussion -->` inline.\n\n<!-- discussion -->\nWhy it differs.\n<!-- /discussion -->\n"
+    assert _kept_discussion(page) == "<!-- discussion -->\nWhy it differs.\n<!-- /discussion -->"
+    inline_only = "between `<!-- discussion -->` and `<!-- /discussion -->` survives"
+    assert "Not written yet" in _kept_discussion(inline_only)

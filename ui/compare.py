@@ -20,11 +20,13 @@ from ui.live import MAX_POINTS, XAxis, empty_frame, series_frame
 
 MAX_RUNS = 10  # more overlaid curves stop being readable (MLflow and W&B default to 10 too)
 COMPARE_SLOTS = 4  # plots shown at once
-POINTS_PER_PLOT = 2000  # the browser draws (and hit-tests) every point as SVG: share a budget between runs
+# The browser draws (and hit-tests) every point as SVG, so runs share a budget per chart: with 2,000
+# a 10-run comparison took 3.0 s to draw in Chromium, with 1,000 2.0 s (docs/benchmarks.md).
+POINTS_PER_PLOT = 1000
 
 
 def points_per_series(n_runs: int) -> int:
-    """500 points per series for up to 4 runs, fewer beyond (200 each for 10 runs)."""
+    """500 points per series for up to 2 runs, fewer beyond (250 for 4 runs, 100 each for 10)."""
     return max(100, min(MAX_POINTS, POINTS_PER_PLOT // max(n_runs, 1)))
 DEFAULT_KEYS = ["loss", "div/fkl", "div/rkl", "eval/exact_match"]
 FINAL_KEYS = ("loss", "loss/kd", "div/fkl", "div/rkl", "div/jsd", "eval/exact_match", "perf/tokens_per_sec")

@@ -168,3 +168,8 @@ def test_launch_refuses_bad_specs_and_queues_good_ones(service_env):
         experiment = session.get(Experiment, run.experiment_id)
         assert run.status == "queued" and run.celery_task_id and experiment.tags == ["smoke", "ui"]
     assert dashboard.table_fingerprint() != ""
+
+
+def test_compared_runs_share_a_points_budget_per_chart():
+    assert [compare.points_per_series(n) for n in (1, 2, 4, 10)] == [500, 500, 250, 100]
+    assert all(n * compare.points_per_series(n) <= compare.POINTS_PER_PLOT for n in range(2, compare.MAX_RUNS + 1))

@@ -11,9 +11,11 @@ character tokenizer (81 tokens), so K = V fits under `--max-logprobs`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -168,7 +170,9 @@ def vllm_server(workspace):
         "--max-logprobs", str(workspace["vocab"]), "--gpu-memory-utilization", "0.1", "--enforce-eager",
     ]  # fmt: skip
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        # own process group: `vllm serve` forks an engine-core process that must go with it
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:
@@ -178,15 +182,19 @@ def vllm_server(workspace):
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            kill_group(process, signal.SIGKILL)
             pytest.fail(f"vllm serve did not come up; its log ends:\n{log_path.read_text()[-3000:]}")
         time.sleep(1)
     yield {"url": url, "process": process}
-    process.terminate()
-    try:
+    kill_group(process, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    kill_group(process, signal.SIGKILL)  # whatever of the group is left (the engine core)
+
+
+def kill_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
+        os.killpg(process.pid, sig)
 
 
 def scored_batch(workspace, tokenizer, n_rows: int = 4):
@@ -307,7 +315,7 @@ def test_a_killed_vllm_server_fails_the_next_score_clearly(workspace, vllm_serve
     tokenizer = load_tokenizer(str(workspace["student"]))
     remote = VLLMTeacher(vllm_server["url"], top_k=5, temperature=1.0, tokenizer=tokenizer, vocab_size=workspace["vocab"],
                          retries=2, backoff=0.05)  # fmt: skip
-    vllm_server["process"].kill()
+    kill_group(vllm_server["process"], signal.SIGKILL)  # the server and its engine core
     vllm_server["process"].wait(timeout=30)
     with pytest.raises(VLLMTeacherError, match=r"did not answer POST /v1/completions after 3 tries"):
         remote.score(scored_batch(workspace, tokenizer))

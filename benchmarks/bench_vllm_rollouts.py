@@ -32,26 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_models(root: Path) -> dict[str, str]:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.tiny_models import addition_rows, build_tokenizer, write_jsonl
+    from tests.tiny_models import addition_rows, build_model, build_tokenizer, write_jsonl
 
     tokenizer = build_tokenizer()
     paths = {}
     for name, seed in (("student", 1), ("teacher", 2)):
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-            tie_word_embeddings=False,
-        )  # fmt: skip
-        model = LlamaForCausalLM(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+        build_model(root / name, tokenizer, hidden=512, layers=4, seed=seed, head_dim=64)
         paths[name] = str(root / name)
     paths["train"] = str(write_jsonl(root / "train.jsonl", addition_rows(256, seed=0)))
     return paths

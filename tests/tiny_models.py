@@ -24,8 +24,15 @@ def build_tokenizer(path: Path | None = None, extra_chars: str = ""):
     return tokenizer
 
 
-def build_model(path: Path, tokenizer, *, hidden: int = 64, layers: int = 2, seed: int = 0, arch: str = "llama"):
-    """A randomly initialised causal LM saved with save_pretrained (head dimension 32)."""
+def build_model(
+    path: Path, tokenizer, *, hidden: int = 64, layers: int = 2, seed: int = 0, arch: str = "llama",
+    head_dim: int = 32, max_positions: int = 256, logit_scale: float = 1.0,
+):  # fmt: skip
+    """A randomly initialised causal LM saved with save_pretrained.
+
+    vLLM's CPU attention needs head_dim 32 or more; `logit_scale` sharpens the lm_head so that samples
+    are not near-uniform.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -35,15 +42,19 @@ def build_model(path: Path, tokenizer, *, hidden: int = 64, layers: int = 2, see
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=hidden // 32,
-        num_key_value_heads=hidden // 32,
-        max_position_embeddings=256,
+        num_attention_heads=hidden // head_dim,
+        num_key_value_heads=hidden // head_dim,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**common))
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(logit_scale)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)

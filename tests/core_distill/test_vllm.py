@@ -33,7 +33,7 @@ from core_distill.models import load_model, load_tokenizer
 from core_distill.spec import DistillSpec
 from core_distill.teachers import LocalTeacher
 from core_distill.vllm_teacher import VLLMTeacher, VLLMTeacherError, temper
-from tests.tiny_models import addition_rows, build_tokenizer, write_jsonl
+from tests.tiny_models import addition_rows, build_model, build_tokenizer, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,22 +49,8 @@ def vllm_available() -> bool:
 # --- tiny vLLM-compatible models --------------------------------------------------------------------
 def build_llama(path: Path, tokenizer, *, seed: int, logit_scale: float = 1.0) -> Path:
     """2 layers, hidden 128, 2 heads of 64; lm_head scaled so that samples are not near-uniform."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(logit_scale)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    build_model(path, tokenizer, hidden=128, layers=2, seed=seed, head_dim=64, max_positions=128,
+                logit_scale=logit_scale)  # fmt: skip
     return path
 
 

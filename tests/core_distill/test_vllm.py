@@ -11,7 +11,6 @@ character tokenizer (81 tokens), so K = V fits under `--max-logprobs`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from core_distill.models import load_model, load_tokenizer
 from core_distill.spec import DistillSpec
 from core_distill.teachers import LocalTeacher
 from core_distill.vllm_teacher import VLLMTeacher, VLLMTeacherError, temper
+from tests.services import signal_group, stop_group
 from tests.tiny_models import addition_rows, build_model, build_tokenizer, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,19 +168,11 @@ def vllm_server(workspace):
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            kill_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             pytest.fail(f"vllm serve did not come up; its log ends:\n{log_path.read_text()[-3000:]}")
         time.sleep(1)
     yield {"url": url, "process": process}
-    kill_group(process, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=30)
-    kill_group(process, signal.SIGKILL)  # whatever of the group is left (the engine core)
-
-
-def kill_group(process: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is already gone
-        os.killpg(process.pid, sig)
+    stop_group(process, timeout=30)  # the server and the engine-core process it forked
 
 
 def scored_batch(workspace, tokenizer, n_rows: int = 4):
@@ -301,7 +293,7 @@ def test_a_killed_vllm_server_fails_the_next_score_clearly(workspace, vllm_serve
     tokenizer = load_tokenizer(str(workspace["student"]))
     remote = VLLMTeacher(vllm_server["url"], top_k=5, temperature=1.0, tokenizer=tokenizer, vocab_size=workspace["vocab"],
                          retries=2, backoff=0.05)  # fmt: skip
-    kill_group(vllm_server["process"], signal.SIGKILL)  # the server and its engine core
+    signal_group(vllm_server["process"], signal.SIGKILL)  # the server and its engine core
     vllm_server["process"].wait(timeout=30)
     with pytest.raises(VLLMTeacherError, match=r"did not answer POST /v1/completions after 3 tries"):
         remote.score(scored_batch(workspace, tokenizer))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import free_port
+from tests.services import free_port, stop_group
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -39,16 +38,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     # own process group: the Celery worker's pool child is stopped with its parent
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -72,8 +61,8 @@ def service(service_env, toy_dir, tmp_path) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        _stop(worker)
-        _stop(server)
+        stop_group(worker, timeout=20)
+        stop_group(server, timeout=20)
         for name in ("api.log", "worker.log"):
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shutil.copy(tmp_path / name, ARTIFACTS / name)

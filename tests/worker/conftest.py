@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from sqlmodel import Session
 from app.db import get_engine
 from app.models import Run
 from core_distill.spec import DistillSpec
+from tests.services import signal_group, stop_group
 
 HEARTBEAT_SECONDS = "0.5"
 
@@ -41,23 +41,15 @@ class WorkerProcess:
         if self.process is None or self.process.poll() is not None:
             self.start()
 
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-
     def kill(self) -> None:
         """SIGKILL the worker and its pool child: what a crash or an OOM kill looks like."""
-        self.signal_group(signal.SIGKILL)
+        signal_group(self.process, signal.SIGKILL)
         self.process.wait(10)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.process, timeout=60)
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))

@@ -321,10 +321,20 @@ class DistillSpec(BaseModel):
     # --- I/O ------------------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, text_or_path: str | Path) -> DistillSpec:
-        """Parse a YAML spec (text or a file path); errors name the field."""
+        """Parse a YAML spec (text or a file path) with `load_yaml`; errors name the field.
+
+        Raises:
+            SpecError: a bad field; a key set twice (named, with both lines); YAML that does not parse
+                (under `spec`).
+        """
         path = Path(text_or_path) if not isinstance(text_or_path, str) or "\n" not in text_or_path else None
         text = path.read_text() if path is not None and path.exists() else str(text_or_path)
-        data = yaml.safe_load(text) or {}
+        try:
+            data = load_yaml(text) or {}
+        except DuplicateKeyError as exc:
+            raise SpecError({str(exc.key): exc.detail}) from None
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise SpecError({"spec": f"not valid YAML ({yaml_error_summary(exc)})"}) from None
         if not isinstance(data, dict):
             raise SpecError({"spec": f"must be a mapping of field: value, got {type(data).__name__}"})
         return cls.parse(data)
@@ -343,6 +353,65 @@ class DistillSpec(BaseModel):
 
     def with_overrides(self, overrides: dict[str, Any]) -> DistillSpec:
         return DistillSpec.parse({**self.model_dump(), **overrides})
+
+
+# --- YAML: one strict loader for the CLI, the API and the dashboard ----------------------------------
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping sets the same key twice (plain YAML keeps the last value silently)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark):
+        self.key = key
+        self.detail = f"is set twice (lines {first.line + 1} and {second.line + 1}); keep one"
+        super().__init__(None, None, f"{key!r} {self.detail}", second)
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (*name: a few aliased lines can expand into gigabytes, the
+    "billion laughs") and keys set twice in one mapping (`batch_size: 16` ... `batch_size: 8`)."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error says so below
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with `StrictYamlLoader`.
+
+    Raises:
+        DuplicateKeyError: a key set twice in one mapping (`.key` names it).
+        yaml.YAMLError: anything else that is not valid YAML, or an alias.
+    """
+    return yaml.load(text, Loader=StrictYamlLoader)  # noqa: S506 (a SafeLoader)
+
+
+def yaml_error_summary(exc: BaseException) -> str:
+    """The first line of a YAML error and where it is ("line 3, column 5")."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def yaml_comment(text: str) -> str:
+    """`text` made safe inside a `# ...` YAML comment: every character that is not printable (line
+    breaks of any kind, NUL, other control and format characters) is written as its escape (`\\n`)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def spec_reference_markdown() -> str:

@@ -89,6 +89,24 @@ def test_unreadable_bodies(client, unchanged, content, content_type, status):
     assert response.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize(
+    ("content", "files"),
+    [
+        ("batch_size: 16\nbeta: 0.5\nbatch_size: 8\n", None),  # a bare spec
+        ("name: x\nspec:\n  batch_size: 16\n  batch_size: 8\n", None),  # inside an ExperimentCreate
+        (None, {"file": ("twice.yaml", b"batch_size: 16\nbatch_size: 8\n", "application/yaml")}),  # an upload
+    ],
+)
+def test_yaml_keys_set_twice_are_422_naming_the_key(client, unchanged, content, files):
+    if files:
+        response = client.post("/api/experiments", files=files)
+    else:
+        response = client.post("/api/experiments", content=content, headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert "'batch_size' is set twice" in detail["msg"] and detail["type"] == "yaml_duplicate_key"
+
+
 def test_bodies_over_a_mebibyte_are_413(client, unchanged):
     big = {"name": "big", "notes": "x" * (1024 * 1024), "spec": tiny_spec()}
     assert post(client, big).status_code == 413

@@ -36,3 +36,13 @@ def test_distill_run_refuses_a_bad_spec_naming_the_field(tmp_path):
     assert done.returncode == 2
     assert "lmbda" in done.stderr and "3" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_distill_run_refuses_a_key_set_twice(tmp_path):
+    spec_file = tmp_path / "twice.yaml"
+    spec_file.write_text("max_steps: 1\nbatch_size: 16\nbeta: 0.5\nbatch_size: 8\n")
+    done = subprocess.run([sys.executable, "-m", "app.cli", "run", str(spec_file), "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "error: batch_size: is set twice (lines 2 and 4)" in done.stderr
+    assert not (tmp_path / "o").exists()

@@ -79,6 +79,27 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         DistillSpec.from_yaml("- a\n- b\n")
 
 
+def test_yaml_keys_set_twice_and_aliases_are_refused(tmp_path):
+    from core_distill.spec import DuplicateKeyError, load_yaml
+
+    with pytest.raises(SpecError) as exc:
+        DistillSpec.from_yaml("batch_size: 16\nbeta: 0.5\nbatch_size: 8\n")
+    assert exc.value.errors == {"batch_size": "is set twice (lines 1 and 3); keep one"}
+    path = tmp_path / "twice.yaml"  # the same from a file
+    path.write_text("lmbda: 0.5\nlmbda: 1.0\n")
+    with pytest.raises(SpecError, match="lmbda: is set twice"):
+        DistillSpec.from_yaml(path)
+    with pytest.raises(DuplicateKeyError) as dup:  # in any mapping, at any depth
+        load_yaml("spec:\n  beta: 0.1\n  beta: 0.2\nname: x\n")
+    assert dup.value.key == "beta"
+    with pytest.raises(SpecError) as exc:  # aliases: the "billion laughs"
+        DistillSpec.from_yaml("base: &b 0.5\nbeta: *b\n")
+    assert "aliases (*name) are not allowed" in exc.value.errors["spec"]
+    with pytest.raises(SpecError, match="not valid YAML"):
+        DistillSpec.from_yaml("beta: [0.5\n")
+    assert load_yaml("a: 1\nb: {a: 2}\n") == {"a": 1, "b": {"a": 2}}  # the same key in two mappings is fine
+
+
 def test_docs_spec_reference_is_generated_from_the_class():
     from pathlib import Path
 

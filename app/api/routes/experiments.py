@@ -17,6 +17,7 @@ from app.api.deps import CurrentUser, SessionDep, check_owner
 from app.api.errors import RequestInvalid, invalid, validation_detail
 from app.api.schemas import ExperimentCreated, ExperimentDetail, ExperimentsPublic
 from app.models import Experiment, ExperimentCreate, ExperimentPublic, ExperimentUpdate, Run, RunPublic
+from core_distill.spec import DuplicateKeyError, load_yaml
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -193,19 +194,12 @@ def _with_form_fields(document: dict[str, Any], fields: dict[str, str], default_
     return data
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors/aliases: a few aliased lines can expand into gigabytes ("billion laughs")."""
-
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
-        return super().compose_node(parent, index)
-
-
 def _yaml_document(text: str, loc: list[str]) -> dict[str, Any]:
+    """The engine's strict YAML: no aliases ("billion laughs"), no key set twice."""
     try:
-        document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+        document = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise invalid(loc, f"invalid YAML: {exc}", "yaml_duplicate_key") from None
     except (yaml.YAMLError, RecursionError) as exc:
         raise invalid(loc, f"invalid YAML: {exc}", "yaml_invalid") from None
     if not isinstance(document, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import redis
 import torch
 import yaml
@@ -13,6 +14,7 @@ from app import run_state
 from app.db import get_engine
 from app.models import EvalSamples, utcnow
 from core_distill.checkpoint import save_checkpoint
+from core_distill.spec import load_yaml
 from tests.app.conftest import post_experiment, tiny_spec
 
 
@@ -128,6 +130,42 @@ def test_spec_yaml_round_trips(client):
         "/api/experiments?name=copy", content=response.text, headers={"Content-Type": "application/yaml"}
     )
     assert again.status_code == 201 and again.json()["experiment"]["spec"] == spec
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x\nevil_key: 1", "x\r\nbeta: 1.0", "x\revil_key: 1", "x\u2028evil_key: 1", "x\x85evil_key: 1", "del\x7f", "a\tb"],
+)
+def test_spec_yaml_survives_any_name(client, name):
+    """The name sits in the file's comment header: no character in it may end the comment or the file."""
+    created = post_experiment(client, name=name, notes="notes\n---\nevil: 1\x0c", spec=tiny_spec(beta=0.75))
+    assert created["experiment"]["name"] == name  # stored as given
+    response = client.get(f"/api/runs/{created['run_id']}/spec.yaml")
+    assert response.status_code == 200
+    header, body = response.text.split("\n", 1)
+    assert header.startswith("# experiment ") and header.isprintable()
+    assert load_yaml(response.text) == created["experiment"]["spec"]  # no key from the name got in
+    again = client.post(
+        "/api/experiments?name=copy", content=response.text, headers={"Content-Type": "application/yaml"}
+    )
+    assert again.status_code == 201, again.text
+    assert again.json()["experiment"]["spec"] == created["experiment"]["spec"]
+
+
+def test_nul_in_a_name_or_notes_is_422_and_nothing_is_written(client):
+    from tests.app.conftest import row_counts
+
+    before = row_counts()
+    for body, loc in (({"name": "a\x00b"}, ["body", "name"]), ({"name": "n", "notes": "x\x00"}, ["body", "notes"])):
+        response = client.post("/api/experiments", json={"spec": tiny_spec(), **body})
+        assert response.status_code == 422, response.text
+        assert loc in [d["loc"] for d in response.json()["detail"]] and "NUL" in response.text
+    assert row_counts() == before
+    created = post_experiment(client, name="clean")
+    for patch in ({"name": "a\x00"}, {"notes": "\x00"}):
+        response = client.patch(f"/api/experiments/{created['id']}", json=patch)
+        assert response.status_code == 422, response.text
+    assert client.get(f"/api/experiments/{created['id']}").json()["name"] == "clean"
 
 
 def test_samples_latest_or_at_a_step(client):

@@ -20,7 +20,7 @@ from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
 from app.models import FINISHED, EvalSamples, Experiment, Run, RunPublic, RunStatus
 from app.settings import get_settings
-from core_distill.spec import DistillSpec
+from core_distill.spec import DistillSpec, yaml_comment
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -105,7 +105,8 @@ def run_spec_yaml(run_id: int, session: SessionDep) -> PlainTextResponse:
     """The run's spec as YAML, ready for `distill run` or another POST /api/experiments."""
     run = crud.get_run(session=session, run_id=run_id)
     experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
-    header = f"# experiment {experiment.id} ({experiment.name}), run {run.id}\n"
+    # the name is free text: escaped, so a line break or NUL in it cannot end the comment or the file
+    header = f"# experiment {experiment.id} ({yaml_comment(experiment.name)}), run {run.id}\n"
     return PlainTextResponse(header + DistillSpec.parse(experiment.spec).to_yaml(), media_type="application/yaml")
 
 

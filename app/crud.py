@@ -1,15 +1,14 @@
 """Queries and writes behind the API and the dashboard, keyword-only (`create_experiment(session=..., ...)`).
 
-Run state changes go through `app.run_state` (one guarded UPDATE each), so the API, the worker
-and the reaper never race on a row. Functions here raise the errors below; the API turns them
-into 404 / 409 / 422 / 503 responses and the dashboard into messages.
+Only `app.services` (and `app.run_state` for state changes) call the writes here: they check who
+acts and queue runs. Run state changes go through `app.run_state` (one guarded UPDATE each), so the
+API, the worker and the reaper never race on a row. Lookups raise `NotFoundError`
+(`app.services.errors`, re-exported here).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -17,28 +16,12 @@ from sqlalchemy import ColumnElement, Float, String, cast, exists, func, literal
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
-from app import run_state
 from app.models import Experiment, ExperimentCreate, ExperimentUpdate, Run, RunStatus
 from app.paths_policy import check_spec_policy
-from app.settings import get_settings
-from core_distill.checkpoint import latest_checkpoint
+from app.services.errors import ConflictError, NotFoundError, QueueUnavailableError
 from core_distill.spec import DistillSpec, SpecError
 
-log = logging.getLogger(__name__)
-
 MAX_PAGE = 500
-
-
-class NotFoundError(LookupError):
-    """No such experiment or run."""
-
-
-class ConflictError(RuntimeError):
-    """The request does not fit the run's current state (cancel a finished run, resume a running one)."""
-
-
-class QueueUnavailableError(RuntimeError):
-    """The broker could not be reached; nothing was written."""
 
 
 # --- experiments --------------------------------------------------------------------------------
@@ -50,15 +33,8 @@ def validate_spec(spec: DistillSpec) -> DistillSpec:
     return spec
 
 
-def create_experiment(
-    *, session: Session, experiment_in: ExperimentCreate, owner: str | None
-) -> tuple[Experiment, Run | None]:
-    """Store an experiment and, if `launch`, queue its first run.
-
-    All or nothing: the spec is checked first, and if the broker cannot take the run the
-    experiment and run rows are deleted again and QueueUnavailableError is raised.
-    """
-    validate_spec(experiment_in.spec)
+def add_experiment(*, session: Session, experiment_in: ExperimentCreate, owner: str | None) -> Experiment:
+    """Insert an experiment row (its spec already validated: `app.services.experiments.create_experiment`)."""
     experiment = Experiment(
         name=experiment_in.name,
         tags=experiment_in.tags,
@@ -67,24 +43,15 @@ def create_experiment(
         owner=owner,
     )
     session.add(experiment)
-    if not experiment_in.launch:
-        session.commit()
-        session.refresh(experiment)
-        return experiment, None
-    session.flush()
-    run = _new_run(experiment)
-    session.add(run)
-    session.commit()  # the worker reads the row by id, so it must exist before the message does
-    try:
-        _enqueue(session=session, run=run)
-    except QueueUnavailableError:
-        session.delete(run)
-        session.flush()  # the run row first: no ORM relationship tells SQLAlchemy the order
-        session.delete(experiment)
-        session.commit()
-        raise
+    session.commit()
     session.refresh(experiment)
-    return experiment, run
+    return experiment
+
+
+def delete_experiment(*, session: Session, experiment: Experiment) -> None:
+    """Delete an experiment that has no runs left (undoing a create the queue refused)."""
+    session.delete(experiment)
+    session.commit()
 
 
 def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
@@ -194,48 +161,19 @@ def running_runs(*, session: Session) -> list[Run]:
     )
 
 
-def rerun_experiment(*, session: Session, experiment: Experiment) -> Run:
-    """A fresh run (attempt 1, new folder) of an experiment's spec, queued now."""
-    validate_spec(experiment.distill_spec())  # the server's policy or the files may have changed since
-    run = _new_run(experiment)
+def add_run(*, session: Session, experiment: Experiment) -> Run:
+    """Insert a queued run of the experiment, committed: the worker reads it by id once the message lands."""
+    run = Run(experiment_id=experiment.id, max_steps=int(experiment.spec.get("max_steps", 0)))
     session.add(run)
     session.commit()
-    try:
-        _enqueue(session=session, run=run)
-    except QueueUnavailableError:
-        session.delete(run)
-        session.commit()
-        raise
+    session.refresh(run)
     return run
 
 
-def request_cancel(*, session: Session, run: Run) -> Run:
-    """Queued: cancelled now (and its message revoked). Running: flagged; the worker checkpoints and
-    stops at its next step. Finished: ConflictError."""
-    run_id = run.id
-    cancelled = run_state.cancel_run(session=session, run_id=run_id)
-    if cancelled is None:
-        session.refresh(run)
-        raise ConflictError(f"run {run_id} is {run.status}; only queued or running runs can be cancelled")
-    if cancelled.status == RunStatus.cancelled and cancelled.celery_task_id:
-        _revoke(cancelled.celery_task_id)
-    return cancelled
-
-
-def resume_run(*, session: Session, run: Run) -> Run:
-    """Continue a lost, failed or cancelled run from its last checkpoint: same row, attempt + 1, queued."""
-    if run.status not in run_state.RESUMABLE:
-        raise ConflictError(f"run {run.id} is {run.status}; only lost, failed or cancelled runs can be resumed")
-    if not run.output_dir or latest_checkpoint(Path(run.output_dir)) is None:
-        raise ConflictError(f"run {run.id} has no checkpoint to resume from; re-run the experiment instead")
-    try:
-        resumed = run_state.resume_run(session=session, run_id=run.id)
-    except Exception as exc:  # the broker: run_state already put the row back
-        raise QueueUnavailableError(f"the queue is unreachable, run {run.id} was not resumed: {exc}") from exc
-    if resumed is None:  # someone else resumed or changed it in between
-        session.refresh(run)
-        raise ConflictError(f"run {run.id} is {run.status}; it can no longer be resumed")
-    return resumed
+def delete_run(*, session: Session, run: Run) -> None:
+    """Delete a run nobody has seen yet (undoing a queueing the broker refused)."""
+    session.delete(run)
+    session.commit()
 
 
 # --- spec filters -------------------------------------------------------------------------------
@@ -285,53 +223,20 @@ def _page(limit: int) -> int:
     return min(max(int(limit), 1), MAX_PAGE)
 
 
-# --- queue --------------------------------------------------------------------------------------
-def _new_run(experiment: Experiment) -> Run:
-    return Run(experiment_id=experiment.id, max_steps=int(experiment.spec.get("max_steps", 0)))
-
-
-def _enqueue(*, session: Session, run: Run) -> None:
-    from worker.celery_app import celery_app, enqueue_run  # Celery is imported only by code paths that queue
-
-    if celery_app.conf.broker_url != get_settings().redis_url:
-        # the broker moved (tests; `distill up` restarted Redis): drop the pools that still point at the old
-        # one, as Celery itself does after a fork
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
-    try:
-        task_id = enqueue_run(run.id)
-    except Exception as exc:  # kombu raises OperationalError, redis ConnectionError, ...
-        raise QueueUnavailableError(f"the queue (Redis) is unreachable, nothing was queued: {exc}") from exc
-    # only this column: the worker may already be running the row
-    session.execute(Run.__table__.update().where(Run.__table__.c.id == run.id).values(celery_task_id=task_id))
-    session.commit()
-    session.refresh(run)
-
-
-def _revoke(task_id: str) -> None:
-    """Drop a queued message (best effort: the run row already says cancelled, and workers skip such runs)."""
-    from worker.celery_app import configure
-
-    try:
-        configure().control.revoke(task_id)
-    except Exception as exc:
-        log.warning("could not revoke task %s (the run is cancelled in the database anyway): %s", task_id, exc)
-
-
 __all__ = [
     "ConflictError",
     "NotFoundError",
     "QueueUnavailableError",
-    "create_experiment",
+    "add_experiment",
+    "add_run",
+    "delete_experiment",
+    "delete_run",
     "get_experiment",
     "get_run",
     "list_experiments",
     "list_runs",
     "parse_spec_filters",
     "queue_positions",
-    "request_cancel",
-    "rerun_experiment",
-    "resume_run",
     "running_runs",
     "update_experiment",
     "validate_spec",

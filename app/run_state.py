@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
 from sqlalchemy import func, update
 from sqlmodel import Session, select
 
-from app import events
+from app import events, queue
 from app.models import Run, RunStatus, utcnow
 from app.settings import get_settings
 
@@ -128,7 +129,7 @@ def cancel_run(*, session: Session, run_id: int) -> Run | None:
 
 def requeue_run(*, session: Session, run_id: int) -> Run | None:
     """lost | failed | cancelled -> queued as the next attempt, keeping output_dir (resume from its
-    last checkpoint). The caller enqueues it (`worker.celery_app.enqueue_run`); None when not resumable."""
+    last checkpoint). The caller publishes it (`app.queue.enqueue_run`); None when not resumable."""
     return _transition(
         session, run_id, RESUMABLE, RunStatus.queued,
         attempt=Run.attempt + 1, cancel_requested=False, queued_at=utcnow(), started_at=None,
@@ -136,34 +137,32 @@ def requeue_run(*, session: Session, run_id: int) -> Run | None:
     )  # fmt: skip
 
 
-def resume_run(*, session: Session, run_id: int) -> Run | None:
-    """requeue_run + enqueue: the run continues from its checkpoint on the next free worker.
+@dataclass(frozen=True)
+class Snapshot:
+    """What `undo_requeue` restores: a resumable row's state before it was queued again."""
 
-    If the queue cannot be reached the row goes back to what it was (nothing half-written) and the
-    error propagates."""
-    before = session.get(Run, run_id)
-    if before is None:
-        return None
-    previous = (before.status, before.attempt, before.error, before.finished_at)
-    run = requeue_run(session=session, run_id=run_id)
-    if run is None:
-        return None
-    from worker.celery_app import enqueue_run
+    run_id: int
+    status: str
+    attempt: int
+    error: str | None
+    finished_at: datetime | None
 
-    try:
-        task_id = enqueue_run(run.id)
-    except Exception:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.queued, Run.attempt == previous[1] + 1)
-            .values(status=previous[0], attempt=previous[1], error=previous[2], finished_at=previous[3])
-        )
-        session.commit()
-        raise
-    session.execute(update(Run).where(Run.id == run_id).values(celery_task_id=task_id))
+
+def snapshot(run: Run) -> Snapshot:
+    return Snapshot(run.id, run.status, run.attempt, run.error, run.finished_at)
+
+
+def undo_requeue(*, session: Session, before: Snapshot) -> bool:
+    """queued (attempt + 1) -> the state before requeue_run, when the message could not be published.
+
+    Guarded by the attempt: a row a worker already claimed is left alone. False when nothing changed."""
+    changed = session.execute(
+        update(Run)
+        .where(Run.id == before.run_id, Run.status == RunStatus.queued, Run.attempt == before.attempt + 1)
+        .values(status=before.status, attempt=before.attempt, error=before.error, finished_at=before.finished_at)
+    ).rowcount
     session.commit()
-    session.refresh(run)
-    return run
+    return changed == 1
 
 
 def reap_lost_runs(*, session: Session, now: datetime | None = None) -> list[int]:
@@ -192,7 +191,8 @@ def reap_lost_runs(*, session: Session, now: datetime | None = None) -> list[int
 
 
 def start_reaper(stop_event: threading.Event, interval_seconds: float | None = None) -> threading.Thread:
-    """A daemon thread calling reap_lost_runs every few seconds until stop_event is set."""
+    """A daemon thread that, every few seconds until stop_event is set, marks silent runs lost
+    (reap_lost_runs) and re-publishes queued runs the broker lost (app.queue.republish_missing)."""
     from app.db import get_engine
 
     settings = get_settings()
@@ -203,8 +203,10 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
             try:
                 with Session(get_engine()) as session:
                     reap_lost_runs(session=session)
-            except Exception:  # a database hiccup must not end the reaper
-                log.exception("reaper pass failed; retrying in %.1f s", interval)
+                    if get_settings().redis_url:
+                        queue.republish_missing(session=session)
+            except Exception as exc:  # a database or broker hiccup must not end the reaper
+                log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
 
     thread = threading.Thread(target=loop, name="distill-reaper", daemon=True)
     thread.start()

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         "(empty = no restriction; the toy folder is always allowed).",
     )
     allow_remote_code: bool = Field(False, description="Let specs with trust_remote_code=true run.")
+    admins: str = Field("", description="Comma-separated token names that may act on everyone's experiments.")
+    queue: str = Field("worker.queue:CeleryQueue", description="The run queue (app.queue.RunQueue), module:attribute.")
+    reconcile_after_seconds: float = Field(
+        10.0, gt=0, description="A queued run the broker has not held for this long is published again."
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running worker touches its run row.")
     lost_after_seconds: float = Field(60.0, gt=0, description="A running run silent this long is marked lost.")
     metrics_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged metric waits before its DB write.")
@@ -51,6 +56,10 @@ class Settings(BaseSettings):
     @property
     def effective_runs_dir(self) -> Path:
         return self.runs_dir or self.home / "runs"
+
+    @property
+    def admin_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
 
     @property
     def allowed_roots(self) -> list[Path]:

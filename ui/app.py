@@ -17,10 +17,12 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from app import crud
+from app.auth import auth_enabled
 from app.db import get_engine
 from app.metrics_query import metric_keys
 from app.models import ExperimentCreate, Run
+from app.services import experiments as experiment_service
+from app.services.errors import ServiceError
 from app.settings import get_settings
 from core_distill.spec import SpecError
 from ui import compare as compare_view
@@ -38,6 +40,13 @@ CSS = heatmap.CSS + """
 
 
 # --- handlers (plain functions; tested without a browser) ----------------------------------------
+def acting_user(request: gr.Request | None) -> str | None:
+    """Who the dashboard acts as: the token's name the page was opened with (auth on), None with auth off."""
+    if not auth_enabled():
+        return None
+    return request.username if request is not None else None
+
+
 def table_fingerprint() -> str:
     """Changes whenever a run is added, changes status or makes progress."""
     with Session(get_engine()) as session:
@@ -60,10 +69,12 @@ def launch(name: str, tags_text: str, notes: str, *values: Any, owner: str | Non
         return f"**Cannot launch:** {exc}", None
     with Session(get_engine()) as session:
         try:
-            experiment, run = crud.create_experiment(session=session, experiment_in=experiment_in, owner=owner)
+            experiment, run = experiment_service.create_experiment(
+                session=session, experiment_in=experiment_in, user=owner
+            )
         except SpecError as exc:
             return "**Cannot launch:**\n" + form.format_errors(exc.errors), None
-        except crud.QueueUnavailableError as exc:
+        except ServiceError as exc:
             return f"**Cannot launch:** {exc}", None
         return f"Queued run {run.id} of experiment {experiment.id} *{experiment.name}*.", run.id
 
@@ -239,11 +250,19 @@ def build_dashboard() -> gr.Blocks:
             return (run_id, *runs.run_details(run_id))
 
         table.select(pick_row, None, [selected, details, tags_box, notes_box], show_progress="hidden")
-        save.click(runs.save_tags_notes, [selected, tags_box, notes_box], action_msg).then(
+
+        def save_as_user(request: gr.Request, run_id, tags_text: str, notes: str) -> str:
+            return runs.save_tags_notes(run_id, tags_text, notes, user=acting_user(request))
+
+        save.click(save_as_user, [selected, tags_box, notes_box], action_msg, api_name="save_tags_notes").then(
             runs.runs_table, table_inputs, [table, caption], show_progress="hidden"
         )
         for button, action in ((cancel, "cancel"), (rerun, "rerun"), (resume, "resume")):
-            button.click(lambda run_id, a=action: runs.act_on_run(a, run_id)[0], selected, action_msg).then(
+
+            def act_as_user(request: gr.Request, run_id, action_: str = action) -> str:
+                return runs.act_on_run(action_, run_id, user=acting_user(request))[0]
+
+            button.click(act_as_user, selected, action_msg, api_name=f"{action}_run").then(
                 runs.runs_table, table_inputs, [table, caption], show_progress="hidden"
             )
         open_live.click(lambda run_id: (run_id, gr.Tabs(selected="live")), selected, [live_run, tabs])

@@ -16,6 +16,9 @@ from app import crud
 from app.db import get_engine
 from app.metrics_query import latest_metrics
 from app.models import Experiment, ExperimentUpdate, Run, RunStatus
+from app.services import experiments as experiment_service
+from app.services import runs as run_service
+from app.services.errors import ServiceError
 from core_distill.spec import SpecError
 
 SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd")
@@ -102,7 +105,8 @@ def run_details(run_id: int | None) -> tuple[str, str, str]:
         return summary, ", ".join(experiment.tags), experiment.notes
 
 
-def save_tags_notes(run_id: int | None, tags_text: str, notes: str) -> str:
+def save_tags_notes(run_id: int | None, tags_text: str, notes: str, *, user: str | None = None) -> str:
+    """Save the tags and notes of the run's experiment as `user` (its owner or an admin)."""
     if not run_id:
         return "Select a run first."
     try:
@@ -112,31 +116,33 @@ def save_tags_notes(run_id: int | None, tags_text: str, notes: str) -> str:
     with Session(get_engine()) as session:
         try:
             run = crud.get_run(session=session, run_id=int(run_id))
-            experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
-        except crud.NotFoundError as exc:
+            experiment = experiment_service.update_experiment(
+                session=session, experiment_id=run.experiment_id, experiment_in=update, user=user
+            )
+        except ServiceError as exc:
             return f"**Not saved:** {exc}"
-        crud.update_experiment(session=session, experiment=experiment, experiment_in=update)
         return f"Saved tags and notes of experiment {experiment.id}."
 
 
-def act_on_run(action: str, run_id: int | None) -> tuple[str, int | None]:
-    """cancel | rerun | resume the run; (message, id of the run to show)."""
+def act_on_run(action: str, run_id: int | None, *, user: str | None = None) -> tuple[str, int | None]:
+    """cancel | rerun | resume the run as `user`; (message, id of the run to show)."""
     if not run_id:
         return "Select a run first.", None
     with Session(get_engine()) as session:
         try:
-            run = crud.get_run(session=session, run_id=int(run_id))
             if action == "cancel":
-                run = crud.request_cancel(session=session, run=run)
+                run = run_service.cancel_run(session=session, run_id=int(run_id), user=user)
                 verb = "cancelled" if run.status == RunStatus.cancelled else "asked to stop (it checkpoints first)"
                 return f"Run {run.id} {verb}.", run.id
             if action == "resume":
-                run = crud.resume_run(session=session, run=run)
+                run = run_service.resume_run(session=session, run_id=int(run_id), user=user)
                 return f"Run {run.id} queued again (attempt {run.attempt}), from its last checkpoint.", run.id
             if action == "rerun":
-                experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
-                new_run = crud.rerun_experiment(session=session, experiment=experiment)
-                return f"Run {new_run.id} queued: a fresh run of experiment {experiment.id}.", new_run.id
-        except (crud.NotFoundError, crud.ConflictError, crud.QueueUnavailableError, SpecError) as exc:
+                run = crud.get_run(session=session, run_id=int(run_id))
+                new_run = experiment_service.rerun_experiment(
+                    session=session, experiment_id=run.experiment_id, user=user
+                )
+                return f"Run {new_run.id} queued: a fresh run of experiment {run.experiment_id}.", new_run.id
+        except (ServiceError, SpecError) as exc:
             return f"**{action} failed:** {exc}", int(run_id)
     raise ValueError(f"unknown action {action!r}")

@@ -38,6 +38,11 @@ def configure(broker_url: str | None = None) -> Celery:
 
 
 def enqueue_run(run_id: int) -> str:
-    """Queue a run for a GPU worker; returns the Celery task id."""
-    configure()
-    return celery_app.send_task(RUN_TASK, args=[run_id], queue=GPU_QUEUE).id
+    """Queue a run for a GPU worker; returns the Celery task id.
+
+    A connection per message, to the broker the settings name now (`distill up` picks Redis's port at
+    start, tests move it): no pooled connection to an old broker is ever reused. Runs are queued
+    rarely, so the extra connect costs nothing that matters.
+    """
+    with celery_app.connection_for_write(get_settings().redis_url) as connection:
+        return celery_app.send_task(RUN_TASK, args=[run_id], queue=GPU_QUEUE, connection=connection).id

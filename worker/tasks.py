@@ -20,9 +20,11 @@ from app.db import get_engine
 from app.events import redis_client
 from app.models import Experiment, RunStatus
 from app.paths_policy import check_spec_policy
+from app.queue import enqueue_run
 from app.run_state import claim_run, finish_run, release_run
+from app.services.errors import QueueUnavailableError
 from app.settings import get_settings
-from worker.celery_app import RUN_TASK, celery_app, enqueue_run
+from worker.celery_app import RUN_TASK, celery_app
 from worker.reporter import DatabaseReporter
 
 log = get_task_logger(__name__)  # configured by the worker (the root logger is left alone)
@@ -88,7 +90,10 @@ def run_experiment(self, run_id: int) -> str:
         if reporter.interrupted and not reporter.cancel_requested:
             # the worker is shutting down: hand the run back to the queue, it resumes from this checkpoint
             if release_run(session=session, run_id=run_id, attempt=attempt, last_step=result.step) is not None:
-                enqueue_run(run_id)
+                try:
+                    enqueue_run(session=session, run_id=run_id)
+                except QueueUnavailableError as exc:  # still queued in the database: the reconciler re-publishes it
+                    log.warning("run %s handed back but not re-published: %s", run_id, exc)
             return "requeued"
         # cancelled by the user, or the row left our hands (reaped, re-queued): a no-op in the latter case
         finish_run(session=session, run_id=run_id, status=RunStatus.cancelled, last_step=result.step, attempt=attempt,

@@ -9,7 +9,6 @@ from sqlmodel import Session
 
 from app.auth import auth_enabled, token_from_request, user_for_token
 from app.db import get_session
-from app.models import Experiment
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -29,11 +28,3 @@ def get_current_user(request: Request, session: SessionDep) -> str | None:
 
 
 CurrentUser = Annotated[str | None, Depends(get_current_user)]
-
-
-def check_owner(user: str | None, experiment: Experiment) -> None:
-    """403 unless auth is off or the caller created the experiment."""
-    if auth_enabled() and experiment.owner != user:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"experiment {experiment.id} belongs to {experiment.owner!r}, not to {user!r}"
-        )

@@ -13,10 +13,11 @@ from sqlmodel import select
 from starlette.datastructures import UploadFile
 
 from app import crud
-from app.api.deps import CurrentUser, SessionDep, check_owner
+from app.api.deps import CurrentUser, SessionDep
 from app.api.errors import RequestInvalid, invalid, validation_detail
 from app.api.schemas import ExperimentCreated, ExperimentDetail, ExperimentsPublic
 from app.models import Experiment, ExperimentCreate, ExperimentPublic, ExperimentUpdate, Run, RunPublic
+from app.services import experiments as experiment_service
 from core_distill.spec import DuplicateKeyError, load_yaml
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -72,7 +73,7 @@ async def create_experiment(request: Request, session: SessionDep, user: Current
     or a multipart upload with the YAML in `file`. Nothing is stored unless the run was queued.
     """
     experiment_in = await _read_experiment_in(request)
-    experiment, run = crud.create_experiment(session=session, experiment_in=experiment_in, owner=user)
+    experiment, run = experiment_service.create_experiment(session=session, experiment_in=experiment_in, user=user)
     return ExperimentCreated(
         id=experiment.id,
         run_id=run.id if run else None,
@@ -119,17 +120,15 @@ def update_experiment(
     experiment_id: int, experiment_in: ExperimentUpdate, session: SessionDep, user: CurrentUser
 ) -> Experiment:
     """Rename an experiment or change its tags or notes (its spec never changes: create a new one)."""
-    experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
-    check_owner(user, experiment)
-    return crud.update_experiment(session=session, experiment=experiment, experiment_in=experiment_in)
+    return experiment_service.update_experiment(
+        session=session, experiment_id=experiment_id, experiment_in=experiment_in, user=user
+    )
 
 
 @router.post("/{experiment_id}/runs", status_code=status.HTTP_201_CREATED, response_model=RunPublic)
 def rerun_experiment(experiment_id: int, session: SessionDep, user: CurrentUser) -> Run:
     """Queue a fresh run of the experiment's spec (to continue a stopped run, resume it instead)."""
-    experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
-    check_owner(user, experiment)
-    return crud.rerun_experiment(session=session, experiment=experiment)
+    return experiment_service.rerun_experiment(session=session, experiment_id=experiment_id, user=user)
 
 
 # --- request parsing ----------------------------------------------------------------------------

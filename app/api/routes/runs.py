@@ -14,11 +14,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlmodel import Session, select
 
 from app import crud, events
-from app.api.deps import CurrentUser, SessionDep, check_owner
+from app.api.deps import CurrentUser, SessionDep
 from app.api.routes.experiments import spec_filters_from, split_list
 from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
 from app.models import FINISHED, EvalSamples, Experiment, Run, RunPublic, RunStatus
+from app.services import runs as run_service
 from app.settings import get_settings
 from core_distill.spec import DistillSpec, yaml_comment
 
@@ -85,17 +86,13 @@ def get_run(run_id: int, session: SessionDep) -> RunDetail:
 @router.post("/{run_id}/cancel", response_model=RunDetail)
 def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Cancel: a queued run at once; a running run checkpoints and stops at its next step (409 if finished)."""
-    run = crud.get_run(session=session, run_id=run_id)
-    check_owner(user, crud.get_experiment(session=session, experiment_id=run.experiment_id))
-    return run_detail(session, crud.request_cancel(session=session, run=run))
+    return run_detail(session, run_service.cancel_run(session=session, run_id=run_id, user=user))
 
 
 @router.post("/{run_id}/resume", response_model=RunDetail)
 def resume_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Continue a lost, failed or cancelled run from its last checkpoint (same run, next attempt)."""
-    run = crud.get_run(session=session, run_id=run_id)
-    check_owner(user, crud.get_experiment(session=session, experiment_id=run.experiment_id))
-    return run_detail(session, crud.resume_run(session=session, run=run))
+    return run_detail(session, run_service.resume_run(session=session, run_id=run_id, user=user))
 
 
 @router.get(

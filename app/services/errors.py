@@ -1,0 +1,23 @@
+"""The errors an application service raises; each says what was wrong in words a user can act on."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of the errors below (the API maps each to one status code, the dashboard shows the message)."""
+
+
+class NotFoundError(ServiceError, LookupError):
+    """No such experiment or run (404)."""
+
+
+class ForbiddenError(ServiceError, PermissionError):
+    """The acting user may not change this experiment or run: not its owner, not an admin (403)."""
+
+
+class ConflictError(ServiceError):
+    """The request does not fit the run's current state (cancel a finished run, resume a running one) (409)."""
+
+
+class QueueUnavailableError(ServiceError):
+    """The broker could not be reached; nothing was written (503)."""

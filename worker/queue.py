@@ -1,0 +1,52 @@
+"""The Celery implementation of `app.queue.RunQueue` (DISTILL_QUEUE=worker.queue:CeleryQueue, the default).
+
+Messages go to the `gpu` queue of the Redis broker named by DISTILL_REDIS_URL, read at each call
+(`distill up` picks Redis's port at start; tests move it between sessions).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import redis
+
+from app.settings import get_settings
+from worker.celery_app import GPU_QUEUE, RUN_TASK, celery_app, enqueue_run
+
+# kombu's Redis transport keeps one list per priority step: `gpu`, then `gpu\x06\x163`, ... (kombu.transport.redis)
+PRIORITY_KEYS = [GPU_QUEUE, *(f"{GPU_QUEUE}\x06\x16{step}" for step in (3, 6, 9))]
+
+
+class CeleryQueue:
+    """Runs as Celery tasks `worker.tasks.run_experiment(run_id)` on the `gpu` queue."""
+
+    def enqueue(self, run_id: int) -> str:
+        return enqueue_run(run_id)
+
+    def revoke(self, message_id: str) -> None:
+        with celery_app.connection_for_write(get_settings().redis_url) as connection:
+            celery_app.control.revoke(message_id, connection=connection)
+
+    def waiting(self) -> set[int]:
+        client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
+        try:
+            raw = [item for key in PRIORITY_KEYS for item in client.lrange(key, 0, -1)]
+        finally:
+            client.close()
+        return {run_id for item in raw if (run_id := _run_id(item)) is not None}
+
+
+def _run_id(raw: bytes) -> int | None:
+    """The run id of one message as kombu stores it (JSON; the body, base64, is [args, kwargs, embed])."""
+    try:
+        message: dict[str, Any] = json.loads(raw)
+        if message.get("headers", {}).get("task") != RUN_TASK:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return int(json.loads(body)[0][0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None

@@ -16,7 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import get_current_user
 from app.api.errors import install_error_handlers
+from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
+from app.api.schemas import ErrorMessage, Problems
 from app.models import ExperimentCreate
 
 log = logging.getLogger(__name__)
@@ -74,13 +76,56 @@ async def _send_413(send: Send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class InternalErrorMiddleware:
+    """A 500 that keeps the connection: an unexpected error is logged and answered here, instead of
+    reaching Starlette's outermost handler, which re-raises it and makes the server drop the keep-alive
+    connection (the client's next request on it was reset)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise  # half a response is out: only closing the connection can end it
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            body = b'{"detail":"internal server error (logged on the server)"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorMessage, "description": "No such experiment or run."},
+    422: {"model": Problems, "description": "A bad value; `detail[].loc` names the parameter or field."},
+}
+GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "Auth is on and no valid token was sent."},
+    403: {"model": ErrorMessage, "description": "The experiment belongs to someone else."},
+    409: {"model": ErrorMessage, "description": "The run's state does not allow it (cancel a finished run)."},
+    **ERROR_RESPONSES,
+}
+
+
 def api_router() -> APIRouter:
-    router = APIRouter(prefix="/api")
+    router = APIRouter(prefix="/api", dependencies=[Depends(check_request_values)])
     router.include_router(health.router)  # the one route without auth
-    router.include_router(auth.router)  # login checks the token itself; /me needs one
+    router.include_router(auth.router, responses=ERROR_RESPONSES)  # login checks the token itself; /me needs one
     guarded = [Depends(get_current_user)]
     for module in (experiments, runs, metrics, queue, spec):
-        router.include_router(module.router, dependencies=guarded)
+        router.include_router(module.router, dependencies=guarded, responses=GUARDED_RESPONSES)
     return router
 
 
@@ -95,6 +140,7 @@ def create_app(ui: bool = True) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(InternalErrorMiddleware)  # the outermost of ours: the 413 above is not an error
     app.include_router(api_router())
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

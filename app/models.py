@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import field_validator
-from sqlalchemy import JSON, Column, DateTime, Index
+from pydantic import ConfigDict, field_validator
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from core_distill.spec import DistillSpec
@@ -19,6 +19,16 @@ from core_distill.spec import DistillSpec
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that always comes back with its offset: SQLite stores none and returned naive times."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class RunStatus(StrEnum):
@@ -46,7 +56,15 @@ def check_tags(tags: list[str]) -> list[str]:
     for tag in tags:
         if not tag.strip() or len(tag) > MAX_TAG_LENGTH:
             raise ValueError(f"each tag must be 1 to {MAX_TAG_LENGTH} characters, got {tag[:80]!r}")
+        check_text(tag)
     return [t.strip() for t in tags]
+
+
+def check_text(text: str | None) -> str | None:
+    """Names, notes and tags are stored as given, except NUL: PostgreSQL text cannot hold it."""
+    if text is not None and "\x00" in text:
+        raise ValueError("NUL characters (\\x00) are refused")
+    return text
 
 
 # --- experiments --------------------------------------------------------------------------------
@@ -56,6 +74,7 @@ class ExperimentBase(SQLModel):
     notes: str = Field(default="", max_length=10_000, description="Free text.")
 
     _tags = field_validator("tags")(lambda tags: check_tags(tags))
+    _text = field_validator("name", "notes")(lambda text: check_text(text))
 
 
 class ExperimentCreate(ExperimentBase):
@@ -64,18 +83,21 @@ class ExperimentCreate(ExperimentBase):
 
 
 class ExperimentUpdate(SQLModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422 naming it, not silently ignored
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     tags: list[str] | None = None
     notes: str | None = Field(default=None, max_length=10_000)
 
     _tags = field_validator("tags")(lambda tags: None if tags is None else check_tags(tags))
+    _text = field_validator("name", "notes")(lambda text: check_text(text))
 
 
 class Experiment(ExperimentBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     owner: str | None = Field(default=None, max_length=200, index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
 
     def distill_spec(self) -> DistillSpec:
         return DistillSpec.parse(self.spec)
@@ -100,11 +122,11 @@ class Run(SQLModel, table=True):
     celery_task_id: str | None = Field(default=None, max_length=64)
     worker: str | None = Field(default=None, max_length=200)
     gpu: str | None = Field(default=None, max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
-    queued_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    heartbeat_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    queued_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     error: str | None = None
     output_dir: str | None = Field(default=None, max_length=4096)
     model_dir: str | None = Field(default=None, max_length=4096, description="The final model, once succeeded.")
@@ -162,5 +184,5 @@ class ApiToken(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True, description="Who holds it; experiments are owned by this name.")
     token_hash: str = Field(max_length=128, unique=True, description="sha256 of the token; the token is never stored.")
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -8,6 +8,9 @@ worker can (`train_data: /etc/shadow`) or run a model repository's own Python co
 - A local path is resolved (symlinks and `..` followed) and must lie under one of
   `DISTILL_ALLOWED_PATHS` (os.pathsep-separated) or the toy folder; empty = no restriction.
 - `trust_remote_code: true` needs `DISTILL_ALLOW_REMOTE_CODE=true` on the server.
+- `teacher_server_url` (either API, distill or vllm) must start with one of
+  `DISTILL_ALLOWED_TEACHER_URLS`; with auth on an empty list allows none, with auth off any URL.
+  Without this a spec could make the worker send requests anywhere it can reach (its Redis).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from app.settings import get_settings
 from core_distill.paths import TOY_SCHEME, looks_like_local_path, resolve_data_path, resolve_model_path, toy_dir
+from core_distill.preflight import teacher_url_allowed
 from core_distill.spec import DistillSpec, SpecError
 
 MODEL_FIELDS = ("student", "teacher")
@@ -43,6 +47,11 @@ def check_spec_policy(spec: DistillSpec) -> None:
         elif roots and not any(_is_under(resolved, root) for root in [*roots, toy_root]):
             allowed = ", ".join(str(r) for r in roots)
             errors[name] = f"{value!r} (resolved to {resolved}) is outside the allowed roots: {allowed}"
+    if spec.teacher_server_url and not teacher_url_allowed(spec.teacher_server_url, settings.teacher_url_prefixes):
+        allowed = ", ".join(settings.teacher_url_prefixes or []) or "none (DISTILL_ALLOWED_TEACHER_URLS is empty)"
+        errors["teacher_server_url"] = (
+            f"{spec.teacher_server_url[:200]!r} is not an allowed teacher server; allowed URL prefixes: {allowed}"
+        )
     if spec.trust_remote_code and not settings.allow_remote_code:
         errors["trust_remote_code"] = (
             "this server does not run models' own code; an admin can allow it with DISTILL_ALLOW_REMOTE_CODE=true"

@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISTILL_", env_file=".env", env_ignore_empty=True, extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Folder of the database, run outputs and Redis.")
+    allowed_teacher_urls: str = Field(
+        "",
+        description="Comma-separated URL prefixes a spec's teacher_server_url must start with (e.g. "
+        "'http://teacher.lan:8001/,https://vllm.example.org/'). Empty: with auth on no remote teacher is allowed, "
+        "with auth off (one user on their own machine) any URL is.",
+    )
     database_url: str = Field("", description="SQLAlchemy URL; empty = a SQLite file in `home`.")
     redis_url: str = Field("", description="Redis URL; empty = an embedded redis-server started by `distill up`.")
     runs_dir: Path | None = Field(None, description="Where run folders go (default: home/runs).")
@@ -48,6 +54,12 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def teacher_url_prefixes(self) -> list[str] | None:
+        """The allowed teacher-server URL prefixes; None = any URL (auth off and no list set)."""
+        prefixes = [p.strip() for p in self.allowed_teacher_urls.split(",") if p.strip()]
+        return prefixes if prefixes or self.auth == "on" else None
 
     @property
     def effective_database_url(self) -> str:

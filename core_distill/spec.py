@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core_distill.paths import looks_like_local_path, resolve_data_path, resolve_model_path
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+PATH_FIELDS = frozenset({"student", "teacher", "train_data", "eval_data"})  # models and data: hub ids or paths
+MAX_PATH_COMPONENT = 255  # the longest file name Linux (NAME_MAX) and most file systems allow
 
 
 class SpecError(ValueError):
@@ -229,10 +231,30 @@ class DistillSpec(BaseModel):
     lora_target_modules: str = _field(
         "all-linear", "Modules that get adapters: 'all-linear' or comma-separated names.", "training", min_length=1
     )
-    eval_every: int = _field(50, "Evaluate every N optimizer steps (0 = only at the end).", "training", ge=0)
-    save_every: int = _field(
-        50, "Checkpoint every N optimizer steps for resume (0 = only at the end).", "training", ge=0
+    eval_every: int = _field(
+        50, "Evaluate every N optimizer steps (0 = only at the end).", "training", ge=0, le=10_000_000
     )
+    save_every: int = _field(
+        50, "Checkpoint every N optimizer steps for resume (0 = only at the end).", "training", ge=0, le=10_000_000
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would read `lmbda: true` as 1.0: a boolean for a number is a mistake, not a value
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _safe_strings(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("NUL characters (\\x00) are refused")
+            if info.field_name in PATH_FIELDS and any(len(part) > MAX_PATH_COMPONENT for part in value.split("/")):
+                raise ValueError(f"a path component is longer than {MAX_PATH_COMPONENT} characters")
+        return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> DistillSpec:
@@ -302,11 +324,18 @@ class DistillSpec(BaseModel):
         Raises:
             SpecError: naming every bad field and its bad value.
         """
+        from core_distill.preflight import check_data, check_hub_model, load_preflight_tokenizer
+
         errors: dict[str, str] = {}
+        hub_state: dict[str, str] = {}  # an unreachable hub is asked once, not once per model
         for name in ("student", "teacher"):
             value = getattr(self, name)
             if value and looks_like_local_path(value) and not resolve_model_path(value).is_dir():
                 errors[name] = f"no model directory at {value!r} (resolved to {resolve_model_path(value)})"
+            elif value and not looks_like_local_path(value):  # a hub id: cached, or a hub that answers in seconds
+                hub_error = check_hub_model(value, self.trust_remote_code, hub_state)
+                if hub_error:
+                    errors[name] = hub_error
         for name in ("train_data", "eval_data"):
             value = getattr(self, name)
             if value and not resolve_data_path(value).exists():
@@ -315,6 +344,9 @@ class DistillSpec(BaseModel):
             vocab_error = _vocab_mismatch(self.student, self.teacher, self.trust_remote_code)
             if vocab_error:
                 errors["teacher"] = vocab_error
+        if "train_data" not in errors and "eval_data" not in errors:
+            tokenizer = None if "student" in errors else load_preflight_tokenizer(self.student, self.trust_remote_code)
+            errors.update(check_data(self, tokenizer))
         if errors:
             raise SpecError(errors)
 

@@ -10,6 +10,24 @@ from sqlmodel import SQLModel
 from app.models import ExperimentPublic, RunPublic
 
 
+class ErrorMessage(SQLModel):
+    """The body of a 401, 403, 404, 409 or 503."""
+
+    detail: str
+
+
+class Problem(SQLModel):
+    loc: list[str | int]  # where: ["body", "spec", "lmbda"], ["query", "skip"], ["path", "run_id"]
+    msg: str
+    type: str
+
+
+class Problems(SQLModel):
+    """The body of a 422: one entry per bad value, each naming where it is."""
+
+    detail: list[Problem]
+
+
 class ExperimentCreated(SQLModel):
     id: int
     run_id: int | None

@@ -102,7 +102,8 @@ def test_patch_changes_name_tags_notes_only(client):
     assert body["spec"] == created["experiment"]["spec"]
     spec_change = client.patch(f"/api/experiments/{created['id']}", json={"spec": {"lmbda": 0.1}})
     assert client.get(f"/api/experiments/{created['id']}").json()["spec"]["lmbda"] == 0.5
-    assert spec_change.status_code == 200  # unknown fields of an update are ignored, never applied
+    assert spec_change.status_code == 422  # the spec is not a field of an update: refused, naming it
+    assert spec_change.json()["detail"][0]["loc"] == ["body", "spec"]
 
 
 def test_rerun_queues_a_fresh_run(client, service_env):

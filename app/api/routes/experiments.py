@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlmodel import select
 from starlette.datastructures import UploadFile
@@ -73,7 +74,10 @@ async def create_experiment(request: Request, session: SessionDep, user: Current
     or a multipart upload with the YAML in `file`. Nothing is stored unless the run was queued.
     """
     experiment_in = await _read_experiment_in(request)
-    experiment, run = experiment_service.create_experiment(session=session, experiment_in=experiment_in, user=user)
+    # a thread: the preflight reads files and may ask the hub, which must not stall every other request
+    experiment, run = await run_in_threadpool(
+        experiment_service.create_experiment, session=session, experiment_in=experiment_in, user=user
+    )
     return ExperimentCreated(
         id=experiment.id,
         run_id=run.id if run else None,

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from app import crud
 from app.api.deps import SessionDep
+from app.api.params import int_in_range
 from app.api.routes.experiments import split_list
 from app.api.routes.runs import run_detail
 from app.api.schemas import Comparison, MetricSeries, SpecField
@@ -108,8 +109,10 @@ def compare_runs(
     vary) and the runs' downsampled series of `keys` (default: the keys every run has)."""
     try:
         ids = list(dict.fromkeys(int(part) for part in split_list(run_ids)))
+        if not all(int_in_range(i) for i in ids):
+            raise ValueError
     except ValueError:
-        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated integers, "
+        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated 64-bit integers, "
                                    f"got {run_ids[:100]!r}", "type": "int_parsing"}]) from None  # fmt: skip
     if not 1 <= len(ids) <= MAX_COMPARED:
         raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"compare 1 to {MAX_COMPARED} runs, "

@@ -55,9 +55,16 @@ def table_fingerprint() -> str:
     return f"{tuple(totals)}|{sorted(tuple(r) for r in by_status)}"
 
 
-def launch(name: str, tags_text: str, notes: str, *values: Any, owner: str | None = None) -> tuple[str, int | None]:
-    """Validate the form and queue a run; (message, new run id or None). Nothing is written on error."""
-    spec, problems = form.check_values(values, preflight=False)
+def launch(
+    name: str, tags_text: str, notes: str, *values: Any, owner: str | None = None, spec_yaml: str | None = None
+) -> tuple[str, int | None]:
+    """Validate the form and queue a run; (message, new run id or None). Nothing is written on error.
+
+    `spec_yaml`: the YAML pane's text when it was edited after the fields; it is then what is checked
+    and launched (`form.check_form`), else the field values are.
+    """
+    source = "fields" if spec_yaml is None else "yaml"
+    spec, problems = form.check_form(source, spec_yaml or "", values, preflight=False)
     if spec is None:
         return problems, None
     try:
@@ -79,9 +86,12 @@ def launch(name: str, tags_text: str, notes: str, *values: Any, owner: str | Non
         return f"Queued run {run.id} of experiment {experiment.id} *{experiment.name}*.", run.id
 
 
-def validate(*values: Any) -> str:
-    spec, problems = form.check_values(values, preflight=True)
-    return problems or "The spec is valid: every field is in range and its models and data exist."
+def validate(*values: Any, spec_yaml: str | None = None) -> str:
+    """The engine's checks (validation and preflight) of what Launch would launch (see `launch`)."""
+    spec, problems = form.check_form("fields" if spec_yaml is None else "yaml", spec_yaml or "", values)
+    if problems:
+        return problems.replace("**Cannot launch", "**Not valid", 1)
+    return "The spec is valid: every field is in range and its models and data exist."
 
 
 def _plot_value(frame):
@@ -185,8 +195,12 @@ def build_dashboard() -> gr.Blocks:
                     with gr.Column(scale=2):
                         spec_yaml = gr.Code(form.values_to_yaml([c.value for c in spec_inputs]), language="yaml",
                                             label="spec.yaml (only fields that differ from the defaults)",
-                                            interactive=True, lines=16)  # fmt: skip
+                                            interactive=True, lines=16, elem_id="spec-yaml")  # fmt: skip
+                        spec_status = gr.Markdown(elem_id="spec-status")  # the YAML pane's and the fields' problems
                         apply_yaml = gr.Button("Apply YAML to the form")
+                        # which side was edited last ("fields" or "yaml"): set in the browser, so it is
+                        # current when Launch is clicked even while the edit's own round trip is on its way
+                        spec_source = gr.Textbox("fields", visible=False, elem_id="spec-source")
                         with gr.Row():
                             check = gr.Button("Validate")
                             launch_btn = gr.Button("Launch", variant="primary", elem_id="launch-button")
@@ -278,14 +292,20 @@ def build_dashboard() -> gr.Blocks:
         # --- launch tab events
         def load_preset(name_: str):
             if not name_:
-                return [gr.skip()] * (len(spec_inputs) + 3)
+                return [gr.skip()] * (len(spec_inputs) + 4)
             text = form.preset_yaml(name_)
             values, problems = form.yaml_to_values(text)
             if values is None:
-                return [*[gr.skip()] * len(spec_inputs), text, problems, gr.skip()]
-            return [*values, text, f"Loaded preset *{name_}*.", name_]
+                return [*[gr.skip()] * len(spec_inputs), text, problems, "", gr.skip()]
+            return [*values, text, f"Loaded preset *{name_}*.", "", name_]
 
-        preset.input(load_preset, preset, [*spec_inputs, spec_yaml, form_msg, name])
+        preset.input(load_preset, preset, [*spec_inputs, spec_yaml, form_msg, spec_status, name])
+
+        # One source of truth: the fields rewrite the YAML pane on every change; the YAML pane fills
+        # the fields when applied (button or leaving it). Launch and Validate check the side edited
+        # last (spec_source), so they never launch a value that the screen does not show.
+        spec_yaml.input(None, None, spec_source, js="() => 'yaml'")
+        gr.on([c.input for c in spec_inputs], None, None, spec_source, js="() => 'fields'")
 
         def apply(text: str):
             values, problems = form.yaml_to_values(text)
@@ -293,25 +313,32 @@ def build_dashboard() -> gr.Blocks:
                 return [*[gr.skip()] * len(spec_inputs), problems]
             return [*values, "YAML applied to the form."]
 
-        apply_yaml.click(apply, spec_yaml, [*spec_inputs, form_msg])
-        spec_yaml.blur(apply, spec_yaml, [*spec_inputs, form_msg], show_progress="hidden")
+        apply_yaml.click(apply, spec_yaml, [*spec_inputs, spec_status])
+        spec_yaml.blur(apply, spec_yaml, [*spec_inputs, spec_status], show_progress="hidden")
 
         def form_changed(*values):
             spec, problems = form.check_values(values, preflight=False)
             return form.values_to_yaml(values), problems
 
-        gr.on([c.input for c in spec_inputs], form_changed, spec_inputs, [spec_yaml, form_msg],
+        gr.on([c.input for c in spec_inputs], form_changed, spec_inputs, [spec_yaml, spec_status],
               show_progress="hidden", trigger_mode="always_last")  # fmt: skip
-        check.click(validate, spec_inputs, form_msg)
 
-        def launch_and_open(request: gr.Request, name_, tags_, notes_, *values):  # Gradio injects positional requests only
+        def shown_yaml(source: str, text: str) -> str | None:
+            return text if source == "yaml" else None
+
+        check.click(lambda source, text, *values: validate(*values, spec_yaml=shown_yaml(source, text)),
+                    [spec_source, spec_yaml, *spec_inputs], form_msg)  # fmt: skip
+
+        # Gradio injects positional requests only
+        def launch_and_open(request: gr.Request, name_, tags_, notes_, source, text, *values):
             owner = request.username if request is not None and get_settings().auth == "on" else None
-            message, run_id = launch(name_, tags_, notes_, *values, owner=owner)
+            message, run_id = launch(name_, tags_, notes_, *values, owner=owner, spec_yaml=shown_yaml(source, text))
             if run_id is None:
                 return message, gr.skip(), gr.skip()
             return message, run_id, gr.Tabs(selected="live")
 
-        launch_btn.click(launch_and_open, [name, tags_new, notes_new, *spec_inputs], [form_msg, live_run, tabs])
+        launch_btn.click(launch_and_open, [name, tags_new, notes_new, spec_source, spec_yaml, *spec_inputs],
+                         [form_msg, live_run, tabs])  # fmt: skip
 
         # --- live tab events
         live_inputs = [live_run, smoothing, x_axis]

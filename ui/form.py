@@ -3,10 +3,16 @@
 Each field's widget, label, help text, default and limits come from the pydantic field and its
 JSON schema; `json_schema_extra["group"]` decides the accordion it sits in. Values travel between
 the form, the YAML editor and the API as a `DistillSpec`, so validation is the engine's own.
+
+Numbers are plain boxes without Gradio limits: Gradio would clamp an out-of-range value (or refuse
+it with a toast naming no field), so the spec's limits are shown in the help text and enforced by
+`DistillSpec` itself, whose error names the field and the value. Launch and Validate check the
+side of the form the user edited last (`check_form`): the fields, or the YAML pane.
 """
 
 from __future__ import annotations
 
+import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +25,7 @@ from core_distill.spec import DistillSpec, SpecError
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 GROUP_ORDER = ("models", "method", "minillm", "data", "training")
 GROUP_TITLES = {"models": "Models", "method": "Method", "minillm": "MiniLLM", "data": "Data", "training": "Training"}
-SLIDER_MAX_SPAN = 10.0  # bounded floats spanning at most this get a slider; wider ranges a number box
+SOURCES = ("fields", "yaml")  # which side of the form was edited last, and so is launched
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class FieldWidget:
 
     name: str
     group: str
-    kind: str  # "dropdown" | "checkbox" | "slider" | "number" | "text"
+    kind: str  # "dropdown" | "checkbox" | "number" | "text"
     kwargs: dict[str, Any]
 
 
@@ -36,6 +42,18 @@ def _bounds(prop: dict[str, Any]) -> tuple[float | None, float | None]:
     low = prop.get("minimum", prop.get("exclusiveMinimum"))
     high = prop.get("maximum", prop.get("exclusiveMaximum"))
     return low, high
+
+
+def field_limits(name: str) -> str:
+    """The spec's limits of a number field as text ("0 ≤ beta ≤ 1"), or "" when it has none."""
+    prop = DistillSpec.model_json_schema()["properties"][name]
+
+    def num(v: float) -> str:
+        return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+
+    low = [f"{num(prop[k])} {sign} " for k, sign in (("minimum", "≤"), ("exclusiveMinimum", "<")) if k in prop]
+    high = [f" {sign} {num(prop[k])}" for k, sign in (("maximum", "≤"), ("exclusiveMaximum", "<")) if k in prop]
+    return f"{''.join(low)}{name}{''.join(high)}" if low or high else ""
 
 
 def field_widgets() -> list[FieldWidget]:
@@ -47,19 +65,20 @@ def field_widgets() -> list[FieldWidget]:
         group = prop.get("group", "other")
         common = {"label": name, "info": info.description, "value": info.default}
         annotation = info.annotation
-        low, high = _bounds(prop)
         if typing.get_origin(annotation) is typing.Literal:
-            widgets.append(FieldWidget(name, group, "dropdown", {**common, "choices": list(typing.get_args(annotation))}))
+            widgets.append(
+                FieldWidget(name, group, "dropdown", {**common, "choices": list(typing.get_args(annotation))})
+            )
         elif annotation is bool:
             widgets.append(FieldWidget(name, group, "checkbox", common))
-        elif annotation is float and low is not None and high is not None and high - low <= SLIDER_MAX_SPAN:
-            step = 0.01 if high - low <= 1 else 0.05
-            widgets.append(FieldWidget(name, group, "slider", {**common, "minimum": low, "maximum": high, "step": step}))
         elif annotation in (int, float):
-            extra: dict[str, Any] = {"minimum": low, "maximum": high}
-            if annotation is int:
-                extra["precision"] = 0
-            widgets.append(FieldWidget(name, group, "number", {**common, **extra}))
+            # no minimum/maximum/precision: Gradio would clamp or round what was typed, silently
+            limits = field_limits(name)
+            info_text = f"{info.description} ({limits})" if limits else info.description
+            low, high = _bounds(prop)
+            unit_span = annotation is float and low is not None and high is not None and high - low <= 1
+            step = {"step": 0.01} if unit_span else {}  # the arrows' increment; typed values are not rounded
+            widgets.append(FieldWidget(name, group, "number", {**common, "info": info_text, **step}))
         else:
             widgets.append(FieldWidget(name, group, "text", {**common, "max_lines": 1}))
     order = {g: i for i, g in enumerate(GROUP_ORDER)}
@@ -70,14 +89,16 @@ FIELD_NAMES = [w.name for w in field_widgets()]
 
 
 def values_to_dict(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
-    """Form values (in FIELD_NAMES order) as a spec dict; ints typed back from Gradio's floats."""
+    """Form values (in FIELD_NAMES order) as a spec dict; ints typed back from Gradio's floats.
+
+    An emptied number box stays None, which the spec refuses naming the field: the form launches
+    what it shows, and an empty box shows no value.
+    """
     data = dict(zip(FIELD_NAMES, values, strict=True))
     for name, info in DistillSpec.model_fields.items():
         value = data[name]
         if info.annotation is int and isinstance(value, float) and value.is_integer():
             data[name] = int(value)
-        if value is None:  # an emptied number box: the field's default, not an error
-            data[name] = info.default
     return data
 
 
@@ -87,18 +108,52 @@ def spec_to_values(spec: DistillSpec) -> list[Any]:
 
 
 def format_errors(errors: dict[str, str]) -> str:
-    return "\n".join(f"- **{field}**: {msg}" for field, msg in errors.items())
+    """Markdown, one line per bad field with the spec's own message; an unknown key gets the closest field."""
+    lines = []
+    for field, msg in errors.items():
+        if field not in DistillSpec.model_fields and msg.startswith("Extra inputs are not permitted"):
+            msg = "is not a spec field" + msg.removeprefix("Extra inputs are not permitted")
+            close = difflib.get_close_matches(field, FIELD_NAMES, n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean `{close[0]}`?"
+        lines.append(f"- **{field}**: {msg}")
+    return "\n".join(lines)
 
 
-def check_values(values: list[Any] | tuple[Any, ...], preflight: bool = True) -> tuple[DistillSpec | None, str]:
-    """Validate the form: (spec, "") when it can run, else (None, markdown naming each bad field)."""
+def _checked(parse: Any, preflight: bool) -> tuple[DistillSpec | None, str]:
     try:
-        spec = DistillSpec.parse(values_to_dict(values))
+        spec = parse()
         if preflight:
             spec.preflight()
     except SpecError as exc:
-        return None, "**Cannot launch:**\n" + format_errors(exc.errors)
+        return None, format_errors(exc.errors)
     return spec, ""
+
+
+def check_values(values: list[Any] | tuple[Any, ...], preflight: bool = True) -> tuple[DistillSpec | None, str]:
+    """Validate the form's fields: (spec, "") when it can run, else (None, markdown naming each bad field)."""
+    spec, problems = _checked(lambda: DistillSpec.parse(values_to_dict(values)), preflight)
+    return spec, problems and "**Cannot launch:**\n" + problems
+
+
+def check_yaml(text: str, preflight: bool = True) -> tuple[DistillSpec | None, str]:
+    """Validate the YAML pane (strict YAML: a key set twice or an alias is refused, naming it)."""
+    spec, problems = _checked(lambda: DistillSpec.from_yaml((text.strip() or "{}") + "\n"), preflight)
+    return spec, problems and "**Cannot launch** (the YAML pane, edited last):\n" + problems
+
+
+def check_form(
+    source: str, yaml_text: str, values: list[Any] | tuple[Any, ...], preflight: bool = True
+) -> tuple[DistillSpec | None, str]:
+    """What Launch and Validate check: the side of the form edited last (`source`, one of SOURCES).
+
+    The fields rewrite the YAML pane on every change, and the YAML pane fills the fields when it is
+    applied, so the two agree except while an edit is on its way or when the YAML does not apply.
+    Then the side the user touched last is what they mean; it alone is checked and launched.
+    """
+    if source == "yaml":
+        return check_yaml(yaml_text or "", preflight)
+    return check_values(values, preflight)
 
 
 def values_to_yaml(values: list[Any] | tuple[Any, ...]) -> str:
@@ -113,12 +168,10 @@ def values_to_yaml(values: list[Any] | tuple[Any, ...]) -> str:
 
 def yaml_to_values(text: str) -> tuple[list[Any] | None, str]:
     """Parse the YAML editor: (values for the form, "") or (None, error message naming the field)."""
-    try:
-        spec = DistillSpec.from_yaml((text.strip() or "{}") + "\n")  # a newline: text, never a path
-    except SpecError as exc:
-        return None, "**YAML not applied:**\n" + format_errors(exc.errors)
-    except yaml.YAMLError as exc:
-        return None, f"**YAML not applied:** not valid YAML ({str(exc).splitlines()[0]})"
+    # a newline: text, never a path
+    spec, problems = _checked(lambda: DistillSpec.from_yaml((text.strip() or "{}") + "\n"), preflight=False)
+    if spec is None:
+        return None, "**YAML not applied:**\n" + problems
     return spec_to_values(spec), ""
 
 

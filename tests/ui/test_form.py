@@ -18,8 +18,7 @@ def _changed_value(name: str):
         return next(c for c in typing.get_args(info.annotation) if c != default)
     if info.annotation is bool:
         return not default
-    widget = next(w for w in form.field_widgets() if w.name == name)
-    low, high = widget.kwargs.get("minimum"), widget.kwargs.get("maximum")
+    low, high = form._bounds(DistillSpec.model_json_schema()["properties"][name])
     if info.annotation is int:
         return default + 1 if high is None or default + 1 <= high else default - 1
     if info.annotation is float:
@@ -33,12 +32,12 @@ def test_every_field_has_one_widget_with_its_help_and_default():
     assert sorted(w.name for w in widgets) == sorted(DistillSpec.model_fields)
     for w in widgets:
         info = DistillSpec.model_fields[w.name]
-        assert w.kwargs["info"] == info.description and w.kwargs["value"] == info.default
+        assert w.kwargs["info"].startswith(info.description) and w.kwargs["value"] == info.default
     by_name = {w.name: w for w in widgets}
-    assert by_name["beta"].kind == "slider" and (by_name["beta"].kwargs["minimum"], by_name["beta"].kwargs["maximum"]) == (0, 1)
-    assert by_name["max_steps"].kind == "number" and by_name["max_steps"].kwargs["minimum"] == 1
-    assert by_name["max_steps"].kwargs["precision"] == 0
-    assert by_name["objective"].kind == "dropdown" and set(by_name["objective"].kwargs["choices"]) == {"gkd", "minillm", "sft"}
+    assert by_name["beta"].kind == "number" and by_name["beta"].kwargs["info"].endswith("(0 ≤ beta ≤ 1)")
+    assert by_name["max_steps"].kind == "number" and "(1 ≤ max_steps ≤ " in by_name["max_steps"].kwargs["info"]
+    assert by_name["objective"].kind == "dropdown"
+    assert set(by_name["objective"].kwargs["choices"]) == {"gkd", "minillm", "sft"}
     assert by_name["seq_kd"].kind == "checkbox" and by_name["student"].kind == "text"
     # grouped in the spec's group order
     groups = [w.group for w in widgets]
@@ -50,7 +49,10 @@ def test_each_field_round_trips_through_form_values_and_yaml(name):
     defaults = DistillSpec().model_dump()
     data = {**defaults, name: _changed_value(name)}
     # Gradio hands numbers back as floats
-    values = [float(data[n]) if isinstance(data[n], int) and not isinstance(data[n], bool) else data[n] for n in form.FIELD_NAMES]
+    values = [
+        float(data[n]) if isinstance(data[n], int) and not isinstance(data[n], bool) else data[n]
+        for n in form.FIELD_NAMES
+    ]
     assert form.values_to_dict(values) == data
     spec, problems = form.check_values(values, preflight=False)
     if spec is None:  # a value that breaks a rule involving another field: the message names a field
@@ -58,6 +60,48 @@ def test_each_field_round_trips_through_form_values_and_yaml(name):
         return
     back, problems = form.yaml_to_values(form.values_to_yaml(values))
     assert problems == "" and dict(zip(form.FIELD_NAMES, back, strict=True)) == data
+
+
+def test_gradio_never_clamps_or_rounds_a_number():
+    """Limits are the spec's: a Gradio minimum/maximum would clamp (or refuse without naming the field),
+    a precision would round; the value typed must reach DistillSpec, whose error names field and value."""
+    for w in form.field_widgets():
+        if w.kind == "number":
+            assert not {"minimum", "maximum", "precision"} & set(w.kwargs), w
+    assert all(w.kind != "slider" for w in form.field_widgets())
+    values = form.spec_to_values(DistillSpec())
+    for name, typed, shown in (
+        ("beta", 2.0, "got 2.0"),
+        ("max_steps", 2.5, "got 2.5"),
+        ("batch_size", None, "got null"),
+    ):
+        bad = list(values)
+        bad[form.FIELD_NAMES.index(name)] = typed  # what Gradio hands over: floats, None for an emptied box
+        spec, message = form.check_values(bad, preflight=False)
+        assert spec is None and f"**{name}**" in message and shown in message, message
+
+
+def test_unknown_keys_name_the_closest_field():
+    spec, message = form.check_yaml("lmdba: 0.7\n", preflight=False)
+    assert spec is None and "**lmdba**: is not a spec field, got 0.7; did you mean `lmbda`?" in message
+    assert "did you mean" not in form.check_yaml("zzzz: 1\n", preflight=False)[1]
+
+
+def test_yaml_keys_set_twice_are_refused_naming_the_key():
+    values, message = form.yaml_to_values("beta: 0.1\nlmbda: 1.0\nbeta: 0.9\n")
+    assert values is None and "**beta**: is set twice (lines 1 and 3); keep one" in message
+    spec, message = form.check_form("yaml", "beta: 0.1\nbeta: 0.9\n", form.spec_to_values(DistillSpec()), False)
+    assert spec is None and "**beta**" in message
+
+
+def test_launch_checks_the_side_edited_last():
+    fields = form.spec_to_values(DistillSpec(beta=0.25))
+    spec, _ = form.check_form("fields", "beta: 0.75\n", fields, preflight=False)
+    assert spec.beta == 0.25
+    spec, _ = form.check_form("yaml", "beta: 0.75\n", fields, preflight=False)
+    assert spec.beta == 0.75
+    spec, message = form.check_form("yaml", "beta: 2\n", fields, preflight=False)  # not the valid fields
+    assert spec is None and "YAML pane" in message and "**beta**" in message and "got 2" in message
 
 
 def test_validation_message_names_the_field():

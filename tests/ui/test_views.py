@@ -170,6 +170,22 @@ def test_launch_refuses_bad_specs_and_queues_good_ones(service_env):
     assert dashboard.table_fingerprint() != ""
 
 
+def test_launch_and_validate_use_the_yaml_pane_when_it_was_edited_last(service_env):
+    fields = form.spec_to_values(DistillSpec(max_steps=2, beta=0.5))  # what the fields still show
+    for text in ("max_steps: 2\nlmdba: 0.7\n", "max_steps: 2\nbeta: 2\n", "beta: 0.1\nbeta: 0.2\n"):
+        message, run_id = dashboard.launch("bad", "", "", *fields, spec_yaml=text)
+        assert run_id is None and "Cannot launch" in message, message
+        assert "Not valid" in dashboard.validate(*fields, spec_yaml=text)
+    assert "did you mean `lmbda`" in dashboard.launch("bad", "", "", *fields, spec_yaml="lmdba: 0.7\n")[0]
+    assert _count(Experiment) == 0 and _count(Run) == 0
+
+    message, run_id = dashboard.launch("yaml", "", "", *fields, spec_yaml="max_steps: 2\nbeta: 0.25\n")
+    assert run_id is not None, message
+    with Session(get_engine()) as session:
+        stored = session.get(Experiment, session.get(Run, run_id).experiment_id).spec
+    assert stored == DistillSpec(max_steps=2, beta=0.25).model_dump(mode="json")
+
+
 def test_compared_runs_share_a_points_budget_per_chart():
     assert [compare.points_per_series(n) for n in (1, 2, 4, 10)] == [500, 500, 250, 100]
     assert all(n * compare.points_per_series(n) <= compare.POINTS_PER_PLOT for n in range(2, compare.MAX_RUNS + 1))

@@ -17,20 +17,13 @@ from sqlmodel import Session, col
 from app.db import get_engine
 from app.metrics_query import downsample_series
 from app.models import EvalSamples, Experiment, MetricPoint, Run
+from core_distill import metric_keys
 
 MAX_POINTS = 500  # per series, what the browser receives
 XAxis = Literal["step", "wall_time"]
 
 # (title, keys): the distillation-specific views; keys a run never logged are simply absent
-CHARTS: list[tuple[str, tuple[str, ...]]] = [
-    ("Loss", ("loss", "loss/kd", "loss/sft", "loss/pg")),
-    ("Divergences", ("div/fkl", "div/rkl", "div/jsd")),
-    ("Entropies", ("entropy/student", "entropy/teacher")),
-    ("Top-K coverage", ("topk/coverage",)),
-    ("Tokens per second", ("perf/tokens_per_sec",)),
-    ("Time split: generation / teacher / update (s)", ("time/generate", "time/teacher", "time/update")),
-    ("Evaluation", ("eval/exact_match", "eval/div/fkl", "eval/div/rkl")),
-]
+CHARTS: list[tuple[str, tuple[str, ...]]] = list(metric_keys.CHARTS)
 X_TITLES = {"step": "step", "wall_time": "seconds since start"}
 # Tableau 10: one fixed colour per series (per run in comparisons)
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
@@ -88,7 +81,7 @@ def probe(run_id: int | None) -> str:
         if run is None:
             return "missing"
         newest_point = session.execute(
-            select(func.max(MetricPoint.step)).where(MetricPoint.run_id == int(run_id), MetricPoint.key == "loss")
+            select(func.max(MetricPoint.step)).where(MetricPoint.run_id == int(run_id), MetricPoint.key == metric_keys.LOSS)
         ).scalar()
         newest_samples = session.execute(
             select(func.max(EvalSamples.id)).where(EvalSamples.run_id == int(run_id))

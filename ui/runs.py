@@ -19,10 +19,11 @@ from app.models import Experiment, ExperimentUpdate, Run, RunStatus
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
 from app.services.errors import ServiceError
+from core_distill import metric_keys
 from core_distill.spec import SpecError
 
 SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd")
-METRIC_COLUMNS = ("loss", "div/fkl", "eval/exact_match")
+METRIC_COLUMNS = metric_keys.SUMMARY
 # run id first: a selected row's first cell names the run
 RUN_COLUMNS = ("run", "name", "status", "queue", "step", *METRIC_COLUMNS, *SPEC_COLUMNS, "tags", "experiment", "created")
 STATUS_CHOICES = ["all", *[s.value for s in RunStatus]]

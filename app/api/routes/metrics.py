@@ -21,7 +21,7 @@ from app.api.schemas import Comparison, MetricSeries, SpecField
 from app.db import get_engine
 from app.metrics_query import MAX_POINTS_CAP, MIN_POINTS, downsample_series, metric_keys
 from app.models import MetricPoint
-from core_distill.spec import DistillSpec
+from app.services import comparison
 
 router = APIRouter(tags=["metrics"])
 
@@ -29,7 +29,6 @@ MaxPoints = Annotated[int, Query(ge=MIN_POINTS, le=MAX_POINTS_CAP, description="
 XAxis = Annotated[Literal["step", "wall_time"], Query(description="The axis the buckets cut.")]
 KeysQuery = Annotated[str | None, Query(max_length=4000, description="Comma-separated metric keys; default all.")]
 EXPORT_CHUNK = 5000
-MAX_COMPARED = 20
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricSeries)
@@ -114,19 +113,12 @@ def compare_runs(
     except ValueError:
         raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated 64-bit integers, "
                                    f"got {run_ids[:100]!r}", "type": "int_parsing"}]) from None  # fmt: skip
-    if not 1 <= len(ids) <= MAX_COMPARED:
-        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"compare 1 to {MAX_COMPARED} runs, "
-                                   f"got {len(ids)}", "type": "value_error"}])  # fmt: skip
-    runs = [run_detail(session, crud.get_run(session=session, run_id=i)) for i in ids]
-    wanted = split_list(keys)
-    if not wanted:
-        key_sets = [set(metric_keys(session, i)) for i in ids]
-        wanted = sorted(set.intersection(*key_sets))
-    fields = []
-    for name, info in DistillSpec.model_fields.items():
-        values = [run.spec.get(name, info.default) for run in runs]
-        group = (info.json_schema_extra or {}).get("group") if isinstance(info.json_schema_extra, dict) else None
-        differs = len({json.dumps(v, sort_keys=True) for v in values}) > 1
-        fields.append(SpecField(name=name, group=group, values=values, differs=differs))
-    series = {i: downsample_series(session, i, wanted, max_points=max_points, x=x) for i in ids}
+    try:
+        ids = comparison.check_run_ids(ids)
+    except comparison.CompareError as exc:
+        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": str(exc), "type": "value_error"}]) from None
+    runs = [run_detail(session, run) for run, _ in comparison.load_runs(session=session, run_ids=ids)]
+    wanted = split_list(keys) or comparison.common_keys(session=session, run_ids=ids)
+    fields = [SpecField(**vars(f)) for f in comparison.spec_fields([run.spec for run in runs])]
+    series = comparison.series(session=session, run_ids=ids, keys=wanted, max_points=max_points, x=x)
     return Comparison(runs=runs, fields=fields, series=series)

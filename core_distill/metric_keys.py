@@ -1,0 +1,69 @@
+"""Every metric key the engine logs, named once: the trainer and the evaluation write these, the CLI,
+the dashboard and the comparisons read them. Keys are snake_case with a slash prefix per group
+(`loss/`, `div/`, ...), which is how charts group them. Evaluation logs a training key under `eval/`
+(`eval/div/fkl`): `eval_key(DIV_FKL)`.
+"""
+
+from __future__ import annotations
+
+# --- training, once per optimizer step
+LOSS = "loss"  # what the optimizer minimised
+LOSS_KD = "loss/kd"  # the distillation term (per token)
+LOSS_SFT = "loss/sft"  # the supervised term on reference completions
+LOSS_PG = "loss/pg"  # the policy-gradient term (MiniLLM)
+DIV_FKL = "div/fkl"  # forward KL(teacher || student), per token
+DIV_RKL = "div/rkl"  # reverse KL(student || teacher), per token
+DIV_JSD = "div/jsd"  # generalised Jensen-Shannon at the spec's beta, per token
+ENTROPY_STUDENT = "entropy/student"
+ENTROPY_TEACHER = "entropy/teacher"
+TOPK_COVERAGE = "topk/coverage"  # teacher probability mass inside the kept top-k
+LR = "lr"
+GRAD_NORM = "grad_norm"
+PERF_STEP_SECONDS = "perf/step_seconds"
+PERF_TOKENS_PER_SEC = "perf/tokens_per_sec"
+TIME_GENERATE = "time/generate"  # seconds of the step spent sampling completions
+TIME_TEACHER = "time/teacher"  # ... scoring them with the teacher
+TIME_UPDATE = "time/update"  # ... in the student's forward, backward and optimizer step
+DATA_ON_POLICY = "data/on_policy"  # share of the step's completions the student sampled
+COMPLETION_LENGTH_MEAN = "completion/length_mean"  # tokens per training completion
+COMPLETION_EOS_RATE = "completion/eos_rate"  # share of completions that ended with EOS
+COUNT_GENERATED_TOKENS = "count/generated_tokens"  # tokens sampled this step
+COUNT_TEACHER_TOKENS = "count/teacher_tokens"  # tokens the teacher scored this step
+
+# --- evaluation, every eval_every steps
+EVAL_PREFIX = "eval/"
+EVAL_EXACT_MATCH = "eval/exact_match"  # share of eval prompts answered correctly
+EVAL_COMPLETION_LENGTH = "eval/completion_length"  # mean tokens per eval completion
+
+
+def eval_key(key: str) -> str:
+    """The evaluation's name for a training key: div/fkl -> eval/div/fkl."""
+    return EVAL_PREFIX + key
+
+
+EVAL_DIV_FKL = eval_key(DIV_FKL)
+EVAL_DIV_RKL = eval_key(DIV_RKL)
+EVAL_DIV_JSD = eval_key(DIV_JSD)
+
+ALL = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and k != "EVAL_PREFIX")
+
+
+def is_known(key: str) -> bool:
+    """A key of this catalogue, or the evaluation's version of one."""
+    return key in ALL or (key.startswith(EVAL_PREFIX) and key.removeprefix(EVAL_PREFIX) in ALL)
+
+
+# --- what views show by default
+SUMMARY = (LOSS, DIV_FKL, EVAL_EXACT_MATCH)  # a run in one line (runs table)
+FINAL = (LOSS, LOSS_KD, DIV_FKL, DIV_RKL, DIV_JSD, EVAL_EXACT_MATCH, PERF_TOKENS_PER_SEC)  # a finished run
+COMPARED = (LOSS, DIV_FKL, DIV_RKL, EVAL_EXACT_MATCH)  # curves overlaid when comparing runs
+PRINTED = (LOSS, LOSS_KD, DIV_FKL, DIV_RKL, EVAL_EXACT_MATCH, EVAL_DIV_FKL, PERF_TOKENS_PER_SEC)  # `distill run`
+CHARTS = (  # (title, keys) of the live view
+    ("Loss", (LOSS, LOSS_KD, LOSS_SFT, LOSS_PG)),
+    ("Divergences", (DIV_FKL, DIV_RKL, DIV_JSD)),
+    ("Entropies", (ENTROPY_STUDENT, ENTROPY_TEACHER)),
+    ("Top-K coverage", (TOPK_COVERAGE,)),
+    ("Tokens per second", (PERF_TOKENS_PER_SEC,)),
+    ("Time split: generation / teacher / update (s)", (TIME_GENERATE, TIME_TEACHER, TIME_UPDATE)),
+    ("Evaluation", (EVAL_EXACT_MATCH, EVAL_DIV_FKL, EVAL_DIV_RKL)),
+)

@@ -64,7 +64,7 @@ def _print_summary(result, reporter) -> None:
     last: dict[str, float] = {}
     for line in reporter.metrics_path.read_text().splitlines():
         last.update(json.loads(line)["metrics"])
-    shown = ["loss", "loss/kd", "div/fkl", "div/rkl", "eval/exact_match", "eval/div/fkl", "perf/tokens_per_sec"]
+    from core_distill.metric_keys import PRINTED as shown
     typer.echo(f"finished at step {result.step}" + (" (stopped early)" if result.stopped else ""))
     for key in shown:
         if key in last:

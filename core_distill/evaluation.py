@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core_distill import metric_keys as mk
 from core_distill.data import Example, make_batch
 from core_distill.generation import sample_completions
 from core_distill.losses import STAT_KEYS, Head, fused_distill_loss
@@ -73,7 +74,7 @@ def evaluate(ctx: EvalContext, examples: list[Example], n_samples: int = 4) -> t
     if ctx.teacher is not None and with_reference:
         stats, _ = _score(ctx, [e.prompt_ids for e in with_reference], [e.completion_ids for e in with_reference],
                           [ctx.teacher_prompt(e) for e in with_reference], cacheable=True)  # fmt: skip
-        metrics.update({f"eval/{k}": v for k, v in stats.items()})
+        metrics.update({mk.eval_key(k): v for k, v in stats.items()})
     predictions = sample_completions(
         ctx.student, [e.prompt_ids for e in examples], pad_id=ctx.tokenizer.pad_token_id, eos_ids=ctx.eos_ids,
         max_new_tokens=ctx.max_new_tokens, greedy=True,
@@ -81,8 +82,8 @@ def evaluate(ctx: EvalContext, examples: list[Example], n_samples: int = 4) -> t
     texts = [ctx.tokenizer.decode(p, skip_special_tokens=True) for p in predictions]
     graded = [(t, e) for t, e in zip(texts, examples, strict=True) if e.completion_text is not None]
     if graded:
-        metrics["eval/exact_match"] = sum(ctx.matcher(t, e.completion_text) for t, e in graded) / len(graded)
-    metrics["eval/completion_length"] = sum(len(p) for p in predictions) / len(predictions)
+        metrics[mk.EVAL_EXACT_MATCH] = sum(ctx.matcher(t, e.completion_text) for t, e in graded) / len(graded)
+    metrics[mk.EVAL_COMPLETION_LENGTH] = sum(len(p) for p in predictions) / len(predictions)
     samples = _samples(ctx, examples[:n_samples], predictions[:n_samples], texts[:n_samples]) if n_samples else []
     return metrics, samples
 
@@ -137,9 +138,8 @@ def _score(ctx: EvalContext, prompts, completions, teacher_prompts, cacheable: b
 
 
 def _stat_name(key: str) -> str:
-    return {"loss": "loss/kd", "fkl": "div/fkl", "rkl": "div/rkl", "jsd": "div/jsd", "coverage": "topk/coverage"}.get(
-        key, key.replace("entropy_", "entropy/")
-    )
+    names = {"loss": mk.LOSS_KD, "fkl": mk.DIV_FKL, "rkl": mk.DIV_RKL, "jsd": mk.DIV_JSD, "coverage": mk.TOPK_COVERAGE}
+    return names.get(key, key.replace("entropy_", "entropy/"))
 
 
 def answer_matcher(name: str) -> AnswerMatcher:

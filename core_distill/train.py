@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core_distill import metric_keys as mk
 from core_distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from core_distill.data import (
     DataError,
@@ -151,12 +152,12 @@ def run(
         step_seconds = time.perf_counter() - t_step
         metrics = sums.metrics(n_tokens, completions, sources, eos_ids)
         metrics.update({
-            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "perf/step_seconds": step_seconds,
-            "perf/tokens_per_sec": n_tokens / step_seconds, "time/generate": time_generate,
+            mk.LR: scheduler.get_last_lr()[0], mk.GRAD_NORM: grad_norm, mk.PERF_STEP_SECONDS: step_seconds,
+            mk.PERF_TOKENS_PER_SEC: n_tokens / step_seconds, mk.TIME_GENERATE: time_generate,
         })  # fmt: skip
         reporter.log(step, metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", kd=f"{metrics['loss/kd']:.4f}")
+        bar.set_postfix(loss=f"{metrics[mk.LOSS]:.4f}", kd=f"{metrics[mk.LOSS_KD]:.4f}")
 
         if eval_examples and ((spec.eval_every and step % spec.eval_every == 0) or step == spec.max_steps):
             eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged)
@@ -227,23 +228,23 @@ class StepSums:
         lengths = [len(c) for mb in completions for c in mb]
         ended = [bool(c) and c[-1] in eos_ids for mb in completions for c in mb]
         out = {
-            "loss": self.loss,
-            "loss/kd": self.kd / n,
-            "loss/sft": self.sft / max(self.sft_tokens, 1),
-            "div/fkl": self.stats["fkl"] / n,
-            "div/rkl": self.stats["rkl"] / n,
-            "div/jsd": self.stats["jsd"] / n,
-            "entropy/student": self.stats["entropy_student"] / n,
-            "entropy/teacher": self.stats["entropy_teacher"] / n,
-            "topk/coverage": self.stats["coverage"] / n,
-            "data/on_policy": sources.count(STUDENT) / len(sources),
-            "completion/length_mean": sum(lengths) / max(len(lengths), 1),
-            "completion/eos_rate": sum(ended) / max(len(ended), 1),
-            "time/teacher": self.time_teacher,
-            "time/update": self.time_update,
+            mk.LOSS: self.loss,
+            mk.LOSS_KD: self.kd / n,
+            mk.LOSS_SFT: self.sft / max(self.sft_tokens, 1),
+            mk.DIV_FKL: self.stats["fkl"] / n,
+            mk.DIV_RKL: self.stats["rkl"] / n,
+            mk.DIV_JSD: self.stats["jsd"] / n,
+            mk.ENTROPY_STUDENT: self.stats["entropy_student"] / n,
+            mk.ENTROPY_TEACHER: self.stats["entropy_teacher"] / n,
+            mk.TOPK_COVERAGE: self.stats["coverage"] / n,
+            mk.DATA_ON_POLICY: sources.count(STUDENT) / len(sources),
+            mk.COMPLETION_LENGTH_MEAN: sum(lengths) / max(len(lengths), 1),
+            mk.COMPLETION_EOS_RATE: sum(ended) / max(len(ended), 1),
+            mk.TIME_TEACHER: self.time_teacher,
+            mk.TIME_UPDATE: self.time_update,
         }
         if self.pg:
-            out["loss/pg"] = self.pg / n
+            out[mk.LOSS_PG] = self.pg / n
         return out
 
 

@@ -20,6 +20,7 @@ from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
 from app.api.schemas import ErrorMessage, Problems
 from app.models import ExperimentCreate
+from app.queue import get_queue
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def create_app(ui: bool = True) -> FastAPI:
         generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}",
     )
     install_error_handlers(app)
+    get_queue()  # DISTILL_QUEUE (the worker's Celery queue by default), wired now: a bad setting fails at start
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(InternalErrorMiddleware)  # the outermost of ours: the 413 above is not an error
     app.include_router(api_router())

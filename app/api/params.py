@@ -1,7 +1,8 @@
 """Limits every request's path and query values must keep, checked once for all routes.
 
-Ids, `skip`, `step` and the like are 64-bit integers in the database: a larger number would reach
-the driver and fail there (SQLite: OverflowError; PostgreSQL: out of range). NUL cannot be stored
+Ids and steps are INTEGER columns (32-bit in PostgreSQL) and `skip` an OFFSET (64-bit): a larger
+number would reach the driver and fail there (SQLite: OverflowError past 64 bits; PostgreSQL: "integer
+out of range" past 32). NUL cannot be stored
 or compared in PostgreSQL text. Both are refused here with a 422 naming the parameter, before the
 route runs, so no route (today's or a new one) has to remember them.
 """
@@ -14,11 +15,13 @@ from fastapi import Request
 
 from app.api.errors import RequestInvalid
 
-BIGINT_MAX = 2**63 - 1  # the largest id, offset or step a database integer holds
+INTEGER_MAX = 2**31 - 1  # ids and steps: the largest value of an INTEGER column on every database
+BIGINT_MAX = 2**63 - 1  # offsets (`skip`)
+BIGINT_PARAMS = frozenset({"skip"})
 
 
-def int_in_range(value: int) -> bool:
-    return -BIGINT_MAX - 1 <= value <= BIGINT_MAX
+def int_in_range(value: int, limit: int = INTEGER_MAX) -> bool:
+    return -limit - 1 <= value <= limit
 
 
 def check_request_values(request: Request) -> None:
@@ -36,9 +39,11 @@ def check_request_values(request: Request) -> None:
                 continue
             if "\x00" in value or "\x00" in name:
                 problems.append(_problem(kind, name, "NUL characters (\\x00) are refused", "string_nul"))
-            elif name in int_params[kind] and _too_big(value):
+            elif name in int_params[kind] and _too_big(value, limit := _limit(name)):
                 problems.append(
-                    _problem(kind, name, f"must be at most {BIGINT_MAX}, got {value[:40]}", "less_than_equal")
+                    _problem(
+                        kind, name, f"must be between {-limit - 1} and {limit}, got {value[:40]}", "less_than_equal"
+                    )
                 )
     if problems:
         raise RequestInvalid(problems)
@@ -48,11 +53,20 @@ def _is_int(annotation: Any) -> bool:
     return annotation is int or int in getattr(annotation, "__args__", ())
 
 
-def _too_big(text: str) -> bool:
+def _limit(name: str) -> int:
+    return BIGINT_MAX if name in BIGINT_PARAMS else INTEGER_MAX
+
+
+def _too_big(text: str, limit: int) -> bool:
     digits = text.strip().lstrip("+-").lstrip("0")
-    if not digits.isdigit():
-        return False  # not an integer at all: the route's own validation says so
-    return len(digits) > 19 or not int_in_range(int(text.strip()))  # 19 digits: int() stays cheap
+    if not (digits.isascii() and digits.isdigit()):
+        return False  # not a plain integer ("³", "+-1"): the route's own validation says so
+    if len(digits) > 19:
+        return True  # past 64 bits, without asking int() to read a huge number
+    try:
+        return not int_in_range(int(text.strip()), limit)
+    except ValueError:
+        return False
 
 
 def _problem(kind: str, name: str, msg: str, type_: str) -> dict[str, Any]:

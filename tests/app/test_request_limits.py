@@ -18,7 +18,7 @@ from app.main import create_app
 from tests.app.conftest import post_experiment, row_counts, tiny_spec
 from tests.services import free_port
 
-BIG = 2**63  # one past the largest 64-bit integer
+BIG = 2**63  # one past the largest 64-bit integer (SQLite's limit; PostgreSQL's INTEGER ends at 2**31 - 1)
 
 
 @pytest.fixture
@@ -52,6 +52,14 @@ def locs(response) -> list[list]:
         ("GET", f"/api/runs?skip={BIG}", ["query", "skip"]),
         ("GET", f"/api/runs?experiment_id={BIG}", ["query", "experiment_id"]),
         ("GET", f"/api/compare?run_ids=1,{BIG}", ["query", "run_ids"]),
+        # ids and steps are INTEGER columns: 32 bits in PostgreSQL
+        ("GET", f"/api/experiments/{2**31}", ["path", "experiment_id"]),
+        ("GET", f"/api/runs/{2**31}/metrics.json", ["path", "run_id"]),
+        ("GET", f"/api/runs?experiment_id={2**31}", ["query", "experiment_id"]),
+        ("GET", f"/api/runs/1/samples?step={-(2**31) - 1}", ["query", "step"]),
+        ("GET", f"/api/compare?run_ids={2**31}", ["query", "run_ids"]),
+        ("GET", "/api/runs/%C2%B3", ["path", "run_id"]),  # "³": a digit to str.isdigit, not to int()
+        ("GET", "/api/runs?experiment_id=%C2%B3", ["query", "experiment_id"]),
     ],
 )
 def test_integers_past_64_bits_are_422(client, unchanged, method, path, loc):

@@ -111,7 +111,7 @@ def compare_runs(
         if not all(int_in_range(i) for i in ids):
             raise ValueError
     except ValueError:
-        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated 64-bit integers, "
+        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated 32-bit integers, "
                                    f"got {run_ids[:100]!r}", "type": "int_parsing"}]) from None  # fmt: skip
     try:
         ids = comparison.check_run_ids(ids)

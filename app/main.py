@@ -6,6 +6,7 @@ uvicorn app.main:create_app --factory         # the same, by hand
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
 from app.api.schemas import ErrorMessage, Problems
 from app.models import ExperimentCreate
 from app.queue import get_queue
+from core_distill.spec import MAX_PATH_COMPONENT
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,24 @@ async def _send_413(send: Send, max_bytes: int) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class PathLimitMiddleware:
+    """422 for a path with a component longer than a file name may be: the dashboard's static-file
+    routes (/ui/assets/..., /ui/static/...) would pass it to the file system, which fails with a 500."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(len(part) > MAX_PATH_COMPONENT for part in scope["path"].split("/")):
+            msg = f"a path component is longer than {MAX_PATH_COMPONENT} characters"
+            body = json.dumps({"detail": [{"loc": ["path"], "msg": msg, "type": "path_too_long"}]}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 422, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
 
 
 class InternalErrorMiddleware:
@@ -142,7 +162,8 @@ def create_app(ui: bool = True) -> FastAPI:
     install_error_handlers(app)
     get_queue()  # DISTILL_QUEUE (the worker's Celery queue by default), wired now: a bad setting fails at start
     app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(InternalErrorMiddleware)  # the outermost of ours: the 413 above is not an error
+    app.add_middleware(InternalErrorMiddleware)  # outside the body limit: a 413 is not an error
+    app.add_middleware(PathLimitMiddleware)
     app.include_router(api_router())
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

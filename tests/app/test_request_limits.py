@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -138,10 +139,11 @@ def test_timestamps_carry_their_offset(client, service_env):
 
 
 # --- over a real server: a refused request leaves the keep-alive connection usable --------------------
-@pytest.fixture
-def server(service_env) -> Iterator[tuple[str, int]]:
+@contextmanager
+def serve(app) -> Iterator[tuple[str, int]]:
+    """uvicorn serving `app` in a thread of this process (same settings, database and Redis)."""
     port = free_port()
-    config = uvicorn.Config(create_app(ui=False), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -149,9 +151,43 @@ def server(service_env) -> Iterator[tuple[str, int]]:
     while not uv.started and time.time() < deadline:
         time.sleep(0.05)
     assert uv.started, "uvicorn did not start"
-    yield "127.0.0.1", port
-    uv.should_exit = True
-    thread.join(10)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def server(service_env) -> Iterator[tuple[str, int]]:
+    with serve(create_app(ui=False)) as address:
+        yield address
+
+
+def test_a_path_component_over_255_characters_is_422(service_env):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ui=True)) as client:  # the dashboard's static files would hit the file system
+        for path in ("/ui/assets/", "/ui/static/", "/api/runs/", "/api/experiments/1/"):
+            response = client.get(path + "a" * 256)
+            assert response.status_code == 422, (path, response.text)
+            assert locs(response) == [["path"]] and "255" in response.text
+
+
+def test_an_unexpected_error_is_a_500_that_keeps_the_connection(service_env):
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app = create_app(ui=False)
+    app.add_api_route("/api/broken", broken)
+    with serve(app) as address:
+        connection = http.client.HTTPConnection(*address, timeout=60)
+        connection.request("GET", "/api/broken")
+        response = connection.getresponse()
+        assert response.status == 500 and b"a bug" not in response.read()  # logged, not shown
+        connection.request("GET", "/api/health")
+        assert connection.getresponse().status == 200
+        connection.close()
 
 
 def test_the_connection_survives_hostile_requests(server):

@@ -129,11 +129,11 @@ class InternalErrorMiddleware:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "Auth is on and no valid token was sent."},
     404: {"model": ErrorMessage, "description": "No such experiment or run."},
     422: {"model": Problems, "description": "A bad value; `detail[].loc` names the parameter or field."},
 }
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorMessage, "description": "Auth is on and no valid token was sent."},
     403: {"model": ErrorMessage, "description": "The experiment belongs to someone else."},
     409: {"model": ErrorMessage, "description": "The run's state does not allow it (cancel a finished run)."},
     **ERROR_RESPONSES,
@@ -190,6 +190,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     body = ExperimentCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(body.pop("$defs", {}))
     components["ExperimentCreate"] = body
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for code, response in operation["responses"].items():
+                content = response.get("content", {})
+                if code[0] in "45" and content and "application/json" not in content:
+                    # errors are JSON whatever the route answers on success (YAML, CSV, an event stream)
+                    response["content"] = {"application/json": next(iter(content.values()))}
     app.openapi_schema = schema
     return schema
 

@@ -128,6 +128,22 @@ def test_patch_refuses_unknown_fields_and_nul(client, service_env):
     assert (stored["name"], stored["notes"]) == ("kept", "")
 
 
+def test_error_responses_are_declared_in_the_openapi_document(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    open_routes = {"/api/health", "/api/login", "/api/logout"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            declared = operation["responses"]
+            where = f"{method.upper()} {path}"
+            if path not in open_routes:
+                assert "401" in declared, (where, sorted(declared))
+            if "{" in path:
+                assert {"403", "404", "409"} <= set(declared), (where, sorted(declared))
+            if "parameters" in operation or "requestBody" in operation:
+                schema = declared["422"]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Problems"}, (where, schema)
+
+
 def test_timestamps_carry_their_offset(client, service_env):
     created = post_experiment(client)
     run = client.get(f"/api/runs/{created['run_id']}").json()

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from app import crud
 from app.api.deps import CurrentUser, SessionDep
 from app.api.errors import RequestInvalid, invalid, validation_detail
-from app.api.schemas import ExperimentCreated, ExperimentDetail, ExperimentsPublic
+from app.api.schemas import ErrorMessage, ExperimentCreated, ExperimentDetail, ExperimentsPublic, Problems
 from app.models import Experiment, ExperimentCreate, ExperimentPublic, ExperimentUpdate, Run, RunPublic
 from app.services import experiments as experiment_service
 from core_distill.spec import DuplicateKeyError, load_yaml
@@ -62,8 +62,8 @@ def _create_body_docs() -> dict[str, Any]:
     response_model=ExperimentCreated,
     openapi_extra=_create_body_docs(),
     responses={
-        422: {"description": "A bad spec; `detail[].loc` names the field."},
-        503: {"description": "Queue down."},
+        422: {"model": Problems, "description": "A bad spec; `detail[].loc` names the field."},
+        503: {"model": ErrorMessage, "description": "Queue down."},
     },
 )
 async def create_experiment(request: Request, session: SessionDep, user: CurrentUser) -> ExperimentCreated:

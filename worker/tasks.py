@@ -57,7 +57,9 @@ def run_experiment(self, run_id: int) -> str:
         from core_distill.spec import DistillSpec
 
         spec = DistillSpec.parse(spec_data)
-        check_spec_policy(spec)  # again here: the server's allowed paths may have changed since the run was queued
+        # again here, before the engine loads or connects to anything: the server's allowed paths and
+        # teacher URLs (DISTILL_ALLOWED_TEACHER_URLS) may have changed since the run was queued
+        check_spec_policy(spec)
         reporter = DatabaseReporter(
             run_id,
             engine=engine,

@@ -59,8 +59,6 @@ def locs(response) -> list[list]:
         ("GET", f"/api/runs?experiment_id={2**31}", ["query", "experiment_id"]),
         ("GET", f"/api/runs/1/samples?step={-(2**31) - 1}", ["query", "step"]),
         ("GET", f"/api/compare?run_ids={2**31}", ["query", "run_ids"]),
-        ("GET", "/api/runs/%C2%B3", ["path", "run_id"]),  # "³": a digit to str.isdigit, not to int()
-        ("GET", "/api/runs?experiment_id=%C2%B3", ["query", "experiment_id"]),
     ],
 )
 def test_integers_past_64_bits_are_422(client, unchanged, method, path, loc):

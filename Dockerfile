@@ -5,7 +5,7 @@
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DISTILL_HOME=/data DISTILL_TOY_DIR=/data/toy HF_HOME=/data/hf
+    DISTILL_HOME=/data HF_HOME=/data/hf
 
 # torch first, in its own layer: the largest download, and the one GPU and CPU images differ in
 ARG TORCH_SPEC="torch>=2.4,<3"
@@ -21,7 +21,7 @@ COPY ui ui
 COPY examples examples
 RUN pip install . "flower>=2.0"
 
-# an unprivileged user owns /data (database files, runs, the toy task, the Hugging Face cache)
+# an unprivileged user owns /data (database files, runs, the Hugging Face cache)
 RUN useradd --create-home --uid 1000 distill && mkdir -p /data && chown distill /data
 USER distill
 VOLUME /data

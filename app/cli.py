@@ -46,12 +46,11 @@ def up_command(
     host: Annotated[str, typer.Option(help="Interface of the API and dashboard.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API and dashboard.")] = 8000,
     gpus: Annotated[int | None, typer.Option(help="Workers to start, one per GPU (default: every GPU; 0 = one CPU worker).")] = None,
-    toy: Annotated[bool, typer.Option(help="Build the toy task first if it was never built.")] = True,
 ) -> None:
     """Start everything on this machine: Redis, the API and dashboard, one worker per GPU. Ctrl-C stops it."""
     from app.embedded import up
 
-    raise typer.Exit(up(host=host, port=port, gpus=gpus, toy=toy))
+    raise typer.Exit(up(host=host, port=port, gpus=gpus))
 
 
 @cli.command("api")

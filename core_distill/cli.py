@@ -92,19 +92,29 @@ def eval_command(
         str, typer.Option(help="Teacher for the divergences ('' = none).")
     ] = "toy:teacher",
     limit: Annotated[int, typer.Option(help="Score only the first N rows (0 = all).")] = 0,
-    metric: Annotated[str, typer.Option(help="final_answer (after '####') or exact_match (whole completion).")] = "final_answer",
-    max_new_tokens: Annotated[int, typer.Option(help="Longest greedy completion.", min=1)] = 96,
+    metric: Annotated[
+        str,
+        typer.Option(help="auto (countdown on the toy splits, else final_answer), countdown (the toy task's rules), "
+                          "final_answer (after '####') or exact_match (whole completion)."),
+    ] = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest completion.", min=1)] = 128,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="0 = greedy; > 0 = sample at this temperature (default: 1 with the countdown metric, else 0).",
+                     min=0.0),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled completions.")] = 0,
     samples: Annotated[int, typer.Option(help="Sample completions to show.", min=0)] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
-    """Exact-match accuracy, divergence to the teacher and sample completions of one model."""
+    """Task accuracy of greedy completions, divergence to the teacher and sample completions of one model."""
     import json
 
     from core_distill.model_eval import EvalError, evaluate_model, report_text
 
     try:
         report = evaluate_model(model, data, teacher=teacher or None, limit=limit, metric=metric,
-                                max_new_tokens=max_new_tokens, n_samples=samples)  # fmt: skip
+                                max_new_tokens=max_new_tokens, n_samples=samples, temperature=temperature, seed=seed)  # fmt: skip
     except EvalError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -115,40 +125,57 @@ def eval_command(
 def compare_command(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
     steps: Annotated[int, typer.Option(help="Optimizer steps of every run (overrides max_steps).", min=1)] = 200,
-    seeds: Annotated[int, typer.Option(help="Seeds per method: 0, 1, ... N-1.", min=1)] = 3,
-    eval_every: Annotated[int, typer.Option(help="Learning-curve point every N steps.", min=1)] = 20,
+    seeds: Annotated[int, typer.Option(help="Seeds of each method's chosen setting: 0, 1, ... N-1.", min=1)] = 3,
+    learning_rates: Annotated[
+        str, typer.Option(help="Comma-separated learning rates every method is swept over ('' = each spec's own).")
+    ] = "1e-4,3e-4",
+    temperatures: Annotated[
+        str, typer.Option(help="Comma-separated sampling temperatures for methods that sample ('' = the spec's own).")
+    ] = "0.3,1.0",
+    eval_every: Annotated[int, typer.Option(help="Learning-curve point every N steps.", min=1)] = 40,
     curve_examples: Annotated[int, typer.Option(help="Eval-split rows per learning-curve point.", min=1)] = 100,
     test_examples: Annotated[int, typer.Option(help="Test rows scored at the end (0 = all).", min=0)] = 0,
     teacher: Annotated[str, typer.Option(help="Reference teacher of the divergence columns.")] = "toy:teacher",
     test_data: Annotated[str, typer.Option(help="Held-out data of the final test: test (the toy split) or a file.")] = "test",
+    workers: Annotated[int, typer.Option(help="Runs at a time, one thread each (0 = one per CPU core).", min=0)] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the runs and results.json.")] = Path(
         "runs/compare"
     ),
     doc: Annotated[Path, typer.Option(help="Markdown page to write.")] = Path("docs/results.md"),
-    plot: Annotated[Path, typer.Option(help="PNG of accuracy against steps.")] = Path("docs/results_accuracy.png"),
+    plot: Annotated[Path, typer.Option(help="PNG of accuracy against steps and wall time.")] = Path(
+        "docs/results_accuracy.png"
+    ),
     reuse: Annotated[
         bool, typer.Option(help="Keep finished runs of an earlier comparison with the same spec (resume).")
     ] = False,
 ) -> None:
-    """Run every spec with the same step budget and seeds; write a results table and a plot."""
+    """Sweep every method over the same grid, choose on eval, score on test over seeds; write a page and a plot."""
     import shlex
     import sys
 
     from core_distill.compare import CompareError, CompareSettings, compare
     from core_distill.model_eval import EvalError
 
-    settings = CompareSettings(steps=steps, seeds=tuple(range(seeds)), eval_every=eval_every,
+    settings = CompareSettings(steps=steps, seeds=tuple(range(seeds)), learning_rates=_floats(learning_rates, "--learning-rates"),
+                               temperatures=_floats(temperatures, "--temperatures"), eval_every=eval_every,
                                curve_examples=curve_examples, test_examples=test_examples, teacher=teacher,
-                               test_data=test_data)  # fmt: skip
+                               test_data=test_data, workers=workers)  # fmt: skip
     command = shlex.join(["distill", *sys.argv[1:]])
     try:
         compare(spec_files, settings, output_dir=output, doc_path=doc, plot_path=plot, command=command,
-                echo=typer.echo, reuse=reuse, progress=True)  # fmt: skip
+                echo=typer.echo, reuse=reuse)  # fmt: skip
     except (CompareError, EvalError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
 
 
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
+
+
 from core_distill.toy.cli import toy_cli  # noqa: E402
 
-engine_cli.add_typer(toy_cli, name="toy", help="The built-in arithmetic task.")
+engine_cli.add_typer(toy_cli, name="toy", help="The built-in countdown task.")

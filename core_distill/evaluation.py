@@ -1,5 +1,5 @@
-"""Evaluation: divergences to the teacher on reference completions, task accuracy on greedy
-completions, and a few sampled completions with per-token divergences (the dashboard's heat map).
+"""Evaluation: divergences to the teacher on reference completions, task accuracy on greedy (or
+sampled) completions, and a few completions with per-token divergences (the dashboard's heat map).
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from core_distill.losses import STAT_KEYS, Head, fused_distill_loss
 from core_distill.models import completion_hidden, head_of
 from core_distill.teachers import Teacher
 
-AnswerMatcher = Callable[[str, str], bool]
+# (prediction, reference completion, prompt text) -> correct? A task's own rule check needs the prompt.
+AnswerMatcher = Callable[[str, str, str], bool]
 
 
 def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(prediction: str, reference: str) -> bool:
+def exact_match(prediction: str, reference: str, prompt: str = "") -> bool:
     """The whole completion, whitespace-normalised."""
     return normalize(prediction) == normalize(reference)
 
@@ -42,11 +43,23 @@ def final_answer(text: str) -> str:
     return normalize(last.rsplit("=", 1)[1] if "=" in last else last)
 
 
-def final_answer_match(prediction: str, reference: str) -> bool:
+def final_answer_match(prediction: str, reference: str, prompt: str = "") -> bool:
     return final_answer(prediction) == final_answer(reference) != ""
 
 
-MATCHERS: dict[str, AnswerMatcher] = {"exact_match": exact_match, "final_answer": final_answer_match}
+def countdown_valid(prediction: str, reference: str, prompt: str = "") -> bool:
+    """The built-in countdown task's rules, checked on whatever walk the model wrote (any valid one counts)."""
+    from core_distill.toy.task import is_valid_walk, parse_prompt
+
+    task = parse_prompt(prompt)
+    return task is not None and is_valid_walk(prediction, *task)
+
+
+MATCHERS: dict[str, AnswerMatcher] = {
+    "exact_match": exact_match,
+    "final_answer": final_answer_match,
+    "countdown": countdown_valid,
+}
 
 
 @dataclass
@@ -62,27 +75,40 @@ class EvalContext:
     batch_size: int
     matcher: AnswerMatcher = exact_match
     privileged_teacher: bool = False  # OPSD: the teacher sees the row's teacher_prompt, as in training
+    decode_temperature: float = 0.0  # 0 = greedy completions; > 0 = sampled (seeded per evaluation)
+
+    def prompt_text(self, example: Example) -> str:
+        return self.tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
 
     def teacher_prompt(self, example: Example) -> list[int]:
         return (example.teacher_prompt_ids or example.prompt_ids) if self.privileged_teacher else example.prompt_ids
 
 
-def evaluate(ctx: EvalContext, examples: list[Example], n_samples: int = 4) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics (`eval/...`) and up to `n_samples` sampled completions with per-token divergences."""
+def evaluate(
+    ctx: EvalContext, examples: list[Example], n_samples: int = 4, seed: int = 0
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics (`eval/...`) and up to `n_samples` sampled completions with per-token divergences.
+
+    With `ctx.decode_temperature` > 0 the completions are sampled from `seed`, on a forked RNG so that
+    training's random stream is untouched: two models evaluated with one seed share their random numbers.
+    """
     metrics: dict[str, float] = {}
     with_reference = [e for e in examples if e.completion_ids]
     if ctx.teacher is not None and with_reference:
         stats, _ = _score(ctx, [e.prompt_ids for e in with_reference], [e.completion_ids for e in with_reference],
                           [ctx.teacher_prompt(e) for e in with_reference], cacheable=True)  # fmt: skip
         metrics.update({mk.eval_key(k): v for k, v in stats.items()})
-    predictions = sample_completions(
-        ctx.student, [e.prompt_ids for e in examples], pad_id=ctx.tokenizer.pad_token_id, eos_ids=ctx.eos_ids,
-        max_new_tokens=ctx.max_new_tokens, greedy=True,
-    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        predictions = sample_completions(
+            ctx.student, [e.prompt_ids for e in examples], pad_id=ctx.tokenizer.pad_token_id, eos_ids=ctx.eos_ids,
+            max_new_tokens=ctx.max_new_tokens, greedy=ctx.decode_temperature == 0,
+            temperature=ctx.decode_temperature or 1.0,
+        )  # fmt: skip
     texts = [ctx.tokenizer.decode(p, skip_special_tokens=True) for p in predictions]
     graded = [(t, e) for t, e in zip(texts, examples, strict=True) if e.completion_text is not None]
     if graded:
-        metrics[mk.EVAL_EXACT_MATCH] = sum(ctx.matcher(t, e.completion_text) for t, e in graded) / len(graded)
+        metrics[mk.EVAL_EXACT_MATCH] = sum(ctx.matcher(t, e.completion_text, ctx.prompt_text(e)) for t, e in graded) / len(graded)
     metrics[mk.EVAL_COMPLETION_LENGTH] = sum(len(p) for p in predictions) / len(predictions)
     samples = _samples(ctx, examples[:n_samples], predictions[:n_samples], texts[:n_samples]) if n_samples else []
     return metrics, samples
@@ -99,10 +125,10 @@ def _samples(ctx: EvalContext, examples: list[Example], predictions: list[list[i
     samples = []
     for e, ids, text, divs in zip(examples, predictions, texts, per_token, strict=True):
         samples.append({
-            "prompt": ctx.tokenizer.decode(e.prompt_ids, skip_special_tokens=True),
+            "prompt": ctx.prompt_text(e),
             "completion": text,
             "reference": e.completion_text,
-            "correct": None if e.completion_text is None else bool(ctx.matcher(text, e.completion_text)),
+            "correct": None if e.completion_text is None else bool(ctx.matcher(text, e.completion_text, ctx.prompt_text(e))),
             "tokens": [ctx.tokenizer.decode([t]) for t in ids],
             "token_div": [round(v, 5) for v in divs],
         })  # fmt: skip

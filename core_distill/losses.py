@@ -114,13 +114,21 @@ def topk_tail_jsd(student_logits: Tensor, teacher_logits: Tensor, k: int, beta: 
 
 # --- sampled-token objectives (MiniLLM / on-policy distillation) --------------------------------
 def reverse_kl_advantages(
-    teacher_logp: Tensor, student_logp: Tensor, mask: Tensor, gamma: float = 0.0, length_normalization: bool = True
+    teacher_logp: Tensor,
+    student_logp: Tensor,
+    mask: Tensor,
+    gamma: float = 0.0,
+    length_normalization: bool = True,
+    from_next_token: bool = False,
 ) -> Tensor:
     """Per-token advantage of the sampled-token reverse-KL policy gradient, detached.
 
-    r_t = log p_T(y_t) - log p_S(y_t); with gamma > 0 the advantage is the discounted
-    reward-to-go sum_{i>=t} gamma^(i-t) r_i, optionally divided by sum_{i>=t} gamma^(i-t) over
-    real tokens. Padding gets advantage 0 and contributes nothing downstream.
+    r_t = log p_T(y_t) - log p_S(y_t). The advantage of token t is the discounted reward-to-go
+    sum_{i>=t} gamma^(i-t) r_i (gamma = 0: r_t alone), optionally divided by the sum of its
+    discounts over real tokens. With `from_next_token` the sum starts at i = t + 1 (gamma = 0:
+    nothing): MiniLLM's long-term term, used beside the single-step decomposition, which already
+    takes r_t's expectation exactly (counting r_t here too would follow the reverse-KL gradient twice).
+    Padding gets advantage 0 and contributes nothing downstream.
 
     Args:
         teacher_logp, student_logp: (B, T) log-probs of the sampled tokens.
@@ -130,16 +138,22 @@ def reverse_kl_advantages(
     """
     mask = mask.to(teacher_logp.dtype)
     rewards = (teacher_logp - student_logp).detach() * mask
+    future_mask, first_discount = mask, 1.0
+    if from_next_token:  # shift left: token t sees gamma * (r_{t+1} + gamma r_{t+2} + ...); the last sees nothing
+        rewards = torch.cat([rewards[:, 1:], torch.zeros_like(rewards[:, :1])], dim=1)
+        future_mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+        first_discount = gamma
     if gamma == 0.0:
-        return rewards
+        return rewards * mask * first_discount
     returns = torch.zeros_like(rewards)
     weights = torch.zeros_like(rewards)
     running_return = torch.zeros_like(rewards[:, 0])
     running_weight = torch.zeros_like(rewards[:, 0])
     for t in range(rewards.shape[1] - 1, -1, -1):  # right to left: reward-to-go
         running_return = rewards[:, t] + gamma * running_return
-        running_weight = mask[:, t] + gamma * running_weight
+        running_weight = future_mask[:, t] + gamma * running_weight
         returns[:, t], weights[:, t] = running_return, running_weight
+    returns, weights = returns * first_discount, weights * first_discount
     if length_normalization:
         returns = returns / weights.clamp_min(1e-4)
     return returns * mask

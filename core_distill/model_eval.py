@@ -35,6 +35,7 @@ class ModelReport:
     data: str
     examples: int
     metric: str
+    temperature: float  # 0 = greedy completions, else sampled at this temperature
     accuracy: float
     completion_length: float  # mean greedy completion length in tokens
     teacher: str | None = None
@@ -56,7 +57,7 @@ def resolve_model_name(name: str) -> str:
             return str(path / "final")
         raise EvalError("MODEL", f"{name!r} is a folder without a model (no config.json, and no final/ run model)")
     if looks_like_local_path(name) and not resolve_model_path(name).is_dir():
-        hint = " (run `distill toy build` first)" if name.startswith(TOY_SCHEME) else ""
+        hint = " (DISTILL_TOY_DIR points at a folder without it: unset it, or `distill toy build` there)" if name.startswith(TOY_SCHEME) else ""
         raise EvalError("MODEL", f"no model directory at {name!r} (resolved to {resolve_model_path(name)}){hint}")
     return name
 
@@ -74,10 +75,12 @@ def evaluate_model(
     *,
     teacher: str | None = "toy:teacher",
     limit: int = 0,
-    metric: str = "final_answer",
-    max_new_tokens: int = 96,
+    metric: str = "auto",
+    max_new_tokens: int = 128,
     n_samples: int = 3,
     batch_size: int = 64,
+    temperature: float | None = None,
+    seed: int = 0,
 ) -> ModelReport:
     """Evaluate `model` on the first `limit` rows of `data` (0 = all), against `teacher` (None/'' = no divergence)."""
     model = resolve_model_name(model)
@@ -87,6 +90,12 @@ def evaluate_model(
             teacher = resolve_model_name(teacher)
         except EvalError as exc:
             raise EvalError("--teacher", str(exc).split(": ", 1)[1]) from None
+    if metric == "auto":  # the built-in task has its own rule check; elsewhere the final answer is graded
+        metric = "countdown" if data.startswith(TOY_SCHEME) else "final_answer"
+    if temperature is None:  # the built-in task grades samples at temperature 1 (many answers are valid)
+        temperature = 1.0 if metric == "countdown" else 0.0
+    if temperature < 0:
+        raise EvalError("--temperature", f"must be >= 0 (0 = greedy), got {temperature}")
     try:
         matcher = answer_matcher(metric)
     except ValueError as exc:
@@ -118,9 +127,9 @@ def evaluate_model(
         local_teacher = LocalTeacher(teacher_model)
     ctx = EvalContext(
         student, local_teacher, tokenizer, eos_token_ids(student, tokenizer), beta=0.5, temperature=1.0, top_k=0,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, matcher=matcher,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, matcher=matcher, decode_temperature=temperature,
     )  # fmt: skip
-    metrics, samples = evaluate(ctx, examples, n_samples)
+    metrics, samples = evaluate(ctx, examples, n_samples, seed=seed)
     divergence = None
     if local_teacher is not None:
         divergence = {name: metrics[f"eval/div/{name}"] for name in ("fkl", "rkl", "jsd")}
@@ -128,7 +137,7 @@ def evaluate_model(
         sample.pop("tokens", None)
         sample.pop("token_div", None)
     return ModelReport(
-        model=model, data=data, examples=len(examples), metric=metric, accuracy=metrics["eval/exact_match"],
+        model=model, data=data, examples=len(examples), metric=metric, temperature=temperature, accuracy=metrics["eval/exact_match"],
         completion_length=metrics["eval/completion_length"], teacher=teacher or None, divergence=divergence,
         samples=samples,
     )  # fmt: skip
@@ -139,7 +148,8 @@ def report_text(report: ModelReport) -> str:
     lines = [
         f"model      {report.model}",
         f"data       {report.data} ({report.examples} rows)",
-        f"accuracy   {report.accuracy:.1%}  ({report.metric}, greedy)",
+        f"accuracy   {report.accuracy:.1%}  ({report.metric}, "
+        + ("greedy)" if report.temperature == 0 else f"sampled at temperature {report.temperature:g})"),
         f"length     {report.completion_length:.1f} tokens per completion",
     ]
     if report.divergence is not None:

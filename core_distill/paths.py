@@ -1,7 +1,8 @@
 """Where models and data named in a spec live.
 
 A spec names models and data the way a user would: a hub id ("Qwen/Qwen2.5-0.5B"), a local path,
-or "toy:NAME" for the built-in arithmetic task (`distill toy build` writes it to the toy folder).
+or "toy:NAME" for the built-in countdown task, whose models and data ship inside the package, so
+every machine starts from the same weights.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ TOY_SCHEME = "toy:"
 TOY_DATA_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "test": "test.jsonl"}
 
 
+SHIPPED_TOY_DIR = Path(__file__).parent / "toy" / "assets"
+
+
 def toy_dir() -> Path:
-    """The built-in task's folder: $DISTILL_TOY_DIR, else ~/.cache/distill/toy."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distill" / "toy"
-    return Path(os.environ.get("DISTILL_TOY_DIR", default)).expanduser()
+    """The built-in task's folder: $DISTILL_TOY_DIR (a rebuild, say), else the one shipped in the package."""
+    folder = os.environ.get("DISTILL_TOY_DIR")
+    return Path(folder).expanduser() if folder else SHIPPED_TOY_DIR
+
+
+def default_toy_build_dir() -> Path:
+    """Where `distill toy build` writes by default: $DISTILL_HOME/toy-build (else ~/.cache/distill/toy-build)."""
+    home = os.environ.get("DISTILL_HOME")
+    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distill"
+    return base.expanduser() / "toy-build"
 
 
 def resolve_model_path(name: str) -> Path | str:

@@ -49,7 +49,7 @@ class DistillSpec(BaseModel):
     student: str = _field(
         "toy:student",
         "Student model: a hub id or a local directory saved with save_pretrained "
-        "('toy:NAME' is the built-in arithmetic task's model, see `distill toy build`).",
+        "('toy:NAME' is the built-in countdown task's model, shipped with the package).",
         "models",
         min_length=1,
         max_length=1024,
@@ -119,7 +119,12 @@ class DistillSpec(BaseModel):
         le=1.0,
     )
     temperature: float = _field(
-        0.9, "Sampling temperature of on-policy and seq_kd generation.", "method", gt=0.0, le=10.0
+        1.0,
+        "Sampling temperature of on-policy and seq_kd generation (1 = the model's own distribution, which "
+        "on-policy objectives assume; lower values sample closer to greedy).",
+        "method",
+        gt=0.0,
+        le=10.0,
     )
     kd_temperature: float = _field(
         1.0,
@@ -161,7 +166,8 @@ class DistillSpec(BaseModel):
     )
     rkl_advantage: bool = _field(
         True,
-        "minillm: policy-gradient term with per-token advantage log p_teacher - log p_student.",
+        "minillm: policy-gradient term whose advantage is the reward-to-go of r = log p_teacher - log p_student "
+        "(from the next token on when single_step_decomposition is on, which already covers the current one).",
         "minillm",
     )
     single_step_decomposition: bool = _field(
@@ -169,7 +175,8 @@ class DistillSpec(BaseModel):
     )
     gamma: float = _field(
         0.0,
-        "minillm: discount of the reward-to-go (0 = each token's own log-ratio only).",
+        "minillm: discount of the reward-to-go (0 = no long-term term beside the single-step decomposition; "
+        "without it, each token's own log-ratio only).",
         "minillm",
         ge=0.0,
         le=1.0,
@@ -195,11 +202,20 @@ class DistillSpec(BaseModel):
         512, "Dataset completions longer than this many tokens are cut.", "data", ge=1, le=131072
     )
     eval_examples: int = _field(64, "How many eval rows to score at each evaluation.", "data", ge=1, le=100000)
-    eval_metric: Literal["exact_match", "final_answer"] = _field(
+    eval_metric: Literal["exact_match", "final_answer", "countdown"] = _field(
         "exact_match",
-        "Task metric at evaluation: exact_match compares whole completions; final_answer compares the "
-        "text after the last '####' (else after the last '=' of the last line).",
+        "Task metric at evaluation (see eval_temperature): exact_match compares whole completions; final_answer "
+        "compares the text after the last '####' (else after the last '=' of the last line); countdown checks the "
+        "built-in task's rules, so any valid walk counts.",
         "data",
+    )
+    eval_temperature: float = _field(
+        0.0,
+        "Decoding of the evaluation's completions: 0 = greedy; > 0 = sampled at this temperature (seeded by the "
+        "run's seed and step), which grades the distribution a model puts on its answers when many are valid.",
+        "data",
+        ge=0.0,
+        le=10.0,
     )
     eval_completions_logged: int = _field(
         4, "How many sampled eval completions to log, with per-token divergences.", "data", ge=0, le=64
@@ -267,7 +283,7 @@ class DistillSpec(BaseModel):
     def combination_errors(self) -> dict[str, str]:
         """Rules that involve several fields (ranges are checked by the field types)."""
         errors: dict[str, str] = {}
-        for name in ("lmbda", "beta", "temperature", "kd_temperature", "sft_alpha", "gamma"):
+        for name in ("lmbda", "beta", "temperature", "kd_temperature", "sft_alpha", "gamma", "eval_temperature"):
             if not math.isfinite(getattr(self, name)):
                 errors[name] = f"must be a finite number, got {getattr(self, name)!r}"
         if self.teacher_server_url:
@@ -301,6 +317,12 @@ class DistillSpec(BaseModel):
         if self.objective == "minillm":
             if self.lmbda != 1.0:
                 errors["lmbda"] = f"objective='minillm' learns from the student's own samples; set lmbda=1.0, got {self.lmbda}"
+            if self.temperature != self.kd_temperature:
+                errors["temperature"] = (
+                    f"objective='minillm' estimates the gradient of the student's own distribution, so its samples "
+                    f"must come from it: set temperature equal to kd_temperature ({self.kd_temperature}), "
+                    f"got {self.temperature}"
+                )
             if not (self.rkl_advantage or self.single_step_decomposition):
                 errors["rkl_advantage"] = (
                     "objective='minillm' needs rkl_advantage or single_step_decomposition (both are off)"

@@ -109,7 +109,7 @@ def run(
     eval_ctx = EvalContext(
         student, teacher, tokenizer, eos_ids, beta=spec.beta, temperature=spec.kd_temperature, top_k=spec.loss_top_k,
         max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, matcher=answer_matcher(spec.eval_metric),
-        privileged_teacher=spec.opsd != "off",
+        privileged_teacher=spec.opsd != "off", decode_temperature=spec.eval_temperature,
     )  # fmt: skip
 
     start = 0
@@ -117,6 +117,9 @@ def run(
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, accelerator.unwrap_model(student), optimizer, scheduler)
     reporter.resumed(start)
+    if eval_examples and start == 0:  # the baseline: the student before its first update
+        _evaluate(eval_ctx, eval_examples, spec, reporter, step=0)
+        student.train()
 
     # --- the loop ------------------------------------------------------------------------------
     bar = _progress_bar(progress, start, spec.max_steps)
@@ -136,6 +139,7 @@ def run(
         time_generate = time.perf_counter() - t0
 
         n_tokens = sum(len(c) for mb in completions for c in mb)
+        n_generated = sum(len(c) for mb, src in zip(completions, sources, strict=True) if src != DATASET for c in mb)
         sums = StepSums()
         for k, (examples, source, comps) in enumerate(zip(micro_batches, sources, completions, strict=True)):
             with accelerator.no_sync(student) if k < spec.grad_accum - 1 else nullcontext():
@@ -154,15 +158,14 @@ def run(
         metrics.update({
             mk.LR: scheduler.get_last_lr()[0], mk.GRAD_NORM: grad_norm, mk.PERF_STEP_SECONDS: step_seconds,
             mk.PERF_TOKENS_PER_SEC: n_tokens / step_seconds, mk.TIME_GENERATE: time_generate,
+            "count/generated_tokens": n_generated, "count/teacher_tokens": sums.teacher_tokens,
         })  # fmt: skip
         reporter.log(step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics[mk.LOSS]:.4f}", kd=f"{metrics[mk.LOSS_KD]:.4f}")
 
         if eval_examples and ((spec.eval_every and step % spec.eval_every == 0) or step == spec.max_steps):
-            eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged)
-            reporter.log(step, eval_metrics)
-            reporter.log_samples(step, samples)
+            _evaluate(eval_ctx, eval_examples, spec, reporter, step)
             student.train()
         stopped = reporter.should_stop()
         if stopped or step == spec.max_steps or (spec.save_every and step % spec.save_every == 0):
@@ -175,6 +178,13 @@ def run(
     if stopped:
         return RunResult(last_step, None, True, metrics)
     return RunResult(last_step, save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir), False, metrics)
+
+
+def _evaluate(eval_ctx: EvalContext, eval_examples: list[Example], spec: DistillSpec, reporter: Reporter, step: int) -> None:
+    # every method evaluated at a step with the same seed samples with the same random numbers
+    eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged, seed=spec.seed * 1_000_003 + step)
+    reporter.log(step, eval_metrics)
+    reporter.log_samples(step, samples)
 
 
 # --- data sources ------------------------------------------------------------------------------------
@@ -222,6 +232,7 @@ class StepSums:
     stats: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAT_KEYS, 0.0))
     time_teacher: float = 0.0
     time_update: float = 0.0
+    teacher_tokens: int = 0  # prompt + completion tokens the teacher scored (its forward passes' work)
 
     def metrics(self, n_tokens: int, completions, sources, eos_ids) -> dict[str, float]:
         n = max(n_tokens, 1)
@@ -261,6 +272,7 @@ def micro_batch_loss(spec, student, teacher, tokenizer, examples: list[Example],
         teacher_prompts = [e.teacher_prompt_ids for e in examples] if spec.opsd != "off" else [e.prompt_ids for e in examples]
         teacher_batch = make_batch(teacher_prompts, completions, pad).to(device)
         teacher_targets = teacher.score(teacher_batch, cacheable=source == DATASET)
+        sums.teacher_tokens += int(teacher_batch.attention_mask.sum())
     sums.time_teacher += time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -275,7 +287,8 @@ def micro_batch_loss(spec, student, teacher, tokenizer, examples: list[Example],
         token_weights += spec.sft_alpha  # SFT only on completions the student did not sample
     if spec.objective == "minillm":
         kd_weight, beta = (1.0 if spec.single_step_decomposition else 0.0), 1.0  # single step = exact reverse KL
-        if spec.rkl_advantage:
+        # at gamma 0 the long-term term beside the single-step one is zero: skip its extra forward
+        if spec.rkl_advantage and not (spec.single_step_decomposition and spec.gamma == 0.0):
             advantages = _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch)
             token_weights += advantages
             sums.pg += -(advantages * sampled_token_logprobs(hidden.detach(), head, targets, spec.kd_temperature)).sum().item()
@@ -306,7 +319,10 @@ def _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch) -> 
         teacher_logp = sampled_token_logprobs(teacher_targets.hidden, teacher_targets.head, targets, spec.kd_temperature)
     mask = batch.completion_mask
     as_grid = lambda values: torch.zeros(mask.shape, device=values.device).masked_scatter(mask, values)  # noqa: E731
-    advantages = reverse_kl_advantages(as_grid(teacher_logp), as_grid(student_logp), mask, spec.gamma, spec.length_normalization)
+    # with the single-step term (the exact reverse KL at every position) the policy gradient carries
+    # only the long-term part, the rewards of the tokens after t; at gamma 0 there is none
+    advantages = reverse_kl_advantages(as_grid(teacher_logp), as_grid(student_logp), mask, spec.gamma,
+                                       spec.length_normalization, from_next_token=spec.single_step_decomposition)  # fmt: skip
     return advantages[mask]
 
 

@@ -1,19 +1,24 @@
-"""`distill toy build`: the built-in arithmetic task."""
+"""`distill toy build`: rebuild the built-in countdown task (the package ships it ready to use)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-toy_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="The built-in arithmetic task.")
+toy_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="The built-in countdown task.")
+
+# A rebuild lands within this many points of the shipped models' test validity (see docs/results.md):
+# both models are trained to a flat eval loss, so only floating-point order differs between machines.
+REBUILD_BAND = 0.10
 
 
 @toy_cli.command("build")
 def build_command(
     folder: Annotated[
-        Path | None, typer.Argument(help="Where to write it (default: the toy folder, see `toy:` names).")
+        Path | None, typer.Argument(help="Where to write it (default: $DISTILL_HOME/toy-build, else ~/.cache/distill/toy-build).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data, the initialisations and the training order.")] = 0,
     quick: Annotated[
@@ -24,18 +29,28 @@ def build_command(
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the folder already holds a build.")] = False,
 ) -> None:
-    """Generate the data, train a teacher from scratch on CPU and prepare a weak student."""
-    from core_distill.paths import toy_dir
-    from core_distill.toy.build import QUICK, ToyConfig, build_toy
+    """Generate the data and train the teacher and the student from scratch, as the shipped ones were.
 
-    folder = folder or toy_dir()
+    `toy:NAME` always means the shipped build; point DISTILL_TOY_DIR at FOLDER to use a rebuild instead.
+    """
+    from core_distill.paths import SHIPPED_TOY_DIR, default_toy_build_dir
+    from core_distill.toy.build import build_toy
+
+    folder = folder or default_toy_build_dir()
+    if folder.resolve() == SHIPPED_TOY_DIR.resolve():
+        typer.secho(f"error: {folder} is the shipped build inside the package; give another folder", fg="red", err=True)
+        raise typer.Exit(2)
     manifest_path = folder / "manifest.json"
     if manifest_path.exists() and not force:
         typer.echo(f"{folder} already holds a build ({manifest_path}); use --force to rebuild")
         return
-    digits = (QUICK if quick else ToyConfig()).digits
-    typer.echo(f"building the toy task into {folder} ({digits}-digit addition, seed {seed})")
+    typer.echo(f"building the countdown task into {folder} (seed {seed}); the shipped build is in {SHIPPED_TOY_DIR}")
     manifest = build_toy(folder, seed=seed, teacher_steps=teacher_steps, quick=quick)
+    shipped_path = SHIPPED_TOY_DIR / "manifest.json"
+    shipped = json.loads(shipped_path.read_text())["models"] if shipped_path.exists() else {}
     for name, info in manifest["models"].items():
-        typer.echo(f"  {name}: {info['parameters']:,} parameters, test accuracy {info['test_accuracy']:.1%}")
-    typer.echo(f"  built in {manifest['build_seconds']:.0f} s; use it in a spec as toy:student, toy:teacher, toy:train")
+        line = f"  {name}: {info['parameters']:,} parameters, test validity {info['test_validity']:.1%}"
+        if name in shipped:
+            line += f" (shipped: {shipped[name]['test_validity']:.1%})"
+        typer.echo(line)
+    typer.echo(f"  built in {manifest['build_seconds']:.0f} s; use it with DISTILL_TOY_DIR={folder}")

@@ -1,74 +1,140 @@
-"""The arithmetic task: add two numbers column by column, writing each carry.
+"""The countdown task: walk a number down to zero in steps of at most m, showing every subtraction.
 
-    user:      4729+8356=
-    assistant: 9+6+0=15
-               2+5+1=8
-               7+3+0=10
-               4+8+1=13
-               #### 13085
+    user:      S=23 m=9          (start at 23; steps of 1..9)
+    assistant: -7=16
+               -9=7
+               -3=4
+               -1=3
+               -3=0
 
-The answer is the text after the last '####' (`eval_metric: final_answer`). Train, eval and test problems are drawn from one
-seeded stream and de-duplicated across splits, so no test problem is ever trained on.
+A step d is allowed from a remainder a when 1 <= d <= min(m, a). Why this task, for a
+distillation benchmark:
+
+- Many valid answers: the data's walks pick each step uniformly among the allowed ones, so the
+  teacher's distribution has real entropy (one choice per line) and matching it teaches more
+  than one reference walk does. Models are graded on samples at temperature 1, so what counts
+  is the whole distribution a model puts on its walks, not one greedy path.
+- Long outputs where errors compound: a walk of 3-25 lines, each a subtraction from the previous
+  line's remainder (with borrow) and a step check; one wrong line makes the whole walk invalid.
+- An exact quality metric of the model's own generations: `is_valid_walk` checks every line
+  against the rules, whatever walk the model chose (`eval_metric: countdown`), and
+  `walk_log_likelihood` scores a valid walk under the true generating process.
+- Privileged context for OPSD: the teacher prompt holds a reference walk, which the models also
+  see (and copy) in part of their training data, so a model shown it is genuinely better.
+
+Prompts (start, m) are split into train, eval and test sets that never share a prompt, so every
+test prompt is new to every model.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
-ANSWER_MARK = "####"
+STARTS = range(10, 35)
+MAX_STEPS = range(4, 10)
+PROMPT_RE = re.compile(r"S=(\d+) m=(\d+)")
+LINE_RE = re.compile(r"-(\d+)=(\d+)")
 
 
-def extract_answer(text: str) -> str | None:
-    """The text after the last '####', stripped; None when there is no '####'."""
-    if ANSWER_MARK not in text:
-        return None
-    return text.rsplit(ANSWER_MARK, 1)[1].strip()
+def allowed_steps(remainder: int, max_step: int) -> list[int]:
+    return list(range(1, min(max_step, remainder) + 1))
 
 
-def worked_solution(a: int, b: int, digits: int) -> str:
-    """Column sums from the units up, each with its incoming carry, then the answer."""
-    a_digits = [int(c) for c in str(a).zfill(digits)][::-1]
-    b_digits = [int(c) for c in str(b).zfill(digits)][::-1]
-    lines, carry = [], 0
-    for x, y in zip(a_digits, b_digits, strict=True):
-        total = x + y + carry
-        lines.append(f"{x}+{y}+{carry}={total}")
-        carry = total // 10
-    lines.append(f"{ANSWER_MARK} {a + b}")
+def prompt_text(start: int, max_step: int) -> str:
+    return f"S={start} m={max_step}"
+
+
+def hinted_prompt(start: int, max_step: int, walk: str) -> str:
+    """The privileged prompt: the plain one plus a reference walk (`hint` lines)."""
+    return f"{prompt_text(start, max_step)}\nhint:\n{walk}"
+
+
+def random_walk(start: int, max_step: int, rng: random.Random) -> str:
+    """One walk of the true generating process: each step uniform over the allowed ones."""
+    lines, remainder = [], start
+    while remainder > 0:
+        step = rng.choice(allowed_steps(remainder, max_step))
+        lines.append(f"-{step}={remainder - step}")
+        remainder -= step
     return "\n".join(lines)
 
 
-def make_row(a: int, b: int, digits: int) -> dict[str, Any]:
-    question = f"{a}+{b}="
-    solution = worked_solution(a, b, digits)
+def parse_prompt(text: str) -> tuple[int, int] | None:
+    found = PROMPT_RE.search(text)
+    return tuple(int(g) for g in found.groups()) if found else None  # type: ignore[return-value]
+
+
+def is_valid_walk(completion: str, start: int, max_step: int) -> bool:
+    """Every line '-d=b' takes an allowed step d from the last remainder to b, and the walk ends at 0."""
+    remainder = start
+    for line in completion.strip().split("\n"):
+        found = LINE_RE.fullmatch(line.strip())
+        if found is None or remainder == 0:
+            return False
+        step, result = (int(g) for g in found.groups())
+        if not 1 <= step <= min(max_step, remainder) or result != remainder - step:
+            return False
+        remainder = result
+    return remainder == 0
+
+
+def walk_log_likelihood(completion: str, start: int, max_step: int) -> float | None:
+    """log P(walk) under the true generating process (None when the walk is invalid)."""
+    import math
+
+    if not is_valid_walk(completion, start, max_step):
+        return None
+    total, remainder = 0.0, start
+    for line in completion.strip().split("\n"):
+        total -= math.log(len(allowed_steps(remainder, max_step)))
+        remainder = int(LINE_RE.fullmatch(line.strip()).group(2))  # type: ignore[union-attr]
+    return total
+
+
+def make_row(start: int, max_step: int, rng: random.Random) -> dict[str, Any]:
+    walk = random_walk(start, max_step, rng)
     return {
-        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": solution}],
-        # OPSD: the teacher's view carries the worked solution as privileged context
-        "teacher_prompt": f"{question}\nhint:\n{solution}\n{question}",
+        "messages": [
+            {"role": "user", "content": prompt_text(start, max_step)},
+            {"role": "assistant", "content": walk},
+        ],
+        # OPSD: the teacher's view holds this row's walk as privileged context
+        "teacher_prompt": hinted_prompt(start, max_step, walk),
     }
 
 
-def make_splits(seed: int, digits: int, sizes: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
-    """Disjoint splits of distinct (a, b) problems with `digits`-digit operands."""
+def all_prompts() -> list[tuple[int, int]]:
+    return [(s, m) for s in STARTS for m in MAX_STEPS]
+
+
+def make_splits(seed: int, sizes: dict[str, int], prompt_counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per split; each split draws its rows from its own disjoint set of prompts.
+
+    `prompt_counts` gives how many distinct prompts each split owns (the last split named in
+    `sizes` but not in `prompt_counts` owns the rest); `sizes` how many rows it holds (a train
+    prompt appears with many different walks, an eval/test prompt usually once).
+    """
     rng = random.Random(seed)
-    low, high = 10 ** (digits - 1), 10**digits - 1
-    total = sum(sizes.values())
-    if total > (high - low + 1) ** 2 // 2:
-        raise ValueError(f"cannot draw {total} distinct {digits}-digit problems")
-    seen: set[tuple[int, int]] = set()
-    problems: list[tuple[int, int]] = []
-    while len(problems) < total:
-        pair = (rng.randint(low, high), rng.randint(low, high))
-        if pair not in seen:
-            seen.add(pair)
-            problems.append(pair)
-    splits, start = {}, 0
+    prompts = all_prompts()
+    rng.shuffle(prompts)
+    owned: dict[str, list[tuple[int, int]]] = {}
+    start = 0
+    for name in sizes:
+        count = prompt_counts.get(name, len(prompts) - start)
+        if count <= 0 or start + count > len(prompts):
+            raise ValueError(f"not enough distinct prompts for split {name!r} ({len(prompts)} in all)")
+        owned[name] = prompts[start : start + count]
+        start += count
+    splits = {}
     for name, size in sizes.items():
-        splits[name] = [make_row(a, b, digits) for a, b in problems[start : start + size]]
-        start += size
+        pool = owned[name]
+        # every prompt once before any twice, so a small split covers as many prompts as it can
+        order = [pool[i % len(pool)] for i in range(size)]
+        splits[name] = [make_row(s, m, rng) for s, m in order]
     return splits
 
 

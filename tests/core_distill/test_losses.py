@@ -243,6 +243,35 @@ def test_advantages_discounted_reward_to_go_with_length_normalization():
     torch.testing.assert_close(norm, torch.tensor([[2.75 / 1.75, 3.5 / 1.5, 3.0, 0.0]]))
 
 
+def test_advantages_from_the_next_token_leave_out_the_current_one():
+    t = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    s = torch.tensor([[-1.0, -2.0, -3.0, 0.0]])  # rewards 1, 2, 3 and a padded slot
+    mask = torch.tensor([[True, True, True, False]])
+    # gamma 0: no long-term term at all (the single-step decomposition has the current token)
+    assert reverse_kl_advantages(t, s, mask, gamma=0.0, from_next_token=True).abs().sum() == 0
+    raw = reverse_kl_advantages(t, s, mask, gamma=0.5, length_normalization=False, from_next_token=True)
+    torch.testing.assert_close(raw, torch.tensor([[0.5 * 2 + 0.25 * 3, 0.5 * 3, 0.0, 0.0]]))  # sum_{i>t} gamma^(i-t) r_i
+    norm = reverse_kl_advantages(t, s, mask, gamma=0.5, length_normalization=True, from_next_token=True)
+    torch.testing.assert_close(norm, torch.tensor([[3.5 / 1.5, 3.0, 0.0, 0.0]]))
+
+
+def test_the_policy_gradient_of_one_token_is_an_unbiased_estimate_of_the_exact_reverse_kl_gradient():
+    """Why the current token's log-ratio must not be in the advantage beside the single-step term:
+    in expectation over the sampled token, its policy gradient already IS the reverse-KL gradient."""
+    torch.manual_seed(0)
+    student_logits = torch.randn(7, requires_grad=True)
+    teacher_logp = torch.log_softmax(torch.randn(7), -1)
+    student_logp = torch.log_softmax(student_logits, -1)
+    exact = torch.autograd.grad((student_logp.exp() * (student_logp - teacher_logp)).sum(), student_logits)[0]
+    expected_pg = torch.zeros(7)
+    for token in range(7):  # E_{y ~ p_S}[ -A(y) grad log p_S(y) ], A(y) = log p_T(y) - log p_S(y)
+        logp = torch.log_softmax(student_logits, -1)
+        advantage = (teacher_logp[token] - logp[token]).detach()
+        grad = torch.autograd.grad(-advantage * logp[token], student_logits)[0]
+        expected_pg += logp[token].exp().detach() * grad
+    torch.testing.assert_close(expected_pg, exact, atol=1e-6, rtol=1e-5)
+
+
 def test_policy_gradient_pushes_up_tokens_the_teacher_prefers():
     logits = torch.zeros(1, 2, 3, requires_grad=True)
     tokens = torch.tensor([[0, 1]])

@@ -112,9 +112,10 @@ def test_docs_spec_reference_is_generated_from_the_class():
 def test_every_example_spec_is_valid():
     from pathlib import Path
 
-    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+    root = Path(__file__).parents[2]
+    examples = sorted((root / "examples").rglob("*.yaml"))
     assert len(examples) >= 9
     for path in examples:
         spec = DistillSpec.from_yaml(path)
-        assert f"distill run examples/{path.name}" in path.read_text().splitlines()[1]
-        assert spec.eval_metric == "final_answer"
+        assert f"distill run {path.relative_to(root)}" in path.read_text().splitlines()[1]
+        assert spec.eval_metric == "countdown" and spec.eval_temperature == 1.0

@@ -118,8 +118,8 @@ def test_opsd_fixed_teacher_keeps_the_initial_weights(tiny_workspace):
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(objective="minillm", lmbda=1.0, gamma=0.5),
-        dict(objective="minillm", lmbda=1.0, single_step_decomposition=False),
+        dict(objective="minillm", lmbda=1.0, gamma=0.5, temperature=1.0),
+        dict(objective="minillm", lmbda=1.0, single_step_decomposition=False, temperature=1.0),
         dict(opsd="dynamic", teacher="", lmbda=1.0),
         dict(opsd="fixed", teacher="", lora=True),
         dict(objective="sft", lmbda=0.0, teacher=""),
@@ -133,6 +133,24 @@ def test_every_method_trains_and_reports_finite_metrics(tiny_workspace, tmp_path
         assert all(v == v and abs(v) != float("inf") for v in line["metrics"].values())
     if overrides.get("objective") == "minillm" and overrides.get("single_step_decomposition") is False:
         assert "loss/pg" in result.metrics and result.metrics["loss/kd"] > 0  # kd is logged, not trained on
+
+
+def test_minillm_at_gamma_zero_follows_the_exact_reverse_kl_gradient_once(tiny_workspace, tmp_path):
+    """With the single-step decomposition and gamma 0 the long-term term is empty: a MiniLLM step is a
+    reverse-KL on-policy GKD step (before the fix the sampled log-ratio was added on top: twice the gradient)."""
+    common = dict(lmbda=1.0, temperature=1.0, max_steps=2, grad_accum=1)
+    minillm = run(tiny_workspace.spec(objective="minillm", gamma=0.0, **common), output_dir=tmp_path / "minillm")
+    reverse_kl = run(tiny_workspace.spec(objective="gkd", beta=1.0, **common), output_dir=tmp_path / "rkl")
+    for a, b in zip(load_model(str(minillm.model_dir), dtype=torch.float32).parameters(),
+                    load_model(str(reverse_kl.model_dir), dtype=torch.float32).parameters(),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
+    assert minillm.metrics["grad_norm"] == pytest.approx(reverse_kl.metrics["grad_norm"], rel=1e-5)
+
+
+def test_minillm_refuses_samples_from_another_temperature(tiny_workspace):
+    with pytest.raises(ValueError, match="temperature"):
+        tiny_workspace.spec(objective="minillm", lmbda=1.0, temperature=0.9)
 
 
 def test_training_moves_the_student_toward_the_teacher(tiny_workspace, tmp_path):
@@ -200,7 +218,8 @@ def test_evaluation_logs_accuracy_divergences_and_token_heat_map(tiny_workspace,
     run(tiny_workspace.spec(eval_every=2, max_steps=2), output_dir=tmp_path, reporter=JsonlReporter(tmp_path))
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [x["metrics"] for x in lines if "eval/exact_match" in x["metrics"]]
-    assert len(evals) == 1 and 0.0 <= evals[0]["eval/exact_match"] <= 1.0 and evals[0]["eval/div/fkl"] > 0
+    assert [x["step"] for x in lines if "eval/exact_match" in x["metrics"]] == [0, 2]  # a baseline before step 1
+    assert all(0.0 <= e["eval/exact_match"] <= 1.0 and e["eval/div/fkl"] > 0 for e in evals)
     sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])["samples"][0]
     assert len(sample["tokens"]) == len(sample["token_div"]) > 0
     assert {"prompt", "completion", "reference", "correct"} <= set(sample)

@@ -66,7 +66,7 @@ def test_run_succeeds_with_every_metric_step_stored_once(api, worker):
     assert run.last_step == 3 and run.started_at and run.finished_at
     assert Path(run.model_dir, "config.json").exists()
     assert step_counts(run_id) == {1: 1, 2: 1, 3: 1}
-    assert step_counts(run_id, "eval/exact_match") == {3: 1}  # evaluation at the last step
+    assert step_counts(run_id, "eval/exact_match") == {0: 1, 3: 1}  # the student before training, and the last step
     with Session(get_engine()) as session:
         samples = session.exec(select(EvalSamples).where(EvalSamples.run_id == run_id)).all()
     assert [s.step for s in samples] == [3] and samples[0].samples

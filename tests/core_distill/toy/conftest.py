@@ -9,7 +9,7 @@ from core_distill.toy.build import build_toy
 
 @pytest.fixture(scope="session")
 def quick_toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One miniature toy build (2-digit addition, tiny models) shared by the toy tests: (folder, manifest)."""
+    """One miniature toy build (the countdown task, tiny models) shared by the toy tests: (folder, manifest)."""
     folder = tmp_path_factory.mktemp("toy")
     return folder, build_toy(folder, seed=0, quick=True, progress=False)
 

@@ -23,6 +23,7 @@ from core_distill.compare import (
     paper_order_check,
 )
 from core_distill.model_eval import EvalError, evaluate_model, resolve_model_name
+from core_distill.toy.task import is_valid_walk, parse_prompt
 
 runner = CliRunner()
 
@@ -38,11 +39,11 @@ def test_eval_json_has_accuracy_divergence_and_samples(toy_env):
     assert set(report["divergence"]) == {"fkl", "rkl", "jsd"}
     assert report["divergence"]["fkl"] > 1e-3  # a different, smaller model
     assert len(report["samples"]) == 2
+    assert report["metric"] == "countdown"  # auto: the toy splits are graded by the task's rules
     first = report["samples"][0]
-    assert re.fullmatch(r"\d+\+\d+=", first["prompt"]) and first["reference"].endswith(
-        str(sum(map(int, first["prompt"][:-1].split("+"))))
-    )
-    assert isinstance(first["correct"], bool)
+    task = parse_prompt(first["prompt"])
+    assert task is not None and is_valid_walk(first["reference"], *task)
+    assert first["correct"] is is_valid_walk(first["completion"], *task)
 
     readable = runner.invoke(engine_cli, ["eval", "toy:student", "--limit", "4", "--max-new-tokens", "8"])
     assert readable.exit_code == 0, readable.output
@@ -100,54 +101,79 @@ def test_a_run_folder_means_its_final_model(toy_env, tmp_path):
 
 def _tiny_spec(path, **fields):
     spec = {"student": "toy:student", "teacher": "toy:teacher", "train_data": "toy:train", "eval_data": "toy:eval",
-            "eval_metric": "final_answer", "batch_size": 4, "max_new_tokens": 8, "learning_rate": 1e-3, **fields}  # fmt: skip
+            "eval_metric": "countdown", "batch_size": 4, "max_new_tokens": 8, "learning_rate": 1e-3, **fields}  # fmt: skip
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
-def test_compare_writes_the_table_it_printed_and_a_plot(toy_env, tmp_path):
+def test_compare_sweeps_chooses_on_eval_and_writes_the_table_it_printed(toy_env, tmp_path):
     specs = [_tiny_spec(tmp_path / "sft.yaml", objective="sft", teacher="", lmbda=0.0),
              _tiny_spec(tmp_path / "gkd_on_policy.yaml", lmbda=1.0, beta=0.5)]  # fmt: skip
     doc, plot = tmp_path / "docs" / "results.md", tmp_path / "docs" / "results.png"
     doc.parent.mkdir()
     doc.write_text(f"old page\n{DISCUSSION_START}\nhand-written words\n{DISCUSSION_END}\nold tail\n")
     printed: list[str] = []
-    settings = CompareSettings(steps=2, seeds=(0, 1), eval_every=1, curve_examples=4, test_examples=6, max_new_tokens=8)
+    settings = CompareSettings(steps=2, seeds=(0, 1), learning_rates=(1e-3, 1e-2), temperatures=(0.5, 1.0),
+                               eval_every=1, curve_examples=4, test_examples=6, workers=1)  # fmt: skip
     result = compare(specs, settings, output_dir=tmp_path / "runs", doc_path=doc, plot_path=plot,
                      command="distill compare sft.yaml gkd_on_policy.yaml", echo=printed.append)  # fmt: skip
 
     assert result.table in "\n".join(printed)
     page = doc.read_text()
+    assert page.splitlines()[4].startswith("**Finding.** From a student at")  # the finding comes first
     assert result.table in page and "distill compare sft.yaml gkd_on_policy.yaml" in page
     assert f"{DISCUSSION_START}\nhand-written words\n{DISCUSSION_END}" in page and "old tail" not in page
     assert "Not checked" in page  # supervised_kd did not run
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    sft, on_policy = result.methods
+    # the same grid for everyone: learning rates for all, temperatures only for the method that samples
+    assert sorted((r.learning_rate, r.temperature) for r in sft.sweep) == [(1e-3, None), (1e-2, None)]
+    assert sorted((r.learning_rate, r.temperature) for r in on_policy.sweep) == [
+        (1e-3, 0.5), (1e-3, 1.0), (1e-2, 0.5), (1e-2, 1.0)]  # fmt: skip
+    for method in result.methods:
+        best = max(method.sweep, key=lambda r: r.eval_accuracy)
+        assert method.chosen.eval_accuracy == best.eval_accuracy  # chosen on the eval split
+        assert {(r.learning_rate, r.temperature) for r in method.runs} == {(method.chosen.learning_rate,
+                                                                            method.chosen.temperature)}  # fmt: skip
+        assert [r.seed for r in method.runs] == [0, 1] and all(r.test is not None for r in method.runs)
+        assert [p[0] for p in method.runs[0].curve] == [0, 1, 2]  # step 0: the student before training
+        assert all(p[1] >= 0 for p in method.runs[0].curve)
+    assert sft.runs[0].generated_tokens == 0 and sft.runs[0].teacher_tokens == 0
+    assert on_policy.runs[0].generated_tokens > 0 and on_policy.runs[0].teacher_tokens > 0
+
     saved = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert [m["name"] for m in saved["methods"]] == ["sft", "gkd_on_policy"]
     for method, row in zip(result.methods, result.table.splitlines()[4:], strict=True):
         accuracy = [r.test["accuracy"] for r in method.runs]
-        assert [r.seed for r in method.runs] == [0, 1]
-        assert all(0.0 <= a <= 1.0 for a in accuracy)
-        assert [step for step, _ in method.runs[0].curve] == [0, 1, 2]
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[0] == method.name
-        assert cells[2] == f"{100 * statistics.mean(accuracy):.1f} ± {100 * statistics.stdev(accuracy):.1f} %"
+        assert cells[0] == method.name and cells[2] == "2"
+        assert cells[3] == f"{100 * statistics.mean(accuracy):.1f} ± {100 * statistics.stdev(accuracy):.1f} %"
         fkl = [r.test["divergence"]["fkl"] for r in method.runs]
-        assert cells[4].startswith(f"{statistics.mean(fkl):.4f}")
-        assert (tmp_path / "runs" / method.name / "seed1" / "final" / "config.json").exists()
+        assert cells[5].startswith(f"{statistics.mean(fkl):.4f}")
     assert result.table.splitlines()[2].startswith(
-        f"| teacher | – | {100 * result.baselines['teacher'].accuracy:.1f} %"
+        f"| teacher | – | – | {100 * result.baselines['teacher'].accuracy:.1f} %"
     )
 
     printed.clear()  # an interrupted comparison resumes: finished runs of the same spec are kept
     again = compare(specs, settings, output_dir=tmp_path / "runs", doc_path=None, plot_path=None, echo=printed.append,
                     reuse=True)  # fmt: skip
-    assert again.table == result.table
-    assert sum("(reused from an earlier comparison)" in line for line in printed) == 4
+    assert again.table.split("| s / run")[0] == result.table.split("| s / run")[0]
+    assert sum("(reused from an earlier comparison)" in line for line in printed) == 6 + 4
     longer = compare(specs[:1], CompareSettings(**{**settings.__dict__, "steps": 3, "seeds": (0,)}),
                      output_dir=tmp_path / "runs", doc_path=None, plot_path=None, echo=printed.append, reuse=True)  # fmt: skip
-    assert [step for step, _ in longer.methods[0].runs[0].curve] == [0, 1, 2, 3]  # another budget: trained again
+    assert [p[0] for p in longer.methods[0].runs[0].curve] == [0, 1, 2, 3]  # another budget: trained again
+
+
+def test_compare_runs_in_worker_processes_with_the_same_numbers(toy_env, tmp_path):
+    spec = _tiny_spec(tmp_path / "gkd_on_policy.yaml", lmbda=1.0)
+    settings = CompareSettings(steps=2, seeds=(0,), eval_every=1, curve_examples=4, test_examples=4, workers=1)
+    alone = compare([spec], settings, output_dir=tmp_path / "one", doc_path=None, plot_path=None, echo=lambda _: None)
+    pooled = compare([spec], CompareSettings(**{**settings.__dict__, "workers": 2}), output_dir=tmp_path / "two",
+                     doc_path=None, plot_path=None, echo=lambda _: None)  # fmt: skip
+    for a, b in zip(alone.methods[0].runs, pooled.methods[0].runs, strict=True):
+        assert [p[2] for p in a.curve] == [p[2] for p in b.curve]
+        assert a.test["divergence"] == b.test["divergence"] and a.generated_tokens == b.generated_tokens
 
 
 def test_compare_refuses_a_bad_spec_before_running_anything(toy_env, tmp_path):
@@ -166,9 +192,8 @@ def test_compare_refuses_a_bad_spec_before_running_anything(toy_env, tmp_path):
 
 def test_the_paper_order_check_reads_the_means():
     def method(name: str, *accuracies: float) -> MethodResult:
-        return MethodResult(
-            name, f"{name}.yaml", [SeedRun(i, {"accuracy": a}, [], 1.0) for i, a in enumerate(accuracies)]
-        )
+        runs = [SeedRun(i, 1e-3, None, [], 1.0, 0, 0, {"accuracy": a}) for i, a in enumerate(accuracies)]
+        return MethodResult(name, f"{name}.yaml", False, runs[:1], runs)
 
     holds = paper_order_check(
         [method("sft", 0.5, 0.6), method("supervised_kd", 0.6, 0.6), method("gkd_on_policy", 0.7)]

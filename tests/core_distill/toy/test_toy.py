@@ -1,40 +1,84 @@
-"""The built-in arithmetic task: correct answers, disjoint splits, tokenizer, a miniature build."""
+"""The built-in countdown task: valid walks, the rule check, disjoint splits, tokenizer, builds."""
 
 from __future__ import annotations
 
 import json
-import re
+import math
+import random
+
+import pytest
 
 from core_distill.data import encode_rows
-from core_distill.evaluation import final_answer
+from core_distill.evaluation import countdown_valid
 from core_distill.toy.build import QUICK
-from core_distill.toy.task import extract_answer, make_splits, worked_solution
+from core_distill.toy.task import (
+    all_prompts,
+    allowed_steps,
+    hinted_prompt,
+    is_valid_walk,
+    make_splits,
+    parse_prompt,
+    random_walk,
+    walk_log_likelihood,
+)
 from core_distill.toy.tokenizer import build_tokenizer
 
 
-def test_worked_solutions_add_up_column_by_column():
-    text = worked_solution(4729, 8356, 4)
-    assert text.splitlines() == ["9+6+0=15", "2+5+1=8", "7+3+0=10", "4+8+1=13", "#### 13085"]
-    assert final_answer(text) == "13085"
-    assert extract_answer(text) == "13085"
-    assert extract_answer("#### 1\n#### 42 ") == "42"
-    assert extract_answer("no answer mark") is None
+def test_every_generated_walk_is_valid_and_walks_differ():
+    rng = random.Random(0)
+    for start, max_step in all_prompts():
+        walk = random_walk(start, max_step, rng)
+        assert is_valid_walk(walk, start, max_step), (start, max_step, walk)
+    walks = {random_walk(29, 9, rng) for _ in range(200)}
+    assert len(walks) > 100  # many valid answers per prompt: the teacher's distribution has entropy
 
 
-def test_every_generated_answer_is_right_and_splits_never_overlap():
-    splits = make_splits(seed=3, digits=3, sizes={"train": 2000, "eval": 100, "test": 200})
-    questions = {name: [r["messages"][0]["content"] for r in rows] for name, rows in splits.items()}
+@pytest.mark.parametrize(
+    ("walk", "why"),
+    [
+        ("-7=16\n-9=7\n-3=4\n-1=3\n-3=0", None),
+        ("-7=16\n-9=7\n-3=4\n-1=3\n-3=1", "does not end at 0"),
+        ("-7=16\n-9=8\n-3=5\n-5=0", "wrong subtraction"),
+        ("-10=13\n-9=4\n-3=1\n-1=0", "a step above m"),
+        ("-7=16\n-9=7\n-3=4\n-5=-1", "overshoots"),
+        ("-7=16\n-9=7\n-7=0\n-1=0", "a line after reaching 0"),
+        ("-7=16\n-9=7", "stops early"),
+        ("-7=16\n-9=7\n-7=0 ", None),  # trailing whitespace is not an error
+        ("-7=16\n-9=7\nhello", "not a step"),
+        ("", "empty"),
+    ],
+)
+def test_the_rule_check_finds_each_kind_of_error(walk, why):
+    assert is_valid_walk(walk, 23, 9) is (why is None), why
+    assert countdown_valid(walk, "any reference", "S=23 m=9") is (why is None)
+
+
+def test_steps_likelihood_and_the_hinted_prompt():
+    assert allowed_steps(5, 9) == [1, 2, 3, 4, 5] and allowed_steps(20, 6) == [1, 2, 3, 4, 5, 6]
+    assert walk_log_likelihood("-1=0", 1, 9) == 0.0  # one allowed step from 1
+    assert walk_log_likelihood("-1=1\n-1=0", 2, 9) == pytest.approx(-math.log(2))
+    assert walk_log_likelihood("-2=0", 1, 9) is None
+    assert hinted_prompt(23, 9, "-9=14\n-9=5\n-5=0") == "S=23 m=9\nhint:\n-9=14\n-9=5\n-5=0"
+    assert parse_prompt("<|user|>S=23 m=9<|assistant|>") == (23, 9) and parse_prompt("3+4=") is None
+    assert countdown_valid("-7=16", "", "no prompt here") is False
+
+
+def test_splits_never_share_a_prompt_and_carry_the_privileged_prompt():
+    splits = make_splits(seed=3, sizes={"eval": 50, "test": 80, "train": 2000}, prompt_counts={"eval": 50, "test": 80})
+    prompts = {name: {r["messages"][0]["content"] for r in rows} for name, rows in splits.items()}
+    assert len(prompts["eval"]) == 50 and len(prompts["test"]) == 80
+    assert len(prompts["train"]) == len(all_prompts()) - 130
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["eval"]
+    assert not prompts["eval"] & prompts["test"]
     for rows in splits.values():
         for row in rows:
-            a, b = map(int, re.fullmatch(r"(\d+)\+(\d+)=", row["messages"][0]["content"]).groups())
-            assert final_answer(row["messages"][1]["content"]) == str(a + b)
-            assert extract_answer(row["messages"][1]["content"]) == str(a + b)
-            assert row["messages"][1]["content"] in row["teacher_prompt"]
-    assert not set(questions["train"]) & set(questions["test"])
-    assert not set(questions["train"]) & set(questions["eval"])
-    assert not set(questions["eval"]) & set(questions["test"])
-    assert len(set(questions["train"])) == 2000
-    assert make_splits(seed=3, digits=3, sizes={"train": 5}) == {"train": splits["train"][:5]}
+            task = parse_prompt(row["messages"][0]["content"])
+            assert is_valid_walk(row["messages"][1]["content"], *task)
+            assert row["teacher_prompt"] == hinted_prompt(*task, row["messages"][1]["content"])
+    again = make_splits(seed=3, sizes={"eval": 50, "test": 80, "train": 2000}, prompt_counts={"eval": 50, "test": 80})
+    assert again == splits  # pure function of the seed: the same data on every machine
+    with pytest.raises(ValueError, match="not enough distinct prompts"):
+        make_splits(seed=0, sizes={"test": 10, "train": 5}, prompt_counts={"test": len(all_prompts())})
 
 
 def test_tokenizer_round_trips_and_the_prompt_is_a_prefix(tmp_path):
@@ -42,45 +86,33 @@ def test_tokenizer_round_trips_and_the_prompt_is_a_prefix(tmp_path):
 
     build_tokenizer().save_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    row = make_splits(seed=0, digits=4, sizes={"x": 1})["x"][0]
+    row = make_splits(seed=0, sizes={"x": 1}, prompt_counts={})["x"][0]
     answer = row["messages"][1]["content"]
     assert tokenizer.decode(tokenizer(answer)["input_ids"]) == answer
     (example,) = encode_rows([row], tokenizer, max_prompt_length=64, max_completion_length=256, source="t")
     assert tokenizer.decode(example.completion_ids) == answer + "<|eos|>"
     assert tokenizer.decode(example.prompt_ids).endswith("<|assistant|>")
-    ids = tokenizer(answer)["input_ids"]
-    assert len(ids) == len(answer)  # one token per character
-
-
-def test_chat_template_prompt_is_an_exact_prefix_and_the_turn_ends_with_eos():
-    tokenizer = build_tokenizer()
-    for row in make_splits(seed=1, digits=4, sizes={"x": 5})["x"]:
-        messages = row["messages"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        assert full.startswith(prompt)
-        assert full == prompt + messages[-1]["content"] + "<|eos|>"
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        assert full_ids[: len(prompt_ids)] == prompt_ids
-        assert full_ids[-1] == tokenizer.eos_token_id
+    assert len(tokenizer(answer)["input_ids"]) == len(answer)  # one token per character
+    assert tokenizer.decode(example.teacher_prompt_ids).endswith(row["teacher_prompt"] + "<|assistant|>")
 
 
 def test_miniature_build_writes_loadable_models_and_a_manifest(quick_toy):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp_path, manifest = quick_toy
+    folder, manifest = quick_toy
     for name in ("teacher", "student"):
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / name)
+        model = AutoModelForCausalLM.from_pretrained(folder / name)
         assert model.config.head_dim == 32
-        AutoTokenizer.from_pretrained(tmp_path / name)
-        assert 0.0 <= manifest["models"][name]["test_accuracy"] <= 1.0
+        AutoTokenizer.from_pretrained(folder / name)
+        info = manifest["models"][name]
+        assert 0.0 <= info["test_validity"] <= 1.0 and 0.0 <= info["test_validity_with_hint"] <= 1.0
+        assert len(info["eval_loss_curve"]) == 10
     assert manifest["models"]["teacher"]["parameters"] > 2 * manifest["models"]["student"]["parameters"]
-    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
-    assert manifest["seed"] == 0 and manifest["build_seconds"] > 0
+    assert json.loads((folder / "manifest.json").read_text()) == manifest
+    assert manifest["seed"] == 0 and manifest["build_seconds"] > 0 and manifest["task"] == "countdown"
     for split, size in manifest["sizes"].items():
-        assert len((tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()) == size
+        assert len((folder / "data" / f"{split}.jsonl").read_text().splitlines()) == size
     assert manifest["sizes"]["train"] == QUICK.train_rows
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "teacher")
-    generation = json.loads((tmp_path / "teacher" / "generation_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder / "teacher")
+    generation = json.loads((folder / "teacher" / "generation_config.json").read_text())
     assert (generation["pad_token_id"], generation["eos_token_id"]) == (tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -1,0 +1,64 @@
+"""The shipped build of the countdown task: usable at once on any machine, and reproducible."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core_distill.paths import SHIPPED_TOY_DIR
+from core_distill.toy.cli import REBUILD_BAND
+
+SHIPPED = json.loads((SHIPPED_TOY_DIR / "manifest.json").read_text())
+
+
+def _fresh_env(tmp_path: Path) -> dict[str, str]:
+    """A new user's environment: an empty home, no cache, no DISTILL_TOY_DIR, no network for the hub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILL_", "XDG_"))}
+    env |= {"HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return env
+
+
+def test_the_shipped_models_are_a_strong_teacher_and_a_converged_weaker_student():
+    teacher, student = SHIPPED["models"]["teacher"], SHIPPED["models"]["student"]
+    assert teacher["test_validity"] >= 0.9
+    assert 0.2 <= student["test_validity"] <= teacher["test_validity"] - 0.2  # room for distillation to show
+    assert teacher["parameters"] > 4 * student["parameters"]
+    for info in (teacher, student):  # converged: the last fifth of the eval-loss curve is flat
+        losses = [loss for _, loss in info["eval_loss_curve"]]
+        assert losses[-1] == pytest.approx(losses[-3], rel=0.05), losses
+    # the privileged prompt helps the student: OPSD's self-teacher is genuinely better than the student
+    assert student["test_validity_with_hint"] > student["test_validity"]
+
+
+def test_eval_of_the_shipped_student_works_at_once_and_prints_the_documented_accuracy(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "eval", "toy:student", "--data", "test", "--teacher", "toy:teacher", "--json"],
+        env=_fresh_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert report["examples"] == SHIPPED["sizes"]["test"] and report["metric"] == "countdown"
+    # greedy decoding of the same weights: at most one prompt may flip on another machine's float order
+    assert report["accuracy"] == pytest.approx(SHIPPED["models"]["student"]["test_validity"], abs=1.01 / report["examples"])
+    assert not (tmp_path / "home" / ".cache" / "distill").exists()  # nothing was built or downloaded
+
+
+@pytest.mark.slow
+def test_a_rebuild_lands_within_the_stated_band_of_the_shipped_models(tmp_path):
+    """`distill toy build` from scratch (minutes): the recipe, not the shipped weights, is what is checked."""
+    done = subprocess.run([sys.executable, "-m", "app.cli", "toy", "build", str(tmp_path / "rebuild")],
+                          env=_fresh_env(tmp_path), capture_output=True, text=True, timeout=3600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rebuilt = json.loads((tmp_path / "rebuild" / "manifest.json").read_text())
+    assert rebuilt["sizes"] == SHIPPED["sizes"] and rebuilt["config"] == SHIPPED["config"]
+    for split in ("train", "eval", "test"):  # the data is a pure function of the seed
+        name = f"{split}.jsonl"
+        assert (tmp_path / "rebuild" / "data" / name).read_text() == (SHIPPED_TOY_DIR / "data" / name).read_text()
+    for name in ("teacher", "student"):
+        got, shipped = rebuilt["models"][name]["test_validity"], SHIPPED["models"][name]["test_validity"]
+        assert abs(got - shipped) <= REBUILD_BAND, (name, got, shipped)

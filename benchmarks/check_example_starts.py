@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from core_distill.metric_keys import EVAL_EXACT_MATCH
 from core_distill.reporting import NullReporter
 from core_distill.spec import DistillSpec
 from core_distill.train import run
@@ -26,8 +27,8 @@ class Curve(NullReporter):
         self.points: list[tuple[int, float]] = []
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if "eval/exact_match" in metrics:
-            self.points.append((step, metrics["eval/exact_match"]))
+        if EVAL_EXACT_MATCH in metrics:
+            self.points.append((step, metrics[EVAL_EXACT_MATCH]))
 
 
 def main() -> None:

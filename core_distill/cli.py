@@ -128,7 +128,7 @@ def compare_command(
     seeds: Annotated[int, typer.Option(help="Seeds of each method's chosen setting: 0, 1, ... N-1.", min=1)] = 3,
     learning_rates: Annotated[
         str, typer.Option(help="Comma-separated learning rates every method is swept over ('' = each spec's own).")
-    ] = "1e-4,3e-4",
+    ] = "1e-4,3e-4,1e-3",
     temperatures: Annotated[
         str, typer.Option(help="Comma-separated sampling temperatures for methods that sample ('' = the spec's own).")
     ] = "0.3,1.0",

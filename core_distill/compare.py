@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core_distill.metric_keys import EVAL_EXACT_MATCH
+from core_distill.metric_keys import COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS, EVAL_EXACT_MATCH
 from core_distill.model_eval import ModelReport, evaluate_model
 from core_distill.paths import toy_dir
 from core_distill.reporting import NullReporter
@@ -191,8 +191,8 @@ class _RunRecorder(NullReporter):
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if EVAL_EXACT_MATCH in metrics:
             self.curve.append((step, round(time.perf_counter() - self.start, 2), metrics[EVAL_EXACT_MATCH]))
-        self.generated_tokens += int(metrics.get("count/generated_tokens", 0))
-        self.teacher_tokens += int(metrics.get("count/teacher_tokens", 0))
+        self.generated_tokens += int(metrics.get(COUNT_GENERATED_TOKENS, 0))
+        self.teacher_tokens += int(metrics.get(COUNT_TEACHER_TOKENS, 0))
 
 
 def run_job(job: Job) -> dict[str, Any]:

@@ -211,8 +211,8 @@ class DistillSpec(BaseModel):
     )
     eval_temperature: float = _field(
         0.0,
-        "Decoding of the evaluation's completions: 0 = greedy; > 0 = sampled at this temperature (seeded by the "
-        "run's seed and step), which grades the distribution a model puts on its answers when many are valid.",
+        "Decoding of the evaluation's completions: 0 = greedy; > 0 = sampled at this temperature (from the run's "
+        "seed, the same at every evaluation), which grades the distribution a model puts on its answers when many are valid.",
         "data",
         ge=0.0,
         le=10.0,

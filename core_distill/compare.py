@@ -398,6 +398,11 @@ def _evaluate(model: str, settings: CompareSettings, spec: DistillSpec) -> Model
 
 
 # --- the table, the page and the plot -----------------------------------------------------------------
+def _decoding(result: CompareResult) -> str:
+    temperature = result.baselines["teacher"].temperature
+    return "decoded greedily" if temperature == 0 else f"sampled at temperature {temperature:g}"
+
+
 def _mean_sd(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(values[0], fmt)
@@ -545,7 +550,8 @@ def results_page(result: CompareResult, command: str, load_before, load_after, p
         f"- The setting is chosen on seed {s.seeds[0]}'s accuracy on the first {s.curve_examples} eval-split rows "
         f"at the last step; the chosen setting alone is scored on {'all' if not s.test_examples else f'the first {s.test_examples}'} "
         f"rows of the held-out test split (`{s.test_data}`) over seeds {', '.join(map(str, s.seeds))}.",
-        "- Test accuracy: the share of greedy completions that are valid walks (any valid walk counts). Divergences: "
+        f"- Test accuracy: the share of completions {_decoding(result)} that are valid walks (any valid walk counts; "
+        "one seed, so every model is scored on the same random numbers). Divergences: "
         f"per-token forward KL(teacher ‖ model) and reverse KL(model ‖ teacher) on the test split's reference "
         f"completions, against `{s.teacher}`. Mean ± sample standard deviation over seeds; min – max beside it.",
         "- Compute per run: training wall time, tokens generated (on-policy or seq-KD samples) and tokens the "

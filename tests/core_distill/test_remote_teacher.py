@@ -258,12 +258,13 @@ def test_a_run_with_the_remote_teacher_trains_like_the_local_teacher(server, tin
     run(local, output_dir=tmp_path / "local", reporter=JsonlReporter(tmp_path / "local"))
     run(remote, output_dir=tmp_path / "remote", reporter=JsonlReporter(tmp_path / "remote"))
     local_lines, remote_lines = metrics_of(tmp_path / "local"), metrics_of(tmp_path / "remote")
-    assert [line["step"] for line in local_lines] == [line["step"] for line in remote_lines] == [1, 2, 2]
+    # step 0: the student evaluated before training (its divergence to each teacher), then steps 1, 2 and the eval
+    assert [line["step"] for line in local_lines] == [line["step"] for line in remote_lines] == [0, 1, 2, 2]
     for a, b in zip(local_lines, remote_lines, strict=True):
         for key in ("loss", "loss/kd", "grad_norm", "eval/loss/kd"):
             if key in a["metrics"]:
                 assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-4, abs=1e-5), key
-    assert {line["metrics"]["data/on_policy"] for line in local_lines[:2]} <= {0.0, 0.5, 1.0}
+    assert {line["metrics"]["data/on_policy"] for line in local_lines[1:3]} <= {0.0, 0.5, 1.0}
 
 
 # --- refusals and failures -------------------------------------------------------------------------------

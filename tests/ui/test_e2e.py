@@ -128,7 +128,7 @@ def test_launch_watch_cancel_compare(service, page):
     from playwright.sync_api import expect
 
     page.goto(f"{service}/ui/")
-    expect(page.get_by_text("0 run(s) match")).to_be_visible()  # the page is connected: its load event ran
+    expect(page.get_by_text("0 run(s) match")).to_be_visible(timeout=120_000)  # the page is connected: its load event ran
     _shot(page, "runs-empty")
 
     # launch the toy example from the form; the dashboard jumps to the run's live view. A toy step

@@ -85,7 +85,7 @@ def test_queued_runs_survive_a_redis_that_lost_its_queue(volatile_redis, toy_dir
         volatile_redis.kill()  # SIGKILL: the queue is gone with the process
         volatile_redis.start()  # empty: no snapshot, no append-only file
         back = time.monotonic()
-        wait_for(lambda: all(read_run(i).celery_task_id != sent[i] for i in waiting), 120, "the re-publication", worker)
+        wait_for(lambda: all(read_run(i).celery_task_id != sent[i] for i in waiting), RUN_TIMEOUT, "the re-publication", worker)
         republished = time.monotonic() - back
         wait_for(lambda: read_run(waiting[0]).status != RunStatus.queued, RUN_TIMEOUT, "the first claim", worker)
         first_claim = time.monotonic() - back

@@ -73,9 +73,14 @@ class BodyLimitMiddleware:
 
 
 async def _send_413(send: Send, max_bytes: int) -> None:
-    body = f'{{"detail":"request body larger than {max_bytes} bytes"}}'.encode()
+    await _send_json(send, 413, {"detail": f"request body larger than {max_bytes} bytes"})
+
+
+async def _send_json(send: Send, status: int, content: Any) -> None:
+    """A whole JSON response from a middleware, below the app's own exception handlers."""
+    body = json.dumps(content, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -89,10 +94,7 @@ class PathLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and any(len(part) > MAX_PATH_COMPONENT for part in scope["path"].split("/")):
             msg = f"a path component is longer than {MAX_PATH_COMPONENT} characters"
-            body = json.dumps({"detail": [{"loc": ["path"], "msg": msg, "type": "path_too_long"}]}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 422, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 422, {"detail": [{"loc": ["path"], "msg": msg, "type": "path_too_long"}]})
             return
         await self.app(scope, receive, send)
 
@@ -122,10 +124,7 @@ class InternalErrorMiddleware:
             if started:
                 raise  # half a response is out: only closing the connection can end it
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
-            body = b'{"detail":"internal server error (logged on the server)"}'
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 500, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 500, {"detail": "internal server error (logged on the server)"})
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,22 @@ def stop_group(process: subprocess.Popen, timeout: float) -> None:
         process.wait(timeout)
     signal_group(process, signal.SIGKILL)
     process.wait()
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it exits or the timeout passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, log.read_text()
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout:g} s\n" + log.read_text()
+        time.sleep(0.5)
 
 
 def free_port() -> int:

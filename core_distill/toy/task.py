@@ -29,6 +29,7 @@ test prompt is new to every model.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -84,8 +85,6 @@ def is_valid_walk(completion: str, start: int, max_step: int) -> bool:
 
 def walk_log_likelihood(completion: str, start: int, max_step: int) -> float | None:
     """log P(walk) under the true generating process (None when the walk is invalid)."""
-    import math
-
     if not is_valid_walk(completion, start, max_step):
         return None
     total, remainder = 0.0, start

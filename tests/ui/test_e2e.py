@@ -17,10 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.services import free_port, stop_group
+from tests.services import free_port, stop_group, wait_until_serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -49,16 +48,7 @@ def service(service_env, toy_dir, tmp_path) -> Iterator[str]:
     worker = _start([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"], tmp_path / "worker.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{url}/ui/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the dashboard did not come up in 120 s"
-            time.sleep(0.5)
+        wait_until_serving(f"{url}/ui/", server, tmp_path / "api.log")
         yield url
     finally:
         stop_group(worker, timeout=20)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from core_distill.spec import DistillSpec
-from tests.services import free_port, stop_group
+from tests.services import free_port, stop_group, wait_until_serving
 from tests.ui.test_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _start
 
 pytestmark = [
@@ -37,16 +36,7 @@ def api(service_env, toy_dir, tmp_path) -> Iterator[str]:
                      "--port", str(port), "--log-level", "warning"], log)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/ui/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the dashboard did not come up in 120 s"
-            time.sleep(0.5)
+        wait_until_serving(f"{url}/ui/", server, log)
         yield url
     finally:
         stop_group(server, timeout=20)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from app.services import runs as run_service
 from app.settings import get_settings
 from core_distill.checkpoint import checkpoint_dir
 from tests.app.conftest import tiny_spec
-from tests.services import free_port, stop_group
+from tests.services import free_port, stop_group, wait_until_serving
 from tests.ui.test_e2e import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,16 +48,7 @@ def team(service_env, toy_dir, tmp_path, monkeypatch) -> Iterator[tuple[str, dic
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the API did not come up in 120 s\n" + log.read_text()
-            time.sleep(0.5)
+        wait_until_serving(f"{url}/api/health", server, log)
         yield url, tokens
     finally:
         stop_group(server, timeout=20)

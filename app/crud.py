@@ -147,14 +147,6 @@ def list_runs(
     return [(run, experiment) for run, experiment in rows], count
 
 
-def queue_positions(*, session: Session) -> dict[int, int]:
-    """{run_id: 1-based place in line} for queued runs, oldest queued first (one GPU queue, FIFO)."""
-    ids = session.execute(
-        select(Run.id).where(col(Run.status) == RunStatus.queued).order_by(col(Run.queued_at), col(Run.id))
-    ).scalars()
-    return {run_id: place for place, run_id in enumerate(ids, start=1)}
-
-
 def running_runs(*, session: Session) -> list[Run]:
     return list(
         session.execute(select(Run).where(col(Run.status) == RunStatus.running).order_by(col(Run.started_at))).scalars()
@@ -236,7 +228,6 @@ __all__ = [
     "list_experiments",
     "list_runs",
     "parse_spec_filters",
-    "queue_positions",
     "running_runs",
     "update_experiment",
     "validate_spec",

@@ -64,7 +64,7 @@ def runs_table(status: str = "all", tag_text: str = "", field_text: str = "", pa
             skip=max(int(page or 0), 0) * PAGE_SIZE,
             limit=PAGE_SIZE,
         )
-        positions = crud.queue_positions(session=session)
+        positions = run_service.queue_positions(session=session)
         metrics = latest_metrics(session, [run.id for run, _ in rows], METRIC_COLUMNS)
     records = [_row(run, experiment, positions.get(run.id), metrics.get(run.id, {})) for run, experiment in rows]
     caption = f"{total} run(s) match; showing {len(records)} (page {int(page or 0) + 1})."

@@ -1,16 +1,42 @@
-"""Runs: cancel and resume (owner or admin). The API and the dashboard call these."""
+"""Runs: their place in the queue, cancel and resume (owner or admin). The API and the dashboard call these."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from app import crud, queue, run_state
 from app.models import Run, RunStatus
 from app.services.access import check_may_change
 from app.services.errors import ConflictError, QueueUnavailableError
 from core_distill.checkpoint import latest_checkpoint
+
+
+def queue_order(*, session: Session) -> list[int]:
+    """Ids of the queued runs in the order they will be considered: oldest queued first (FIFO), ties by id.
+
+    The one place that says who is next: the runs table, the run page, `GET /api/runs/{id}` and
+    `GET /api/queue` all number the queue from it.
+    """
+    query = select(Run.id).where(col(Run.status) == RunStatus.queued).order_by(col(Run.queued_at), col(Run.id))
+    return list(session.execute(query).scalars())
+
+
+def queue_positions(*, session: Session) -> dict[int, int]:
+    """{run id: 1-based place in line} for every queued run."""
+    return {run_id: place for place, run_id in enumerate(queue_order(session=session), start=1)}
+
+
+def queue_position(*, session: Session, run_id: int) -> int | None:
+    """The run's 1-based place in line, or None when it is not queued."""
+    return queue_positions(session=session).get(run_id)
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def cancel_run(*, session: Session, run_id: int, user: str | None) -> Run:

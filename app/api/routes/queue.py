@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlmodel import select
 
-from app import crud
 from app.api.deps import SessionDep
 from app.api.schemas import QueuedRun, QueueState, RunningRun
 from app.models import Experiment, Run, RunStatus
+from app.services import runs as run_service
 
 router = APIRouter(tags=["queue"])
 
@@ -22,7 +22,7 @@ def queue_state(session: SessionDep) -> QueueState:
         .join(Experiment, Run.experiment_id == Experiment.id)
         .where(Run.status.in_([RunStatus.queued, RunStatus.running]))
     ).all()
-    positions = crud.queue_positions(session=session)
+    positions = run_service.queue_positions(session=session)
     queued = [
         QueuedRun(run_id=r.id, experiment_id=e.id, experiment_name=e.name, owner=e.owner,
                   position=positions[r.id], attempt=r.attempt, queued_at=r.queued_at)

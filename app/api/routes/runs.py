@@ -42,7 +42,7 @@ def summarize(run: Run, experiment: Experiment, positions: dict[int, int]) -> Ru
 
 def run_detail(session: Session, run: Run) -> RunDetail:
     experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
-    summary = summarize(run, experiment, crud.queue_positions(session=session))
+    summary = summarize(run, experiment, run_service.queue_positions(session=session))
     return RunDetail(**summary.model_dump(), spec=experiment.spec)
 
 
@@ -73,7 +73,7 @@ def list_runs(
         skip=skip,
         limit=limit,
     )
-    positions = crud.queue_positions(session=session)
+    positions = run_service.queue_positions(session=session)
     return RunsPublic(data=[summarize(run, experiment, positions) for run, experiment in rows], count=count)
 
 

@@ -49,13 +49,30 @@ def run_command(
             typer.secho(f"error: {field}: {msg}", fg="red", err=True)
         raise typer.Exit(2) from None
 
-    from core_distill.reporting import JsonlReporter
+    from core_distill import distributed
+    from core_distill.reporting import JsonlReporter, NullReporter
     from core_distill.train import run
 
     output_dir = output or Path("runs") / spec_file.stem
-    reporter = JsonlReporter(output_dir)
+    if spec.gpus > 1 and not distributed.inside_launcher():
+        raise typer.Exit(_relaunch(spec.gpus, spec_file, output_dir, set_, resume))
+    reporter = JsonlReporter(output_dir) if distributed.is_main() else NullReporter()
     result = run(spec, output_dir=output_dir, reporter=reporter, resume=resume, progress=True)
-    _print_summary(result, reporter)
+    if distributed.is_main():
+        _print_summary(result, reporter)
+
+
+def _relaunch(gpus: int, spec_file: Path, output_dir: Path, overrides: list[str], resume: bool) -> int:
+    """`gpus: N > 1`: run this same command as N processes under torchrun; its exit code is ours."""
+    import subprocess
+
+    from core_distill.distributed import launcher_argv
+
+    args = ["run", str(spec_file), "--output", str(output_dir), "--resume" if resume else "--no-resume"]
+    for pair in overrides:
+        args += ["--set", pair]
+    typer.echo(f"launching {gpus} processes (torchrun)")
+    return subprocess.run(launcher_argv(gpus, "core_distill.cli", args), check=False).returncode
 
 
 def _print_summary(result, reporter) -> None:
@@ -179,3 +196,7 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 from core_distill.toy.cli import toy_cli  # noqa: E402
 
 engine_cli.add_typer(toy_cli, name="toy", help="The built-in countdown task.")
+
+
+if __name__ == "__main__":  # `python -m core_distill.cli`: what the launcher runs in every process
+    engine_cli()

@@ -50,6 +50,10 @@ def sample_completions(
     lm = causal_lm(model)
     device = next(lm.parameters()).device
     completions: list[list[int]] = []
+    # transformers turns the KV cache off for a training-mode model with gradient checkpointing
+    was_training = lm.training
+    if getattr(lm, "is_gradient_checkpointing", False):
+        lm.eval()
     for start in range(0, len(prompts), max_batch):
         ids, mask = left_pad(prompts[start : start + max_batch], pad_id)
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
@@ -64,6 +68,7 @@ def sample_completions(
         )
         for row in sequences[:, ids.shape[1] :].tolist():
             completions.append(cut_at_eos(row, eos_ids))
+    lm.train(was_training)
     return completions
 
 

@@ -247,6 +247,33 @@ class DistillSpec(BaseModel):
     lora_target_modules: str = _field(
         "all-linear", "Modules that get adapters: 'all-linear' or comma-separated names.", "training", min_length=1
     )
+    gpus: int = _field(
+        1,
+        "Processes of one run, one per GPU (on a CPU-only host: one gloo process per slot). batch_size is the "
+        "global micro-batch: each process takes batch_size / gpus of its rows, so a spec trains the same at any gpus.",
+        "training",
+        ge=1,
+        le=64,
+    )
+    sharding: Literal["none", "fsdp"] = _field(
+        "none",
+        "How the student is spread over gpus > 1: none = a full copy per process (DDP); fsdp = FSDP2, weights, "
+        "gradients and optimizer state sharded over the processes (needs gpus > 1).",
+        "training",
+    )
+    gradient_checkpointing: bool = _field(
+        False,
+        "Recompute the student's activations in backward instead of keeping them (non-reentrant): less memory "
+        "for long completions, about one more forward of compute.",
+        "training",
+    )
+    teacher_placement: Literal["replicated", "sharded", "offload"] = _field(
+        "replicated",
+        "Where a local teacher lives: replicated = a full copy per process; sharded = FSDP2-sharded over the "
+        "processes like the student (needs gpus > 1); offload = kept in CPU memory, moved to the GPU for each "
+        "forward and back.",
+        "training",
+    )
     eval_every: int = _field(
         50, "Evaluate every N optimizer steps (0 = only at the end).", "training", ge=0, le=10_000_000
     )
@@ -333,10 +360,42 @@ class DistillSpec(BaseModel):
             errors["teacher_cache"] = "opsd='dynamic' scores with the live student, whose log-probs change every step: nothing to cache"
         if self.objective == "sft" and self.lmbda != 0.0:
             errors["lmbda"] = f"objective='sft' trains on dataset (or seq_kd teacher) completions only; set lmbda=0.0, got {self.lmbda}"
+        errors.update(self._scale_errors())
         if self.lora and self.lora_target_modules != "all-linear":
             names = [n.strip() for n in self.lora_target_modules.split(",")]
             if not all(n.replace("_", "").replace(".", "").isalnum() for n in names):
                 errors["lora_target_modules"] = f"must be 'all-linear' or comma-separated module names, got {self.lora_target_modules!r}"
+        return errors
+
+    def _scale_errors(self) -> dict[str, str]:
+        """gpus, sharding and teacher_placement against each other and the rest of the spec."""
+        errors: dict[str, str] = {}
+        if self.batch_size % self.gpus:
+            errors["batch_size"] = (
+                f"is the global micro-batch, split evenly over the gpus processes: use a multiple of gpus={self.gpus}, "
+                f"got {self.batch_size}"
+            )
+        if self.sharding == "fsdp" and self.gpus == 1:
+            errors["sharding"] = "'fsdp' shards the student over several processes; set gpus > 1 or sharding 'none'"
+        if self.teacher_placement != "replicated":
+            local = "a local teacher"
+            if self.teacher_server_url:
+                errors["teacher_placement"] = f"places {local}; a teacher_server_url teacher lives on its server: keep 'replicated'"
+            elif self.opsd == "dynamic" or (self.opsd == "fixed" and self.lora):
+                errors["teacher_placement"] = (
+                    "the teacher is the student's own weights here (opsd), placed with the student: keep 'replicated'"
+                )
+            elif self.teacher_placement == "sharded" and self.gpus == 1:
+                errors["teacher_placement"] = "'sharded' spreads the teacher over several processes; set gpus > 1"
+            elif self.teacher_placement == "offload" and self.seq_kd:
+                errors["teacher_placement"] = "'offload' is for scoring; seq_kd samples from the teacher: use 'replicated' or 'sharded'"
+        if self.gpus > 1:
+            if self.generation_backend == "vllm":
+                errors["generation_backend"] = "'vllm' runs in one process; with gpus > 1 use 'hf'"
+            if self.teacher_cache:
+                errors["teacher_cache"] = "is written by one process; with gpus > 1 turn it off"
+            if self.lora and self.sharding == "fsdp":
+                errors["lora"] = "LoRA trains too few weights to need sharding: with lora use sharding 'none' (DDP)"
         return errors
 
     # --- resources (filesystem and model configs), checked before any weights load -------------

@@ -35,10 +35,12 @@ class Teacher(Protocol):
 class LocalTeacher:
     """A frozen model in this process, in eval mode, never receiving gradients."""
 
-    def __init__(self, model: nn.Module, adapter_off: bool = False, identity: str = ""):
+    def __init__(self, model: nn.Module, adapter_off: bool = False, identity: str = "",
+                 offload_to: torch.device | None = None):  # fmt: skip
         self._model = model
         self._adapter_off = adapter_off  # LoRA student as its own fixed teacher: base weights only
         self.identity = identity  # names the weights for the log-prob cache ("" = not cacheable)
+        self._offload_to = offload_to  # teacher_placement offload: lives on CPU, visits this device to score
 
     @property
     def model(self) -> nn.Module:
@@ -47,10 +49,14 @@ class LocalTeacher:
     @torch.no_grad()
     def score(self, batch: SequenceBatch, *, cacheable: bool = False) -> DenseTeacher:
         context = unwrap_parallel(self._model).disable_adapter() if self._adapter_off else nullcontext()
+        if self._offload_to is not None:
+            self._model.to(self._offload_to)
         with context:
             hidden = completion_hidden(self._model, batch)
         head = head_of(self._model)
-        head.weight = head.weight.detach()
+        head.weight = head.weight.detach()  # on the device: the loss's chunks still read it after the move back
+        if self._offload_to is not None:
+            self._model.to("cpu")
         return DenseTeacher(hidden.detach(), head)
 
     @torch.no_grad()
@@ -143,9 +149,21 @@ def _uncached_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: t
         if spec.lora:
             return LocalTeacher(student, adapter_off=True, identity=identity)  # no second copy of the weights
         frozen = copy.deepcopy(causal_lm(student)).requires_grad_(False).eval()
-        return LocalTeacher(frozen, identity=identity)
+        return _placed(frozen, spec.teacher_placement, device, identity)
     model = load_model(spec.teacher, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    return LocalTeacher(model.to(device).requires_grad_(False).eval(), identity=_identity(spec.teacher, dtype_name))
+    return _placed(model.requires_grad_(False).eval(), spec.teacher_placement, device, _identity(spec.teacher, dtype_name))
+
+
+def _placed(model: nn.Module, placement: str, device: torch.device, identity: str) -> LocalTeacher:
+    """A local teacher where `teacher_placement` says: a full copy here, FSDP2 shards, or CPU memory."""
+    if placement == "offload":
+        return LocalTeacher(model.to("cpu"), identity=identity, offload_to=device)
+    model.to(device)
+    if placement == "sharded":
+        from core_distill.distributed import shard
+
+        shard(model)  # its root unit (embeddings, norm, head) stays gathered after the first forward
+    return LocalTeacher(model, identity=identity)
 
 
 def _identity(name: str, dtype: str) -> str:

@@ -14,6 +14,11 @@ One optimizer step:
   4. clip, step, log, evaluate, checkpoint; stop cleanly when the reporter asks.
 Losses are normalised by the number of completion tokens in the whole step, so gradient
 accumulation gives the same gradient as one big batch.
+
+Under torchrun (`gpus` > 1, see core_distill/distributed.py) the same loop runs in every process:
+each micro-batch of `batch_size` rows is drawn from (seed, step) as in one process and each rank
+takes its `batch_size / gpus` rows; the token count that normalises the loss is summed over ranks, so
+the gradient is that of the one-process run (up to float summation order).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core_distill import distributed as dist
 from core_distill import metric_keys as mk
-from core_distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from core_distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from core_distill.data import (
     DataError,
     Example,
@@ -79,31 +85,51 @@ def run(
     resume: bool = True,
     progress: bool = False,
 ) -> RunResult:
-    """Train `spec.student` toward the teacher; checkpoints and the final model go to output_dir."""
+    """Train `spec.student` toward the teacher; checkpoints and the final model go to output_dir.
+
+    Under torchrun every rank calls this with the same arguments; only rank 0's reporter is used
+    (the others get a NullReporter), and rank 0's stop request stops every rank at the same step.
+    """
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     spec.preflight()
+    cpu = not torch.cuda.is_available()
+    check_world(spec)
+    dist.init(cpu)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "spec.yaml").write_text(spec.to_yaml())
-    reporter = reporter or NullReporter()
+    if dist.is_main():
+        (output_dir / "spec.yaml").write_text(spec.to_yaml())
+    reporter = (reporter or NullReporter()) if dist.is_main() else NullReporter()
+    world, fsdp = dist.world_size(), spec.sharding == "fsdp"
 
     # --- setup: precision, models, data, optimizer --------------------------------------------
-    dtype = compute_dtype(spec, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    # fp32 master weights; bf16/fp16 compute through autocast
+    dtype = compute_dtype(spec, torch.device("cpu" if cpu else "cuda"))
+    # fp32 master weights; bf16/fp16 compute through autocast (FSDP: its mixed-precision policy)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    # split_batches: the scheduler steps once per optimizer step whatever the number of processes
+    accelerator = Accelerator(mixed_precision="no" if fsdp else precision, cpu=cpu,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
     device = accelerator.device
     tokenizer = load_tokenizer(spec.student, spec.trust_remote_code)
     train_examples, eval_examples = load_examples(spec, tokenizer)
     student = load_model(spec.student, dtype=dtype if spec.lora else torch.float32, trust_remote_code=spec.trust_remote_code)
     if spec.lora:
         student = add_lora(student, spec)
+    if spec.gradient_checkpointing:  # non-reentrant: the variant that works under FSDP and with frozen inputs
+        causal_lm(student).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.to(device).train()
     needs_teacher = spec.objective != "sft" or spec.seq_kd
     teacher = build_teacher(spec, student, dtype=dtype, device=device) if needs_teacher else None
+    if fsdp:  # sharded in place before the optimizer sees the parameters; not wrapped again by Accelerate
+        dist.shard(student, param_dtype=None if dtype == torch.float32 else dtype)
     optimizer, scheduler = make_optimizer(spec, student)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    if fsdp:
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    else:
+        student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    teacher_module = getattr(teacher, "model", None) if spec.teacher_placement == "sharded" else None
     eos_ids = eos_token_ids(student, tokenizer)
     student_sampler = make_student_sampler(spec, student)
     eval_ctx = EvalContext(
@@ -115,14 +141,14 @@ def run(
     start = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
-        start = load_checkpoint(checkpoint, accelerator.unwrap_model(student), optimizer, scheduler)
+        start = load_checkpoint(checkpoint, accelerator.unwrap_model(student), optimizer, scheduler, wrapped=student)
     reporter.resumed(start)
     if eval_examples and start == 0:  # the baseline: the student before its first update
-        _evaluate(eval_ctx, eval_examples, spec, reporter, step=0)
+        _evaluate(eval_ctx, eval_examples, spec, reporter, step=0, models=(student, teacher_module))
         student.train()
 
     # --- the loop ------------------------------------------------------------------------------
-    bar = _progress_bar(progress, start, spec.max_steps)
+    bar = _progress_bar(progress and dist.is_main(), start, spec.max_steps)
     metrics: dict[str, float] = {}
     stopped = False
     for step in range(start + 1, spec.max_steps + 1):
@@ -130,31 +156,43 @@ def run(
         t_step = time.perf_counter()
         rows = batch_indices(len(train_examples), (step - 1) * spec.batch_size * spec.grad_accum,
                              spec.batch_size * spec.grad_accum, spec.seed)  # fmt: skip
-        micro_batches = [[train_examples[i] for i in rows[k * spec.batch_size : (k + 1) * spec.batch_size]]
+        mine = dist.rank_slice(spec.batch_size)  # this rank's rows of each micro-batch (all of them in one process)
+        micro_batches = [[train_examples[i] for i in rows[k * spec.batch_size : (k + 1) * spec.batch_size][mine]]
                          for k in range(spec.grad_accum)]  # fmt: skip
         sources = draw_sources(spec, step)
 
         t0 = time.perf_counter()
-        completions = fill_completions(spec, micro_batches, sources, student_sampler, teacher, tokenizer, eos_ids)
+        # FSDP: every rank samples its own rows, a different number of forwards each: gather the weights once
+        sampling = any(src != DATASET for src in sources)
+        with dist.full_parameters(student, teacher_module) if sampling else nullcontext():
+            completions = fill_completions(spec, micro_batches, sources, student_sampler, teacher, tokenizer, eos_ids)
         time_generate = time.perf_counter() - t0
 
         n_tokens = sum(len(c) for mb in completions for c in mb)
         n_generated = sum(len(c) for mb, src in zip(completions, sources, strict=True) if src != DATASET for c in mb)
+        if world > 1:  # the loss is normalised by the step's tokens over all ranks
+            n_tokens, n_generated = (int(v) for v in dist.sum_over_ranks([n_tokens, n_generated], device))
         sums = StepSums()
         for k, (examples, source, comps) in enumerate(zip(micro_batches, sources, completions, strict=True)):
-            with accelerator.no_sync(student) if k < spec.grad_accum - 1 else nullcontext():
+            no_sync = accelerator.no_sync(student) if k < spec.grad_accum - 1 and not fsdp else nullcontext()
+            with no_sync:
                 loss = micro_batch_loss(spec, student, teacher, tokenizer, examples, comps, source, n_tokens, sums)
                 t0 = time.perf_counter()
-                accelerator.backward(loss)
+                # DDP and FSDP average gradients over ranks; the loss is a share of a sum: scale back
+                accelerator.backward(loss * world if world > 1 else loss)
                 sums.time_update += time.perf_counter() - t0
 
-        grad_norm = _clip(accelerator, student, spec.max_grad_norm)
+        grad_norm = _clip_sharded(student, spec.max_grad_norm) if fsdp else _clip(accelerator, student, spec.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         step_seconds = time.perf_counter() - t_step
-        metrics = sums.metrics(n_tokens, completions, sources, eos_ids)
+        lengths, ended = completion_stats(completions, eos_ids)
+        if world > 1:
+            sums.reduce(device)
+            lengths, ended = dist.gather_lists(lengths, device), dist.gather_lists(ended, device)
+        metrics = sums.metrics(n_tokens, lengths, ended, sources)
         metrics.update({
             mk.LR: scheduler.get_last_lr()[0], mk.GRAD_NORM: grad_norm, mk.PERF_STEP_SECONDS: step_seconds,
             mk.PERF_TOKENS_PER_SEC: n_tokens / step_seconds, mk.TIME_GENERATE: time_generate,
@@ -165,11 +203,14 @@ def run(
         bar.set_postfix(loss=f"{metrics[mk.LOSS]:.4f}", kd=f"{metrics[mk.LOSS_KD]:.4f}")
 
         if eval_examples and ((spec.eval_every and step % spec.eval_every == 0) or step == spec.max_steps):
-            _evaluate(eval_ctx, eval_examples, spec, reporter, step)
+            _evaluate(eval_ctx, eval_examples, spec, reporter, step, models=(student, teacher_module))
             student.train()
-        stopped = reporter.should_stop()
+        stopped = dist.any_rank(reporter.should_stop(), device)  # rank 0 asks; every rank stops here
         if stopped or step == spec.max_steps or (spec.save_every and step % spec.save_every == 0):
-            save_checkpoint(output_dir, step, accelerator.unwrap_model(student), optimizer, scheduler)
+            if world > 1:
+                save_sharded_checkpoint(output_dir, step, student, optimizer, scheduler)
+            else:
+                save_checkpoint(output_dir, step, accelerator.unwrap_model(student), optimizer, scheduler)
         if stopped:
             break
     bar.close()
@@ -177,15 +218,31 @@ def run(
     last_step = step if spec.max_steps > start else start
     if stopped:
         return RunResult(last_step, None, True, metrics)
+    if world > 1:
+        return RunResult(last_step, save_final_model_from_ranks(spec, student, tokenizer, output_dir), False, metrics)
     return RunResult(last_step, save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir), False, metrics)
 
 
-def _evaluate(eval_ctx: EvalContext, eval_examples: list[Example], spec: DistillSpec, reporter: Reporter, step: int) -> None:
+def check_world(spec: DistillSpec) -> None:
+    """The processes torchrun started are the ones the spec asks for."""
+    world = dist.world_size()
+    if world != spec.gpus:
+        how = ("start it with `distill run` (which launches itself) or core_distill.distributed.launcher_argv"
+               if world == 1 else f"this launcher started {world}")  # fmt: skip
+        raise SpecError({"gpus": f"the spec asks for {spec.gpus} processes; {how}"})
+
+
+def _evaluate(eval_ctx: EvalContext, eval_examples: list[Example], spec: DistillSpec, reporter: Reporter, step: int,
+              models: tuple = ()) -> None:  # fmt: skip
     # one sampling seed at every step, and for every run of a seed: the eval curve moves only when the
-    # model does, and two methods are compared on the same random numbers
-    eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged, seed=spec.seed)
-    reporter.log(step, eval_metrics)
-    reporter.log_samples(step, samples)
+    # model does, and two methods are compared on the same random numbers.
+    # Several processes: rank 0 alone evaluates, with the weights gathered (no collective inside)
+    with dist.full_parameters(*models):
+        if dist.is_main():
+            eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged, seed=spec.seed)
+            reporter.log(step, eval_metrics)
+            reporter.log_samples(step, samples)
+    dist.barrier()
 
 
 # --- data sources ------------------------------------------------------------------------------------
@@ -215,8 +272,9 @@ def fill_completions(spec, micro_batches, sources, student_sampler, teacher, tok
             prompts, pad_id=tokenizer.pad_token_id, eos_ids=eos_ids, max_new_tokens=spec.max_new_tokens,
             temperature=spec.temperature,
         )  # fmt: skip
+        per = len(micro_batches[0])  # rows of this rank per micro-batch
         for i, k in enumerate(wanted):
-            completions[k] = sampled[i * spec.batch_size : (i + 1) * spec.batch_size]
+            completions[k] = sampled[i * per : (i + 1) * per]
     return completions  # type: ignore[return-value]
 
 
@@ -235,10 +293,19 @@ class StepSums:
     time_update: float = 0.0
     teacher_tokens: int = 0  # prompt + completion tokens the teacher scored (its forward passes' work)
 
-    def metrics(self, n_tokens: int, completions, sources, eos_ids) -> dict[str, float]:
+    def reduce(self, device: torch.device) -> None:
+        """Sum the counts over ranks (times stay this rank's: they are wall times of work done in parallel)."""
+        keys = [*STAT_KEYS]
+        values = dist.sum_over_ranks(
+            [self.loss, self.kd, self.sft, self.sft_tokens, self.pg, self.teacher_tokens, *(self.stats[k] for k in keys)],
+            device,
+        )  # fmt: skip
+        self.loss, self.kd, self.sft, self.sft_tokens, self.pg, self.teacher_tokens = values[:6]
+        self.sft_tokens, self.teacher_tokens = int(self.sft_tokens), int(self.teacher_tokens)
+        self.stats = dict(zip(keys, values[6:], strict=True))
+
+    def metrics(self, n_tokens: int, lengths: list[int], ended: list[bool], sources) -> dict[str, float]:
         n = max(n_tokens, 1)
-        lengths = [len(c) for mb in completions for c in mb]
-        ended = [bool(c) and c[-1] in eos_ids for mb in completions for c in mb]
         out = {
             mk.LOSS: self.loss,
             mk.LOSS_KD: self.kd / n,
@@ -258,6 +325,13 @@ class StepSums:
         if self.pg:
             out[mk.LOSS_PG] = self.pg / n
         return out
+
+
+def completion_stats(completions, eos_ids) -> tuple[list[int], list[bool]]:
+    """Length of every completion of the step, and whether it ended with EOS."""
+    lengths = [len(c) for mb in completions for c in mb]
+    ended = [bool(c) and c[-1] in eos_ids for mb in completions for c in mb]
+    return lengths, ended
 
 
 def micro_batch_loss(spec, student, teacher, tokenizer, examples: list[Example], completions, source, n_tokens, sums) -> torch.Tensor:
@@ -367,6 +441,35 @@ def save_final_model(student: nn.Module, tokenizer, output_dir: Path) -> Path:
     causal_lm(model).save_pretrained(final)
     tokenizer.save_pretrained(final)
     return final
+
+
+def save_final_model_from_ranks(spec: DistillSpec, student: nn.Module, tokenizer, output_dir: Path) -> Path:
+    """Several processes: gather the full weights on rank 0, load them into a fresh copy of the student
+    (so the saved class and config are the plain transformers ones, not FSDP's) and save that."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_main():
+        model = load_model(spec.student, dtype=torch.float32, trust_remote_code=spec.trust_remote_code)
+        if spec.lora:
+            model = add_lora(model, spec)
+        model.load_state_dict(full)
+        save_final_model(model, tokenizer, output_dir)
+    dist.barrier()
+    return output_dir / "final"
+
+
+def _clip_sharded(model: nn.Module, max_norm: float) -> float:
+    """FSDP2: the gradients are DTensor shards; their norm is reduced over ranks before clipping."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return float(norm)
 
 
 def _clip(accelerator, model: nn.Module, max_norm: float) -> float:

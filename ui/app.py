@@ -34,9 +34,7 @@ CHEAP = {"show_progress": "hidden", "concurrency_limit": None}  # refresh ticks:
 # re-queries after a tick saw a change: several viewers' redraws run side by side (Gradio's default is 1)
 REDRAW = {"show_progress": "hidden", "concurrency_limit": 4}
 
-CSS = heatmap.CSS + """
-.gradio-container {max-width: 1400px !important;}
-"""
+CSS = heatmap.CSS + runs.CSS
 
 
 # --- handlers (plain functions; tested without a browser) ----------------------------------------
@@ -153,7 +151,7 @@ def _spec_components() -> list[gr.components.Component]:
 
 
 def build_dashboard() -> gr.Blocks:
-    with gr.Blocks(title="distill dashboard") as demo:
+    with gr.Blocks(title="distill dashboard", fill_width=True) as demo:  # wide tables use the width
         gr.Markdown("## distill · distillation experiments")
         with gr.Tabs(selected="runs") as tabs:
             with gr.Tab("Runs", id="runs") as runs_tab:
@@ -164,8 +162,10 @@ def build_dashboard() -> gr.Blocks:
                     page = gr.Number(0, label="page", precision=0, minimum=0, scale=0)
                     refresh = gr.Button("Refresh", scale=0)
                 caption = gr.Markdown()
+                # read-only, selection only (runs.CSS: no edit-mode look on click); run, name, status stay
+                # in view while the differing spec fields and metrics scroll
                 table = gr.Dataframe(headers=list(runs.RUN_COLUMNS), interactive=False, elem_id="runs-table",
-                                     max_height=520, wrap=False)  # fmt: skip
+                                     max_height=520, wrap=False, pinned_columns=3, max_chars=40)  # fmt: skip
                 with gr.Row():
                     selected = gr.Number(label="selected run", precision=0, scale=0, elem_id="selected-run")
                     details = gr.Markdown("Select a run in the table.")
@@ -185,7 +185,7 @@ def build_dashboard() -> gr.Blocks:
 
             with gr.Tab("Launch", id="launch"):
                 with gr.Row():
-                    preset = gr.Dropdown(list(form.presets()), label="preset (examples/)", value=None, scale=2)
+                    preset = gr.Dropdown(form.preset_choices(), label="preset (examples/)", value=None, scale=2)
                     name = gr.Textbox(label="experiment name", scale=2)
                     tags_new = gr.Textbox(label="tags", placeholder="baseline, toy", scale=2)
                 notes_new = gr.Textbox(label="notes", lines=1)
@@ -248,16 +248,21 @@ def build_dashboard() -> gr.Blocks:
 
         # --- runs tab events
         table_inputs = [status, tag_filter, field_filter, page]
+        # the selected-run panel follows the table: every redraw of the table re-reads its status lines
         for trigger in (refresh.click, status.change, tag_filter.submit, field_filter.submit, page.submit,
                         runs_tab.select):  # fmt: skip
-            trigger(runs.runs_table, table_inputs, [table, caption], **REDRAW)
+            trigger(runs.runs_table, table_inputs, [table, caption], **REDRAW).then(
+                runs.run_summary, selected, details, show_progress="hidden"
+            )
 
         def table_tick(current: str):
             latest = table_fingerprint()
             return gr.skip() if latest == current else latest
 
         table_timer.tick(table_tick, table_version, table_version, **CHEAP)
-        table_version.change(runs.runs_table, table_inputs, [table, caption], **REDRAW)
+        table_version.change(runs.runs_table, table_inputs, [table, caption], **REDRAW).then(
+            runs.run_summary, selected, details, show_progress="hidden"
+        )
 
         def pick_row(evt: gr.SelectData):
             run_id = int(evt.row_value[0]) if evt.row_value else None
@@ -278,7 +283,7 @@ def build_dashboard() -> gr.Blocks:
 
             button.click(act_as_user, selected, action_msg, api_name=f"{action}_run").then(
                 runs.runs_table, table_inputs, [table, caption], show_progress="hidden"
-            )
+            ).then(runs.run_summary, selected, details, show_progress="hidden")
         open_live.click(lambda run_id: (run_id, gr.Tabs(selected="live")), selected, [live_run, tabs])
 
         def add_to_compare(run_id, current: str):
@@ -297,7 +302,8 @@ def build_dashboard() -> gr.Blocks:
             values, problems = form.yaml_to_values(text)
             if values is None:
                 return [*[gr.skip()] * len(spec_inputs), text, problems, "", gr.skip()]
-            return [*values, text, f"Loaded preset *{name_}*.", "", name_]
+            title = form.preset_title(text)
+            return [*values, text, f"Loaded preset *{title}* (examples/{name_}.yaml).", "", title]
 
         preset.input(load_preset, preset, [*spec_inputs, spec_yaml, form_msg, spec_status, name])
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 import re
 
 import pandas as pd
-from sqlalchemy import func, select
 from sqlmodel import Session
 
 from app.db import get_engine
-from app.metrics_query import latest_metrics
-from app.models import Experiment, MetricPoint, Run
+from app.models import Experiment, Run
 from app.services import comparison
 from app.services.errors import NotFoundError
 from core_distill import metric_keys
@@ -58,8 +56,7 @@ def load_runs(session: Session, run_ids: list[int]) -> list[tuple[Run, Experimen
         raise CompareError(str(exc)) from None
 
 
-def run_label(run: Run, experiment: Experiment) -> str:
-    return f"#{run.id} {experiment.name}"
+run_label = comparison.run_label  # "#3 name": the series name in every chart and the row of the finals
 
 
 def spec_diff(specs: dict[str, dict]) -> pd.DataFrame:
@@ -87,21 +84,8 @@ def overlay_frames(
 
 
 def final_metrics(session: Session, runs: list[tuple[Run, Experiment]]) -> pd.DataFrame:
-    latest = latest_metrics(session, [run.id for run, _ in runs], FINAL_KEYS)
-    rows = []
-    for run, experiment in runs:
-        min_loss = session.execute(
-            select(func.min(MetricPoint.value)).where(MetricPoint.run_id == run.id, MetricPoint.key == metric_keys.LOSS)
-        ).scalar()
-        row = {"run": run_label(run, experiment), "status": run.status, "step": run.last_step}
-        row.update({key: _round(latest[run.id].get(key)) for key in FINAL_KEYS})
-        row["min loss"] = _round(min_loss)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)
+    """The runs' final metrics, then the student before training and the teacher where known."""
+    return pd.DataFrame(comparison.final_rows(session=session, runs=runs))
 
 
 def compare(run_text: str | list, keys: list[str], smoothing: float = 0.0, x: XAxis = "step"):

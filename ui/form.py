@@ -180,6 +180,22 @@ def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(EXAMPLES_DIR.glob("*.yaml"))}
 
 
+def preset_title(text: str) -> str:
+    """A preset's readable name, from its YAML alone: the first comment's lead-in (up to ':') and, for
+    GKD-family objectives, the spec's λ and β: 'On-policy GKD (λ=1, β=0.5)'."""
+    comment = next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")), "")
+    title = comment.split(":", 1)[0].strip()
+    spec = DistillSpec.from_yaml(text if text.strip() else "{}\n")
+    if spec.objective == "gkd":
+        title += f" (λ={spec.lmbda:g}, β={spec.beta:g})"
+    return title
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    """(readable name, file stem) of each example, for the preset dropdown."""
+    return [(preset_title(path.read_text()), name) for name, path in presets().items()]
+
+
 def preset_yaml(name: str) -> str:
     files = presets()
     if name not in files:

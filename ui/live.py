@@ -17,7 +17,9 @@ from sqlmodel import Session, col
 from app.db import get_engine
 from app.metrics_query import downsample_series
 from app.models import EvalSamples, Experiment, MetricPoint, Run
+from app.services import runs as run_service
 from core_distill import metric_keys
+from ui.runs import error_block, status_text
 
 MAX_POINTS = 500  # per series, what the browser receives
 XAxis = Literal["step", "wall_time"]
@@ -98,23 +100,23 @@ def chart_frames(run_id: int, smoothing: float = 0.0, x: XAxis = "step") -> list
 
 
 def run_header(run_id: int) -> str:
-    """Status line plus the downloads: metrics CSV/JSON, spec YAML, and where the model is."""
+    """Status line (with the place in the queue), the downloads, where the model is, and the error."""
     with Session(get_engine()) as session:
         run = session.get(Run, int(run_id))
         if run is None:
             return f"No run {int(run_id)}."
         experiment = session.get(Experiment, run.experiment_id)
         name = experiment.name if experiment else "?"
-    cancelling = " (cancel requested)" if run.cancel_requested and run.status == "running" else ""
+        queue = run_service.queue_position(session=session, run_id=run.id)
+    status = status_text(run, queue).replace(" (cancelling)", " (cancel requested)")
     lines = [
-        f"### Run {run.id} · {name} · **{run.status}**{cancelling} · step {run.last_step}/{run.max_steps}"
-        f" · attempt {run.attempt}",
+        f"### Run {run.id} · {name} · **{status}** · step {run.last_step}/{run.max_steps} · attempt {run.attempt}",
         f"Downloads: [metrics.csv](/api/runs/{run.id}/metrics.csv) · [metrics.json](/api/runs/{run.id}/metrics.json)"
         f" · [spec.yaml](/api/runs/{run.id}/spec.yaml)",
         f"Model: `{run.model_dir}`" if run.model_dir else f"Output folder: `{run.output_dir or 'not started'}`",
     ]
     if run.error:
-        lines.append(f"Error: `{run.error}`")
+        lines.append(error_block(run.error))
     return "\n\n".join(lines)
 
 

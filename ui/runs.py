@@ -1,11 +1,14 @@
-"""The runs table: one row per run with its status, place in the queue, key spec fields and metrics.
+"""The runs table: one row per run with its status (and place in the queue), its metrics and spec fields.
 
-Filtering happens in SQL (`app.crud.list_runs`); the metric columns are index seeks per run
-(`latest_metrics`), never a scan of the metric table, so the table loads fast with long runs.
+The spec fields that differ among the listed runs come first (`comparison.differing_fields`): they are
+what tells the runs apart. Filtering happens in SQL (`app.crud.list_runs`); the metric columns are
+index seeks per run (`latest_metrics`), never a scan of the metric table, so the table loads fast with
+long runs.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
@@ -16,16 +19,29 @@ from app import crud
 from app.db import get_engine
 from app.metrics_query import latest_metrics
 from app.models import Experiment, ExperimentUpdate, Run, RunStatus
+from app.services import comparison
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
 from app.services.errors import ServiceError
 from core_distill import metric_keys
 from core_distill.spec import SpecError
 
-SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd")
+SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd")  # shown for every run
 METRIC_COLUMNS = metric_keys.SUMMARY
 # run id first: a selected row's first cell names the run
-RUN_COLUMNS = ("run", "name", "status", "queue", "step", *METRIC_COLUMNS, *SPEC_COLUMNS, "tags", "experiment", "created")
+LEAD_COLUMNS = ("run", "name", "status", "step")
+TAIL_COLUMNS = ("tags", "experiment", "created (UTC)")
+RUN_COLUMNS = (*LEAD_COLUMNS, *METRIC_COLUMNS, *SPEC_COLUMNS, *TAIL_COLUMNS)  # when no field differs
+# The table is read-only and a click only selects a run: no cell-editor outline, no row/column
+# selection arrows, the clicked run's whole row highlighted instead.
+CSS = """
+#runs-table .cell-selected, #runs-table .cell-selected span {box-shadow: none !important;}
+#runs-table .selection-button {display: none !important;}
+#runs-table .body-cell {cursor: pointer;}
+#runs-table [role=row]:has(.cell-selected) .body-cell, #runs-table .body-cell.cell-selected {
+    background: var(--color-accent-soft) !important;
+}
+"""
 STATUS_CHOICES = ["all", *[s.value for s in RunStatus]]
 PAGE_SIZE = 100
 
@@ -49,8 +65,14 @@ def parse_tags(text: str) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def runs_table(status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0) -> tuple[pd.DataFrame, str]:
-    """(table, caption) for the filters; bad filters give an empty table and a caption naming the problem."""
+def runs_table(
+    status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0
+) -> tuple[pd.DataFrame, str]:
+    """(table, caption) for the filters; bad filters give an empty table and a caption naming the problem.
+
+    Columns: run, name, status, step, then the spec fields that differ among the listed runs, the
+    summary metrics, the usual spec fields that do not differ, tags, experiment and creation time.
+    """
     try:
         spec_filters = crud.parse_spec_filters(parse_field_filter(field_text))
     except (FilterError, SpecError) as exc:
@@ -66,26 +88,51 @@ def runs_table(status: str = "all", tag_text: str = "", field_text: str = "", pa
         )
         positions = run_service.queue_positions(session=session)
         metrics = latest_metrics(session, [run.id for run, _ in rows], METRIC_COLUMNS)
-    records = [_row(run, experiment, positions.get(run.id), metrics.get(run.id, {})) for run, experiment in rows]
+    differing = comparison.differing_fields([experiment.spec for _, experiment in rows])
+    columns = table_columns(differing)
+    records = [
+        _row(run, experiment, positions.get(run.id), metrics.get(run.id, {}), columns) for run, experiment in rows
+    ]
     caption = f"{total} run(s) match; showing {len(records)} (page {int(page or 0) + 1})."
-    return pd.DataFrame(records, columns=RUN_COLUMNS), caption
+    if differing:
+        caption += f" They differ in {', '.join(differing)} (first columns after step)."
+    return pd.DataFrame(records, columns=columns), caption
 
 
-def _row(run: Run, experiment: Experiment, queue: int | None, metrics: dict[str, float]) -> dict[str, Any]:
+def table_columns(differing: list[str]) -> list[str]:
+    """The table's columns with the differing spec fields right after the run's status and step."""
+    rest = [name for name in SPEC_COLUMNS if name not in differing]
+    return [*LEAD_COLUMNS, *differing, *METRIC_COLUMNS, *rest, *TAIL_COLUMNS]
+
+
+def status_text(run: Run, queue: int | None) -> str:
+    """'running', 'running (cancelling)', 'queued (2nd in line)'."""
+    if run.status == RunStatus.queued and queue is not None:
+        return f"queued ({run_service.ordinal(queue)} in line)"
+    return run.status + (" (cancelling)" if run.cancel_requested and run.status == RunStatus.running else "")
+
+
+def _row(
+    run: Run, experiment: Experiment, queue: int | None, metrics: dict[str, float], columns: list[str]
+) -> dict[str, Any]:
     spec = experiment.spec
     row: dict[str, Any] = {
         "run": run.id,
         "experiment": experiment.id,
         "name": experiment.name,
-        "status": run.status + (" (cancelling)" if run.cancel_requested and run.status == "running" else ""),
-        "queue": queue if queue is not None else "",
+        "status": status_text(run, queue),
         "step": f"{run.last_step}/{run.max_steps}",
         "tags": ", ".join(experiment.tags),
-        "created": run.created_at.strftime("%Y-%m-%d %H:%M"),
+        "created (UTC)": run.created_at.strftime("%Y-%m-%d %H:%M"),
     }
-    row.update({name: spec.get(name) for name in SPEC_COLUMNS})
     row.update({key: round(metrics[key], 4) if key in metrics else None for key in METRIC_COLUMNS})
+    row.update({name: _cell(spec.get(name)) for name in columns if name not in row})
     return row
+
+
+def _cell(value: Any) -> Any:
+    """Numbers, strings and booleans as they are; lists and dicts as short text."""
+    return value if value is None or isinstance(value, int | float | str | bool) else str(value)
 
 
 # --- actions on one run ---------------------------------------------------------------------------
@@ -94,16 +141,35 @@ def run_details(run_id: int | None) -> tuple[str, str, str]:
     if not run_id:
         return "Select a run in the table.", "", ""
     with Session(get_engine()) as session:
+        experiment = session.get(Experiment, run.experiment_id) if (run := session.get(Run, int(run_id))) else None
+    if run is None or experiment is None:
+        return f"No run {int(run_id)}.", "", ""
+    return run_summary(run_id), ", ".join(experiment.tags), experiment.notes
+
+
+def run_summary(run_id: int | None) -> str:
+    """The side panel's status lines: refreshed with the table, so it follows a cancel or a failure."""
+    if not run_id:
+        return "Select a run in the table."
+    with Session(get_engine()) as session:
         run = session.get(Run, int(run_id))
         if run is None:
-            return f"No run {int(run_id)}.", "", ""
+            return f"No run {int(run_id)}."
         experiment = session.get(Experiment, run.experiment_id)
-        summary = (
-            f"**Run {run.id}** of experiment {experiment.id} *{experiment.name}*: {run.status}, "
-            f"step {run.last_step}/{run.max_steps}, attempt {run.attempt}"
-            + (f"\n\nError: `{run.error}`" if run.error else "")
-        )
-        return summary, ", ".join(experiment.tags), experiment.notes
+        queue = run_service.queue_position(session=session, run_id=run.id)
+    summary = (
+        f"**Run {run.id}** of experiment {experiment.id} *{experiment.name}*: {status_text(run, queue)}, "
+        f"step {run.last_step}/{run.max_steps}, attempt {run.attempt}"
+    )
+    return summary + ("\n\n" + error_block(run.error) if run.error else "")
+
+
+def error_block(error: str) -> str:
+    """A run's error as a fenced block (rendered as <pre>, its text shown as is): the fence is longer
+    than any run of backticks inside, so a traceback cannot close it."""
+    longest = max((len(m) for m in re.findall(r"`+", error)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"**Error:**\n\n{fence}text\n{error.rstrip()}\n{fence}"
 
 
 def save_tags_notes(run_id: int | None, tags_text: str, notes: str, *, user: str | None = None) -> str:

@@ -123,7 +123,9 @@ def test_launch_watch_cancel_compare(service, page):
 
     # launch the toy example from the form; the dashboard jumps to the run's live view. A toy step
     # takes ~20 ms, so the run needs a few hundred steps to be watched while it trains.
-    first = _launch_toy(page, "gkd_on_policy", "toy on-policy GKD", max_steps=400, eval_every=200, shot="launch")
+    first = _launch_toy(
+        page, "On-policy GKD (λ=1, β=0.5)", "toy on-policy GKD", max_steps=400, eval_every=200, shot="launch"
+    )
     header = page.locator("#live-header")
     expect(header).to_contain_text(f"Run {first}", timeout=30_000)
 
@@ -147,7 +149,7 @@ def test_launch_watch_cancel_compare(service, page):
     _shot(page, "live")
 
     # a second, longer run: see it appear in the table, then cancel it while it runs
-    second = _launch_toy(page, "supervised_kd", "toy run to cancel", max_steps=100_000, eval_every=1000)
+    second = _launch_toy(page, "Supervised KD (λ=0, β=0)", "toy run to cancel", max_steps=100_000, eval_every=1000)
     expect(header).to_contain_text(re.compile(r"running · step \d*[1-9]\d*/100000"), timeout=240_000)  # a few points
     page.get_by_role("tab", name="Runs").click()
     table = page.locator("#runs-table")

@@ -104,7 +104,7 @@ def test_launch_launches_what_the_form_shows(api, browser):
     expect(tab.get_by_text("0 run(s) match")).to_be_visible(timeout=SERVER)  # connected: its load event ran
     tab.get_by_role("tab", name="Launch").click()
     tab.get_by_label("preset (examples/)").click()
-    tab.get_by_role("option", name="gkd_on_policy").click()
+    tab.get_by_role("option", name="On-policy GKD (λ=1, β=0.5)").click()
     expect(tab.locator("#form-message")).to_contain_text("Loaded preset", timeout=SERVER)
     base = "student: toy:student\nteacher: toy:teacher\nmax_steps: 3\nbatch_size: 2\nmax_new_tokens: 8\n"
 

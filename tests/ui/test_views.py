@@ -29,7 +29,8 @@ def test_runs_table_filters_and_shows_queue_and_metrics(service_env):
     table, caption = runs.runs_table()
     assert caption.startswith("3 run(s)") and list(table["run"]) == [second.id, first.id, done.id]
     by_run = table.set_index("run")
-    assert by_run.loc[first.id, "queue"] == 1 and by_run.loc[second.id, "queue"] == 2
+    assert by_run.loc[first.id, "status"] == "queued (1st in line)"
+    assert by_run.loc[second.id, "status"] == "queued (2nd in line)" and by_run.loc[done.id, "status"] == "succeeded"
     assert by_run.loc[done.id, "loss"] is not None and by_run.loc[done.id, "step"] == "30/100"
     assert by_run.loc[done.id, "beta"] == 0.0 and by_run.loc[done.id, "tags"] == "baseline"
 
@@ -42,6 +43,21 @@ def test_runs_table_filters_and_shows_queue_and_metrics(service_env):
     assert table.empty and "'beta' is not field=value" in caption
 
 
+def test_runs_table_puts_the_fields_that_differ_first(service_env):
+    with Session(get_engine()) as session:
+        add_run(session, name="a", spec={"beta": 0.0, "seed": 1})
+        add_run(session, name="b", spec={"beta": 0.5, "seed": 1, "loss_top_k": 8})
+    table, caption = runs.runs_table()
+    columns = list(table.columns)
+    assert columns[: len(runs.LEAD_COLUMNS) + 2] == [*runs.LEAD_COLUMNS, "beta", "loss_top_k"]
+    assert columns.count("beta") == 1 and "seed" not in columns  # the same in every run: not a column
+    assert "They differ in beta, loss_top_k" in caption
+    assert list(table["loss_top_k"]) == [8, 0]
+    # filtered down to one run, nothing differs: the usual columns in their usual order
+    alone, caption = runs.runs_table(field_text="beta=0.5")
+    assert list(alone.columns) == list(runs.RUN_COLUMNS) and "differ" not in caption
+
+
 def test_tags_notes_and_cancel_from_the_side_panel(service_env):
     with Session(get_engine()) as session:
         queued = add_run(session, name="waiting", status="queued")
@@ -50,8 +66,10 @@ def test_tags_notes_and_cancel_from_the_side_panel(service_env):
     assert "Not saved" in runs.save_tags_notes(queued.id, "x" * 100, "")  # tag too long: nothing changes
     assert runs.run_details(queued.id)[1] == "a, b"
 
+    assert "queued (1st in line)" in runs.run_summary(queued.id)
     message, _ = runs.act_on_run("cancel", queued.id)
     assert message == f"Run {queued.id} cancelled."
+    assert ": cancelled," in runs.run_summary(queued.id)  # what the panel re-reads when the table changes
     message, _ = runs.act_on_run("cancel", queued.id)  # already finished: refused, named
     assert "cancel failed" in message and "cancelled" in message
     message, _ = runs.act_on_run("resume", queued.id)  # never started, no checkpoint
@@ -83,7 +101,9 @@ def test_probe_changes_only_when_the_run_moves(service_env):
     before = live.probe(run.id)
     assert before == live.probe(run.id)
     with Session(get_engine()) as session:
-        session.execute(insert(MetricPoint), [{"run_id": run.id, "step": 6, "key": "loss", "value": 1.0, "wall_time": 1.0}])
+        session.execute(
+            insert(MetricPoint), [{"run_id": run.id, "step": 6, "key": "loss", "value": 1.0, "wall_time": 1.0}]
+        )
         session.commit()
     assert live.probe(run.id) != before
     assert live.probe(None) == "" and live.probe(123456) == "missing"
@@ -108,6 +128,31 @@ def test_run_header_links_downloads(service_env):
     assert "/models/run-1/final" in header
 
 
+def test_run_header_shows_the_place_in_line_and_the_error_as_preformatted_text(service_env):
+    with Session(get_engine()) as session:
+        first = add_run(session, name="first", status="queued")
+        second = add_run(session, name="second", status="queued")
+        failed = session.merge(add_run(session, name="broken", status="failed", steps=2))
+        failed.error = "Traceback (most recent call last):\n  x = `y`\nValueError: *no* ```"
+        session.commit()
+        session.refresh(failed)
+    assert "**queued (1st in line)**" in live.run_header(first.id)
+    assert "**queued (2nd in line)**" in live.run_header(second.id)
+    header = live.run_header(failed.id)
+    assert "**failed**" in header
+    # fenced with more backticks than the error holds, so the traceback stays one <pre> block, as written
+    assert "\n````text\nTraceback (most recent call last):\n  x = `y`\nValueError: *no* ```\n````" in header
+    assert "Error: `" not in header
+
+
+def test_preset_names_are_readable_and_come_from_the_examples():
+    choices = dict(form.preset_choices())
+    assert choices["On-policy GKD (λ=1, β=0.5)"] == "gkd_on_policy"
+    assert choices["Supervised KD (λ=0, β=0)"] == "supervised_kd"
+    assert set(choices.values()) == set(form.presets())  # every example, each once
+    assert all(not title.startswith(stem) for title, stem in choices.items())
+
+
 def test_spec_diff_shows_only_differing_fields():
     diff = compare.spec_diff({
         "#1 a": DistillSpec(beta=0.0, max_steps=10).model_dump(),
@@ -128,7 +173,7 @@ def test_compare_overlays_runs_with_a_reproducible_link(service_env):
     assert len(frames) == 2 and set(frames[0]["series"]) == {f"#{a.id} fkl", f"#{b.id} rkl"}
     assert frames[0].groupby("series").size().max() <= live.MAX_POINTS
     assert list(diff["field"]) == ["beta"]
-    assert list(finals["run"]) == [f"#{a.id} fkl", f"#{b.id} rkl"] and finals["min loss"].notna().all()
+    assert list(finals["run"])[:2] == [f"#{a.id} fkl", f"#{b.id} rkl"] and finals["min loss"][:2].notna().all()
     assert f"?compare={a.id},{b.id}" in link
 
     outputs = dashboard.compare_outputs(f"{a.id} 999999", ["loss"], 0.0, "step")

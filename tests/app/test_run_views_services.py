@@ -1,0 +1,130 @@
+"""The services behind the runs table, the run page and the compare table: the queue's order (one
+function for the dashboard and the API), the spec fields that tell runs apart, and the reference
+rows of the final metrics (the student before training, the teacher where its score is known)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import insert
+from sqlmodel import Session
+
+from app.db import get_engine
+from app.models import Experiment, MetricPoint, Run, utcnow
+from app.services import comparison
+from app.services import runs as run_service
+from core_distill import metric_keys as mk
+from core_distill.paths import toy_dir
+from core_distill.spec import DistillSpec
+from tests.ui.factories import add_run
+
+
+def _set_queued_at(run_id: int, minutes_ago: float) -> None:
+    with Session(get_engine()) as session:
+        run = session.get(Run, run_id)
+        run.queued_at = utcnow() - timedelta(minutes=minutes_ago)
+        session.commit()
+
+
+def test_queue_order_is_oldest_queued_first_and_the_api_says_the_same(client):
+    with Session(get_engine()) as session:
+        late = add_run(session, name="late", status="queued")
+        early = add_run(session, name="early", status="queued")
+        tie_a = add_run(session, name="tie a", status="queued")
+        tie_b = add_run(session, name="tie b", status="queued")
+        running = add_run(session, name="running", status="running")
+        done = add_run(session, name="done")
+    _set_queued_at(late.id, 1)
+    _set_queued_at(early.id, 30)
+    for run in (tie_a, tie_b):
+        with Session(get_engine()) as session:  # the same instant: the lower id was queued first
+            session.get(Run, run.id).queued_at = session.get(Run, early.id).queued_at + timedelta(minutes=10)
+            session.commit()
+
+    with Session(get_engine()) as session:
+        assert run_service.queue_order(session=session) == [early.id, tie_a.id, tie_b.id, late.id]
+        positions = run_service.queue_positions(session=session)
+        assert positions == {early.id: 1, tie_a.id: 2, tie_b.id: 3, late.id: 4}
+        assert run_service.queue_position(session=session, run_id=late.id) == 4
+        for not_queued in (running, done):
+            assert run_service.queue_position(session=session, run_id=not_queued.id) is None
+
+    for run_id, place in [*positions.items(), (running.id, None), (done.id, None)]:
+        assert client.get(f"/api/runs/{run_id}").json()["queue_position"] == place
+    assert [q["run_id"] for q in client.get("/api/queue").json()["queued"]] == [early.id, tie_a.id, tie_b.id, late.id]
+    assert [run_service.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th",
+    ]  # fmt: skip
+
+
+def test_differing_fields_are_the_fields_whose_values_differ_in_spec_order():
+    base = DistillSpec(max_steps=10).model_dump(mode="json")
+    specs = [{**base, "beta": 0.0}, {**base, "beta": 1.0, "loss_top_k": 8}, {**base, "beta": 1.0}]
+    assert comparison.differing_fields(specs) == ["beta", "loss_top_k"]
+    fields = list(DistillSpec.model_fields)
+    assert fields.index("beta") < fields.index("loss_top_k")  # the order the spec declares them in
+    # a stored spec without a field takes its default: it does not differ from one that states it
+    assert comparison.differing_fields([{"beta": 0.5}, {"beta": 0.5, "lmbda": DistillSpec().lmbda}]) == []
+    assert comparison.differing_fields([{"beta": 0.0}]) == []  # one run: nothing tells it apart
+    assert comparison.differing_fields([]) == []
+
+
+TOY_EVAL = {"teacher": "toy:teacher", "eval_metric": "countdown", "eval_temperature": 1.0, "max_steps": 10}
+
+
+def _log(run_id: int, step: int, values: dict[str, float]) -> None:
+    with Session(get_engine()) as session:
+        rows = [
+            {"run_id": run_id, "step": step, "key": k, "value": v, "wall_time": float(step)} for k, v in values.items()
+        ]
+        session.execute(insert(MetricPoint), rows)
+        session.commit()
+
+
+def _loaded(run_ids: list[int]) -> tuple[Session, list[tuple[Run, Experiment]]]:
+    session = Session(get_engine())
+    return session, comparison.load_runs(session=session, run_ids=run_ids)
+
+
+def test_final_rows_add_the_student_before_training_and_the_teacher(service_env):
+    with Session(get_engine()) as session:
+        a = add_run(session, name="a", spec={**TOY_EVAL, "beta": 0.0}, steps=10, keys=("loss",))
+        b = add_run(session, name="b", spec={**TOY_EVAL, "beta": 1.0}, steps=10, keys=("loss",))
+        other_eval = add_run(session, name="c", spec={**TOY_EVAL, "eval_examples": 8}, steps=10, keys=("loss",))
+    for run, before, after in ((a, 0.25, 0.5), (b, 0.25, 0.75), (other_eval, 0.125, 0.375)):
+        _log(run.id, 0, {mk.EVAL_EXACT_MATCH: before, mk.EVAL_DIV_FKL: 3.0})
+        _log(run.id, 10, {mk.EVAL_EXACT_MATCH: after})
+
+    session, runs = _loaded([a.id, b.id, other_eval.id])
+    with session:
+        rows = comparison.final_rows(session=session, runs=runs)
+    labels = [row["run"] for row in rows]
+    assert labels[:3] == [f"#{a.id} a", f"#{b.id} b", f"#{other_eval.id} c"]  # the runs first, in the order asked
+    assert [row[mk.EVAL_EXACT_MATCH] for row in rows[:3]] == [0.5, 0.75, 0.375]
+    # a and b evaluated the same untrained student the same way: one row; c used other eval settings
+    before = [row for row in rows if row["run"].startswith("student before")]
+    assert [row["run"] for row in before] == [
+        f"student before: toy:student (#{a.id} at step 0)", f"student before: toy:student (#{other_eval.id} at step 0)"
+    ]  # fmt: skip
+    assert [row[mk.EVAL_EXACT_MATCH] for row in before] == [0.25, 0.125]
+    assert all(row["step"] == 0 and row["status"] == "" and row[mk.LOSS] is None for row in before)
+    # the teacher: the toy build's recorded score (valid walks sampled at T=1), once for the shared teacher
+    manifest = json.loads((toy_dir() / "manifest.json").read_text())
+    teacher = [row for row in rows if row["run"].startswith("teacher")]
+    assert len(teacher) == 1 and "toy:teacher" in teacher[0]["run"] and "test split" in teacher[0]["run"]
+    assert teacher[0][mk.EVAL_EXACT_MATCH] == round(manifest["models"]["teacher"]["test_validity"], 4)
+
+
+def test_no_reference_row_where_the_score_is_unknown(service_env):
+    with Session(get_engine()) as session:
+        greedy = add_run(session, name="greedy", spec={**TOY_EVAL, "eval_temperature": 0.0}, steps=3, keys=("loss",))
+        other_metric = add_run(session, name="em", spec={**TOY_EVAL, "eval_metric": "exact_match"}, steps=3)
+        hub_teacher = add_run(session, name="hub", spec={**TOY_EVAL, "teacher": "org/teacher"}, steps=3)
+    # no step-0 evaluation logged, and no run whose teacher score is known for its metric and decoding
+    session, runs = _loaded([greedy.id, other_metric.id, hub_teacher.id])
+    with session:
+        rows = comparison.final_rows(session=session, runs=runs)
+    assert [row["run"] for row in rows] == [f"#{greedy.id} greedy", f"#{other_metric.id} em", f"#{hub_teacher.id} hub"]
+    for spec in ({**TOY_EVAL, "teacher": "toy:nope"}, {**TOY_EVAL, "teacher": ""}):
+        assert comparison.teacher_score(spec) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -45,9 +46,9 @@ cli.add_typer(teacher_cli, name="teacher")
 def up_command(
     host: Annotated[str, typer.Option(help="Interface of the API and dashboard.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API and dashboard.")] = 8000,
-    gpus: Annotated[int | None, typer.Option(help="Workers to start, one per GPU (default: every GPU; 0 = one CPU worker).")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs the worker offers, 0..N-1 (default: every GPU; 0 = one CPU slot).")] = None,
 ) -> None:
-    """Start everything on this machine: Redis, the API and dashboard, one worker per GPU. Ctrl-C stops it."""
+    """Start everything on this machine: Redis, the API and dashboard, a worker for its GPUs. Ctrl-C stops it."""
     from app.embedded import up
 
     raise typer.Exit(up(host=host, port=port, gpus=gpus))
@@ -58,37 +59,73 @@ def api_command(
     host: Annotated[str | None, typer.Option(help="Interface (default: DISTILL_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: DISTILL_PORT).")] = None,
     reaper: Annotated[bool, typer.Option(help="Mark runs whose worker stopped sending heartbeats as lost.")] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request; by default successful dashboard polls and reads are not logged.")
+    ] = False,
 ) -> None:
-    """Serve the REST API and the dashboard (team mode: workers run elsewhere with `distill worker`)."""
+    """Serve the REST API and the dashboard (team mode: workers run elsewhere with `distill worker`).
+
+    The port answers at once (app/boot.py); the API and the dashboard are built in the background.
+    """
     import threading
 
     import uvicorn
 
-    from app.db import init_db
-    from app.run_state import start_reaper
+    from app.boot import StartingApp, wait_for_gate
     from app.settings import get_settings
 
     settings = get_settings()
-    init_db()
     stop = threading.Event()
-    if reaper:
-        start_reaper(stop)
+
+    def build():
+        wait_for_gate("the app build")
+        from app.db import init_db
+        from app.main import create_app
+        from app.run_state import start_reaper
+
+        init_db()
+        if reaper:
+            start_reaper(stop)
+        return create_app(progress=shell.done)
+
+    shell = StartingApp(build, settings.home, steps=["api", "dashboard"])
+    config = uvicorn.Config(shell, host=host or settings.host, port=port or settings.port)
+    if not access_log:
+        logging.getLogger("uvicorn.access").addFilter(quiet_access_log)
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+        uvicorn.Server(config).run()
     finally:
         stop.set()
 
 
+REDIRECTED_PAGES = ("/", "/ui", "/ui/")  # app.boot's "starting" page (not imported here: app.boot is read lazily)
+
+
+def quiet_access_log(record: logging.LogRecord) -> bool:
+    """Keep what matters in the terminal: changes (POST, PUT, PATCH, DELETE to /api) and every error.
+    Successful reads, and the dashboard's own traffic (its polls are POSTs to /ui/gradio_api), are dropped."""
+    try:
+        _, method, path, _, status = record.args  # type: ignore[misc]  # uvicorn's access-log arguments
+    except (TypeError, ValueError):
+        return True
+    if int(status) == 503 and method == "GET" and path in REDIRECTED_PAGES:
+        return False  # the "starting" page reloading itself every second
+    if int(status) >= 400:
+        return True
+    return method not in ("GET", "HEAD", "OPTIONS") and not str(path).startswith("/ui")
+
+
 @cli.command("worker")
 def worker_command(
-    gpu: Annotated[str | None, typer.Option(help="GPU index for CUDA_VISIBLE_DEVICES (default: keep it; none = CPU).")] = None,
-    name: Annotated[str | None, typer.Option(help="Worker name (default: gpuN@host).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPU indices this host offers, e.g. 0,1, or 'cpu' (default: every visible GPU, else one CPU slot).")] = None,
+    gpu: Annotated[str | None, typer.Option(help="One GPU index (the same as --gpus N).", hidden=True)] = None,
+    name: Annotated[str | None, typer.Option(help="Host name (default: gpu0-1@machine, cpu@machine).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run one Celery worker bound to one GPU; start one per GPU."""
+    """Run this machine's worker host: it announces its GPUs, and runs get booked on them (one pool process per GPU)."""
     from worker.launch import run_worker
 
-    run_worker(gpu=gpu, name=name, loglevel=loglevel)
+    run_worker(gpus=gpus if gpus is not None else gpu, name=name, loglevel=loglevel)
 
 
 token_cli = typer.Typer(no_args_is_help=True, help="API tokens for DISTILL_AUTH=on.")

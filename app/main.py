@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import get_current_user
@@ -20,11 +25,16 @@ from app.api.errors import install_error_handlers
 from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
 from app.api.schemas import ErrorMessage, Problems
+from app.boot import FAVICON_PNG
 from app.models import ExperimentCreate
 from app.queue import get_queue
 from core_distill.spec import MAX_PATH_COMPONENT
 
 log = logging.getLogger(__name__)
+
+# Swagger UI and ReDoc from the fastapi-offline package's copies: /docs works without internet.
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_BODY_BYTES = 1024 * 1024  # specs are a few kB; anything near this is a mistake or an attack
 
@@ -149,13 +159,43 @@ def api_router() -> APIRouter:
     return router
 
 
-def create_app(ui: bool = True) -> FastAPI:
-    """The app; `ui=False` leaves the Gradio dashboard out (API tests, benchmarks)."""
+def add_docs_pages(app: FastAPI) -> None:
+    """/docs (Swagger UI), /redoc and /favicon.ico, every asset served by this app (FastAPI's own pages
+    load Swagger UI and ReDoc from a CDN and stay blank offline)."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    assert app.openapi_url is not None
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API", oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+        )  # fmt: skip
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API", with_google_fonts=False,
+                              redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js", redoc_favicon_url="/favicon.ico")  # fmt: skip
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(FAVICON_PNG, media_type="image/png", headers={"cache-control": "max-age=86400"})
+
+
+def create_app(ui: bool = True, progress: Callable[[str], None] | None = None) -> FastAPI:
+    """The app; `ui=False` leaves the Gradio dashboard out (API tests, benchmarks). `progress(step)` is
+    called when the API ("api") and the dashboard ("dashboard") are built (`distill api` shows it)."""
     app = FastAPI(
         title="distill",
         summary="Distillation experiments: submit, queue, follow live, compare.",
         version="0.1.0",
-        docs_url="/docs",
+        docs_url=None,  # add_docs_pages: the same pages with local assets
+        redoc_url=None,
         generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}",
     )
     install_error_handlers(app)
@@ -165,11 +205,14 @@ def create_app(ui: bool = True) -> FastAPI:
     app.add_middleware(PathLimitMiddleware)
     app.include_router(api_router())
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    add_docs_pages(app)
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:
         return RedirectResponse("/ui/" if ui else "/docs")
 
+    if progress:
+        progress("api")
     if ui:
         try:
             from ui.app import mount_dashboard
@@ -177,6 +220,8 @@ def create_app(ui: bool = True) -> FastAPI:
             log.warning("dashboard not mounted: %s", exc)
         else:
             app = mount_dashboard(app)
+        if progress:
+            progress("dashboard")
     return app
 
 

@@ -10,15 +10,21 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core_distill.paths import distill_home
+
 
 def _default_home() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "distill"
+    return distill_home()  # the engine's caches and rebuilds go there too (core_distill.paths)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISTILL_", env_file=".env", env_ignore_empty=True, extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="Folder of the database, run outputs and Redis.")
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Folder of everything the service keeps: database, run outputs, Redis, the teacher cache "
+        "and toy rebuilds (default: $XDG_DATA_HOME/distill, else ~/.local/share/distill).",
+    )
     allowed_teacher_urls: str = Field(
         "",
         description="Comma-separated URL prefixes a spec's teacher_server_url must start with (e.g. "

@@ -132,10 +132,15 @@ def eval_command(
     try:
         report = evaluate_model(model, data, teacher=teacher or None, limit=limit, metric=metric,
                                 max_new_tokens=max_new_tokens, n_samples=samples, temperature=temperature, seed=seed)  # fmt: skip
-    except EvalError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
+    except (EvalError, OSError) as exc:  # a model that cannot load (core_distill.models): one line, no traceback
+        typer.secho(f"error: {_first_line(exc)}", fg="red", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report_text(report))
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 @engine_cli.command("compare")

@@ -17,7 +17,13 @@ from core_distill.data import DataError, encode_rows, read_rows
 from core_distill.evaluation import EvalContext, answer_matcher, evaluate
 from core_distill.generation import eos_token_ids
 from core_distill.models import load_model, load_tokenizer, vocab_size
-from core_distill.paths import TOY_DATA_FILES, TOY_SCHEME, looks_like_local_path, resolve_model_path
+from core_distill.paths import (
+    TOY_DATA_FILES,
+    TOY_SCHEME,
+    looks_like_local_path,
+    missing_model_message,
+    resolve_model_path,
+)
 from core_distill.teachers import LocalTeacher
 
 
@@ -57,8 +63,7 @@ def resolve_model_name(name: str) -> str:
             return str(path / "final")
         raise EvalError("MODEL", f"{name!r} is a folder without a model (no config.json, and no final/ run model)")
     if looks_like_local_path(name) and not resolve_model_path(name).is_dir():
-        hint = " (DISTILL_TOY_DIR points at a folder without it: unset it, or `distill toy build` there)" if name.startswith(TOY_SCHEME) else ""
-        raise EvalError("MODEL", f"no model directory at {name!r} (resolved to {resolve_model_path(name)}){hint}")
+        raise EvalError("MODEL", missing_model_message(name))
     return name
 
 

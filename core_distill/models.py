@@ -5,12 +5,14 @@ A local path and a hub id go through the same `from_pretrained` call; only the n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
 from core_distill.data import SequenceBatch
 from core_distill.losses import Head
-from core_distill.paths import resolve_model_path
+from core_distill.paths import missing_model_message, resolve_model_path
 from core_distill.spec import DistillSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,10 +27,38 @@ def compute_dtype(spec: DistillSpec, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class ModelUnavailableError(OSError):
+    """A model that cannot load, said in one line with the way out: a missing folder, a hub id offline."""
+
+
+_HUB_STATE: dict[str, str] = {}  # an unreachable hub is asked once per process, not once per load
+
+
+def model_source(name: str, trust_remote_code: bool = False) -> str:
+    """What `from_pretrained` gets for `name`; ModelUnavailableError (in seconds, no retries) when it cannot load.
+
+    A missing local folder never reaches the hub; a hub id is checked first (cached here, or one request
+    with a short timeout), so that HF_HUB_OFFLINE or no network fails at once instead of after retries.
+    """
+    from core_distill.preflight import check_hub_model
+
+    path = resolve_model_path(name)
+    if isinstance(path, Path):
+        if not path.is_dir():
+            raise ModelUnavailableError(missing_model_message(name))
+        return str(path)
+    problem = check_hub_model(name, trust_remote_code, _HUB_STATE)
+    if problem:
+        raise ModelUnavailableError(problem)
+    return name
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_path(name)), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_source(name, trust_remote_code), trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
@@ -40,7 +70,7 @@ def load_model(name: str, *, dtype: torch.dtype, trust_remote_code: bool = False
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(resolve_model_path(name)), dtype=dtype, trust_remote_code=trust_remote_code
+        model_source(name, trust_remote_code), dtype=dtype, trust_remote_code=trust_remote_code
     )
     disable_dropout(model)
     return model

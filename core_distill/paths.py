@@ -7,6 +7,7 @@ every machine starts from the same weights.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -23,11 +24,18 @@ def toy_dir() -> Path:
     return Path(folder).expanduser() if folder else SHIPPED_TOY_DIR
 
 
-def default_toy_build_dir() -> Path:
-    """Where `distill toy build` writes by default: $DISTILL_HOME/toy-build (else ~/.cache/distill/toy-build)."""
+def distill_home() -> Path:
+    """$DISTILL_HOME: everything the service and the engine keep (database, runs, Redis, caches, rebuilds).
+    Default: $XDG_DATA_HOME/distill, else ~/.local/share/distill."""
     home = os.environ.get("DISTILL_HOME")
-    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distill"
-    return base.expanduser() / "toy-build"
+    if home:
+        return Path(home).expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share").expanduser() / "distill"
+
+
+def default_toy_build_dir() -> Path:
+    """Where `distill toy build` writes by default: $DISTILL_HOME/toy-build."""
+    return distill_home() / "toy-build"
 
 
 def resolve_model_path(name: str) -> Path | str:
@@ -47,9 +55,33 @@ def resolve_data_path(name: str) -> Path:
 
 
 def looks_like_local_path(name: str) -> bool:
-    """True for toy names, existing paths and anything that cannot be a hub id ('org/name')."""
+    """True for toy names, existing paths and anything that cannot be a hub id ('org/name').
+
+    'runs/exp1' is a path when a folder 'runs' exists here (a hub id's org is never a local folder by chance
+    that often, and a missing run folder must not turn into five retries against the hub)."""
     if name.startswith(TOY_SCHEME) or Path(name).expanduser().exists():
         return True
-    if name.startswith(("/", "./", "../", "~")) or "\\" in name:
+    if name.startswith(("/", "./", "../", "~", ".")) or "\\" in name:
+        return True
+    if name.count("/") == 1 and Path(name.split("/", 1)[0]).is_dir():
         return True
     return name.count("/") > 1
+
+
+def missing_model_message(name: str) -> str:
+    """One line for a local-looking model name without a model folder, naming the way out."""
+    where = resolve_model_path(name)
+    message = f"no model directory at {name!r} (resolved to {where})"
+    if not name.startswith(TOY_SCHEME):
+        return message
+    wanted, folder = name[len(TOY_SCHEME) :], toy_dir()
+    known = sorted(config.parent.name for config in folder.glob("*/config.json"))
+    close = difflib.get_close_matches(wanted, known, n=1)
+    if close:
+        return f"{message}: did you mean 'toy:{close[0]}'?"
+    if known:
+        return f"{message}: the built-in task's models are {', '.join(f'toy:{k}' for k in known)}"
+    if os.environ.get("DISTILL_TOY_DIR"):
+        return (f"{message}: DISTILL_TOY_DIR={folder} holds no built task; build it there with "
+                f"`distill toy build {folder}`, or unset DISTILL_TOY_DIR to use the one shipped with the package")  # fmt: skip
+    return f"{message}: the package's built-in task is incomplete; reinstall it, or `distill toy build` and set DISTILL_TOY_DIR"

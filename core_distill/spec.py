@@ -12,6 +12,7 @@ Conventions (those of the GKD paper, TRL and ms-swift):
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from core_distill.paths import looks_like_local_path, resolve_data_path, resolve_model_path
+from core_distill.paths import looks_like_local_path, missing_model_message, resolve_data_path, resolve_model_path
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 PATH_FIELDS = frozenset({"student", "teacher", "train_data", "eval_data"})  # models and data: hub ids or paths
@@ -412,7 +413,7 @@ class DistillSpec(BaseModel):
         for name in ("student", "teacher"):
             value = getattr(self, name)
             if value and looks_like_local_path(value) and not resolve_model_path(value).is_dir():
-                errors[name] = f"no model directory at {value!r} (resolved to {resolve_model_path(value)})"
+                errors[name] = missing_model_message(value)
             elif value and not looks_like_local_path(value):  # a hub id: cached, or a hub that answers in seconds
                 hub_error = check_hub_model(value, self.trust_remote_code, hub_state)
                 if hub_error:
@@ -562,13 +563,21 @@ def _allowed(prop: dict[str, Any]) -> str:
     return ", ".join(bounds) or prop.get("type", "")
 
 
+def unknown_field_message(name: str) -> str:
+    """For a key that is not a field: the closest field's name, so a typo names its fix."""
+    close = difflib.get_close_matches(name, list(DistillSpec.model_fields), n=1, cutoff=0.6)
+    return "is not a spec field" + (f"; did you mean '{close[0]}'?" if close else " (`distill spec` lists them)")
+
+
 def validation_errors(exc: ValidationError) -> dict[str, str]:
     """pydantic errors as {field: message with the bad value}."""
     errors: dict[str, str] = {}
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
-        if not err["loc"] and ": " in msg:  # a model-level rule names its own field
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            msg = unknown_field_message(field)
+        elif not err["loc"] and ": " in msg:  # a model-level rule names its own field
             field, msg = msg.split(": ", 1)
         elif "input" in err and err["type"] != "missing":
             msg = f"{msg}, got {json.dumps(err['input'], default=str)[:200]}"

@@ -5,7 +5,7 @@ evaluation and every run of a sweep over lmbda, beta, seeds or learning rates. O
 keyed by the teacher's identity (its weights and dtype), the row's token ids, K and the temperature,
 so batches composed differently (other seeds, batch sizes) still hit.
 
-    $DISTILL_TEACHER_CACHE  or  ~/.cache/distill/teacher-cache     (deleting it is always safe)
+    $DISTILL_TEACHER_CACHE  or  $DISTILL_HOME/teacher-cache        (deleting it is always safe)
         <teacher identity>/<2 hex>/<row key>.dtp                      (core_distill.teacher_protocol)
 
 Runs on one machine share it: an entry is written to a temporary file and renamed into place, so a
@@ -28,7 +28,7 @@ from torch import nn
 
 from core_distill.data import SequenceBatch, make_batch
 from core_distill.losses import SparseTeacher
-from core_distill.paths import resolve_model_path
+from core_distill.paths import distill_home, resolve_model_path
 from core_distill.teacher_protocol import ProtocolError, decode, encode
 from core_distill.teachers import batch_rows
 
@@ -36,7 +36,7 @@ _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".json", ".model"}
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distill" / "teacher-cache"
+    default = distill_home() / "teacher-cache"  # under DISTILL_HOME, with everything else of distill
     return Path(os.environ.get("DISTILL_TEACHER_CACHE", default)).expanduser()
 
 

@@ -12,7 +12,6 @@ side of the form the user edited last (`check_form`): the fields, or the YAML pa
 
 from __future__ import annotations
 
-import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,14 +107,9 @@ def spec_to_values(spec: DistillSpec) -> list[Any]:
 
 
 def format_errors(errors: dict[str, str]) -> str:
-    """Markdown, one line per bad field with the spec's own message; an unknown key gets the closest field."""
+    """Markdown, one line per bad field with the spec's own message (an unknown key names the closest field)."""
     lines = []
     for field, msg in errors.items():
-        if field not in DistillSpec.model_fields and msg.startswith("Extra inputs are not permitted"):
-            msg = "is not a spec field" + msg.removeprefix("Extra inputs are not permitted")
-            close = difflib.get_close_matches(field, FIELD_NAMES, n=1, cutoff=0.6)
-            if close:
-                msg += f"; did you mean `{close[0]}`?"
         lines.append(f"- **{field}**: {msg}")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """The Celery implementation of `app.queue.RunQueue` (DISTILL_QUEUE=worker.queue:CeleryQueue, the default).
 
-Messages go to the `gpu` queue of the Redis broker named by DISTILL_REDIS_URL, read at each call
+Messages go to the `gpu` queue (or a host's `gpu.<host>`) of the Redis broker named by DISTILL_REDIS_URL, read at each call
 (`distill up` picks Redis's port at start; tests move it between sessions).
 """
 
@@ -13,29 +13,58 @@ from typing import Any
 import redis
 
 from app.settings import get_settings
-from worker.celery_app import GPU_QUEUE, RUN_TASK, celery_app, enqueue_run
+from worker.celery_app import GPU_QUEUE, RUN_TASK, enqueue_run
 
-# kombu's Redis transport keeps one list per priority step: `gpu`, then `gpu\x06\x163`, ... (kombu.transport.redis)
-PRIORITY_KEYS = [GPU_QUEUE, *(f"{GPU_QUEUE}\x06\x16{step}" for step in (3, 6, 9))]
+PRIORITY_STEPS = (3, 6, 9)
+
+
+def priority_keys(queue: str) -> list[str]:
+    """kombu's Redis transport keeps one list per priority step: `gpu`, then `gpu\x06\x163`, ... (kombu.transport.redis)"""
+    return [queue, *(f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS)]
+
+
+PRIORITY_KEYS = priority_keys(GPU_QUEUE)
 
 
 class CeleryQueue:
-    """Runs as Celery tasks `worker.tasks.run_experiment(run_id)` on the `gpu` queue."""
+    """Runs as Celery tasks `worker.tasks.run_experiment(run_id)` on the `gpu` queue or a host's `gpu.<host>`."""
 
-    def enqueue(self, run_id: int) -> str:
-        return enqueue_run(run_id)
+    def enqueue(self, run_id: int, queue: str | None = None) -> str:
+        return enqueue_run(run_id, queue)
 
     def revoke(self, message_id: str) -> None:
-        with celery_app.connection_for_write(get_settings().redis_url) as connection:
-            celery_app.control.revoke(message_id, connection=connection)
-
-    def waiting(self) -> set[int]:
+        """Take the message out of the queue list that holds it. Not Celery's revoke broadcast: that went
+        through the app's default broker pool (not the Redis DISTILL_REDIS_URL names now), and each worker
+        that got it asked for a result backend there is none of ("Failed to mark task ... as revoked")."""
         client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
         try:
-            raw = [item for key in PRIORITY_KEYS for item in client.lrange(key, 0, -1)]
+            for key in client.scan_iter(match=f"{GPU_QUEUE}*", count=1000):
+                if client.type(key) == b"list":
+                    for raw in client.lrange(key, 0, -1):
+                        if _message_id(raw) == message_id:
+                            client.lrem(key, 1, raw)
+        finally:
+            client.close()
+
+    def waiting(self, queue: str | None = None) -> set[int]:
+        client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
+        try:
+            if queue is None:  # every queue: the shared one and each host's
+                keys = [k for k in client.scan_iter(match=f"{GPU_QUEUE}*", count=1000) if client.type(k) == b"list"]
+            else:
+                keys = priority_keys(queue)
+            raw = [item for key in keys for item in client.lrange(key, 0, -1)]
         finally:
             client.close()
         return {run_id for item in raw if (run_id := _run_id(item)) is not None}
+
+
+def _message_id(raw: bytes) -> str | None:
+    """The task id of one message as kombu stores it (Celery's protocol 2 carries it in the headers)."""
+    try:
+        return json.loads(raw)["headers"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _run_id(raw: bytes) -> int | None:

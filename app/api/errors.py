@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.services.errors import ConflictError, ForbiddenError, NotFoundError, QueueUnavailableError
-from core_distill.spec import DistillSpec, SpecError
+from core_distill.spec import DistillSpec, SpecError, unknown_field_message
 
 
 class RequestInvalid(Exception):
@@ -41,6 +41,8 @@ def validation_detail(exc: ValidationError, prefix: tuple[str, ...] = ("body",))
         field, sep, rest = msg.partition(": ")
         if loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
             loc, msg = [*loc, field], rest
+        elif err["type"] == "extra_forbidden" and len(loc) > 1 and loc[-2] == "spec":
+            msg = unknown_field_message(str(loc[-1]))  # a typo names its fix: did you mean 'lmbda'?
         elif "input" in err and err["type"] not in ("missing", "extra_forbidden"):
             msg = f"{msg}, got {_short(err['input'])}"
         detail.append({"loc": loc, "msg": msg, "type": err["type"]})

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import SQLModel
+from sqlmodel import Field, SQLModel
 
-from app.models import ExperimentPublic, RunPublic
+from app.models import ExperimentPublic, HostPublic, RunPublic
 
 
 class ErrorMessage(SQLModel):
@@ -91,6 +91,9 @@ class QueuedRun(SQLModel):
     position: int
     attempt: int
     queued_at: datetime
+    gpus: int = 1
+    host: str | None = None  # booked on this host's GPUs, about to start
+    waiting_for: str | None = None  # why it has no GPUs yet (app.services.scheduling)
 
 
 class RunningRun(SQLModel):
@@ -100,6 +103,7 @@ class RunningRun(SQLModel):
     owner: str | None
     worker: str | None
     gpu: str | None
+    gpus: int = 1
     attempt: int
     started_at: datetime | None
     heartbeat_at: datetime | None
@@ -111,12 +115,17 @@ class RunningRun(SQLModel):
 class QueueState(SQLModel):
     queued: list[QueuedRun]
     running: list[RunningRun]
+    hosts: list[HostPublic] = []  # worker hosts, their GPUs and the run holding each
 
 
 class Health(SQLModel):
-    status: str  # ok | degraded
+    status: str  # ok | degraded | starting (only while `distill api` is still building the app)
     database: str
     redis: str
+    starting: list[str] = Field(
+        default_factory=list,
+        description="Parts of the service still starting ('api', 'dashboard', 'worker (cpu)'); empty once all are up.",
+    )
 
 
 class SamplesAtStep(SQLModel):

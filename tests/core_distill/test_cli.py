@@ -46,3 +46,42 @@ def test_distill_run_refuses_a_key_set_twice(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "error: batch_size: is set twice (lines 2 and 4)" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _distill(args: list[str], cwd, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": os.getcwd(), **env})  # fmt: skip
+
+
+def test_eval_of_a_missing_folder_is_one_line_without_asking_the_hub(tmp_path):
+    (tmp_path / "runs").mkdir()
+    done = _distill(["eval", "runs/does_not_exist"], tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: MODEL: no model directory at 'runs/does_not_exist' (resolved to runs/does_not_exist)"
+    ]
+
+
+def test_eval_of_a_toy_model_names_the_way_out(tmp_path):
+    typo = _distill(["eval", "toy:studnet"], tmp_path)
+    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
+    assert "did you mean 'toy:student'?" in typo.stderr
+    empty = tmp_path / "empty-toy"
+    empty.mkdir()
+    missing = _distill(["eval", "toy:teacher"], tmp_path, DISTILL_TOY_DIR=str(empty))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert f"DISTILL_TOY_DIR={empty}" in missing.stderr and f"distill toy build {empty}" in missing.stderr
+
+
+def test_eval_of_a_hub_id_offline_or_unreachable_is_one_line(tmp_path):
+    cache = str(tmp_path / "hf")  # an empty Hugging Face cache
+    offline = _distill(["eval", "someorg/nomodel", "--teacher", ""], tmp_path, HF_HUB_OFFLINE="1", HF_HOME=cache)
+    assert offline.returncode == 2 and len(offline.stderr.strip().splitlines()) == 1, offline.stderr
+    assert "'someorg/nomodel'" in offline.stderr and "HF_HUB_OFFLINE" in offline.stderr
+    # a hub that refuses connections (port 9): one request, no retries, one line
+    down = _distill(["eval", "someorg/nomodel", "--teacher", ""], tmp_path, HF_HUB_OFFLINE="0", HF_HOME=cache,
+                    HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
+    assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+    assert "unreachable" in down.stderr

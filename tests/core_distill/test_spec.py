@@ -33,7 +33,9 @@ def refused(fields: dict) -> dict[str, str]:
         ({"opsd": "dynamic"}, "teacher", "toy:teacher"),
         ({"opsd": "off", "teacher": ""}, "teacher", "self-distillation"),
         ({"learning_rate": "fast"}, "learning_rate", "fast"),
-        ({"lmbda_typo": 1}, "lmbda_typo", "Extra inputs"),
+        ({"lmbda_typo": 1}, "lmbda_typo", "is not a spec field; did you mean 'lmbda'?"),
+        ({"lmbd": 1}, "lmbd", "is not a spec field; did you mean 'lmbda'?"),
+        ({"zzzz": 1}, "zzzz", "is not a spec field (`distill spec` lists them)"),
         ({"student": "x" * 2000}, "student", "1024"),
     ],
 )

@@ -59,6 +59,8 @@ def test_distill_up_runs_an_experiment_and_ctrl_c_stops_everything(tmp_path, toy
         assert f"open {base}/ui" in output and "(embedded" in output and "sqlite" in output
         redis_port = int(output.split("redis: redis://127.0.0.1:", 1)[1].split("/", 1)[0])
 
+        # the port answers while the app and the worker are still starting (app/boot.py): wait until all are up
+        wait_for(lambda: httpx.get(f"{base}/api/health", timeout=10).json()["starting"] == [], 240, "everything up")
         assert httpx.get(f"{base}/api/health", timeout=10).json()["status"] == "ok"
         body = {"name": "smoke", "spec": tiny_spec(max_steps=2).model_dump(mode="json")}
         response = httpx.post(f"{base}/api/experiments", json=body, timeout=30)

@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from app.api.schemas import Health
+from app.boot import read_starting
 from app.db import get_engine
 from app.events import redis_client
 from app.settings import get_settings
@@ -38,4 +39,5 @@ def health(response: Response) -> Health:
     healthy = database == "ok" and redis_state == "ok"
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Health(status="ok" if healthy else "degraded", database=database, redis=redis_state)
+    starting = read_starting(get_settings().home)  # the workers `distill up` is still starting
+    return Health(status="ok" if healthy else "degraded", database=database, redis=redis_state, starting=starting)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from app.models import ExperimentPublic, HostPublic, RunPublic
+from app.models import ExperimentPublic, RunPublic
 
 
 class ErrorMessage(SQLModel):
@@ -91,9 +91,6 @@ class QueuedRun(SQLModel):
     position: int
     attempt: int
     queued_at: datetime
-    gpus: int = 1
-    host: str | None = None  # booked on this host's GPUs, about to start
-    waiting_for: str | None = None  # why it has no GPUs yet (app.services.scheduling)
 
 
 class RunningRun(SQLModel):
@@ -103,7 +100,6 @@ class RunningRun(SQLModel):
     owner: str | None
     worker: str | None
     gpu: str | None
-    gpus: int = 1
     attempt: int
     started_at: datetime | None
     heartbeat_at: datetime | None
@@ -115,7 +111,6 @@ class RunningRun(SQLModel):
 class QueueState(SQLModel):
     queued: list[QueuedRun]
     running: list[RunningRun]
-    hosts: list[HostPublic] = []  # worker hosts, their GPUs and the run holding each
 
 
 class Health(SQLModel):

@@ -7,6 +7,7 @@ exactly what it missed (up to the stream's cap).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -51,6 +52,26 @@ def read(
     return [
         (event_id, fields["kind"], json.loads(fields["data"])) for _, entries in reply for event_id, fields in entries
     ]
+
+
+CURSOR_HEADER = "X-Stream-Cursor"  # on a history response: the stream id to follow it from
+
+
+@functools.cache
+def _shared_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
+
+
+def last_id(run_id: int) -> str | None:
+    """The newest event id of a run's stream ("0-0" when empty); None without Redis or when it does not answer."""
+    url = get_settings().redis_url
+    if not url:
+        return None
+    try:
+        newest = _shared_client(url).xrevrange(stream_key(run_id), count=1)
+    except redis.RedisError:
+        return None
+    return newest[0][0] if newest else "0-0"
 
 
 def forget(client: redis.Redis, run_id: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlmodel import Session
 
 MAX_POINTS_CAP = 5000  # the API refuses more: a chart cannot show more pixels than this anyway
@@ -68,6 +68,11 @@ SELECT MIN(ARRAY[value, step, wall_time]) AS low, MAX(ARRAY[value, -step, wall_t
 """
 
 
+def _in_range(sql: str) -> TextClause:
+    # every query of a series filters on "key = :key"; a step range narrows each of them alike
+    return text(sql.replace("key = :key", "key = :key AND step BETWEEN :step_lo AND :step_hi"))
+
+
 def _bucket_expr(x: str, dialect: str) -> str:
     # The offset is >= 0, so SQLite's truncating CAST is a floor; PostgreSQL's CAST would round.
     offset = f"({x} - :lo) / :width"
@@ -82,6 +87,7 @@ def downsample_series(
     keys: Iterable[str],
     max_points: int = 500,
     x: Literal["step", "wall_time"] = "step",
+    steps: tuple[int, int] | None = None,
 ) -> dict[str, list[Point]]:
     """Each key's series as [{step, wall_time, value}], sorted by step, at most `max_points` long.
 
@@ -94,6 +100,7 @@ def downsample_series(
         keys: metric keys; a key with no points maps to an empty list.
         max_points: the budget per series (clamped to MIN_POINTS..MAX_POINTS_CAP).
         x: the axis cut into buckets: optimizer step, or the worker's wall-clock time.
+        steps: only points with first <= step <= last (a zoomed chart asks for finer buckets of its range).
     """
     if x not in ("step", "wall_time"):
         raise ValueError(f"x must be 'step' or 'wall_time', got {x!r}")
@@ -101,13 +108,16 @@ def downsample_series(
     dialect = session.get_bind().dialect.name
     buckets_sql = _SQLITE_BUCKETS_SQL if dialect == "sqlite" else _POSTGRES_BUCKETS_SQL
     series: dict[str, list[Point]] = {}
+    as_sql = text if steps is None else _in_range
     for key in dict.fromkeys(keys):  # de-duplicated, order kept
         params: dict[str, Any] = {"run_id": run_id, "key": key}
-        count = session.execute(text(_COUNT_SQL), {**params, "limit": max_points + 1}).scalar_one()
+        if steps is not None:
+            params.update(step_lo=int(steps[0]), step_hi=int(steps[1]))
+        count = session.execute(as_sql(_COUNT_SQL), {**params, "limit": max_points + 1}).scalar_one()
         if count <= max_points:
-            rows = session.execute(text(_SERIES_SQL), params).all()
+            rows = session.execute(as_sql(_SERIES_SQL), params).all()
         else:
-            lo, hi = session.execute(text(_RANGE_SQL[x]), params).one()
+            lo, hi = session.execute(as_sql(_RANGE_SQL[x]), params).one()
             n_buckets = (max_points - 2) // 2
             # lo..hi spans exactly n_buckets buckets; the factor keeps hi itself in the last one.
             width = (float(hi) - float(lo)) / n_buckets * (1 + 1e-9) or 1.0
@@ -115,12 +125,12 @@ def downsample_series(
             sql = buckets_sql.format(bucket=_bucket_expr(x, dialect))
             if dialect == "sqlite" and x == "step":
                 sql = _SQLITE_STEP_BUCKETS_SQL + " UNION " + _ENDS_SQL
-                rows = session.execute(text(sql), {**bucket_params, "hi": hi}).all()
+                rows = session.execute(as_sql(sql), {**bucket_params, "hi": hi}).all()
             elif dialect == "sqlite":
-                rows = session.execute(text(sql + " UNION " + _ENDS_SQL), bucket_params).all()
+                rows = session.execute(as_sql(sql + " UNION " + _ENDS_SQL), bucket_params).all()
             else:
-                rows = session.execute(text(_ENDS_SQL), params).all()
-                for low, high in session.execute(text(sql), bucket_params).all():
+                rows = session.execute(as_sql(_ENDS_SQL), params).all()
+                for low, high in session.execute(as_sql(sql), bucket_params).all():
                     rows += [(int(low[1]), low[2], low[0]), (-int(high[1]), high[2], high[0])]
             rows = sorted({int(row[0]): row for row in rows}.values(), key=lambda row: row[0])  # one row per step
         series[key] = [{"step": int(s), "wall_time": float(t), "value": float(v)} for s, t, v in rows]

@@ -6,6 +6,8 @@ the dashboard and the comparisons read them. Keys are snake_case with a slash pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # --- training, once per optimizer step
 LOSS = "loss"  # what the optimizer minimised
 LOSS_KD = "loss/kd"  # the distillation term (per token)
@@ -58,12 +60,73 @@ SUMMARY = (LOSS, DIV_FKL, EVAL_EXACT_MATCH)  # a run in one line (runs table)
 FINAL = (LOSS, LOSS_KD, DIV_FKL, DIV_RKL, DIV_JSD, EVAL_EXACT_MATCH, PERF_TOKENS_PER_SEC)  # a finished run
 COMPARED = (LOSS, DIV_FKL, DIV_RKL, EVAL_EXACT_MATCH)  # curves overlaid when comparing runs
 PRINTED = (LOSS, LOSS_KD, DIV_FKL, DIV_RKL, EVAL_EXACT_MATCH, EVAL_DIV_FKL, PERF_TOKENS_PER_SEC)  # `distill run`
-CHARTS = (  # (title, keys) of the live view
-    ("Loss", (LOSS, LOSS_KD, LOSS_SFT, LOSS_PG)),
-    ("Divergences", (DIV_FKL, DIV_RKL, DIV_JSD)),
-    ("Entropies", (ENTROPY_STUDENT, ENTROPY_TEACHER)),
-    ("Top-K coverage", (TOPK_COVERAGE,)),
-    ("Tokens per second", (PERF_TOKENS_PER_SEC,)),
-    ("Time split: generation / teacher / update (s)", (TIME_GENERATE, TIME_TEACHER, TIME_UPDATE)),
-    ("Evaluation", (EVAL_EXACT_MATCH, EVAL_DIV_FKL, EVAL_DIV_RKL)),
+
+
+# --- how charts show them: one family = one chart, one y unit (accuracy never shares an axis with KL)
+@dataclass(frozen=True)
+class Family:
+    name: str  # stable id (CSS class, tests)
+    title: str  # what the chart shows
+    unit: str  # the y axis label: quantity and unit
+    keys: tuple[str, ...]
+    percent: bool = False  # a share in [0, 1], drawn as %
+
+
+FAMILIES = (
+    Family("loss", "Training loss", "loss (nats/token)", (LOSS, LOSS_KD, LOSS_SFT, LOSS_PG)),
+    Family(
+        "divergence",
+        "Divergence to the teacher (training batches)",
+        "divergence (nats/token)",
+        (DIV_FKL, DIV_RKL, DIV_JSD),
+    ),
+    Family(
+        "eval_accuracy",
+        "Eval accuracy (exact match)",
+        "accuracy (%)",
+        (EVAL_EXACT_MATCH,),
+        percent=True,
+    ),
+    Family(
+        "eval_divergence",
+        "Eval divergence to the teacher (reference completions)",
+        "divergence (nats/token)",
+        (EVAL_DIV_FKL, EVAL_DIV_RKL, EVAL_DIV_JSD),
+    ),
+    Family(
+        "entropy", "Entropy of the next-token distribution", "entropy (nats/token)", (ENTROPY_STUDENT, ENTROPY_TEACHER)
+    ),
+    Family("topk", "Teacher mass inside the kept top-k", "probability mass (%)", (TOPK_COVERAGE,), percent=True),
+    Family("lr", "Learning rate", "learning rate", (LR,)),
+    Family("grad_norm", "Gradient norm (before clipping)", "L2 norm", (GRAD_NORM,)),
+    Family("throughput", "Training throughput", "tokens/s", (PERF_TOKENS_PER_SEC,)),
+    Family(
+        "time",
+        "Step time: total and its split",
+        "seconds",
+        (PERF_STEP_SECONDS, TIME_GENERATE, TIME_TEACHER, TIME_UPDATE),
+    ),
+    Family("completion_length", "Completion length", "tokens", (COMPLETION_LENGTH_MEAN, EVAL_COMPLETION_LENGTH)),
+    Family(
+        "completion_shares",
+        "On-policy share and EOS rate",
+        "share of completions (%)",
+        (DATA_ON_POLICY, COMPLETION_EOS_RATE),
+        percent=True,
+    ),
+    Family("tokens", "Tokens per step", "tokens", (COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS)),
 )
+CHARTS = tuple((f.title, f.keys) for f in FAMILIES)  # (title, keys) of the live view
+
+
+def family_of(key: str) -> Family:
+    """The chart a key belongs to; a key outside the catalogue gets a chart of its own."""
+    for family in FAMILIES:
+        if key in family.keys:
+            return family
+    return Family("other:" + key, key, key, (key,))
+
+
+def is_sparse(key: str) -> bool:
+    """Evaluation series (a point every eval_every steps): drawn with markers and never smoothed."""
+    return key.startswith(EVAL_PREFIX)

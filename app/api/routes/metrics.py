@@ -8,11 +8,11 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session, select
 
-from app import crud
+from app import crud, events
 from app.api.deps import SessionDep
 from app.api.params import int_in_range
 from app.api.routes.experiments import split_list
@@ -31,15 +31,37 @@ KeysQuery = Annotated[str | None, Query(max_length=4000, description="Comma-sepa
 EXPORT_CHUNK = 5000
 
 
-@router.get("/runs/{run_id}/metrics", response_model=MetricSeries)
+StepBound = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only steps in [step_min, step_max].")]
+
+
+@router.get(
+    "/runs/{run_id}/metrics",
+    response_model=MetricSeries,
+    responses={200: {"headers": {events.CURSOR_HEADER: {"description": "The run's event stream id before the "
+                                                        "query: follow /events?after= it to miss nothing."}}}},
+)  # fmt: skip
 def run_metrics(
-    run_id: int, session: SessionDep, keys: KeysQuery = None, max_points: MaxPoints = 500, x: XAxis = "step"
+    run_id: int,
+    session: SessionDep,
+    response: Response,
+    keys: KeysQuery = None,
+    max_points: MaxPoints = 500,
+    x: XAxis = "step",
+    step_min: StepBound = None,
+    step_max: StepBound = None,
 ) -> MetricSeries:
-    """A run's metric series, downsampled on the server: each bucket keeps its min and max, so spikes show."""
+    """A run's metric series, downsampled on the server: each bucket keeps its min and max, so spikes show.
+    `step_min`/`step_max` narrow it to a range (a zoomed chart gets finer buckets there)."""
     crud.get_run(session=session, run_id=run_id)
+    cursor = events.last_id(run_id)  # before the query: an event after it may repeat a point, none is lost
+    if cursor is not None:
+        response.headers[events.CURSOR_HEADER] = cursor
+    steps = None
+    if step_min is not None or step_max is not None:
+        steps = (step_min or 0, 2**31 - 1 if step_max is None else step_max)
     available = metric_keys(session, run_id)
     wanted = split_list(keys) or available
-    series = downsample_series(session, run_id, wanted, max_points=max_points, x=x)
+    series = downsample_series(session, run_id, wanted, max_points=max_points, x=x, steps=steps)
     return MetricSeries(run_id=run_id, x=x, max_points=max_points, keys=available, series=series)
 
 

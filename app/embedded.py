@@ -16,6 +16,7 @@ the queue), then the API, then Redis. A child that dies on its own stops the res
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.boot import write_starting
 
 WORKER_STOP_SECONDS = 60.0  # a run needs up to one step to checkpoint after SIGTERM
 API_STOP_SECONDS = 10.0
@@ -161,6 +164,34 @@ def _wait_for(check, timeout: float, what: str, supervisor: Supervisor | None = 
         time.sleep(0.2)
 
 
+CELERY_ROOT_WARNING = "You're running the worker with superuser privileges"
+
+
+def _print_starting(base: str, started: float) -> None:
+    """What /api/health says is still starting (the port answers before the app and the worker are ready)."""
+    with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
+        starting = json.loads(response.read()).get("starting", [])
+        if starting:
+            print(f"still starting after {time.monotonic() - started:.1f} s: {', '.join(starting)}", flush=True)
+
+
+def _watch_worker(redis_url: str, name: str, home: Path, stopping: threading.Event, started: float) -> None:
+    """List the worker as starting (DISTILL_HOME/startup.json, shown by /api/health) until it answers a Celery ping."""
+    write_starting(home, [name])
+    from worker.celery_app import configure  # celery: imported here, in the background
+
+    control = configure(redis_url).control
+    while not stopping.is_set():
+        with contextlib.suppress(Exception):  # the broker or the worker not there yet: ask again
+            if control.ping(timeout=1.0):
+                break
+        stopping.wait(0.5)
+    else:
+        return
+    write_starting(home, [])
+    print(f"{name}: ready after {time.monotonic() - started:.1f} s", flush=True)
+
+
 def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> int:
     """Run the service until Ctrl-C / SIGTERM; returns the exit code."""
     from app.db import init_db
@@ -170,6 +201,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
     if port_in_use(host, port):
         print(f"port {port} on {host} is taken: stop what runs there, or pass --port", file=sys.stderr)
         return 1
+    started = time.monotonic()
     supervisor = Supervisor()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stopping.set())
@@ -189,11 +221,17 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
         n_gpus = gpu_count() if gpus is None else gpus
         cli = [sys.executable, "-m", "app.cli"]
         supervisor.start("api", [*cli, "api", "--host", host, "--port", str(port)], env, API_STOP_SECONDS)
+        # -W: as root (a container), Celery warns about superuser privileges at every start; the worker
+        # accepts only JSON messages, so the risk it warns about (pickle) does not apply here
+        worker_cli = [sys.executable, "-W", f"ignore:{CELERY_ROOT_WARNING}", "-m", "app.cli"]
         for gpu in range(n_gpus) if n_gpus else [None]:
-            worker_argv = [*cli, "worker"] + (["--gpu", str(gpu)] if gpu is not None else [])
+            worker_argv = [*worker_cli, "worker"] + (["--gpu", str(gpu)] if gpu is not None else [])
             supervisor.start(
                 f"worker gpu{gpu}" if gpu is not None else "worker (cpu)", worker_argv, env, WORKER_STOP_SECONDS
             )
+        worker = f"{n_gpus} GPU workers" if n_gpus else "worker (cpu)"
+        watch = (redis_url, worker, settings.home, supervisor.stopping, started)
+        threading.Thread(target=_watch_worker, args=watch, name="watch-worker", daemon=True).start()
 
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         _wait_for(lambda: supervisor.stopping.is_set() or _http_ok(f"{base}/api/health"), READY_TIMEOUT_SECONDS,
@@ -203,6 +241,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
             print(
                 f"\ndistill is up ({workers}). open {base}/ui  (API docs: {base}/docs)  Ctrl-C stops it\n", flush=True
             )
+            _print_starting(base, started)
         while not supervisor.stopping.wait(0.5):
             dead = supervisor.first_dead()
             if dead is not None:
@@ -216,5 +255,6 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt the clean stop
             signal.signal(sig, signal.SIG_IGN)
         supervisor.stop_all()
+        write_starting(settings.home, [])
         print("stopped", flush=True)
     return code

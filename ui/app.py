@@ -168,7 +168,7 @@ def build_dashboard() -> gr.Blocks:
                                      max_height=520, wrap=False, pinned_columns=3, max_chars=40)  # fmt: skip
                 with gr.Row():
                     selected = gr.Number(label="selected run", precision=0, scale=0, elem_id="selected-run")
-                    details = gr.Markdown("Select a run in the table.")
+                    details = gr.Markdown("Select a run in the table.", elem_id="selected-run-details")
                 with gr.Row():
                     tags_box = gr.Textbox(label="tags (comma-separated)", scale=1)
                     notes_box = gr.Textbox(label="notes", lines=2, scale=2)

@@ -64,6 +64,9 @@ def sample_completions(
             pad_token_id=pad_id,
             eos_token_id=sorted(eos_ids),
             use_cache=True,
+            # transformers would step every rank of an FSDP model until all finish; the engine gathers
+            # the weights first (distributed.full_parameters), so each rank generates on its own
+            synced_gpus=False,
             **sampling,
         )
         for row in sequences[:, ids.shape[1] :].tolist():

@@ -15,38 +15,39 @@ logits and no recomputation). Peak logits memory is a few (chunk, V) buffers.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-STAT_KEYS = ("fkl", "rkl", "jsd", "entropy_student", "entropy_teacher", "coverage")
-COVERAGE_K = 8  # teacher top-K used for `topk/coverage` when the loss itself is full-vocabulary
-_TAIL_FLOOR = 1e-12  # keeps log(tail mass) finite when K covers (almost) all the mass
+from core_distill.loss_kernels import (  # re-exported: the engine and the tests import them from here
+    COMPILE_MIN_VOCAB,
+    COVERAGE_K,
+    STAT_KEYS,
+    DenseTeacher,
+    FusedInputs,
+    Head,
+    LossConfig,
+    SparseTeacher,
+    fused_apply,
+    jsd_per_token,
+    kl_div,
+    log_softmax_fp32,
+    outside_logmass,
+    tail_logmass,
+    with_tail,
+)
+
+__all__ = [
+    "COMPILE_MIN_VOCAB", "COVERAGE_K", "STAT_KEYS", "DenseTeacher", "DistillTerms", "Head", "SparseTeacher",
+    "auto_chunk_size", "fused_distill_loss", "generalized_jsd", "jsd_per_token", "kl_div", "log_softmax_fp32",
+    "outside_logmass", "policy_gradient_loss", "reverse_kl_advantages", "sampled_token_logprobs", "tail_logmass",
+    "topk_tail_jsd", "with_tail",
+]  # fmt: skip
 
 
-# --- per-token divergences on log-probs (N, V) -> (N,) ------------------------------------------
-def log_softmax_fp32(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1)
-
-
-def kl_div(p_logp: Tensor, q_logp: Tensor) -> Tensor:
-    """KL(P || Q) per row, from log-probs. (N, V) -> (N,)"""
-    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
-
-
-def jsd_per_token(s_logp: Tensor, t_logp: Tensor, beta: float) -> Tensor:
-    """Generalized JSD per row with the endpoints special-cased exactly as TRL does. (N, V) -> (N,)"""
-    if beta == 0.0:
-        return kl_div(t_logp, s_logp)
-    if beta == 1.0:
-        return kl_div(s_logp, t_logp)
-    m_logp = torch.logaddexp(s_logp + math.log1p(-beta), t_logp + math.log(beta))
-    return beta * kl_div(t_logp, m_logp) + (1.0 - beta) * kl_div(s_logp, m_logp)
-
-
+# --- losses on full logits (reference path, evaluation, tests) ---------------------------------
 def generalized_jsd(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -76,29 +77,9 @@ def generalized_jsd(
     return per_token[mask].sum() / mask.sum().clamp_min(1)
 
 
-# --- top-K + tail bucket -------------------------------------------------------------------------
-def tail_logmass(top_logp: Tensor) -> Tensor:
-    """log(1 - sum(exp(top_logp))) per row: the log mass outside the K kept tokens. (N, K) -> (N,)"""
-    inside = torch.logsumexp(top_logp, dim=-1).clamp(max=-_TAIL_FLOOR)
-    return torch.log(-torch.expm1(inside))  # expm1 stays accurate when the tail is tiny
-
-
-def outside_logmass(logp: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact log mass outside `ids` from full log-probs, and the mask of the outside tokens.
-
-    Summing the outside directly (rather than 1 - inside) keeps a tiny tail accurate. (N, V) -> (N,)
-    """
-    outside = torch.ones_like(logp, dtype=torch.bool).scatter_(-1, ids, False)
-    tail = torch.logsumexp(logp.masked_fill(~outside, float("-inf")), dim=-1)
-    return tail.clamp(min=math.log(_TAIL_FLOOR)), outside
-
-
-def with_tail(top_logp: Tensor, tail: Tensor | None = None) -> Tensor:
-    """Append the tail bucket: an exact coarse-graining of the distribution into K+1 outcomes. (N, K+1)"""
-    return torch.cat([top_logp, (tail_logmass(top_logp) if tail is None else tail).unsqueeze(-1)], dim=-1)
-
-
-def topk_tail_jsd(student_logits: Tensor, teacher_logits: Tensor, k: int, beta: float, temperature: float = 1.0) -> Tensor:
+def topk_tail_jsd(
+    student_logits: Tensor, teacher_logits: Tensor, k: int, beta: float, temperature: float = 1.0
+) -> Tensor:
     """Per-token generalized JSD on the teacher's top-K plus one tail bucket. (N, V) -> (N,)
 
     Both sides keep their true probabilities on the K ids (no renormalisation) and put the rest of
@@ -165,7 +146,9 @@ def policy_gradient_loss(student_logp: Tensor, advantages: Tensor, mask: Tensor)
     return -(advantages.detach() * student_logp * mask).sum() / mask.sum().clamp_min(1)
 
 
-def sampled_token_logprobs(hidden: Tensor, head: Head, targets: Tensor, temperature: float = 1.0, chunk_size: int = 0) -> Tensor:
+def sampled_token_logprobs(
+    hidden: Tensor, head: Head, targets: Tensor, temperature: float = 1.0, chunk_size: int = 0
+) -> Tensor:
     """log p(target) per position, chunked, without gradients. hidden (N, H), targets (N,) -> (N,)"""
     chunk_size = chunk_size or auto_chunk_size(head.weight.shape[0])
     out = torch.empty(hidden.shape[0], device=hidden.device)
@@ -178,58 +161,6 @@ def sampled_token_logprobs(hidden: Tensor, head: Head, targets: Tensor, temperat
 
 # --- the fused, chunked training loss -----------------------------------------------------------
 @dataclass
-class Head:
-    """An lm_head as used by a causal LM: logits = scale * (h @ W.T + b), then optional softcap."""
-
-    weight: Tensor  # (V, H)
-    bias: Tensor | None = None
-    logit_scale: float = 1.0
-    softcap: float | None = None
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        """(n, H) -> (n, V) fp32"""
-        z = F.linear(hidden.to(self.weight.dtype), self.weight, self.bias).float() * self.logit_scale
-        if self.softcap:
-            z = self.softcap * torch.tanh(z / self.softcap)
-        return z
-
-    def grad_to_raw(self, logits: Tensor, grad: Tensor) -> Tensor:
-        """Chain d loss / d logits back through the softcap and the scale."""
-        if self.softcap:
-            grad = grad * (1.0 - (logits / self.softcap) ** 2)
-        return grad * self.logit_scale
-
-
-@dataclass
-class DenseTeacher:
-    """Teacher log-probs computed a chunk at a time from its hidden states: (N, H_t) x head."""
-
-    hidden: Tensor
-    head: Head
-
-    def logits(self, start: int, end: int) -> Tensor:
-        with torch.no_grad():
-            return self.head.logits(self.hidden[start:end])
-
-    def logp(self, start: int, end: int, temperature: float) -> Tensor:
-        return log_softmax_fp32(self.logits(start, end), temperature)
-
-
-@dataclass
-class SparseTeacher:
-    """Teacher top-K ids and log-probs with the log tail mass, e.g. from a teacher server.
-
-    Log-probs must already be at the loss temperature. Shapes: ids (N, K), logp (N, K), tail (N,),
-    target_logp (N,): the log-prob of each position's actual completion token (MiniLLM needs it).
-    """
-
-    ids: Tensor
-    logp: Tensor
-    tail: Tensor | None = None
-    target_logp: Tensor | None = None
-
-
-@dataclass
 class DistillTerms:
     """What one fused pass returns. `loss` carries gradients; the rest are detached."""
 
@@ -237,7 +168,12 @@ class DistillTerms:
     kd_per_token: Tensor  # (N,)
     student_logp: Tensor  # (N,) log p_S(target) at the loss temperature
     teacher_logp: Tensor  # (N,) log p_T(target) at the loss temperature
-    stat_sums: dict[str, float] = field(default_factory=dict)
+    stats: Tensor  # (6,) summed statistics in STAT_KEYS order, on the loss's device
+
+    @cached_property
+    def stat_sums(self) -> dict[str, float]:
+        """The statistics as floats: the one host sync of a fused pass, on first access."""
+        return dict(zip(STAT_KEYS, self.stats.tolist(), strict=True))
 
 
 def auto_chunk_size(vocab_size: int, budget: int = 1 << 23) -> int:
@@ -265,7 +201,7 @@ def fused_distill_loss(
 
     Args:
         hidden: (N, H) student hidden states at the positions that predict each target.
-        head: the student's lm_head.
+        head: the student's lm_head (its weight must be the full (V, H) matrix: under FSDP, gathered).
         teacher: dense or sparse teacher log-probs for the same N positions; None when kd_weight = 0.
         targets: (N,) the completion token at each position.
         beta: generalized JSD interpolation (see module docstring).
@@ -278,279 +214,9 @@ def fused_distill_loss(
         chunk_size: positions per chunk (0 = auto from the vocabulary size).
     """
     n = hidden.shape[0]
-    chunk_size = chunk_size or auto_chunk_size(head.weight.shape[0])
-    weights = torch.zeros(n, device=hidden.device) if token_weights is None else token_weights.float()
-    outputs = _ChunkOutputs.empty(n, hidden.device)
-    loss = _FusedDistill.apply(
-        hidden, head.weight, head.bias, head, teacher, targets, weights, outputs,
-        beta, temperature, top_k, kd_weight, normalizer, chunk_size,
-    )  # fmt: skip
-    return DistillTerms(loss, outputs.kd, outputs.student_logp, outputs.teacher_logp, outputs.stat_sums)
-
-
-@dataclass
-class _ChunkOutputs:
-    kd: Tensor
-    student_logp: Tensor
-    teacher_logp: Tensor
-    stat_sums: dict[str, float]
-
-    @classmethod
-    def empty(cls, n: int, device: torch.device) -> _ChunkOutputs:
-        zeros = lambda: torch.zeros(n, device=device)  # noqa: E731
-        return cls(zeros(), zeros(), zeros(), dict.fromkeys(STAT_KEYS, 0.0))
-
-
-class _FusedDistill(torch.autograd.Function):
-    """Forward computes the loss and its gradient chunk by chunk; backward only scales them."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, head, teacher, targets, token_weights, outputs,
-                beta, temperature, top_k, kd_weight, normalizer, chunk_size):  # fmt: skip
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        want_grad = need_h or need_w or need_b  # False under torch.no_grad (evaluation)
-        grad_hidden = torch.zeros_like(hidden) if need_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            end = min(start + chunk_size, hidden.shape[0])
-            h = hidden[start:end]
-            logits = head.logits(h)  # (n, V) fp32
-            if isinstance(teacher, DenseTeacher) and top_k == 0:  # the hot path: one fused kernel
-                loss_sum, g_logits = _dense_chunk(logits, teacher.logits(start, end), targets[start:end],
-                                                  token_weights[start:end], outputs, start, beta=beta,
-                                                  temperature=temperature, kd_weight=kd_weight, want_grad=want_grad)  # fmt: skip
-                total += loss_sum
-                if want_grad:
-                    g_logits = head.grad_to_raw(logits, g_logits.div_(normalizer))
-                    _accumulate_grads(g_logits, h, weight, start, end, grad_hidden, grad_weight, grad_bias)
-                continue
-            s_logp = F.log_softmax(logits / temperature, dim=-1)
-            t_logp = _teacher_chunk(teacher, start, end, temperature)
-            loss_sum, g_logp = _chunk_loss_and_grad(
-                s_logp, t_logp, targets[start:end], token_weights[start:end], outputs, start,
-                beta=beta, top_k=top_k, kd_weight=kd_weight, want_grad=want_grad,
-            )  # fmt: skip
-            total += loss_sum
-            if not want_grad:
-                continue
-            # d/dz of log_softmax(z / T): (g - p * sum(g)) / T, then back through softcap/scale.
-            g_logits = (g_logp - s_logp.exp() * g_logp.sum(-1, keepdim=True)) / (temperature * normalizer)
-            g_logits = head.grad_to_raw(logits, g_logits)
-            _accumulate_grads(g_logits, h, weight, start, end, grad_hidden, grad_weight, grad_bias)
-        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
-        ctx.flags = (need_h, need_w, need_b)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return total / normalizer
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        saved = list(ctx.saved_tensors)
-        need_h, need_w, need_b = ctx.flags
-        # in place: the saved gradients are used once, and the head's is as big as the head
-        grad_hidden = saved.pop(0).mul_(grad_output) if need_h else None
-        grad_weight = saved.pop(0).mul_(grad_output).to(ctx.dtypes[0]) if need_w else None
-        grad_bias = saved.pop(0).mul_(grad_output).to(ctx.dtypes[1]) if need_b else None
-        return (grad_hidden, grad_weight, grad_bias) + (None,) * 11
-
-
-def _accumulate_grads(g_logits, h, weight, start, end, grad_hidden, grad_weight, grad_bias) -> None:
-    """d loss / d logits (n, V) -> gradients of the hidden states, the head weight and bias."""
-    if grad_hidden is not None:
-        grad_hidden[start:end] = (g_logits.to(weight.dtype) @ weight).to(grad_hidden.dtype)
-    if grad_weight is not None:
-        grad_weight.addmm_(g_logits.t(), h.float())
-    if grad_bias is not None:
-        grad_bias += g_logits.sum(0)
-
-
-def _dense_chunk(logits, teacher_logits, targets, token_weights, outputs, start, *, beta, temperature, kd_weight, want_grad):
-    """Full-vocabulary chunk through the fused (compiled when possible) kernel.
-
-    Returns the chunk's summed loss and d loss / d logits (n, V), or None without gradients.
-    """
-    kernel = _dense_kernel_compiled() if logits.shape[-1] >= COMPILE_MIN_VOCAB else _dense_kernel
-    kd, g_logits, s_target, t_target, stats = kernel(
-        logits, teacher_logits, targets, token_weights.float(), temperature, beta, kd_weight, want_grad
+    config = LossConfig(
+        beta, temperature, top_k, kd_weight, normalizer, chunk_size or auto_chunk_size(head.weight.shape[0])
     )
-    end = start + logits.shape[0]
-    outputs.kd[start:end], outputs.student_logp[start:end], outputs.teacher_logp[start:end] = kd, s_target, t_target
-    for key, value in zip(STAT_KEYS, stats.tolist(), strict=True):
-        outputs.stat_sums[key] += value
-    loss_sum = kd_weight * kd.sum() - (token_weights * s_target).sum()
-    if g_logits is not None:  # the one-hot part of -w * d log p_S(y) / dz
-        g_logits.scatter_add_(-1, targets.unsqueeze(-1), (-token_weights / temperature).unsqueeze(-1).to(g_logits.dtype))
-    return loss_sum.detach(), g_logits
-
-
-def _dense_kernel(logits, teacher_logits, targets, token_weights, temperature: float, beta: float, kd_weight: float, want_grad: bool):
-    """Everything a full-vocabulary chunk needs from its (n, V) logits, in as few passes as possible.
-
-    Returns kd (n,), d loss / d logits without the one-hot target part (n, V) or None,
-    log p_S(y) (n,), log p_T(y) (n,) and the stat sums in STAT_KEYS order (6,).
-    """
-    s_logp = torch.log_softmax(logits / temperature, dim=-1)
-    t_logp = torch.log_softmax(teacher_logits / temperature, dim=-1)
-    s, t = s_logp.exp(), t_logp.exp()
-    diff = s_logp - t_logp  # log(s / t)
-    fkl = -(t * diff).sum(-1)  # KL(T || S)
-    rkl = (s * diff).sum(-1)  # KL(S || T)
-    if beta == 0.0:
-        kd, g = fkl, -t
-    elif beta == 1.0:
-        kd, g = rkl, s * (diff + 1.0)
-    else:
-        m_logp = torch.logaddexp(s_logp + math.log1p(-beta), t_logp + math.log(beta))
-        kd = beta * (t * (t_logp - m_logp)).sum(-1) + (1.0 - beta) * (s * (s_logp - m_logp)).sum(-1)
-        g = (1.0 - beta) * s * (s_logp - m_logp)
-    jsd = kd if beta == 0.5 else jsd_per_token(s_logp, t_logp, 0.5)
-    coverage = s.gather(-1, t_logp.topk(COVERAGE_K, dim=-1).indices).sum()
-    stats = torch.stack([fkl.sum(), rkl.sum(), jsd.sum(), -(s * s_logp).sum(), -(t * t_logp).sum(), coverage])
-    g_logits = None
-    if want_grad:  # chain through log_softmax(z / T): (g - s * sum(g)) / T, plus w * s from -w log p_S(y)
-        g_logits = (kd_weight * (g - s * g.sum(-1, keepdim=True)) + token_weights.unsqueeze(-1) * s) / temperature
-    s_target = s_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    t_target = t_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return kd, g_logits, s_target, t_target, stats
-
-
-COMPILE_MIN_VOCAB = 16384  # below this the eager kernel is fast enough and compiling is not worth it
-_COMPILED: dict[str, object] = {}
-
-
-def _dense_kernel_compiled():
-    """torch.compile fuses the kernel's ~20 elementwise passes into a few (about 5x faster on CPU
-    at a 151,936-token vocabulary). Falls back to eager, once and for all, if compiling fails."""
-    import os
-
-    if os.environ.get("DISTILL_COMPILE", "1") == "0":
-        return _dense_kernel
-    if "kernel" not in _COMPILED:
-        compiled = torch.compile(_dense_kernel, dynamic=True)
-
-        def guarded(*args):
-            if _COMPILED.get("failed"):
-                return _dense_kernel(*args)
-            try:
-                return compiled(*args)
-            except Exception as exc:  # no C++ compiler, unsupported backend, ...
-                import warnings
-
-                warnings.warn(f"torch.compile of the loss kernel failed, using eager mode: {exc}", stacklevel=2)
-                _COMPILED["failed"] = True
-                return _dense_kernel(*args)
-
-        _COMPILED["kernel"] = guarded
-    return _COMPILED["kernel"]
-
-
-def _teacher_chunk(teacher: DenseTeacher | SparseTeacher | None, start: int, end: int, temperature: float):
-    if teacher is None:
-        return None
-    if isinstance(teacher, DenseTeacher):
-        return teacher.logp(start, end, temperature)
-    tail = None if teacher.tail is None else teacher.tail[start:end].float()
-    target = None if teacher.target_logp is None else teacher.target_logp[start:end].float()
-    return SparseTeacher(teacher.ids[start:end], teacher.logp[start:end].float(), tail, target)
-
-
-def _chunk_loss_and_grad(
-    s_logp: Tensor,
-    t_logp: Tensor | SparseTeacher | None,
-    targets: Tensor,
-    token_weights: Tensor,
-    outputs: _ChunkOutputs,
-    start: int,
-    *,
-    beta: float,
-    top_k: int,
-    kd_weight: float,
-    want_grad: bool = True,
-) -> tuple[Tensor, Tensor | None]:
-    """Loss summed over the chunk's tokens and its gradient w.r.t. the student log-probs. (n, V)"""
-    end = start + s_logp.shape[0]
-    g_logp = None
-    loss_sum = torch.zeros((), device=s_logp.device)
-    s_target = s_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    outputs.student_logp[start:end] = s_target
-    if t_logp is not None:
-        with torch.no_grad():
-            kd, g_kd = _divergence_and_grad(s_logp, t_logp, beta, top_k, want_grad and kd_weight != 0)
-            _accumulate_stats(outputs.stat_sums, s_logp, t_logp, top_k)
-            outputs.kd[start:end] = kd
-            outputs.teacher_logp[start:end] = _teacher_target_logp(t_logp, targets)
-        if kd_weight:
-            loss_sum = loss_sum + kd_weight * kd.sum()
-            if want_grad:
-                g_logp = g_kd.mul_(kd_weight) if kd_weight != 1 else g_kd
-    # sampled-token term: -w_t log p_S(y_t)
-    loss_sum = loss_sum - (token_weights * s_target).sum()
-    if want_grad:
-        if g_logp is None:
-            g_logp = torch.zeros_like(s_logp)
-        g_logp.scatter_add_(-1, targets.unsqueeze(-1), -token_weights.unsqueeze(-1))
-    return loss_sum.detach(), g_logp
-
-
-def _divergence_and_grad(s_logp: Tensor, t_logp: Tensor | SparseTeacher, beta: float, top_k: int, want_grad: bool = True):
-    """Per-token divergence (n,) and its gradient w.r.t. the student log-probs (n, V) or None."""
-    if isinstance(t_logp, Tensor) and top_k == 0:
-        return jsd_per_token(s_logp, t_logp, beta), (_jsd_grad(s_logp, t_logp, beta) if want_grad else None)
-    if isinstance(t_logp, Tensor):
-        t_top, ids = t_logp.topk(top_k, dim=-1)
-        t_coarse = with_tail(t_top, outside_logmass(t_logp, ids)[0])
-    else:
-        ids, t_coarse = t_logp.ids, with_tail(t_logp.logp, t_logp.tail)
-    s_tail, outside = outside_logmass(s_logp, ids)
-    s_coarse = with_tail(s_logp.gather(-1, ids), s_tail)  # (n, K+1)
-    if not want_grad:
-        return jsd_per_token(s_coarse, t_coarse, beta), None
-    g_coarse = _jsd_grad(s_coarse, t_coarse, beta)
-    # d tail / d s_logp[j] = p_S(j) / tail mass for the tokens outside the top K
-    g = torch.zeros_like(s_logp).scatter_(-1, ids, g_coarse[:, :-1])
-    g += g_coarse[:, -1:] * (s_logp - s_tail.unsqueeze(-1)).exp() * outside
-    return jsd_per_token(s_coarse, t_coarse, beta), g
-
-
-def _jsd_grad(s_logp: Tensor, t_logp: Tensor, beta: float) -> Tensor:
-    """d JSD_beta / d log p_S, treating each log-prob as free (the softmax is chained by the caller)."""
-    s = s_logp.exp()
-    if beta == 0.0:  # forward KL: -sum t log s
-        return -t_logp.exp()
-    if beta == 1.0:  # reverse KL: d/ds [s (log s - log t)] = log s - log t + 1
-        return s * (s_logp - t_logp + 1.0)
-    m_logp = torch.logaddexp(s_logp + math.log1p(-beta), t_logp + math.log(beta))
-    return s * (1.0 - beta) * (s_logp - m_logp)
-
-
-def _teacher_target_logp(t_logp: Tensor | SparseTeacher, targets: Tensor) -> Tensor:
-    if isinstance(t_logp, Tensor):
-        return t_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    if t_logp.target_logp is not None:
-        return t_logp.target_logp
-    hit = t_logp.ids == targets.unsqueeze(-1)  # a target outside the top K gets the tail's log mass
-    tail = tail_logmass(t_logp.logp) if t_logp.tail is None else t_logp.tail
-    return torch.where(hit.any(-1), (t_logp.logp * hit).sum(-1), tail)
-
-
-def _accumulate_stats(sums: dict[str, float], s_logp: Tensor, t_logp: Tensor | SparseTeacher, top_k: int) -> None:
-    """Add the chunk's summed forward/reverse KL, JSD(0.5), entropies and top-K coverage."""
-    if isinstance(t_logp, SparseTeacher):  # only the coarse distributions are known
-        s_c = with_tail(s_logp.gather(-1, t_logp.ids), outside_logmass(s_logp, t_logp.ids)[0])
-        t_c = with_tail(t_logp.logp, t_logp.tail)
-        s_logp, t_logp_dense, coverage_ids = s_c, t_c, None
-        sums["coverage"] += s_c[:, :-1].exp().sum().item()
-    else:
-        t_logp_dense = t_logp
-        coverage_ids = t_logp.topk(top_k or COVERAGE_K, dim=-1).indices
-    s, t = s_logp.exp(), t_logp_dense.exp()
-    diff = s_logp - t_logp_dense
-    sums["fkl"] += -(t * diff).sum().item()
-    sums["rkl"] += (s * diff).sum().item()
-    sums["jsd"] += jsd_per_token(s_logp, t_logp_dense, 0.5).sum().item()
-    sums["entropy_student"] += -(s * s_logp).sum().item()
-    sums["entropy_teacher"] += -(t * t_logp_dense).sum().item()
-    if coverage_ids is not None:
-        sums["coverage"] += s.gather(-1, coverage_ids).sum().item()
-
+    weights = torch.zeros(n, device=hidden.device) if token_weights is None else token_weights.float()
+    out = fused_apply(hidden, FusedInputs(head, teacher, targets, weights, config))
+    return DistillTerms(out.loss, out.kd, out.student_logp, out.teacher_logp, out.stats)

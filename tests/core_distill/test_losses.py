@@ -299,3 +299,61 @@ def test_compiled_kernel_at_a_large_vocabulary_matches_autograd():
     assert terms.loss.item() == pytest.approx(ref.item(), rel=1e-5)
     torch.testing.assert_close(h.grad, ref_h.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(w.grad, ref_w.grad, atol=1e-6, rtol=1e-4)
+
+
+# --- the per-chunk kernel alone, and bf16 on CUDA -----------------------------------------------------
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("top_k", [0, 4])
+def test_chunk_terms_equal_autograd_on_the_logits(beta, top_k):
+    """`chunk_terms` (what every chunk of the fused loss runs) against autograd through one chunk's logits."""
+    from core_distill.loss_kernels import LossConfig, chunk_terms
+
+    hidden, w_s, _, h_t, w_t, targets = head_case(14)
+    logits, t_logits = (hidden @ w_s.t()).requires_grad_(), h_t @ w_t.t()
+    weights = torch.rand(hidden.shape[0], generator=torch.Generator().manual_seed(2))
+    kd = topk_tail_jsd(logits, t_logits, top_k, beta, 1.5) if top_k else jsd_per_token(
+        log_softmax_fp32(logits, 1.5), log_softmax_fp32(t_logits, 1.5), beta)  # fmt: skip
+    logp_y = log_softmax_fp32(logits, 1.5).gather(-1, targets[:, None]).squeeze(-1)
+    ref = 0.7 * kd.sum() - (weights * logp_y).sum()
+    ref.backward()
+
+    cfg = LossConfig(beta=beta, temperature=1.5, top_k=top_k, kd_weight=0.7)
+    out = chunk_terms(logits.detach(), t_logits, targets, weights, cfg, want_grad=True)
+    assert out.loss_sum.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
+    torch.testing.assert_close(out.grad_logits, logits.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.kd, kd.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.student_logp, logp_y.detach())
+    t_logp = log_softmax_fp32(t_logits, 1.5)
+    torch.testing.assert_close(out.teacher_logp, t_logp.gather(-1, targets[:, None]).squeeze(-1))
+    s_logp = log_softmax_fp32(logits.detach(), 1.5)  # statistics: always over the full vocabulary here
+    assert out.stats[0].item() == pytest.approx(jsd_per_token(s_logp, t_logp, 0.0).sum().item(), rel=1e-5)
+    assert out.stats[2].item() == pytest.approx(jsd_per_token(s_logp, t_logp, 0.5).sum().item(), rel=1e-5)
+    no_grad = chunk_terms(logits.detach(), t_logits, targets, weights, cfg, want_grad=False)
+    assert no_grad.grad_logits is None and no_grad.loss_sum.item() == pytest.approx(out.loss_sum.item())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("top_k", [0, 16])
+def test_bf16_fused_loss_on_cuda_matches_the_float32_cpu_loss(top_k):
+    """bf16 weights and hidden states on the GPU (the compiled kernel at this vocabulary) against fp32 on CPU."""
+    from core_distill.losses import COMPILE_MIN_VOCAB
+
+    hidden, w_s, _, h_t, w_t, targets = head_case(15, n=96, h=64, v=COMPILE_MIN_VOCAB + 7)
+    weights = torch.full((96,), 0.3)
+    results = {}
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+        # the same bf16-representable inputs on both sides: what differs is only where and how it is computed
+        h = hidden.to(torch.bfloat16).to(device, dtype).requires_grad_()
+        w = w_s.to(torch.bfloat16).to(device, dtype).requires_grad_()
+        teacher = DenseTeacher(h_t.to(torch.bfloat16).to(device, dtype), Head(w_t.to(torch.bfloat16).to(device, dtype)))
+        terms = fused_distill_loss(h, Head(w), teacher, targets.to(device), beta=0.5, temperature=1.2, top_k=top_k,
+                                   token_weights=weights.to(device), normalizer=96.0, chunk_size=32)  # fmt: skip
+        terms.loss.backward()
+        results[device] = (terms.loss.item(), h.grad.float().cpu(), w.grad.float().cpu(), terms.stat_sums)
+    (loss_ref, gh_ref, gw_ref, stats_ref), (loss, gh, gw, stats) = results["cpu"], results["cuda"]
+    assert loss == pytest.approx(loss_ref, rel=2e-2)
+    for ours, ref in ((gh, gh_ref), (gw, gw_ref)):  # bf16 logits: relative error of the whole gradient
+        assert ((ours - ref).norm() / ref.norm()).item() < 3e-2
+    for key in ("fkl", "rkl", "jsd"):
+        assert stats[key] == pytest.approx(stats_ref[key], rel=3e-2)

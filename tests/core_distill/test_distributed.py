@@ -7,6 +7,7 @@ order (tolerance: relative 1e-5 on losses, absolute 1e-5 on weights; seen: about
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,10 +55,8 @@ def _finish(proc: subprocess.Popen) -> str:
 def _kill_tree(proc: subprocess.Popen) -> None:
     """A hung run must not outlive its test: kill the CLI, the launcher and the ranks by pid."""
     for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     proc.communicate()
 
 

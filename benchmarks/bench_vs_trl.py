@@ -2,13 +2,17 @@
 
     python benchmarks/bench_vs_trl.py                       # all four runs, then a Markdown table
     python benchmarks/bench_vs_trl.py --only ours:off_policy --steps 3
+    python benchmarks/bench_vs_trl.py --device cuda --dtype bfloat16   # on a GPU (benchmarks/gpu_check.sh)
+    python benchmarks/bench_vs_trl.py --frameworks ours                # without TRL installed
 
 Models (built locally, saved with save_pretrained, loaded by path): Qwen2-shaped (vocabulary
 151,936, untied embeddings, MLP width 2.75 x hidden, head dimension 64); student hidden 256 x 2
 layers (79M parameters), teacher hidden 512 x 4 layers (168M). The architecture class is Llama:
 transformers 5 loads a `qwen2` folder's tokenizer as Qwen2Tokenizer, which replaces the
 character-level pre-tokenizer both frameworks need here with byte-level BPE's. Data: chat rows of a ~60-token prompt and a ~60-token completion (character-level
-tokenizer). fp32 for both (TRL gets bf16=False). Settings:
+tokenizer). Precision is the same for both: fp32 by default (TRL gets bf16=False); with --dtype bfloat16
+the student keeps fp32 master weights under bf16 autocast in both (our `dtype: bfloat16`, TRL's bf16=True)
+and both teachers are loaded in bf16. Settings:
     off_policy: lmbda 0, batch 4, grad_accum 1
     on_policy:  lmbda 1, batch 4, grad_accum 8, 64 new tokens
 Each framework x setting runs in a fresh process. Step time is the median over steps 2..N (step 1
@@ -16,7 +20,9 @@ compiles and allocates the optimizer state). Working memory is peak RSS during s
 right after step 1 (both models and the optimizer state allocated), read from VmHWM after
 resetting it through /proc/self/clear_refs. Tokens per second counts prompt + completion tokens of
 every row of the step (completions of random models run to max_new_tokens on-policy), the same
-count for both frameworks, so its ratio is the inverse ratio of step times.
+count for both frameworks, so its ratio is the inverse ratio of step times. On CUDA, working memory
+is torch.cuda.max_memory_allocated during step 2 minus memory_allocated after step 1, and "peak" is
+max_memory_allocated over steps 2..N (models, optimizer state and the worst step's activations).
 """
 
 from __future__ import annotations
@@ -48,28 +54,67 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 
 class StepProbe:
-    """Step times, and the working memory of step 2 (peak minus the RSS after step 1)."""
+    """Step times, and the working memory of step 2 (peak minus what was held after step 1).
 
-    def __init__(self) -> None:
+    CPU: RSS (VmHWM reset through /proc/self/clear_refs). CUDA: the caching allocator's counters.
+    """
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.cuda = cuda
         self.times: list[float] = []
         self.baseline = 0.0
         self.working = 0.0
         self._start = time.perf_counter()
 
     def begin(self) -> None:
+        self._sync()
         self._start = time.perf_counter()
 
     def end(self, step: int, seconds: float | None = None) -> None:
+        self._sync()
         self.times.append(seconds if seconds is not None else time.perf_counter() - self._start)
         if step == 1:
-            self.baseline = rss_mib()
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.baseline = self._held()
+            self._reset_peak()
         elif step == 2:
-            self.working = rss_mib("VmHWM") - self.baseline
+            self.working = self._peak() - self.baseline
 
     def result(self) -> dict[str, float]:
         later = self.times[1:] or self.times
-        return {"step_seconds": statistics.median(later), "working_mib": self.working, "steps": len(self.times)}
+        out = {"step_seconds": statistics.median(later), "working_mib": self.working, "steps": len(self.times)}
+        if self.cuda:
+            import torch
+
+            out["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20  # since the reset: steps 2..N
+        return out
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _held(self) -> float:
+        if self.cuda:
+            import torch
+
+            return torch.cuda.memory_allocated() / 2**20
+        return rss_mib()
+
+    def _reset_peak(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+
+    def _peak(self) -> float:
+        if self.cuda:
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        return rss_mib("VmHWM")
 
 
 # --- models and data --------------------------------------------------------------------------------------
@@ -123,12 +168,12 @@ def tokens_per_step(setting: str) -> int:
 
 
 # --- the two frameworks ---------------------------------------------------------------------------------
-def run_ours(root: Path, setting: str, steps: int) -> dict[str, float]:
+def run_ours(root: Path, setting: str, steps: int, device: str, dtype: str) -> dict[str, float]:
     from core_distill.reporting import NullReporter
     from core_distill.spec import DistillSpec
     from core_distill.train import run
 
-    probe = StepProbe()
+    probe = StepProbe(cuda=device == "cuda")
 
     class Probe(NullReporter):
         def log(self, step, metrics):
@@ -140,19 +185,20 @@ def run_ours(root: Path, setting: str, steps: int) -> dict[str, float]:
     spec = DistillSpec(
         student=str(root / "student"), teacher=str(root / "teacher"), train_data=str(root / "train.jsonl"),
         eval_data="", beta=0.5, temperature=0.9, max_new_tokens=NEW_TOKENS, batch_size=4, max_steps=steps,
-        learning_rate=1e-5, lr_schedule="constant", dtype="float32", eval_every=0, save_every=0, **SETTINGS[setting],
+        learning_rate=1e-5, lr_schedule="constant", dtype=dtype, eval_every=0, save_every=0, **SETTINGS[setting],
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         run(spec, output_dir=out, reporter=Probe())
     return {**probe.result(), "completion_length": statistics.mean(probe.lengths)}  # type: ignore[attr-defined]
 
 
-def run_trl(root: Path, setting: str, steps: int) -> dict[str, float]:
+def run_trl(root: Path, setting: str, steps: int, device: str, dtype: str) -> dict[str, float]:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    probe = StepProbe()
+    probe = StepProbe(cuda=device == "cuda")
+    bf16 = dtype == "bfloat16"
 
     class Probe(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -163,14 +209,14 @@ def run_trl(root: Path, setting: str, steps: int) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as out:
         config = GKDConfig(
-            output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+            output_dir=out, use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no", logging_steps=1,
             per_device_train_batch_size=4, gradient_accumulation_steps=SETTINGS[setting]["grad_accum"],
             lmbda=SETTINGS[setting]["lmbda"], beta=0.5, temperature=0.9, max_new_tokens=NEW_TOKENS, seq_kd=False,
             max_steps=steps, learning_rate=1e-5, lr_scheduler_type="constant", seed=0, dataloader_num_workers=0,
         )  # fmt: skip
         trainer = GKDTrainer(
             model=AutoModelForCausalLM.from_pretrained(root / "student", dtype="float32"),
-            teacher_model=AutoModelForCausalLM.from_pretrained(root / "teacher", dtype="float32"),
+            teacher_model=AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=dtype),
             args=config, processing_class=AutoTokenizer.from_pretrained(root / "student"),
             train_dataset=load_dataset("json", data_files=str(root / "train.jsonl"), split="train"),
             callbacks=[Probe()],
@@ -185,23 +231,30 @@ def main() -> None:
     parser.add_argument("--only", help="framework:setting, e.g. ours:off_policy (runs in this process)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default 4 off-, 3 on-policy)")
     parser.add_argument("--assets", type=Path, default=Path(tempfile.gettempdir()) / "distill-bench-vs-trl")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu hides any GPU from both")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--frameworks", default="trl,ours", help="comma-separated; 'ours' alone needs no TRL")
     args = parser.parse_args()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA; children inherit it
+    frameworks = args.frameworks.split(",")
     if not (args.assets / "teacher").exists():
         args.assets.mkdir(parents=True, exist_ok=True)
         build_assets(args.assets)
     if args.only:
         framework, setting = args.only.split(":")
         steps = args.steps or (4 if setting == "off_policy" else 3)
-        result = (run_ours if framework == "ours" else run_trl)(args.assets, setting, steps)
+        result = (run_ours if framework == "ours" else run_trl)(args.assets, setting, steps, args.device, args.dtype)
         print("RESULT " + json.dumps(result))
         return
 
     results: dict[tuple[str, str], dict[str, float]] = {}
     for setting in SETTINGS:
-        for framework in ("trl", "ours"):
+        for framework in frameworks:
             load = os.getloadavg()[0]
-            cmd = [sys.executable, __file__, "--only", f"{framework}:{setting}", "--assets", str(args.assets)]
+            cmd = [sys.executable, __file__, "--only", f"{framework}:{setting}", "--assets", str(args.assets),
+                   "--device", args.device, "--dtype", args.dtype]  # fmt: skip
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -211,18 +264,30 @@ def main() -> None:
             results[(framework, setting)] = {**json.loads(line[0][7:]), "load": load}
             print(f"{framework:>4} {setting:<10} {results[(framework, setting)]}", file=sys.stderr)
 
-    print("| setting | framework | s / step | tokens / s | working memory (MiB) | load avg |")
-    print("|---|---|---|---|---|---|")
+    cuda = args.device == "cuda"
+    print(f"device {args.device}" + (f" ({_gpu_name()})" if cuda else "") + f", {args.dtype}\n")
+    peak_head = " | max_memory_allocated, steps 2+ (MiB)" if cuda else ""
+    print(f"| setting | framework | s / step | tokens / s | working memory (MiB){peak_head} | load avg |")
+    print("|---|---|---|---|---|" + ("---|" if cuda else "") + "---|")
     for setting in SETTINGS:
-        for framework in ("trl", "ours"):
+        for framework in frameworks:
             r = results[(framework, setting)]
+            peak = f" | {r['peak_allocated_mib']:.0f}" if cuda else ""
             print(f"| {setting} | {framework} | {r['step_seconds']:.2f} | {tokens_per_step(setting) / r['step_seconds']:.0f} "
-                  f"| {r['working_mib']:.0f} | {r['load']:.2f} |")  # fmt: skip
+                  f"| {r['working_mib']:.0f}{peak} | {r['load']:.2f} |")  # fmt: skip
     print()
+    if "trl" not in frameworks or "ours" not in frameworks:
+        return
     for setting in SETTINGS:
         trl, ours = results[("trl", setting)], results[("ours", setting)]
         print(f"- {setting}: ours is {trl['step_seconds'] / ours['step_seconds']:.1f}x TRL's tokens/s (target >= 3x); "
               f"working memory {ours['working_mib'] / max(trl['working_mib'], 1):.2f}x TRL's (target <= 0.25x off-policy)")  # fmt: skip
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 if __name__ == "__main__":

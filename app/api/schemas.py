@@ -81,6 +81,9 @@ class Comparison(SQLModel):
     runs: list[RunDetail]
     fields: list[SpecField]
     series: dict[int, dict[str, list[dict[str, float]]]]
+    # the dashboard's final-metrics table: one row per run, then the student before training (step 0)
+    # and the teacher where its score is known (app.services.comparison.final_rows)
+    finals: list[dict[str, Any]] = []
 
 
 class QueuedRun(SQLModel):

@@ -87,7 +87,7 @@ def _loaded(run_ids: list[int]) -> tuple[Session, list[tuple[Run, Experiment]]]:
     return session, comparison.load_runs(session=session, run_ids=run_ids)
 
 
-def test_final_rows_add_the_student_before_training_and_the_teacher(service_env):
+def test_final_rows_add_the_student_before_training_and_the_teacher(client):
     with Session(get_engine()) as session:
         a = add_run(session, name="a", spec={**TOY_EVAL, "beta": 0.0}, steps=10, keys=("loss",))
         b = add_run(session, name="b", spec={**TOY_EVAL, "beta": 1.0}, steps=10, keys=("loss",))
@@ -114,6 +114,9 @@ def test_final_rows_add_the_student_before_training_and_the_teacher(service_env)
     teacher = [row for row in rows if row["run"].startswith("teacher")]
     assert len(teacher) == 1 and "toy:teacher" in teacher[0]["run"] and "test split" in teacher[0]["run"]
     assert teacher[0][mk.EVAL_EXACT_MATCH] == round(manifest["models"]["teacher"]["test_validity"], 4)
+    # the API's comparison has the same table (one door)
+    body = client.get("/api/compare", params={"run_ids": f"{a.id},{b.id},{other_eval.id}"}).json()
+    assert body["finals"] == rows
 
 
 def test_no_reference_row_where_the_score_is_unknown(service_env):

@@ -127,7 +127,8 @@ def compare_runs(
     x: XAxis = "step",
 ) -> Comparison:
     """Several runs side by side: each spec field with its value per run (`differs` marks the ones that
-    vary) and the runs' downsampled series of `keys` (default: the keys every run has)."""
+    vary), the runs' downsampled series of `keys` (default: the keys every run has) and the final
+    metrics, with the student before training and the teacher where known."""
     try:
         ids = list(dict.fromkeys(int(part) for part in split_list(run_ids)))
         if not all(int_in_range(i) for i in ids):
@@ -139,8 +140,10 @@ def compare_runs(
         ids = comparison.check_run_ids(ids)
     except comparison.CompareError as exc:
         raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": str(exc), "type": "value_error"}]) from None
-    runs = [run_detail(session, run) for run, _ in comparison.load_runs(session=session, run_ids=ids)]
+    loaded = comparison.load_runs(session=session, run_ids=ids)
+    runs = [run_detail(session, run) for run, _ in loaded]
     wanted = split_list(keys) or comparison.common_keys(session=session, run_ids=ids)
     fields = [SpecField(**vars(f)) for f in comparison.spec_fields([run.spec for run in runs])]
     series = comparison.series(session=session, run_ids=ids, keys=wanted, max_points=max_points, x=x)
-    return Comparison(runs=runs, fields=fields, series=series)
+    finals = comparison.final_rows(session=session, runs=loaded)
+    return Comparison(runs=runs, fields=fields, series=series, finals=finals)

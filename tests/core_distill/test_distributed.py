@@ -188,3 +188,33 @@ def _wait_for_ranks(proc: subprocess.Popen, out: Path, step: int):
     ranks = sorted(launcher.children(), key=lambda c: int(c.environ().get("RANK", "-1")))
     assert len(ranks) == 2
     return ranks, launcher
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "says"),
+    [
+        (dict(gpus=2, batch_size=3), "batch_size", "multiple of gpus=2"),
+        (dict(sharding="fsdp"), "sharding", "set gpus > 1"),
+        (dict(gpus=2, sharding="fsdp", lora=True), "lora", "sharding 'none'"),
+        (dict(teacher_placement="sharded"), "teacher_placement", "set gpus > 1"),
+        (dict(teacher_placement="offload", seq_kd=True), "teacher_placement", "seq_kd"),
+        (dict(teacher="", opsd="dynamic", gpus=2, teacher_placement="sharded"), "teacher_placement", "opsd"),
+        (dict(teacher_server_url="http://x", loss_top_k=8, teacher_placement="offload"), "teacher_placement", "server"),
+        (dict(gpus=2, generation_backend="vllm"), "generation_backend", "gpus > 1"),
+        (dict(gpus=0), "gpus", "greater than or equal to 1"),
+        (dict(gpus=65), "gpus", "less than or equal to 64"),
+    ],
+)
+def test_spec_refuses_scale_settings_that_cannot_run(overrides, field, says):
+    from core_distill.spec import SpecError
+
+    with pytest.raises(SpecError) as info:
+        DistillSpec.parse({"batch_size": 4, **overrides})
+    assert field in info.value.errors and says in info.value.errors[field], info.value.errors
+
+
+def test_offloaded_teacher_trains_like_a_resident_one(tiny_workspace, one_process, tmp_path):
+    """On a CPU host the move is CPU to CPU: this checks the placement path gives the same run."""
+    out = tmp_path / "offload"
+    run(_spec(tiny_workspace, teacher_placement="offload"), output_dir=out, reporter=JsonlReporter(out))
+    assert _losses(out) == _losses(one_process)

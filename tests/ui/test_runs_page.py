@@ -166,7 +166,10 @@ def test_run_pages_queue_place_failure_and_reference_rows(api, tab):
     expect(pre).to_have_count(1)
     assert pre.inner_text().strip() == error
     assert header.locator("b, em").count() == 0  # nothing in it was read as HTML or Markdown
-    tab.wait_for_timeout(3_000)  # the chart view's own first fetch
+    # the chart view read the (empty) history and the run's final status: it says so instead of framing nothing
+    expect(tab.locator("#live-charts .distill-empty")).to_have_text(
+        "The run failed without logging a metric: nothing to chart.", timeout=2 * SERVER
+    )
     frames = tab.locator("#live-charts .distill-chart")
     assert frames.count() == 0, f"{frames.count()} chart frame(s) for a run that logged nothing"
     _shot(tab, "live-failed")

@@ -100,6 +100,8 @@
       this.series = new Map(); // key -> Series
       this.charts = new Map(); // family name -> {div, family, traces: [{key, kind}], zoomed}
       this.t0 = null;
+      this.pending = []; // [point, arrival time] waiting for the next frame
+      this.flushing = false;
       this.closed = false;
       this.bar = toolbar(el, (on) => this.setLog(on));
       this.grid = document.createElement("div");
@@ -142,10 +144,13 @@
       const es = (this.es = new EventSource(`/api/runs/${this.run}/events?after=${encodeURIComponent(cursor)}`));
       es.onopen = () => this.status("following the run live");
       es.addEventListener("metrics", (e) => this.onPoints(JSON.parse(e.data).points, performance.timeOrigin + performance.now()));
-      es.addEventListener("resumed", (e) => { const s = JSON.parse(e.data).step; this.series.forEach((v) => v.truncate(s)); this.drawAll(); });
+      es.addEventListener("resumed", (e) => { this.flush(); const s = JSON.parse(e.data).step; this.series.forEach((v) => v.truncate(s)); this.drawAll(); });
       es.addEventListener("status", (e) => {
         const st = JSON.parse(e.data).status;
-        if (TERMINAL.has(st)) { es.close(); this.status(`run ${st}: all points shown`); }
+        if (TERMINAL.has(st)) {
+          es.close(); this.status(`run ${st}: all points shown`);
+          if (!this.series.size) this.empty.textContent = `The run ${st} without logging a metric: nothing to chart.`;
+        }
       });
       es.onerror = () => {
         if (es.readyState !== EventSource.CLOSED || this.closed) { this.status("reconnecting…"); return; } // the browser retries with Last-Event-ID
@@ -219,48 +224,64 @@
       stats.charts += fresh ? 1 : 0;
     }
 
-    onPoints(points, arrived) {
+    onPoints(points, arrived) { // queued, then drawn once per frame: a busy page never falls behind per event
+      for (const p of points) this.pending.push([p, arrived]);
+      if (this.flushing) return;
+      this.flushing = true;
+      requestAnimationFrame(() => { this.flushing = false; this.flush(); });
+    }
+
+    flush() {
+      const queued = this.pending;
+      this.pending = [];
       const byKey = new Map();
-      for (const p of points) { if (!byKey.has(p.key)) byKey.set(p.key, []); byKey.get(p.key).push(p); }
-      const appended = [];
+      for (const [p] of queued) { if (!byKey.has(p.key)) byKey.set(p.key, []); byKey.get(p.key).push(p); }
+      const fresh = new Map(); // key -> new points
       let redraw = false;
       for (const [key, pts] of byKey) {
         pts.sort((a, b) => a.step - b.step);
         let s = this.series.get(key);
-        if (!s) { this.series.set(key, (s = new Series(key, pts))); redraw = true; appended.push(...pts); continue; }
-        const fresh = s.add(pts);
-        if (!fresh.length) continue;
-        appended.push(...fresh);
+        if (!s) { this.series.set(key, (s = new Series(key, pts))); redraw = true; fresh.set(key, pts); continue; }
+        const added = s.add(pts);
+        if (!added.length) continue;
+        fresh.set(key, added);
         if (s.steps.length > REFETCH_FACTOR * this.maxPoints) this.compact(key);
-        else if (!redraw) this.extend(key, fresh);
       }
+      if (this.t0 === null && fresh.size) this.t0 = Math.min(...[...fresh.values()].map((pts) => pts[0].wall_time));
       if (redraw) this.drawAll();
-      if (!appended.length) return;
-      requestAnimationFrame(() => {
-        const drawn = performance.timeOrigin + performance.now();
-        for (const p of appended) stats.draws.push({ key: p.key, step: p.step, logged: p.wall_time * 1000, arrived, drawn });
-        if (stats.draws.length > MAX_DRAWS) stats.draws.splice(0, stats.draws.length - MAX_DRAWS);
-      });
+      else this.extend(fresh);
+      const drawn = performance.timeOrigin + performance.now(); // the charts' SVG holds the points now
+      const arrivedAt = new Map(queued.map(([p, t]) => [p, t]));
+      for (const pts of fresh.values()) for (const p of pts) stats.draws.push({ key: p.key, step: p.step, logged: p.wall_time * 1000, arrived: arrivedAt.get(p), drawn });
+      if (stats.draws.length > MAX_DRAWS) stats.draws.splice(0, stats.draws.length - MAX_DRAWS);
     }
 
-    extend(key, fresh) { // append to the raw (and smoothed) trace of the key's chart
-      if (this.t0 === null) this.t0 = fresh[0].wall_time;
-      const family = familyOf(this.families, key);
-      const chart = this.charts.get(family.name);
-      if (!chart) return this.drawAll();
-      if (chart.zoomed) return; // a zoomed chart shows its range; new points appear on reset
-      const scale = family.percent ? 100 : 1;
-      const xs = fresh.map((p) => (this.x === "step" ? p.step : p.wall_time - this.t0));
-      const ys = fresh.map((p) => p.value * scale);
-      const custom = fresh.map((p) => [p.step, clock(p.wall_time, this.t0)]);
-      const idx = [], upd = { x: [], y: [], customdata: [] };
-      chart.traces.forEach((meta, i) => {
-        if (meta.key !== key) return;
-        idx.push(i); upd.x.push(xs); upd.customdata.push(custom);
-        upd.y.push(meta.kind === "smooth" ? ys.map((v) => emaNext(meta.ema, v)) : ys);
-      });
-      if (idx.length) Plotly.extendTraces(chart.div, upd, idx);
-      else this.drawFamily(family);
+    extend(fresh) { // one extendTraces per chart: the raw (and smoothed) traces of every key that moved
+      const perChart = new Map();
+      for (const [key, pts] of fresh) {
+        const family = familyOf(this.families, key);
+        const chart = this.charts.get(family.name);
+        if (!chart) { this.drawAll(); return; }
+        if (chart.zoomed) continue; // a zoomed chart shows its range; new points appear on reset
+        const scale = family.percent ? 100 : 1;
+        const xs = pts.map((p) => (this.x === "step" ? p.step : p.wall_time - this.t0));
+        const ys = pts.map((p) => p.value * scale);
+        const custom = pts.map((p) => [p.step, clock(p.wall_time, this.t0)]);
+        if (!perChart.has(chart)) perChart.set(chart, { idx: [], upd: { x: [], y: [], customdata: [] }, missing: false });
+        const job = perChart.get(chart);
+        let found = false;
+        chart.traces.forEach((meta, i) => {
+          if (meta.key !== key) return;
+          found = true;
+          job.idx.push(i); job.upd.x.push(xs); job.upd.customdata.push(custom);
+          job.upd.y.push(meta.kind === "smooth" ? ys.map((v) => emaNext(meta.ema, v)) : ys);
+        });
+        job.missing = job.missing || !found;
+      }
+      for (const [chart, job] of perChart) {
+        if (job.missing) this.drawFamily(chart.family); // a key new to this chart: redraw it whole
+        else if (job.idx.length) Plotly.extendTraces(chart.div, job.upd, job.idx);
+      }
     }
 
     async compact(key) { // a long live stream: swap the page's copy for the server's downsampled one
@@ -398,6 +419,7 @@
   const resize = new ResizeObserver((entries) => entries.forEach((e) => {
     e.target.querySelectorAll(".js-plotly-plot").forEach((d) => { if (d.clientWidth) Plotly.Plots.resize(d); });
   }));
+  const observed = new WeakSet();
   let pending = false;
   function rescan() { // at most once a frame: Plotly's own redraws mutate the DOM too
     if (pending) return;
@@ -405,7 +427,11 @@
     requestAnimationFrame(() => {
       pending = false;
       scan();
-      document.querySelectorAll(".distill-grid").forEach((el) => resize.observe(el));
+      document.querySelectorAll(".distill-grid").forEach((el) => {
+        if (observed.has(el)) return; // observing again would fire (and resize every chart) again
+        observed.add(el);
+        resize.observe(el);
+      });
     });
   }
   function start() {

@@ -85,3 +85,12 @@ def test_eval_of_a_hub_id_offline_or_unreachable_is_one_line(tmp_path):
                     HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
     assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
     assert "unreachable" in down.stderr
+
+
+def test_a_typo_in_a_spec_field_names_the_field_meant(tmp_path):
+    spec_file = tmp_path / "typo.yaml"
+    spec_file.write_text("lmbd: 0.5\n")
+    done = _distill(["run", str(spec_file), "-o", str(tmp_path / "o")], tmp_path)
+    assert done.returncode == 2
+    assert "error: lmbd: is not a spec field; did you mean 'lmbda'?" in done.stderr
+    assert not (tmp_path / "o").exists()

@@ -46,9 +46,9 @@ cli.add_typer(teacher_cli, name="teacher")
 def up_command(
     host: Annotated[str, typer.Option(help="Interface of the API and dashboard.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API and dashboard.")] = 8000,
-    gpus: Annotated[int | None, typer.Option(help="Workers to start, one per GPU (default: every GPU; 0 = one CPU worker).")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs the worker offers, 0..N-1 (default: every GPU; 0 = one CPU slot).")] = None,
 ) -> None:
-    """Start everything on this machine: Redis, the API and dashboard, one worker per GPU. Ctrl-C stops it."""
+    """Start everything on this machine: Redis, the API and dashboard, a worker for its GPUs. Ctrl-C stops it."""
     from app.embedded import up
 
     raise typer.Exit(up(host=host, port=port, gpus=gpus))
@@ -117,14 +117,15 @@ def quiet_access_log(record: logging.LogRecord) -> bool:
 
 @cli.command("worker")
 def worker_command(
-    gpu: Annotated[str | None, typer.Option(help="GPU index for CUDA_VISIBLE_DEVICES (default: keep it; none = CPU).")] = None,
-    name: Annotated[str | None, typer.Option(help="Worker name (default: gpuN@host).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPU indices this host offers, e.g. 0,1, or 'cpu' (default: every visible GPU, else one CPU slot).")] = None,
+    gpu: Annotated[str | None, typer.Option(help="One GPU index (the same as --gpus N).", hidden=True)] = None,
+    name: Annotated[str | None, typer.Option(help="Host name (default: gpu0-1@machine, cpu@machine).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run one Celery worker bound to one GPU; start one per GPU."""
+    """Run this machine's worker host: it announces its GPUs, and runs get booked on them (one pool process per GPU)."""
     from worker.launch import run_worker
 
-    run_worker(gpu=gpu, name=name, loglevel=loglevel)
+    run_worker(gpus=gpus if gpus is not None else gpu, name=name, loglevel=loglevel)
 
 
 token_cli = typer.Typer(no_args_is_help=True, help="API tokens for DISTILL_AUTH=on.")

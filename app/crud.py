@@ -155,7 +155,8 @@ def running_runs(*, session: Session) -> list[Run]:
 
 def add_run(*, session: Session, experiment: Experiment) -> Run:
     """Insert a queued run of the experiment, committed: the worker reads it by id once the message lands."""
-    run = Run(experiment_id=experiment.id, max_steps=int(experiment.spec.get("max_steps", 0)))
+    spec = experiment.spec
+    run = Run(experiment_id=experiment.id, max_steps=int(spec.get("max_steps", 0)), gpus=int(spec.get("gpus", 1)))
     session.add(run)
     session.commit()
     session.refresh(run)

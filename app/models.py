@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ConfigDict, field_validator
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from core_distill.spec import DistillSpec
@@ -132,6 +132,8 @@ class Run(SQLModel, table=True):
     model_dir: str | None = Field(default=None, max_length=4096, description="The final model, once succeeded.")
     last_step: int = Field(default=0, description="Last optimizer step whose metrics are stored.")
     max_steps: int = 0
+    gpus: int = Field(default=1, description="GPUs the run asks for (its spec's `gpus`), all on one host.")
+    host: str | None = Field(default=None, max_length=200, description="The worker host its GPUs are booked on.")
 
 
 class RunPublic(SQLModel):
@@ -152,6 +154,48 @@ class RunPublic(SQLModel):
     model_dir: str | None
     last_step: int
     max_steps: int
+    gpus: int
+    host: str | None
+
+
+# --- worker hosts and their GPUs ------------------------------------------------------------------
+class WorkerHost(SQLModel, table=True):
+    """A machine's worker (`distill worker --gpus 0,1`): announced at start, kept alive by a heartbeat."""
+
+    name: str = Field(primary_key=True, max_length=200, description="The worker's node name, NAME@machine.")
+    queue: str = Field(max_length=256, description="The Celery queue only this host consumes.")
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description="Set on a clean shutdown.")
+    assigned_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description="Last GPU booking here.")
+    reserved_for: int | None = Field(default=None, description="The oldest waiting run this host drains for.")
+
+
+class GpuSlot(SQLModel, table=True):
+    """One GPU of a host (`label` is its CUDA index, or `cpu` for a CPU-only host), and the run holding it."""
+
+    __table_args__ = (UniqueConstraint("host", "label"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(foreign_key="workerhost.name", max_length=200, index=True)
+    label: str = Field(max_length=16)
+    position: int = Field(default=0, description="Order of the GPU on its host.")
+    run_id: int | None = Field(default=None, foreign_key="run.id", index=True)
+    assigned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class GpuPublic(SQLModel):
+    label: str  # CUDA index, or `cpu`
+    run_id: int | None  # the run holding it (booked or running), None when free
+
+
+class HostPublic(SQLModel):
+    name: str
+    live: bool  # announced, heartbeat fresh, not stopped
+    heartbeat_at: datetime | None
+    stopped_at: datetime | None
+    reserved_for: int | None
+    gpus: list[GpuPublic]
 
 
 # --- metrics and samples ------------------------------------------------------------------------

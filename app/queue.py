@@ -5,7 +5,8 @@ implementation, loaded once by `get_queue()` (create_app does so at start; tests
 own). The database row stays the truth; a message only carries a run id, so publishing twice is
 harmless (the guarded claim in `app.run_state` runs a run once).
 
-`enqueue_run` is the one enqueue path (create, re-run, resume, the reconciler);
+`enqueue_run` is the one enqueue path (create, re-run, resume, a worker handing a run back);
+`publish_booked` sends a run booked on a host's GPUs (app.services.scheduling) to that host's queue;
 `republish_missing` makes the broker agree with the database after it lost its queue.
 """
 
@@ -27,16 +28,17 @@ log = logging.getLogger(__name__)
 
 
 class RunQueue(Protocol):
-    def enqueue(self, run_id: int) -> str:
-        """Publish a message for `run_id`; returns its message (task) id. Raises when the broker is down."""
+    def enqueue(self, run_id: int, queue: str | None = None) -> str:
+        """Publish a message for `run_id` on `queue` (None: the shared queue every worker reads);
+        returns its message (task) id. Raises when the broker is down."""
         ...
 
     def revoke(self, message_id: str) -> None:
         """Drop a published message if the broker still holds it (best effort)."""
         ...
 
-    def waiting(self) -> set[int]:
-        """The run ids whose messages the broker holds now, not yet taken by a worker."""
+    def waiting(self, queue: str | None = None) -> set[int]:
+        """The run ids whose messages the broker holds now on `queue` (None: on any queue), not yet taken."""
         ...
 
 
@@ -58,12 +60,46 @@ def get_queue() -> RunQueue:
 
 
 def enqueue_run(*, session: Session, run_id: int) -> str:
-    """Publish a queued run and record its message id on the row; QueueUnavailableError if the broker is down.
+    """Queue a run: a scheduling pass (app.services.scheduling) books it on a host's GPUs if they are
+    free, and it is published on that host's queue; otherwise on the shared queue, where a worker
+    that takes it runs a scheduling pass again. Records the message id on the row;
+    QueueUnavailableError (nothing booked) if the broker is down.
 
     The row must be committed first: the worker reads it by id as soon as the message lands.
     """
+    from app.services.scheduling import schedule, unbook_run
+
     try:
-        message_id = get_queue().enqueue(run_id)
+        booked = any(p.run_id == run_id for p in schedule(session=session, keep=run_id).placements)
+    except Exception as exc:  # the run stays queued: the next pass (reaper loop, a run ending) books it
+        session.rollback()
+        log.warning("scheduling pass after queueing run %s failed: %s", run_id, exc)
+        booked = False
+    if not booked:
+        return _publish(session, run_id, None)
+    try:
+        return publish_booked(session=session, run_id=run_id)
+    except QueueUnavailableError:
+        unbook_run(session=session, run_id=run_id)  # all or nothing: the caller undoes the queueing
+        raise
+
+
+def publish_booked(*, session: Session, run_id: int) -> str:
+    """Publish a run booked on a host (Run.host) on that host's own queue; QueueUnavailableError if down."""
+    from app.models import WorkerHost
+
+    queue_name = session.execute(
+        select(WorkerHost.queue).join(Run, col(Run.host) == col(WorkerHost.name)).where(col(Run.id) == run_id)
+    ).scalar_one_or_none()
+    session.commit()
+    if queue_name is None:
+        raise ValueError(f"run {run_id} is not booked on a known host")
+    return _publish(session, run_id, queue_name)
+
+
+def _publish(session: Session, run_id: int, queue_name: str | None) -> str:
+    try:
+        message_id = get_queue().enqueue(run_id, queue_name)
     except Exception as exc:  # kombu OperationalError, redis ConnectionError, ...
         raise QueueUnavailableError(f"the queue (Redis) is unreachable, nothing was queued: {exc}") from exc
     # only this column: the worker may already be running the row
@@ -92,19 +128,35 @@ def republish_missing(*, session: Session, older_than_seconds: float | None = No
     """
     if older_than_seconds is None:
         older_than_seconds = get_settings().reconcile_after_seconds
+    from app.models import WorkerHost
+    from app.services.scheduling import is_live, live_cutoff
+
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-    queued = session.exec(
-        select(Run.id)
+    queued = session.execute(
+        select(Run.id, WorkerHost.queue, Run.celery_task_id)
+        .outerjoin(WorkerHost, col(WorkerHost.name) == col(Run.host))
         .where(col(Run.status) == RunStatus.queued, col(Run.cancel_requested).is_(False), col(Run.queued_at) < cutoff)
         .order_by(col(Run.queued_at), col(Run.id))
     ).all()
+    live_cut = live_cutoff()
+    any_live_host = any(is_live(h, live_cut) for h in session.execute(select(WorkerHost)).scalars())
     session.commit()  # end the read transaction
-    if not queued:
+    # a booked run belongs on its host's queue; an unbooked one on the shared queue, unless a worker
+    # already took that message and found no free GPUs (it cleared the id): scheduling passes place it
+    wanted = [
+        (run_id, host_queue) for run_id, host_queue, message_id in queued
+        if host_queue is not None or message_id is not None or not any_live_host
+    ]  # fmt: skip
+    if not wanted:
         return []
-    held = get_queue().waiting()
-    missing = [run_id for run_id in queued if run_id not in held]
-    for run_id in missing:
-        enqueue_run(session=session, run_id=run_id)
+    held: dict[str | None, set[int]] = {}
+    missing = []
+    for run_id, host_queue in wanted:
+        if host_queue not in held:
+            held[host_queue] = get_queue().waiting(host_queue)
+        if run_id not in held[host_queue]:
+            missing.append(run_id)
+            _publish(session, run_id, host_queue)
     if missing:
         log.warning("re-published %d queued run(s) the broker did not hold: %s", len(missing), missing)
     return missing

@@ -1,6 +1,7 @@
 """The run state machine: every transition is one guarded UPDATE on the Run row.
 
-    queued --claim--> running --finish--> succeeded | failed | cancelled
+    queued --book GPUs (app.services.scheduling)--> queued on a host --claim--> running
+    running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled           running --reap (no heartbeat)--> lost
     lost | failed | cancelled --requeue (attempt + 1)--> queued
     running --release (worker shutdown, after a checkpoint; attempt + 1)--> queued
@@ -24,6 +25,7 @@ from sqlmodel import Session, select
 
 from app import events, queue
 from app.models import Run, RunStatus, utcnow
+from app.services.scheduling import release_gpus, schedule
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,15 +34,19 @@ RESUMABLE = (RunStatus.lost, RunStatus.failed, RunStatus.cancelled)
 
 
 # --- transitions ---------------------------------------------------------------------------------
-def claim_run(*, session: Session, run_id: int, worker: str, gpu: str, output_dir: str | None = None) -> Run | None:
+def claim_run(
+    *, session: Session, run_id: int, worker: str, gpu: str, output_dir: str | None = None, host: str | None = None
+) -> Run | None:
     """queued -> running for this worker; None when the run is not queued (or was cancelled meanwhile).
 
-    `output_dir` is recorded only when the row has none, so a resumed run keeps its folder.
+    `output_dir` is recorded only when the row has none, so a resumed run keeps its folder. With
+    `host`, only a run booked on that host is claimed (app.services.scheduling booked its GPUs).
     """
     now = utcnow()
+    host_guard = [Run.host == host] if host is not None else []
     claimed = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.queued, Run.cancel_requested.is_(False))
+        .where(Run.id == run_id, Run.status == RunStatus.queued, Run.cancel_requested.is_(False), *host_guard)
         .values(
             status=RunStatus.running,
             worker=worker,
@@ -55,7 +61,7 @@ def claim_run(*, session: Session, run_id: int, worker: str, gpu: str, output_di
     session.commit()
     if claimed != 1:
         # A queued run whose cancel flag raced the queue: settle it as cancelled so it is not queued forever.
-        _transition(session, run_id, (RunStatus.queued,), RunStatus.cancelled, cancel_requested=True)
+        _transition(session, run_id, (RunStatus.queued,), RunStatus.cancelled, [Run.cancel_requested.is_(True)])
         return None
     run = session.get(Run, run_id)
     session.refresh(run)
@@ -103,6 +109,14 @@ def finish_run(
         values["last_step"] = last_step
     extra_guard = [Run.attempt == attempt] if attempt is not None else []
     return _transition(session, run_id, (RunStatus.running,), status, extra_guard, **values) is not None
+
+
+def mark_lost(*, session: Session, run_id: int, attempt: int, error: str) -> bool:
+    """running -> lost for this attempt: every process of a multi-GPU run stopped without recording how it ended."""
+    return (
+        _transition(session, run_id, (RunStatus.running,), RunStatus.lost, [Run.attempt == attempt], error=error)
+        is not None
+    )
 
 
 def release_run(*, session: Session, run_id: int, attempt: int, last_step: int) -> Run | None:
@@ -192,7 +206,8 @@ def reap_lost_runs(*, session: Session, now: datetime | None = None) -> list[int
 
 def start_reaper(stop_event: threading.Event, interval_seconds: float | None = None) -> threading.Thread:
     """A daemon thread that, every few seconds until stop_event is set, marks silent runs lost
-    (reap_lost_runs) and re-publishes queued runs the broker lost (app.queue.republish_missing)."""
+    (reap_lost_runs), books waiting runs on free GPUs (app.services.scheduling.schedule) and
+    re-publishes queued runs the broker lost (app.queue.republish_missing)."""
     from app.db import get_engine
 
     settings = get_settings()
@@ -204,6 +219,7 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
                 with Session(get_engine()) as session:
                     reap_lost_runs(session=session)
                     if get_settings().redis_url:
+                        schedule(session=session)  # GPUs freed by reaped runs, hosts that came or went
                         queue.republish_missing(session=session)
             except Exception as exc:  # a database or broker hiccup must not end the reaper
                 log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
@@ -215,14 +231,21 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
 
 # --- helpers ---------------------------------------------------------------------------------------
 def _transition(session: Session, run_id: int, sources, target: RunStatus, extra_guard=(), **values) -> Run | None:
-    """One guarded UPDATE `sources -> target`; the refreshed row (and a status event) or None."""
+    """One guarded UPDATE `sources -> target`; the refreshed row (and a status event) or None.
+
+    Leaving queued or running (to a final state, or back to the queue) frees the run's GPUs in the same
+    transaction, so a GPU is held exactly as long as its run is booked or running."""
     if target in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.lost):
         values.setdefault("finished_at", utcnow())
     elif target == RunStatus.queued:
         values.setdefault("finished_at", None)
+    if target != RunStatus.running:
+        values.setdefault("host", None)
     changed = session.execute(
         update(Run).where(Run.id == run_id, Run.status.in_(list(sources)), *extra_guard).values(status=target, **values)
     ).rowcount
+    if changed == 1 and target != RunStatus.running:
+        release_gpus(session, run_id)
     session.commit()
     if changed != 1:
         return None

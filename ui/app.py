@@ -26,7 +26,7 @@ from app.services.errors import ServiceError
 from app.settings import get_settings
 from core_distill.spec import SpecError
 from ui import compare as compare_view
-from ui import form, heatmap, live, runs
+from ui import form, heatmap, hosts, live, runs
 
 LIVE_TICK_SECONDS = 2.0
 TABLE_TICK_SECONDS = 5.0
@@ -180,6 +180,7 @@ def build_dashboard() -> gr.Blocks:
                     rerun = gr.Button("Re-run")
                     resume = gr.Button("Resume")
                 action_msg = gr.Markdown(elem_id="run-action-message")
+                hosts.panel()  # each worker host's GPUs and the run holding each (ui/hosts.py)
                 table_version = gr.State("")
                 table_timer = gr.Timer(TABLE_TICK_SECONDS)
 

@@ -26,7 +26,7 @@ from app.services.errors import ServiceError
 from core_distill import metric_keys
 from core_distill.spec import SpecError
 
-SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd")  # shown for every run
+SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd", "gpus")  # shown for every run
 METRIC_COLUMNS = metric_keys.SUMMARY
 # run id first: a selected row's first cell names the run
 LEAD_COLUMNS = ("run", "name", "status", "step")
@@ -122,6 +122,7 @@ def _row(
         "name": experiment.name,
         "status": status_text(run, queue),
         "step": f"{run.last_step}/{run.max_steps}",
+        "gpus": run.gpus,
         "tags": ", ".join(experiment.tags),
         "created (UTC)": run.created_at.strftime("%Y-%m-%d %H:%M"),
     }

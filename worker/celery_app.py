@@ -1,4 +1,8 @@
-"""The Celery app. GPU runs go to the `gpu` queue, one worker process per GPU.
+"""The Celery app. Every worker host reads the shared `gpu` queue and its own `gpu.<host>` queue,
+with one pool process per GPU.
+
+A run's first message goes to `gpu` (a worker taking it runs a scheduling pass); once the
+scheduler has booked GPUs for it on a host, it is published on that host's queue.
 
 The run's database row is the state machine; the message only carries the run id. Messages are
 acknowledged early (Celery's default): a long run is never re-delivered by Redis's visibility
@@ -37,12 +41,17 @@ def configure(broker_url: str | None = None) -> Celery:
     return celery_app
 
 
-def enqueue_run(run_id: int) -> str:
-    """Queue a run for a GPU worker; returns the Celery task id.
+def host_queue(host: str) -> str:
+    """The queue only worker host `host` reads: runs booked on its GPUs (app.services.scheduling)."""
+    return f"{GPU_QUEUE}.{host}"
+
+
+def enqueue_run(run_id: int, queue: str | None = None) -> str:
+    """Queue a run on `queue` (default: the shared `gpu` queue); returns the Celery task id.
 
     A connection per message, to the broker the settings name now (`distill up` picks Redis's port at
     start, tests move it): no pooled connection to an old broker is ever reused. Runs are queued
     rarely, so the extra connect costs nothing that matters.
     """
     with celery_app.connection_for_write(get_settings().redis_url) as connection:
-        return celery_app.send_task(RUN_TASK, args=[run_id], queue=GPU_QUEUE, connection=connection).id
+        return celery_app.send_task(RUN_TASK, args=[run_id], queue=queue or GPU_QUEUE, connection=connection).id

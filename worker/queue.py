@@ -1,6 +1,6 @@
 """The Celery implementation of `app.queue.RunQueue` (DISTILL_QUEUE=worker.queue:CeleryQueue, the default).
 
-Messages go to the `gpu` queue of the Redis broker named by DISTILL_REDIS_URL, read at each call
+Messages go to the `gpu` queue (or a host's `gpu.<host>`) of the Redis broker named by DISTILL_REDIS_URL, read at each call
 (`distill up` picks Redis's port at start; tests move it between sessions).
 """
 
@@ -15,15 +15,22 @@ import redis
 from app.settings import get_settings
 from worker.celery_app import GPU_QUEUE, RUN_TASK, enqueue_run
 
-# kombu's Redis transport keeps one list per priority step: `gpu`, then `gpu\x06\x163`, ... (kombu.transport.redis)
-PRIORITY_KEYS = [GPU_QUEUE, *(f"{GPU_QUEUE}\x06\x16{step}" for step in (3, 6, 9))]
+PRIORITY_STEPS = (3, 6, 9)
+
+
+def priority_keys(queue: str) -> list[str]:
+    """kombu's Redis transport keeps one list per priority step: `gpu`, then `gpu\x06\x163`, ... (kombu.transport.redis)"""
+    return [queue, *(f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS)]
+
+
+PRIORITY_KEYS = priority_keys(GPU_QUEUE)
 
 
 class CeleryQueue:
-    """Runs as Celery tasks `worker.tasks.run_experiment(run_id)` on the `gpu` queue."""
+    """Runs as Celery tasks `worker.tasks.run_experiment(run_id)` on the `gpu` queue or a host's `gpu.<host>`."""
 
-    def enqueue(self, run_id: int) -> str:
-        return enqueue_run(run_id)
+    def enqueue(self, run_id: int, queue: str | None = None) -> str:
+        return enqueue_run(run_id, queue)
 
     def revoke(self, message_id: str) -> None:
         """Take the message out of the queue list that holds it. Not Celery's revoke broadcast: that went
@@ -39,10 +46,14 @@ class CeleryQueue:
         finally:
             client.close()
 
-    def waiting(self) -> set[int]:
+    def waiting(self, queue: str | None = None) -> set[int]:
         client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
         try:
-            raw = [item for key in PRIORITY_KEYS for item in client.lrange(key, 0, -1)]
+            if queue is None:  # every queue: the shared one and each host's
+                keys = [k for k in client.scan_iter(match=f"{GPU_QUEUE}*", count=1000) if client.type(k) == b"list"]
+            else:
+                keys = priority_keys(queue)
+            raw = [item for key in keys for item in client.lrange(key, 0, -1)]
         finally:
             client.close()
         return {run_id for item in raw if (run_id := _run_id(item)) is not None}

@@ -1,74 +1,119 @@
-"""The GPU task: claim a run, train it with the engine, record how it ended.
+"""The GPU task: take a run booked on this host's GPUs, train it with the engine, record how it ended.
+
+A message on the shared `gpu` queue is a run waiting for GPUs: the task runs a scheduling pass
+(app.services.scheduling) and trains the run at once if that pass booked it here. A message on
+this host's own queue is a run already booked here. Either way the claim is guarded by the host.
 
 Runs in a fresh prefork child per run (max_tasks_per_child=1). torch is imported here, inside the
-task, so the worker's parent process never initialises CUDA before forking; the GPU is the one
-CUDA_VISIBLE_DEVICES names (set by `distill worker --gpu N`).
+task, after CUDA_VISIBLE_DEVICES is set to the run's booked GPUs, so CUDA is never initialised in
+the worker's parent. A 1-GPU run trains in this child; a run of N GPUs is launched as N processes
+by the torch launcher (worker/rank_main.py) in a process group of its own, supervised from here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import re
 import signal
+import subprocess
+import tempfile
 import threading
+import time
 import traceback
 import uuid
+from pathlib import Path
 
 from celery.utils.log import get_task_logger
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.db import get_engine
 from app.events import redis_client
-from app.models import Experiment, RunStatus
+from app.models import Experiment, Run, RunStatus
 from app.paths_policy import check_spec_policy
-from app.queue import enqueue_run
-from app.run_state import claim_run, finish_run, release_run
+from app.queue import enqueue_run, publish_booked
+from app.run_state import claim_run, finish_run, mark_lost, release_run
 from app.services.errors import QueueUnavailableError
+from app.services.scheduling import CPU_LABEL, schedule, stop_host
 from app.settings import get_settings
 from worker.celery_app import RUN_TASK, celery_app
+from worker.launch import HOST_ENV
 from worker.reporter import DatabaseReporter
 
 log = get_task_logger(__name__)  # configured by the worker (the root logger is left alone)
 
 ERROR_TAIL_LINES = 20
 MAX_ERROR_CHARS = 8000
+GANG_STOP_GRACE_SECONDS = 30.0  # how long ranks get to stop once the run left this attempt's hands
 
 
 @celery_app.task(name=RUN_TASK, bind=True, ignore_result=True)
 def run_experiment(self, run_id: int) -> str:
-    """Execute run `run_id` once; returns how it ended (for the worker log)."""
+    """Execute run `run_id` once if it is (or gets) booked on this host; returns how it ended (for the log)."""
     settings = get_settings()
     engine = get_engine()
     engine.dispose(close=False)  # connections inherited through the fork belong to the parent
-    worker_name = self.request.hostname or f"pid{os.getpid()}"
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "") or "cpu"
+    host = os.environ.get(HOST_ENV) or self.request.hostname or f"pid{os.getpid()}"
     # a suffix: ids can repeat (SQLite reuses a deleted last id) and a fresh run must never resume a stranger's checkpoint
     default_dir = settings.effective_runs_dir / f"{run_id}-{uuid.uuid4().hex[:8]}"
     with Session(engine) as session:
-        run = claim_run(session=session, run_id=run_id, worker=worker_name, gpu=gpu, output_dir=str(default_dir))
-        if run is None:
+        run = session.get(Run, run_id)
+        if run is None or run.status != RunStatus.queued:
             log.info("run %s is not queued (cancelled, or already taken): nothing to do", run_id)
             return "skipped"
+        if run.host is None:  # waiting for GPUs: a scheduling pass decides where it goes
+            schedule(session=session, keep=run_id)  # booked here: trained now, without another message
+            session.refresh(run)
+            if run.status == RunStatus.queued and run.host not in (None, host):
+                try:
+                    publish_booked(session=session, run_id=run_id)
+                except QueueUnavailableError as exc:  # still booked: the reconciler publishes it
+                    log.warning("run %s booked on %s but not published: %s", run_id, run.host, exc)
+                return f"booked on {run.host}"
+            if run.status == RunStatus.queued and run.host is None:
+                # no GPUs for it yet: the scheduler books it when some free up (forget this message)
+                session.execute(
+                    update(Run)
+                    .where(Run.id == run_id, Run.celery_task_id == self.request.id)
+                    .values(celery_task_id=None)
+                )
+                session.commit()
+                return "waiting for GPUs"
+        if run.host != host:
+            return f"booked on {run.host}" if run.host else "skipped"
+        run = claim_run(session=session, run_id=run_id, worker=host, gpu=run.gpu or CPU_LABEL,
+                        output_dir=str(default_dir), host=host)  # fmt: skip
+        if run is None:
+            log.info("run %s was taken or cancelled meanwhile: nothing to do", run_id)
+            return "skipped"
         experiment = session.get(Experiment, run.experiment_id)
-        spec_data, attempt, output_dir = dict(experiment.spec), run.attempt, run.output_dir
+        spec_data, attempt, output_dir, gpus = dict(experiment.spec), run.attempt, run.output_dir, run.gpus
+        labels = (run.gpu or CPU_LABEL).split(",")
 
-    redis = redis_client() if settings.redis_url else None
+    # the booked GPUs, before anything imports torch (CPU slot: none)
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if labels == [CPU_LABEL] else ",".join(labels)
+    try:
+        if gpus > 1:
+            outcome = run_gang(run_id, attempt=attempt, nproc=gpus, output_dir=output_dir, engine=engine, host=host)
+        else:
+            outcome = run_in_process(run_id, attempt=attempt, spec_data=spec_data, output_dir=output_dir,
+                                     engine=engine, host=host)  # fmt: skip
+    finally:
+        with contextlib.suppress(Exception), Session(engine) as session:
+            schedule(session=session)  # its GPUs are free now: book the next runs
+    return outcome
+
+
+# --- one process -----------------------------------------------------------------------------------
+def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: str, engine: Engine, host: str) -> str:
+    """Train a 1-GPU run in this process and record how it ended."""
     reporter = None
     try:
-        from core_distill.spec import DistillSpec
-
-        spec = DistillSpec.parse(spec_data)
-        # again here, before the engine loads or connects to anything: the server's allowed paths and
-        # teacher URLs (DISTILL_ALLOWED_TEACHER_URLS) may have changed since the run was queued
-        check_spec_policy(spec)
-        reporter = DatabaseReporter(
-            run_id,
-            engine=engine,
-            redis_client=redis,
-            attempt=attempt,
-            save_every=spec.save_every,
-            max_steps=spec.max_steps,
-        )
-        _stop_on_sigterm(reporter)
+        spec, reporter = prepare(run_id, attempt=attempt, spec_data=spec_data, engine=engine)
+        _on_sigterm(lambda: setattr(reporter, "interrupted", True))
         from core_distill.train import run as train
 
         log.info("run %s attempt %s: training into %s", run_id, attempt, output_dir)
@@ -76,14 +121,37 @@ def run_experiment(self, run_id: int) -> str:
         reporter.close()
     except BaseException as exc:  # noqa: BLE001  (record every way a run can end, then let Celery log it)
         if reporter is not None:
-            _close_quietly(reporter)
+            close_quietly(reporter)
         with Session(engine) as session:
             finish_run(
                 session=session, run_id=run_id, status=RunStatus.failed, error=describe_error(exc), attempt=attempt
             )
         log.exception("run %s failed", run_id)
         return "failed"
+    return record_outcome(run_id, attempt=attempt, result=result, reporter=reporter, engine=engine, host=host)
 
+
+def prepare(run_id: int, *, attempt: int, spec_data: dict, engine: Engine):
+    """(spec, reporter) for the process that reports: the spec parsed and the server's policy checked again
+    here, before the engine loads or connects to anything (paths and teacher URLs may have changed)."""
+    from core_distill.spec import DistillSpec
+
+    spec = DistillSpec.parse(spec_data)
+    check_spec_policy(spec)
+    settings = get_settings()
+    reporter = DatabaseReporter(
+        run_id,
+        engine=engine,
+        redis_client=redis_client() if settings.redis_url else None,
+        attempt=attempt,
+        save_every=spec.save_every,
+        max_steps=spec.max_steps,
+    )
+    return spec, reporter
+
+
+def record_outcome(run_id: int, *, attempt: int, result, reporter: DatabaseReporter, engine: Engine, host: str) -> str:
+    """The engine returned: succeeded, handed back to the queue (worker shutdown) or cancelled."""
     with Session(engine) as session:
         if not result.stopped:
             finish_run(session=session, run_id=run_id, status=RunStatus.succeeded, model_dir=str(result.model_dir),
@@ -91,6 +159,7 @@ def run_experiment(self, run_id: int) -> str:
             return "succeeded"
         if reporter.interrupted and not reporter.cancel_requested:
             # the worker is shutting down: hand the run back to the queue, it resumes from this checkpoint
+            stop_host(session=session, name=host)  # first, so the scheduler books it elsewhere
             if release_run(session=session, run_id=run_id, attempt=attempt, last_step=result.step) is not None:
                 try:
                     enqueue_run(session=session, run_id=run_id)
@@ -103,6 +172,135 @@ def run_experiment(self, run_id: int) -> str:
         return "cancelled"
 
 
+# --- several processes (gang) ----------------------------------------------------------------------
+def run_gang(run_id: int, *, attempt: int, nproc: int, output_dir: str, engine: Engine, host: str) -> str:
+    """Launch the run's `nproc` ranks with the torch launcher in a process group of their own and wait.
+
+    Rank 0 reports and records success, cancel or hand-back itself (worker/rank_main.py). When the
+    group ends without that, the run is `failed` with the error of the rank that raised first, or
+    `lost` when no rank raised (a rank was killed). The group is killed whole at the end, when this
+    worker is killed (PR_SET_PDEATHSIG), and when the run leaves this attempt's hands (reaped as lost)
+    while ranks linger: no rank is ever left holding a GPU.
+    """
+    from core_distill.distributed import launcher_argv
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    error_dir = Path(tempfile.mkdtemp(prefix=f"distill-run{run_id}-ranks-"))
+    env = dict(os.environ, DISTILL_RANK_ERROR_DIR=str(error_dir), PYTHONUNBUFFERED="1")
+    argv = launcher_argv(nproc, "worker.rank_main", [str(run_id), "--attempt", str(attempt)])
+    log_path = folder / f"launcher-attempt{attempt}.log"
+    log.info("run %s attempt %s: %d processes on GPUs %s, log %s", run_id, attempt, nproc,
+             env.get("CUDA_VISIBLE_DEVICES") or "cpu", log_path)  # fmt: skip
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
+    interrupted = threading.Event()
+    _on_sigterm(interrupted.set)
+    code = _supervise(process, run_id=run_id, attempt=attempt, engine=engine, host=host, interrupted=interrupted)
+    kill_group(process.pid)  # stragglers (a rank the launcher left behind), if any
+    outcome = _settle_gang(run_id, attempt=attempt, nproc=nproc, code=code, error_dir=error_dir,
+                           log_path=log_path, engine=engine)  # fmt: skip
+    for path in error_dir.glob("*"):
+        path.unlink()
+    error_dir.rmdir()
+    return outcome
+
+
+def _supervise(process: subprocess.Popen, *, run_id: int, attempt: int, engine: Engine, host: str,
+               interrupted: threading.Event) -> int:  # fmt: skip
+    """Wait for the launcher; forward a shutdown to the ranks; end the group if the run is no longer ours."""
+    check_every = max(0.5, get_settings().heartbeat_seconds)
+    next_check, gone_since, forwarded = 0.0, None, False
+    while (code := process.poll()) is None:
+        time.sleep(0.2)
+        if interrupted.is_set() and not forwarded:
+            forwarded = True
+            with contextlib.suppress(Exception), Session(engine) as session:
+                stop_host(session=session, name=host)  # take no new run here
+            # the ranks, not the launcher: rank 0 checkpoints and hands the run back, the others follow it
+            for pid in group_members(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        now = time.monotonic()
+        if now < next_check:
+            continue
+        next_check = now + check_every
+        try:
+            with Session(engine) as session:
+                row = session.get(Run, run_id)
+                ours = row is not None and row.status == RunStatus.running and row.attempt == attempt
+        except Exception:  # a database hiccup: look again next time
+            continue
+        gone_since = None if ours else (gone_since or now)
+        if gone_since is not None and now - gone_since > GANG_STOP_GRACE_SECONDS:
+            log.warning("run %s left attempt %s's hands but its processes still run: killing them", run_id, attempt)
+            kill_group(process.pid)
+    return code
+
+
+def _settle_gang(run_id: int, *, attempt: int, nproc: int, code: int, error_dir: Path, log_path: Path,
+                 engine: Engine) -> str:  # fmt: skip
+    """How the group ended, when rank 0 did not record it (the run is still running for this attempt)."""
+    with Session(engine) as session:
+        row = session.get(Run, run_id)
+        if row is None or row.status != RunStatus.running or row.attempt != attempt:
+            return str(row.status) if row is not None else "skipped"
+        launcher_log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        root_rank, root_code = root_cause(launcher_log)
+        errors = sorted(error_dir.glob("rank*.txt"), key=lambda p: p.stat().st_mtime_ns)
+        by_rank = {p.stem.removeprefix("rank"): p for p in errors}
+        killed = root_code is not None and root_code < 0
+        if errors and not killed:  # the rank that raised first is the cause; the others died of its absence
+            rank = root_rank if root_rank in by_rank else errors[0].stem.removeprefix("rank")
+            text = f"rank {rank} of {nproc}: " + by_rank[rank].read_text(errors="replace")
+            finish_run(session=session, run_id=run_id, status=RunStatus.failed, error=text[:MAX_ERROR_CHARS],
+                       attempt=attempt)  # fmt: skip
+            return "failed"
+        who = f"rank {root_rank} was killed (exit code {root_code})" if killed else "no rank raised an error"
+        tail = "\n".join(launcher_log.splitlines()[-ERROR_TAIL_LINES:])
+        error = (f"lost: the run's {nproc} processes stopped (launcher exit code {code}): {who}; resume the run to "
+                 f"continue from its last checkpoint\n\n{tail}")  # fmt: skip
+        mark_lost(session=session, run_id=run_id, attempt=attempt, error=error[:MAX_ERROR_CHARS])
+        return "lost"
+
+
+def root_cause(launcher_log: str) -> tuple[str | None, int | None]:
+    """(rank, exit code) of torchrun's "Root Cause (first observed failure)" block; (None, None) without one.
+    A negative exit code is a signal: the rank was killed rather than raising."""
+    _, found, block = launcher_log.rpartition("Root Cause (first observed failure):")
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+    if not found or rank is None or code is None:
+        return None, None
+    return rank.group(1), int(code.group(1))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the process group `pgid` except its leader (the launcher), from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # stat: pid (comm) state ppid pgrp ...
+                members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGKILL it when the process that started it dies (Linux prctl)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
+# --- helpers ----------------------------------------------------------------------------------------
 def describe_error(exc: BaseException) -> str:
     """Exception type and message first (what the run page shows), then the traceback's tail."""
     from core_distill.spec import SpecError
@@ -116,17 +314,17 @@ def describe_error(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
-def _stop_on_sigterm(reporter: DatabaseReporter) -> None:
-    """SIGTERM (worker shutdown) -> checkpoint at the next step and stop, instead of dying mid-step."""
+def _on_sigterm(action) -> None:
+    """SIGTERM (worker shutdown) -> `action` (checkpoint at the next step and stop, instead of dying mid-step)."""
 
     def handler(signum, frame) -> None:
-        reporter.interrupted = True
+        action()
 
     if threading.current_thread() is threading.main_thread():  # signals can only be set there
         signal.signal(signal.SIGTERM, handler)
 
 
-def _close_quietly(reporter: DatabaseReporter) -> None:
+def close_quietly(reporter: DatabaseReporter) -> None:
     try:
         reporter.close()
     except Exception:

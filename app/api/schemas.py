@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from app.models import ExperimentPublic, RunPublic
+from app.models import ExperimentPublic, HostPublic, RunPublic
 
 
 class ErrorMessage(SQLModel):
@@ -94,6 +94,9 @@ class QueuedRun(SQLModel):
     position: int
     attempt: int
     queued_at: datetime
+    gpus: int = 1
+    host: str | None = None  # booked on this host's GPUs, about to start
+    waiting_for: str | None = None  # why it has no GPUs yet (app.services.scheduling)
 
 
 class RunningRun(SQLModel):
@@ -103,6 +106,7 @@ class RunningRun(SQLModel):
     owner: str | None
     worker: str | None
     gpu: str | None
+    gpus: int = 1
     attempt: int
     started_at: datetime | None
     heartbeat_at: datetime | None
@@ -114,6 +118,7 @@ class RunningRun(SQLModel):
 class QueueState(SQLModel):
     queued: list[QueuedRun]
     running: list[RunningRun]
+    hosts: list[HostPublic] = []  # worker hosts, their GPUs and the run holding each
 
 
 class Health(SQLModel):

@@ -23,16 +23,19 @@ HEARTBEAT_SECONDS = "0.5"
 class WorkerProcess:
     """`distill worker` in its own process group, so a test can SIGKILL it with its pool child."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path):
+    def __init__(self, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = (), prefix: str = "test"):
         self.env = env
+        self.prefix = prefix  # host names prefix1, prefix2, ...: one per start
         self.log_dir = log_dir
+        self.args = args  # e.g. ("--gpus", "0,1"): a simulated 2-GPU host
         self.process: subprocess.Popen | None = None
         self.started = 0
 
     def start(self) -> None:
         self.started += 1
         log = open(self.log_dir / f"worker-{self.started}.log", "wb")  # noqa: SIM115  (the child keeps it open)
-        argv = [sys.executable, "-m", "app.cli", "worker", "--name", f"test{self.started}", "--loglevel", "INFO"]
+        argv = [sys.executable, "-m", "app.cli", "worker", "--name", f"{self.prefix}{self.started}", "--loglevel", "INFO",
+                *self.args]  # fmt: skip
         self.process = subprocess.Popen(
             argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -1,0 +1,117 @@
+"""A simulated 2-GPU worker host (`distill worker --gpus 0,1` with CPU torch): two 1-GPU runs at once on
+distinct GPUs, then a 2-GPU FSDP run posted to the API that trains as 2 gloo processes to `succeeded`
+(metrics stored once, final model loadable with from_pretrained), and a 2-GPU run whose rank is
+SIGKILLed: `lost`, no process left, its GPUs free for the next run."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from app.db import get_engine
+from app.models import MetricPoint, RunStatus
+from tests.worker.conftest import HEARTBEAT_SECONDS, WorkerProcess, launch, read_run, tiny_spec, wait_for
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT = 300  # seconds: a 2-process run starts two interpreters and torch on a loaded 2-core machine
+
+
+@pytest.fixture
+def gpu_host(service_env, tmp_path):
+    """`distill worker --gpus 0,1` on this test's database and Redis: a host with two (simulated) GPUs."""
+    env = dict(os.environ, DISTILL_HEARTBEAT_SECONDS=HEARTBEAT_SECONDS, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    worker = WorkerProcess(env, tmp_path, args=("--gpus", "0,1"), prefix="gpuhost")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def finished(run_id: int):
+    run = read_run(run_id)
+    return run if RunStatus(run.status).finished else None
+
+
+def loss_steps(run_id: int) -> Counter:
+    with Session(get_engine()) as session:
+        steps = session.exec(select(MetricPoint.step).where(MetricPoint.run_id == run_id, MetricPoint.key == "loss"))
+        return Counter(steps.all())
+
+
+def rank_processes(run_id: int) -> list[int]:
+    """Pids of the run's rank processes (`python -m worker.rank_main RUN_ID`, not the launcher)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker.rank_main" in argv and str(run_id).encode() in argv and b"torch.distributed.run" not in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def hosts(api) -> dict[str, list[tuple[str, int | None]]]:
+    return {h["name"]: [(g["label"], g["run_id"]) for g in h["gpus"]] for h in api.get("/api/hosts").json()}
+
+
+def test_two_one_gpu_runs_share_the_host_on_distinct_gpus(api, gpu_host):
+    wait_for(lambda: hosts(api), 120, "the host to announce itself", gpu_host)
+    first = launch(api, tiny_spec(max_steps=40, save_every=0), name="one")
+    second = launch(api, tiny_spec(max_steps=40, save_every=0), name="two")
+    wait_for(lambda: read_run(first).last_step >= 1 and read_run(second).last_step >= 1, RUN_TIMEOUT,
+             "both runs to train at once", gpu_host)  # fmt: skip
+    assert sorted([read_run(first).gpu, read_run(second).gpu]) == ["0", "1"]
+    (name,) = hosts(api)
+    assert sorted(hosts(api)[name]) == sorted([(read_run(first).gpu, first), (read_run(second).gpu, second)])
+    for run_id in (first, second):
+        assert wait_for(lambda r=run_id: finished(r), RUN_TIMEOUT, "the runs to end", gpu_host).status == "succeeded"
+    assert hosts(api)[name] == [("0", None), ("1", None)]
+
+
+def test_a_two_gpu_fsdp_run_trains_as_two_processes_to_succeeded(api, gpu_host):
+    pytest.importorskip("core_distill.distributed", reason="needs the engine's launcher (core_distill/distributed.py)")
+    from transformers import AutoModelForCausalLM
+
+    spec = tiny_spec(gpus=2, sharding="fsdp", batch_size=2, max_steps=6, save_every=3)
+    run_id = launch(api, spec, name="fsdp")
+    wait_for(lambda: read_run(run_id).status == RunStatus.running, RUN_TIMEOUT, "the run to start", gpu_host)
+    assert read_run(run_id).gpu == "0,1"
+    (name,) = hosts(api)
+    assert hosts(api)[name] == [("0", run_id), ("1", run_id)]  # both GPUs, one run
+    seen = wait_for(lambda: len(rank_processes(run_id)) == 2 or finished(run_id), RUN_TIMEOUT, "2 ranks", gpu_host)
+    assert seen is True, f"the run ended before 2 rank processes were seen: {read_run(run_id).error}"
+
+    run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, "the 2-GPU run to finish", gpu_host)
+    assert run.status == RunStatus.succeeded, run.error
+    assert loss_steps(run_id) == dict.fromkeys(range(1, 7), 1)  # reported once (rank 0), every step
+    model = AutoModelForCausalLM.from_pretrained(run.model_dir)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert hosts(api)[name] == [("0", None), ("1", None)] and rank_processes(run_id) == []
+
+
+def test_a_killed_rank_leaves_the_run_lost_no_process_and_free_gpus(api, gpu_host):
+    pytest.importorskip("core_distill.distributed", reason="needs the engine's launcher (core_distill/distributed.py)")
+    run_id = launch(api, tiny_spec(gpus=2, batch_size=2, max_steps=5000, save_every=2), name="killed")
+    wait_for(lambda: read_run(run_id).last_step >= 3, RUN_TIMEOUT, "step 3", gpu_host)
+    ranks = rank_processes(run_id)
+    assert len(ranks) == 2
+    os.kill(max(ranks), signal.SIGKILL)  # one rank dies, as under the OOM killer
+
+    run = wait_for(lambda: finished(run_id), 120, "the run to end", gpu_host)
+    assert run.status == RunStatus.lost and "killed" in run.error, run.error
+    assert wait_for(lambda: rank_processes(run_id) == [], 60, "every rank to be gone", gpu_host)
+    (name,) = hosts(api)
+    assert hosts(api)[name] == [("0", None), ("1", None)]
+    follower = launch(api, tiny_spec(gpus=2, batch_size=2, max_steps=2, save_every=0), name="next")
+    done = wait_for(lambda: finished(follower), RUN_TIMEOUT, "the next 2-GPU run", gpu_host)
+    assert done.status == RunStatus.succeeded, done.error

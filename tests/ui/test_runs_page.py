@@ -94,6 +94,8 @@ def test_runs_table_shows_what_differs_and_its_panel_follows_a_cancel(api, tab):
                          spec=_example("reverse_kl_on_policy", learning_rate=3e-4))  # fmt: skip
         running = add_run(session, name="on-policy JSD, seed 1", status="running", steps=40,
                           spec=_example("gkd_on_policy", seed=1))  # fmt: skip
+    for run, accuracy in ((jsd, 0.41), (rkl, 0.37), (running, 0.33)):
+        _log(run.id, run.last_step, {mk.EVAL_EXACT_MATCH: accuracy})
     table = tab.locator("#runs-table")
     expect(tab.get_by_text("4 run(s) match")).to_be_visible()  # the table refreshed on its own
     expect(table).to_contain_text("queued (1st in line)")
@@ -107,6 +109,7 @@ def test_runs_table_shows_what_differs_and_its_panel_follows_a_cancel(api, tab):
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= visible_right, (field, box)
     row = table.get_by_role("row").filter(has_text="on-policy reverse KL, lr 3e-4")
     expect(row).to_contain_text("0.0003")
+    expect(table).to_contain_text("0.41")  # the last eval/exact_match
 
     # a click selects the run; the table is read-only and does not look like a cell editor
     table.get_by_text("on-policy JSD, seed 1", exact=True).filter(visible=True).first.click()

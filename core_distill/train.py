@@ -219,7 +219,7 @@ def run(
     if stopped:
         return RunResult(last_step, None, True, metrics)
     if world > 1:
-        return RunResult(last_step, save_final_model_from_ranks(spec, student, tokenizer, output_dir), False, metrics)
+        return RunResult(last_step, save_final_model_from_ranks(spec, student, tokenizer, output_dir, dtype), False, metrics)
     return RunResult(last_step, save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir), False, metrics)
 
 
@@ -443,14 +443,15 @@ def save_final_model(student: nn.Module, tokenizer, output_dir: Path) -> Path:
     return final
 
 
-def save_final_model_from_ranks(spec: DistillSpec, student: nn.Module, tokenizer, output_dir: Path) -> Path:
+def save_final_model_from_ranks(spec: DistillSpec, student: nn.Module, tokenizer, output_dir: Path, dtype) -> Path:
     """Several processes: gather the full weights on rank 0, load them into a fresh copy of the student
     (so the saved class and config are the plain transformers ones, not FSDP's) and save that."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.is_main():
-        model = load_model(spec.student, dtype=torch.float32, trust_remote_code=spec.trust_remote_code)
+        # the dtype the one-process path trains in: fp32 master weights, LoRA's frozen base in compute dtype
+        model = load_model(spec.student, dtype=dtype if spec.lora else torch.float32, trust_remote_code=spec.trust_remote_code)
         if spec.lora:
             model = add_lora(model, spec)
         model.load_state_dict(full)

@@ -1,12 +1,14 @@
 """`distill toy build`: data, tokenizer, a teacher and a student, both trained to convergence.
 
-The teacher (Llama 128 x 3) and the student (64 x 2, an eighth of its parameters) learn the
-countdown task with the same loop (next-token cross-entropy on completions, AdamW, linear decay),
-each until its eval loss has levelled off, so the student starts close to the data distribution
-and no machine's speed or thread count moves where it starts. A share of the training rows show
-the privileged prompt (the row's own walk as a hint), so that both models learn to use it, as
-OPSD needs. The package ships the result of this build (`core_distill/toy/assets`); rebuilding it
-is for checking that the recipe reproduces it.
+The teacher (Llama, hidden 64 x 2 layers, 87k parameters) and the student (32 x 2, about a quarter
+of its parameters) learn the countdown task with the same loop (next-token cross-entropy on
+completions, AdamW, linear decay), each until its eval loss has levelled off, so the student starts
+close to the data distribution and no machine's speed or thread count moves where it starts.
+A share of the training rows (`hint_share`) show the privileged prompt (a reference walk as a hint),
+for OPSD; with `hint_diverge`, some of those hints leave the row's walk at a random line, so that
+walking on after leaving the hint is something the models have seen (off by default). The package
+ships the result of this build (`core_distill/toy/assets`); rebuilding it is for checking that the
+recipe reproduces it.
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ class ToyConfig:
     test_prompts: int = 50
     test_rows: int = 300  # six rows per test prompt: models are graded on samples, several per prompt
     hint_share: float = 0.3  # training rows shown with the privileged prompt
+    hint_diverge: float = 0.0  # training hints that leave the row's walk at a random line (then walk on validly)
     teacher_hidden: int = 64
     teacher_layers: int = 2
     teacher_steps: int = 2400
+    teacher_intermediate: int = 0  # the MLP's width; 0 = twice the hidden size
     student_hidden: int = 32
     student_layers: int = 2
     student_steps: int = 2400
+    student_intermediate: int = 0
     batch_size: int = 64
     learning_rate: float = 3e-3
 
@@ -87,7 +92,9 @@ def build_toy(
     if parallel:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(2, mp_context=context) as pool:
-            futures = {name: pool.submit(train_toy_model, name, config, out_dir, progress) for name in ("teacher", "student")}
+            futures = {
+                name: pool.submit(train_toy_model, name, config, out_dir, progress) for name in ("teacher", "student")
+            }
             manifest["models"] = {name: future.result() for name, future in futures.items()}
     else:
         manifest["models"] = {name: train_toy_model(name, config, out_dir, progress) for name in ("teacher", "student")}
@@ -98,22 +105,24 @@ def build_toy(
 
 def toy_splits(config: ToyConfig) -> dict[str, list[dict]]:
     sizes = {"eval": config.eval_rows, "test": config.test_rows, "train": config.train_rows}
-    return make_splits(config.seed, sizes, {"eval": config.eval_prompts, "test": config.test_prompts})
+    prompts = {"eval": config.eval_prompts, "test": config.test_prompts}
+    return make_splits(config.seed, sizes, prompts, {"train": config.hint_diverge})
 
 
 def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool = False) -> dict:
     """Train the teacher or the student from scratch, save it to out_dir/name; its manifest entry."""
     torch.set_num_threads(1)
     offset = {"teacher": 1, "student": 2}[name]  # seeds of the initialisation and the batch order
-    hidden, layers, steps = (
-        (config.teacher_hidden, config.teacher_layers, config.teacher_steps) if name == "teacher"
-        else (config.student_hidden, config.student_layers, config.student_steps)
+    hidden, layers, steps, intermediate = (
+        (config.teacher_hidden, config.teacher_layers, config.teacher_steps, config.teacher_intermediate)
+        if name == "teacher"
+        else (config.student_hidden, config.student_layers, config.student_steps, config.student_intermediate)
     )  # fmt: skip
     tokenizer = build_tokenizer()
     encoded = {split: encode_rows(rows, tokenizer, max_prompt_length=256, max_completion_length=256, source=split)
                for split, rows in toy_splits(config).items()}  # fmt: skip
     torch.manual_seed(config.seed + offset)
-    model = new_model(tokenizer, hidden, layers)
+    model = new_model(tokenizer, hidden, layers, intermediate or 2 * hidden)
     curve = train_sft(model, mixed_training_examples(encoded["train"], config), encoded["eval"],
                       replace(config, seed=config.seed + offset), steps, desc=name, progress=progress)  # fmt: skip
     model.save_pretrained(out_dir / name)
@@ -121,6 +130,7 @@ def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool 
     return {
         "hidden_size": hidden,
         "layers": layers,
+        "intermediate_size": intermediate or 2 * hidden,
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "eval_loss_curve": curve,
@@ -135,12 +145,12 @@ def mixed_training_examples(examples: list[Example], config: ToyConfig) -> list[
     return [replace(e, prompt_ids=e.teacher_prompt_ids) if rng.random() < config.hint_share else e for e in examples]
 
 
-def new_model(tokenizer, hidden: int, layers: int):
+def new_model(tokenizer, hidden: int, layers: int, intermediate: int | None = None):
     """A Llama with head dimension 32 (vLLM's CPU attention refuses 16)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
         num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, head_dim=32, max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
         tie_word_embeddings=True,
@@ -175,7 +185,9 @@ def train_sft(model, examples: list[Example], eval_examples: list[Example], conf
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        rows = [examples[i] for i in batch_indices(len(examples), step * config.batch_size, config.batch_size, config.seed)]
+        rows = [
+            examples[i] for i in batch_indices(len(examples), step * config.batch_size, config.batch_size, config.seed)
+        ]
         loss = completion_loss(model, rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

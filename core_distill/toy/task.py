@@ -64,6 +64,26 @@ def random_walk(start: int, max_step: int, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
+def diverging_hint(walk: str, start: int, max_step: int, rng: random.Random) -> str:
+    """A valid walk that follows `walk` for a random number of lines, then takes another step and walks on.
+
+    Shown as the hint of a training row whose completion is `walk`, it teaches a model that leaving the
+    hint is normal: it copies while its walk matches the hint and walks on by itself once it does not.
+    """
+    lines = walk.split("\n")
+    remainders = [start] + [int(LINE_RE.fullmatch(line).group(2)) for line in lines]  # type: ignore[union-attr]
+    # only a line with another allowed step can diverge
+    forks = [i for i in range(len(lines)) if len(allowed_steps(remainders[i], max_step)) > 1]
+    if not forks:
+        return walk
+    fork = rng.choice(forks)
+    taken = int(LINE_RE.fullmatch(lines[fork]).group(1))  # type: ignore[union-attr]
+    step = rng.choice([d for d in allowed_steps(remainders[fork], max_step) if d != taken])
+    remainder = remainders[fork] - step
+    tail = f"-{step}={remainder}" + ("\n" + random_walk(remainder, max_step, rng) if remainder else "")
+    return "\n".join(lines[:fork] + [tail])
+
+
 def parse_prompt(text: str) -> tuple[int, int] | None:
     found = PROMPT_RE.search(text)
     return tuple(int(g) for g in found.groups()) if found else None  # type: ignore[return-value]
@@ -94,15 +114,17 @@ def walk_log_likelihood(completion: str, start: int, max_step: int) -> float | N
     return total
 
 
-def make_row(start: int, max_step: int, rng: random.Random) -> dict[str, Any]:
+def make_row(start: int, max_step: int, rng: random.Random, diverge: float = 0.0) -> dict[str, Any]:
+    """One row; with probability `diverge` its hint is a walk that leaves this row's walk at a random line."""
     walk = random_walk(start, max_step, rng)
+    hint = diverging_hint(walk, start, max_step, rng) if diverge and rng.random() < diverge else walk
     return {
         "messages": [
             {"role": "user", "content": prompt_text(start, max_step)},
             {"role": "assistant", "content": walk},
         ],
-        # OPSD: the teacher's view holds this row's walk as privileged context
-        "teacher_prompt": hinted_prompt(start, max_step, walk),
+        # OPSD: the teacher's view holds a valid walk (this row's, or one that leaves it) as privileged context
+        "teacher_prompt": hinted_prompt(start, max_step, hint),
     }
 
 
@@ -110,12 +132,15 @@ def all_prompts() -> list[tuple[int, int]]:
     return [(s, m) for s in STARTS for m in MAX_STEPS]
 
 
-def make_splits(seed: int, sizes: dict[str, int], prompt_counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+def make_splits(
+    seed: int, sizes: dict[str, int], prompt_counts: dict[str, int], diverge: dict[str, float] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Rows per split; each split draws its rows from its own disjoint set of prompts.
 
     `prompt_counts` gives how many distinct prompts each split owns (the last split named in
     `sizes` but not in `prompt_counts` owns the rest); `sizes` how many rows it holds (a train
-    prompt appears with many different walks, an eval/test prompt usually once).
+    prompt appears with many different walks, an eval/test prompt usually once); `diverge` the share of a
+    split's hints that leave its row's walk (`diverging_hint`).
     """
     rng = random.Random(seed)
     prompts = all_prompts()
@@ -133,7 +158,7 @@ def make_splits(seed: int, sizes: dict[str, int], prompt_counts: dict[str, int])
         pool = owned[name]
         # every prompt once before any twice, so a small split covers as many prompts as it can
         order = [pool[i % len(pool)] for i in range(size)]
-        splits[name] = [make_row(s, m, rng) for s, m in order]
+        splits[name] = [make_row(s, m, rng, (diverge or {}).get(name, 0.0)) for s, m in order]
     return splits
 
 

@@ -12,8 +12,10 @@ from core_distill.data import encode_rows
 from core_distill.evaluation import countdown_valid
 from core_distill.toy.build import QUICK
 from core_distill.toy.task import (
+    LINE_RE,
     all_prompts,
     allowed_steps,
+    diverging_hint,
     hinted_prompt,
     is_valid_walk,
     make_splits,
@@ -79,6 +81,41 @@ def test_splits_never_share_a_prompt_and_carry_the_privileged_prompt():
     assert again == splits  # pure function of the seed: the same data on every machine
     with pytest.raises(ValueError, match="not enough distinct prompts"):
         make_splits(seed=0, sizes={"test": 10, "train": 5}, prompt_counts={"test": len(all_prompts())})
+
+
+def _steps(walk: str) -> list[int]:
+    return [int(LINE_RE.fullmatch(line).group(1)) for line in walk.split("\n")]
+
+
+def test_a_diverging_hint_is_a_valid_walk_that_follows_the_row_and_then_leaves_it():
+    rng = random.Random(0)
+    forks = set()
+    for _ in range(300):
+        start, max_step = rng.choice(all_prompts())
+        walk = random_walk(start, max_step, rng)
+        hint = diverging_hint(walk, start, max_step, rng)
+        assert is_valid_walk(hint, start, max_step), (walk, hint)
+        ours, theirs = _steps(walk), _steps(hint)
+        if walk == hint:  # only when no line had another allowed step
+            assert all(len(allowed_steps(start - sum(ours[:i]), max_step)) == 1 for i in range(len(ours)))
+            continue
+        fork = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+        forks.add(fork)
+    assert len(forks) > 5  # the hint leaves the walk at many different lines, the first included
+    assert 0 in forks
+
+
+def test_only_the_splits_named_in_diverge_get_diverging_hints():
+    sizes, counts = {"eval": 30, "test": 30, "train": 400}, {"eval": 30, "test": 30}
+    plain = make_splits(seed=1, sizes=sizes, prompt_counts=counts)
+    mixed = make_splits(seed=1, sizes=sizes, prompt_counts=counts, diverge={"train": 0.5})
+    assert mixed["eval"] == plain["eval"] and mixed["test"] == plain["test"]  # eval/test hints: the row's walk
+    left = [r for r in mixed["train"] if r["teacher_prompt"].split("hint:\n")[1] != r["messages"][1]["content"]]
+    assert 0.35 < len(left) / len(mixed["train"]) < 0.6
+    for row in left:
+        task = parse_prompt(row["messages"][0]["content"])
+        assert is_valid_walk(row["teacher_prompt"].split("hint:\n")[1], *task)
+    assert make_splits(seed=1, sizes=sizes, prompt_counts=counts, diverge={"train": 0.5}) == mixed
 
 
 def test_tokenizer_round_trips_and_the_prompt_is_a_prefix(tmp_path):

@@ -5,7 +5,10 @@ A local path and a hub id go through the same `from_pretrained` call; only the n
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor, nn
@@ -32,33 +35,48 @@ class ModelUnavailableError(OSError):
 
 
 _HUB_STATE: dict[str, str] = {}  # an unreachable hub is asked once per process, not once per load
+HUB_TIMEOUT = 4.0
 
 
-def model_source(name: str, trust_remote_code: bool = False) -> str:
-    """What `from_pretrained` gets for `name`; ModelUnavailableError (in seconds, no retries) when it cannot load.
+def model_source(name: str, trust_remote_code: bool = False) -> tuple[str, bool]:
+    """What `from_pretrained` gets for `name`, and whether it must stay off the network (local_files_only).
 
-    A missing local folder never reaches the hub; a hub id is checked first (cached here, or one request
-    with a short timeout), so that HF_HUB_OFFLINE or no network fails at once instead of after retries.
+    ModelUnavailableError, in seconds and one line, when it cannot load: a missing local folder never
+    reaches the hub; a hub id must be cached here or exist on a hub that answers one short request
+    (HF_HUB_OFFLINE or no network fails at once instead of after huggingface_hub's five retries). A cached
+    hub id on a machine that cannot reach the hub loads from the cache without trying it.
     """
-    from core_distill.preflight import check_hub_model
+    from core_distill.preflight import check_hub_model, hub_offline
 
     path = resolve_model_path(name)
     if isinstance(path, Path):
         if not path.is_dir():
             raise ModelUnavailableError(missing_model_message(name))
-        return str(path)
+        return str(path), False
     problem = check_hub_model(name, trust_remote_code, _HUB_STATE)
     if problem:
         raise ModelUnavailableError(problem)
-    return name
+    return name, hub_offline() or not _hub_reachable()
+
+
+def _hub_reachable() -> bool:
+    """One TCP connect to the hub's host per process (a cached model's load would otherwise retry it)."""
+    if "reachable" not in _HUB_STATE:
+        endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        try:
+            socket.create_connection((endpoint.hostname or "", port), timeout=HUB_TIMEOUT).close()
+            _HUB_STATE["reachable"] = "yes"
+        except OSError:
+            _HUB_STATE["reachable"] = ""
+    return bool(_HUB_STATE["reachable"])
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_source(name, trust_remote_code), trust_remote_code=trust_remote_code
-    )
+    source, local_only = model_source(name, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
@@ -69,9 +87,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 def load_model(name: str, *, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    source, local_only = model_source(name, trust_remote_code)
+    # adapter_kwargs: transformers looks for a PEFT adapter config without the local_files_only it was given
     model = AutoModelForCausalLM.from_pretrained(
-        model_source(name, trust_remote_code), dtype=dtype, trust_remote_code=trust_remote_code
-    )
+        source, dtype=dtype, local_files_only=local_only, trust_remote_code=trust_remote_code,
+        adapter_kwargs={"local_files_only": True} if local_only else None,
+    )  # fmt: skip
     disable_dropout(model)
     return model
 

@@ -94,3 +94,33 @@ def test_a_typo_in_a_spec_field_names_the_field_meant(tmp_path):
     assert done.returncode == 2
     assert "error: lmbd: is not a spec field; did you mean 'lmbda'?" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+LOAD_CACHED = """
+import torch
+from core_distill.models import load_model, load_tokenizer
+load_tokenizer("someorg/tiny")
+load_model("someorg/tiny", dtype=torch.float32)
+print("loaded")
+"""
+
+
+def test_a_cached_hub_model_loads_without_retrying_an_unreachable_hub(tmp_path):
+    import os
+
+    from tests.tiny_models import build_model, build_tokenizer
+
+    snapshot = tmp_path / "hf" / "hub" / "models--someorg--tiny" / "snapshots" / ("0" * 40)
+    build_model(snapshot, build_tokenizer(snapshot), hidden=32, layers=1)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)  # the cache's layout: refs/main -> snapshot
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.getcwd(),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }  # fmt: skip  (a port that refuses: the hub is unreachable)
+    done = subprocess.run([sys.executable, "-c", LOAD_CACHED], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr
+    assert "Retrying" not in done.stderr and "127.0.0.1:9" not in done.stderr, done.stderr

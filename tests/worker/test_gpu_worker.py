@@ -117,3 +117,26 @@ def test_a_killed_rank_leaves_the_run_lost_no_process_and_free_gpus(api, gpu_hos
     follower = launch(api, tiny_spec(gpus=2, batch_size=2, max_steps=2, save_every=0), name="next")
     done = wait_for(lambda: finished(follower), RUN_TIMEOUT, "the next 2-GPU run", gpu_host)
     assert done.status == RunStatus.succeeded, done.error
+
+
+def test_cancel_and_worker_shutdown_stop_every_rank_of_a_two_gpu_run(api, gpu_host):
+    pytest.importorskip("core_distill.distributed", reason="needs the engine's launcher (core_distill/distributed.py)")
+    run_id = launch(api, tiny_spec(gpus=2, batch_size=2, max_steps=5000, save_every=0), name="stopped")
+    wait_for(lambda: read_run(run_id).last_step >= 2, RUN_TIMEOUT, "step 2", gpu_host)
+    assert api.post(f"/api/runs/{run_id}/cancel").json()["cancel_requested"]
+    run = wait_for(lambda: finished(run_id), 120, "the cancel to stop both ranks", gpu_host)
+    assert run.status == RunStatus.cancelled and "cancelled at step" in run.error, run.error
+    assert wait_for(lambda: rank_processes(run_id) == [], 60, "every rank to be gone", gpu_host)
+    (name,) = hosts(api)
+    assert hosts(api)[name] == [("0", None), ("1", None)]
+
+    # resumed, then the worker is stopped (SIGTERM to its process group, as `distill up` does at Ctrl-C):
+    # rank 0 checkpoints and hands the run back to the queue, the other rank follows, none is left
+    assert api.post(f"/api/runs/{run_id}/resume").json()["attempt"] == 2
+    wait_for(lambda: read_run(run_id).attempt == 2 and read_run(run_id).last_step > run.last_step + 1,
+             RUN_TIMEOUT, "the resumed run to train", gpu_host)  # fmt: skip
+    gpu_host.stop()
+    handed_back = read_run(run_id)
+    assert handed_back.status == RunStatus.queued and handed_back.attempt == 3, handed_back.error
+    assert rank_processes(run_id) == [] and handed_back.host is None
+    assert next(h for h in api.get("/api/hosts").json() if h["name"] == name)["stopped_at"] is not None

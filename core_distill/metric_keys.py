@@ -116,7 +116,6 @@ FAMILIES = (
     ),
     Family("tokens", "Tokens per step", "tokens", (COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS)),
 )
-CHARTS = tuple((f.title, f.keys) for f in FAMILIES)  # (title, keys) of the live view
 
 
 def family_of(key: str) -> Family:

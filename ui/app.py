@@ -25,8 +25,8 @@ from app.services import experiments as experiment_service
 from app.services.errors import ServiceError
 from app.settings import get_settings
 from core_distill.spec import SpecError
+from ui import charts, form, heatmap, hosts, live, runs
 from ui import compare as compare_view
-from ui import form, heatmap, hosts, live, runs
 
 LIVE_TICK_SECONDS = 2.0
 TABLE_TICK_SECONDS = 5.0
@@ -92,38 +92,23 @@ def validate(*values: Any, spec_yaml: str | None = None) -> str:
     return "The spec is valid: every field is in range and its models and data exist."
 
 
-def _plot_value(frame):
-    # No data = no value: the chart is then built when its first points arrive. (A chart first built
-    # from an empty frame keeps an empty colour domain in Gradio 6.31 and draws its lines invisible.)
-    return frame if len(frame) else None
-
-
 def live_outputs(run_id: int | None, smoothing: float, x_axis: str) -> list[Any]:
-    """Header, one value per chart, samples HTML; the x title follows the axis choice."""
+    """Header, the charts' container, samples HTML. The container only changes with the run or the
+    chart settings: the browser draws it and streams new points into it (ui/static/charts.js)."""
     if not run_id:
-        empty = [gr.LinePlot(value=None) for _ in live.CHARTS]
-        return ["Pick a run in the Runs tab or type its id.", *empty, heatmap.samples_html([], None)]
-    frames = live.chart_frames(int(run_id), smoothing, x_axis)
-    plots = [gr.LinePlot(value=_plot_value(f), x_title=live.X_TITLES[x_axis], color_map=live.color_map(f)) for f in frames]
+        return ["Pick a run in the Runs tab or type its id.", charts.live_html(None), heatmap.samples_html([], None)]
     samples, step = live.latest_samples(int(run_id))
-    return [live.run_header(int(run_id)), *plots, heatmap.samples_html(samples, step)]
+    return [live.run_header(int(run_id)), charts.live_html(int(run_id), smoothing, x_axis),
+            heatmap.samples_html(samples, step)]  # fmt: skip
 
 
 def compare_outputs(run_text: str, keys: list[str], smoothing: float, x_axis: str) -> list[Any]:
-    """Plots (COMPARE_SLOTS of them), spec diff, finals, link markdown; errors go in the link slot."""
-    hidden = [gr.LinePlot(visible=False) for _ in range(compare_view.COMPARE_SLOTS)]
+    """Charts' container (one chart per metric), spec diff, finals, link markdown; errors go in the link slot."""
     try:
-        frames, diff, finals, link = compare_view.compare(run_text, keys or compare_view.DEFAULT_KEYS, smoothing, x_axis)
+        shown = compare_view.compare(run_text, keys or compare_view.DEFAULT_KEYS, smoothing, x_axis)
     except compare_view.CompareError as exc:
-        return [*hidden, None, None, f"**Cannot compare:** {exc}"]
-    keys = [k for k in (keys or compare_view.DEFAULT_KEYS) if k][: compare_view.COMPARE_SLOTS]
-    run_colors = {label: live.PALETTE[i % len(live.PALETTE)] for i, label in enumerate(finals["run"])}  # same in every plot
-    plots = [
-        gr.LinePlot(value=_plot_value(frame), title=key, x_title=live.X_TITLES[x_axis], color_map=run_colors, visible=True)
-        for frame, key in zip(frames, keys, strict=True)
-    ]
-    plots += hidden[len(plots) :]
-    return [*plots, diff, finals, link]
+        return ["", None, None, f"**Cannot compare:** {exc}"]
+    return list(shown)
 
 
 def known_metric_keys(run_text: str) -> list[str]:
@@ -210,17 +195,11 @@ def build_dashboard() -> gr.Blocks:
             with gr.Tab("Live", id="live") as live_tab:
                 with gr.Row():
                     live_run = gr.Number(label="run", precision=0, scale=0, elem_id="live-run")
-                    smoothing = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing (EMA)")
+                    smoothing = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing (EMA)", elem_id="live-smoothing")
                     x_axis = gr.Radio([("step", "step"), ("wall time", "wall_time")], value="step", label="x axis")
-                    follow = gr.Checkbox(True, label="follow (refresh every 2 s)")
+                    follow = gr.Checkbox(True, label="follow (header and samples every 2 s; charts stream)")
                 header = gr.Markdown(elem_id="live-header")
-                live_plots = []
-                for start in range(0, len(live.CHARTS), 2):
-                    with gr.Row():
-                        for title, _ in live.CHARTS[start : start + 2]:
-                            live_plots.append(gr.LinePlot(x="x", y="value", color="series", title=title, height=260,
-                                                          x_title="step", y_title="", key=f"live-{title}",
-                                                          elem_classes=["live-plot"]))  # fmt: skip
+                live_charts = gr.HTML(charts.live_html(None), elem_id="live-charts", js_on_load=None)
                 samples_html = gr.HTML(heatmap.samples_html([], None), elem_id="samples")
                 live_version = gr.State("")
                 live_timer = gr.Timer(LIVE_TICK_SECONDS)
@@ -229,19 +208,13 @@ def build_dashboard() -> gr.Blocks:
                 with gr.Row():
                     compare_runs = gr.Textbox(label="runs (ids)", placeholder="3, 7, 9", elem_id="compare-runs", scale=2)
                     compare_keys = gr.Dropdown(compare_view.DEFAULT_KEYS, value=compare_view.DEFAULT_KEYS,
-                                               multiselect=True, max_choices=compare_view.COMPARE_SLOTS,
+                                               multiselect=True,
                                                allow_custom_value=True, label="metrics", scale=3)  # fmt: skip
                     compare_smoothing = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing (EMA)", scale=1)
                     compare_x = gr.Radio([("step", "step"), ("wall time", "wall_time")], value="step", label="x axis")
                     compare_btn = gr.Button("Compare", variant="primary", scale=0, elem_id="compare-button")
                 compare_link = gr.Markdown(elem_id="compare-link")
-                compare_plots = []
-                for start in range(0, compare_view.COMPARE_SLOTS, 2):
-                    with gr.Row():
-                        for i in range(start, start + 2):
-                            compare_plots.append(gr.LinePlot(x="x", y="value", color="series", height=280,
-                                                             color_title="run", key=f"compare-{i}", visible=False,
-                                                             elem_classes=["compare-plot"]))  # fmt: skip
+                compare_charts = gr.HTML("", elem_id="compare-charts", js_on_load=None)
                 gr.Markdown("#### Spec fields that differ")
                 diff_table = gr.Dataframe(interactive=False, elem_id="spec-diff")
                 gr.Markdown("#### Final metrics")
@@ -349,7 +322,7 @@ def build_dashboard() -> gr.Blocks:
 
         # --- live tab events
         live_inputs = [live_run, smoothing, x_axis]
-        live_all = [header, *live_plots, samples_html]
+        live_all = [header, live_charts, samples_html]
 
         def live_tick(run_id, current: str, following: bool):
             if not following:
@@ -363,7 +336,7 @@ def build_dashboard() -> gr.Blocks:
         follow.change(lambda on: gr.Timer(active=on), follow, live_timer)
 
         # --- compare tab events
-        compare_all = [*compare_plots, diff_table, finals_table, compare_link]
+        compare_all = [compare_charts, diff_table, finals_table, compare_link]
         compare_inputs = [compare_runs, compare_keys, compare_smoothing, compare_x]
         for trigger in (compare_btn.click, compare_runs.submit, compare_smoothing.release, compare_x.change):
             trigger(compare_outputs, compare_inputs, compare_all, show_progress="hidden")
@@ -389,7 +362,8 @@ def mount_dashboard(app: FastAPI) -> FastAPI:
     """Mount the dashboard at /ui (call after the API routes: a mount shadows what follows)."""
     from app.auth import auth_dependency  # the API's tokens (header or the login cookie); "anonymous" when off
 
+    charts.mount_assets(app)  # before the mount: /dashboard-assets/... is not under /ui
     return gr.mount_gradio_app(
         app, build_dashboard(), path="/ui", auth_dependency=auth_dependency, css=CSS, footer_links=[],
-        ssr_mode=False,
+        ssr_mode=False, head=charts.HEAD,
     )  # fmt: skip

@@ -93,7 +93,9 @@ def live_html(run_id: int | None, smoothing: float = 0.0, x: str = "step") -> st
         experiment = session.get(Experiment, run.experiment_id) if run else None
     if experiment is None:
         return f'<div class="distill-empty">No run {int(run_id)}.</div>'
-    attrs = _attrs(run=int(run_id), smoothing=float(smoothing), x=x, max_points=HISTORY_POINTS, families=families_json(),
+    # the attempt is part of the container: a resumed run gets a fresh one (history re-read, stream followed again)
+    attrs = _attrs(run=int(run_id), attempt=run.attempt, smoothing=float(smoothing), x=x, max_points=HISTORY_POINTS,
+                   families=families_json(),
                    references=json.dumps(teacher_references([experiment.spec])))  # fmt: skip
     return f'<div class="distill-live" id="live-charts-{int(run_id)}" {attrs}></div>'
 

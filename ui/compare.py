@@ -15,12 +15,13 @@ from app.models import Experiment, Run
 from app.services import comparison
 from app.services.errors import NotFoundError
 from core_distill import metric_keys
-from ui.live import MAX_POINTS, XAxis, empty_frame, series_frame
+from ui import charts
+from ui.live import MAX_POINTS, XAxis
 
 MAX_RUNS = comparison.MAX_COMPARED
-COMPARE_SLOTS = 4  # plots shown at once
 # The browser draws (and hit-tests) every point as SVG, so runs share a budget per chart: with 2,000
-# a 10-run comparison took 3.0 s to draw in Chromium, with 1,000 2.0 s (docs/benchmarks.md).
+# a 10-run comparison took 3.0 s to draw in Chromium, with 1,000 2.0 s (Gradio's LinePlot then;
+# Plotly now: docs/benchmarks.md).
 POINTS_PER_PLOT = 1000
 
 
@@ -70,34 +71,24 @@ def spec_diff(specs: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["field", *labels])
 
 
-def overlay_frames(
-    session: Session, runs: list[tuple[Run, Experiment]], keys: list[str], smoothing: float, x: XAxis
-) -> list[pd.DataFrame]:
-    """One frame per metric key with every run's series (series column = run label)."""
-    frames: list[list[pd.DataFrame]] = [[] for _ in keys]
-    budget = points_per_series(len(runs))
-    series = comparison.series(session=session, run_ids=[run.id for run, _ in runs], keys=keys, max_points=budget, x=x)
-    for run, experiment in runs:
-        for i, key in enumerate(keys):
-            frames[i].append(series_frame({key: series[run.id][key]}, smoothing, x, label=run_label(run, experiment)))
-    return [pd.concat(parts, ignore_index=True) if parts else empty_frame() for parts in frames]
-
-
 def final_metrics(session: Session, runs: list[tuple[Run, Experiment]]) -> pd.DataFrame:
     """The runs' final metrics, then the student before training and the teacher where known."""
     return pd.DataFrame(comparison.final_rows(session=session, runs=runs))
 
 
 def compare(run_text: str | list, keys: list[str], smoothing: float = 0.0, x: XAxis = "step"):
-    """Everything the compare tab shows: (plot frames, spec diff, final metrics, link markdown)."""
+    """Everything the compare tab shows: (the charts' container: one chart per key, however many; the
+    browser fetches the curves from GET /api/compare), spec diff, final metrics, link markdown)."""
     run_ids = parse_run_ids(run_text)
     if len(run_ids) < 1:
         raise CompareError("pick at least one run")
-    keys = [k for k in keys if k][:COMPARE_SLOTS]
+    keys = list(dict.fromkeys(k for k in keys if k))
     with Session(get_engine()) as session:
         runs = load_runs(session, run_ids)
-        frames = overlay_frames(session, runs, keys, smoothing, x)
         finals = final_metrics(session, runs)
+    labelled = [(run.id, run_label(run, experiment)) for run, experiment in runs]
+    specs = [experiment.spec for _, experiment in runs]
+    chart_html = charts.compare_html(labelled, specs, keys, smoothing, x, points_per_series(len(runs)))
     diff = spec_diff({run_label(run, experiment): experiment.spec for run, experiment in runs})
     link = f"/ui/?compare={','.join(map(str, run_ids))}"
-    return frames, diff, finals, f"Link to this comparison: [{link}]({link})"
+    return chart_html, diff, finals, f"Link to this comparison: [{link}]({link})"

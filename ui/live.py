@@ -1,75 +1,25 @@
-"""The live run view: charts of one run that follow it while it trains, and its eval samples.
+"""The live run view's header and eval samples; its charts are drawn in the browser (ui/charts.py).
 
 A Timer tick only calls `probe` (two index lookups: the run row and its newest point), and the
-charts are re-queried only when the probe's answer changed. Each series is downsampled in SQL
-to at most MAX_POINTS points keeping every bucket's min and max, so a spike is never lost and the
-browser never gets a whole 100k-step series.
+header and samples are re-read only when the probe's answer changed. The charts do not wait for a
+tick: the browser follows the run's event stream and appends each point as it arrives.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import pandas as pd
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from app.db import get_engine
-from app.metrics_query import downsample_series
 from app.models import EvalSamples, Experiment, MetricPoint, Run
 from app.services import runs as run_service
 from core_distill import metric_keys
 from ui.runs import error_block, status_text
 
-MAX_POINTS = 500  # per series, what the browser receives
+MAX_POINTS = 500  # per series, what the browser receives (a comparison of few runs)
 XAxis = Literal["step", "wall_time"]
-
-# (title, keys): the distillation-specific views; keys a run never logged are simply absent
-CHARTS: list[tuple[str, tuple[str, ...]]] = list(metric_keys.CHARTS)
-X_TITLES = {"step": "step", "wall_time": "seconds since start"}
-# Tableau 10: one fixed colour per series (per run in comparisons)
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
-
-
-def color_map(frame: pd.DataFrame) -> dict[str, str]:
-    """Series -> colour, in order of appearance. Gradio's LinePlot rebuilds its chart (and the colour
-    domain) only when a property such as this map changes, so a series that appears later is drawn too."""
-    names = list(dict.fromkeys(frame["series"]))
-    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
-
-
-def ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard-style exponential moving average, debiased so the first points are not pulled to 0."""
-    if weight <= 0 or not values:
-        return list(values)
-    weight = min(weight, 0.999)
-    out, last, norm = [], 0.0, 0.0
-    for v in values:
-        last = last * weight + (1 - weight) * v
-        norm = norm * weight + (1 - weight)
-        out.append(last / norm)
-    return out
-
-
-def empty_frame() -> pd.DataFrame:
-    # typed columns: a plot first given untyped (object) columns draws later numbers as categories
-    return pd.DataFrame({"x": pd.Series(dtype=float), "value": pd.Series(dtype=float), "series": pd.Series(dtype=str)})
-
-
-def series_frame(
-    series: dict[str, list[dict[str, float]]], smoothing: float, x: XAxis, label: str | None = None
-) -> pd.DataFrame:
-    """Long frame (x, value, series) for a LinePlot; `label` replaces the key as series name (compare)."""
-    frames = []
-    for key, points in series.items():
-        if not points:
-            continue
-        t0 = points[0]["wall_time"]
-        xs = [p["step"] if x == "step" else p["wall_time"] - t0 for p in points]
-        values = ema([p["value"] for p in points], smoothing)
-        frames.append(pd.DataFrame({"x": pd.Series(xs, dtype=float), "value": pd.Series(values, dtype=float),
-                                    "series": label or key}))  # fmt: skip
-    return pd.concat(frames, ignore_index=True) if frames else empty_frame()
 
 
 def probe(run_id: int | None) -> str:
@@ -89,14 +39,6 @@ def probe(run_id: int | None) -> str:
             select(func.max(EvalSamples.id)).where(EvalSamples.run_id == int(run_id))
         ).scalar()
     return f"{run.status}|{run.last_step}|{run.attempt}|{run.cancel_requested}|{newest_point}|{newest_samples}"
-
-
-def chart_frames(run_id: int, smoothing: float = 0.0, x: XAxis = "step") -> list[pd.DataFrame]:
-    """One frame per entry of CHARTS, each series at most MAX_POINTS points."""
-    keys = [k for _, chart_keys in CHARTS for k in chart_keys]
-    with Session(get_engine()) as session:
-        series = downsample_series(session, int(run_id), keys, max_points=MAX_POINTS, x=x)
-    return [series_frame({k: series[k] for k in chart_keys}, smoothing, x) for _, chart_keys in CHARTS]
 
 
 def run_header(run_id: int) -> str:

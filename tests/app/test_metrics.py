@@ -123,3 +123,27 @@ def test_compare_marks_the_differing_fields(client):
     assert [r["id"] for r in body["runs"]] == [a, b]
     assert set(body["series"][str(a)]) == {"loss"}  # default keys: those every run has
     assert [p["value"] for p in body["series"][str(b)]["loss"]] == [3.0, 2.5]
+
+
+def test_a_zoomed_range_gets_finer_buckets_and_a_stream_cursor(client):
+    from app import events
+
+    run_id = post_experiment(client)["run_id"]
+    values = smooth(20_000)
+    values[10_050] = 40.0  # a spike at step 10051, inside the zoomed range
+    store(run_id, "loss", values)
+    events.publish(events.redis_client(), run_id, "metrics", {"points": []})
+    whole = client.get(f"/api/runs/{run_id}/metrics", params={"keys": "loss", "max_points": 500})
+    zoomed = client.get(f"/api/runs/{run_id}/metrics", params={"keys": "loss", "max_points": 500,
+                                                              "step_min": 10_001, "step_max": 10_200})  # fmt: skip
+    assert whole.status_code == zoomed.status_code == 200
+    steps = [p["step"] for p in zoomed.json()["series"]["loss"]]
+    assert steps == list(range(10_001, 10_201))  # every step of the range: 200 fit the budget
+    assert max(p["value"] for p in zoomed.json()["series"]["loss"]) == 40.0
+    coarse = [p["step"] for p in whole.json()["series"]["loss"] if 10_001 <= p["step"] <= 10_200]
+    assert len(coarse) < 20  # the whole run's buckets had only a few points there
+    # the stream id the history was read at: the live chart follows the stream from it
+    newest = events.redis_client().xrevrange(events.stream_key(run_id), count=1)[0][0]
+    assert whole.headers[events.CURSOR_HEADER] == newest
+    bad = client.get(f"/api/runs/{run_id}/metrics", params={"step_min": -1})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "step_min"]

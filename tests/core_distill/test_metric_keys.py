@@ -3,6 +3,8 @@ and the views read their keys from it."""
 
 from __future__ import annotations
 
+import json
+
 from core_distill import metric_keys as mk
 from core_distill.reporting import NullReporter
 from core_distill.train import run
@@ -24,9 +26,18 @@ def test_every_logged_key_is_in_the_catalogue(tiny_workspace, tmp_path):
 
 
 def test_the_views_read_their_keys_from_the_catalogue():
-    from ui import compare, live, runs
+    from ui import charts, compare, runs
 
     assert runs.METRIC_COLUMNS == mk.SUMMARY and compare.FINAL_KEYS == mk.FINAL
-    assert list(mk.COMPARED) == compare.DEFAULT_KEYS and list(mk.CHARTS) == live.CHARTS
-    shown = {key for _, keys in mk.CHARTS for key in keys} | set(mk.SUMMARY + mk.FINAL + mk.COMPARED + mk.PRINTED)
+    assert list(mk.COMPARED) == compare.DEFAULT_KEYS
+    assert [f["keys"] for f in json.loads(charts.families_json())] == [list(f.keys) for f in mk.FAMILIES]
+    shown = {key for f in mk.FAMILIES for key in f.keys} | set(mk.SUMMARY + mk.FINAL + mk.COMPARED + mk.PRINTED)
     assert all(mk.is_known(key) for key in shown)
+
+
+def test_every_key_has_one_chart_family():
+    """A chart has one y unit: each catalogued key sits in exactly one family (accuracy never with KL)."""
+    for key in mk.ALL:
+        assert sum(key in f.keys for f in mk.FAMILIES) == 1, key
+    assert mk.family_of(mk.EVAL_EXACT_MATCH) != mk.family_of(mk.DIV_FKL)
+    assert mk.family_of("custom/thing").keys == ("custom/thing",)  # an unknown key gets its own chart

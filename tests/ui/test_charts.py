@@ -10,6 +10,7 @@ without points showing no empty chart frames, and a five-metric comparison drawi
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -139,6 +140,23 @@ def test_live_charts_read_at_a_glance(server, page):
     )
     assert raw == ["div/fkl (raw)", 0.25] and smooth == ["div/fkl (smoothed 0.8)", 1], (raw, smooth)
     assert page.evaluate(trace_js("eval_accuracy", "return gd.data.length;")) == 1
+    # debiased EMA: the smoothed curve starts at the first raw value, and is calmer than the raw one
+    first_raw, first_smooth, spread_raw, spread_smooth = page.evaluate(
+        trace_js(
+            "divergence",
+            """
+        const spread = (ys) => Math.max(...ys.slice(100)) - Math.min(...ys.slice(100));
+        return [gd.data[0].y[0], gd.data[1].y[0], spread(gd.data[0].y), spread(gd.data[1].y)];""",
+        )
+    )
+    assert first_smooth == pytest.approx(first_raw) and spread_smooth < spread_raw
+
+    # hover: the exact value of every series with its step and wall time
+    box = page.locator(f"{chart('loss')} .nsewdrag").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    hover = page.locator(f"{chart('loss')} .hoverlayer")
+    expect(hover).to_contain_text("loss (smoothed 0.8)")
+    expect(hover).to_contain_text(re.compile(r"step \d+ · \d\d:\d\d:\d\d \(\+"))
     _shot(page, "live")
 
 

@@ -107,18 +107,18 @@ def _launch_toy(page, preset: str, name: str, max_steps: int, eval_every: int, s
     return run_id
 
 
-# line segments drawn in the live Loss chart: grows with the points received
-LOSS_SEGMENTS = """() => { let n = 0;
-    document.querySelector('.live-plot')?.querySelectorAll('g.mark-line path')
-        .forEach(e => n += ((e.getAttribute('d') || '').match(/L/g) || []).length);
-    return n; }"""
+# points drawn in the live loss chart (Plotly, ui/static/charts.js): grows as the run's points stream in
+LOSS_SEGMENTS = """() => { const gd = document.querySelector('.distill-chart[data-family="loss"]');
+    return gd && gd.data ? gd.data.reduce((n, t) => n + t.x.length, 0) : 0; }"""
 
 
 def test_launch_watch_cancel_compare(service, page):
     from playwright.sync_api import expect
 
     page.goto(f"{service}/ui/")
-    expect(page.get_by_text("0 run(s) match")).to_be_visible(timeout=120_000)  # the page is connected: its load event ran
+    expect(page.get_by_text("0 run(s) match")).to_be_visible(
+        timeout=120_000
+    )  # the page is connected: its load event ran
     _shot(page, "runs-empty")
 
     # launch the toy example from the form; the dashboard jumps to the run's live view. A toy step
@@ -144,6 +144,9 @@ def test_launch_watch_cancel_compare(service, page):
     drawn = [n for n in while_running if n > 0]
     assert drawn, f"no points were drawn while the run was running: {while_running}"
     page.wait_for_function(f"({LOSS_SEGMENTS})() > {drawn[0]}", timeout=30_000)  # and more arrived after
+    # the student's evaluation before its first update is the eval curve's first point
+    page.wait_for_function("""() => { const gd = document.querySelector('.distill-chart[data-family="eval_accuracy"]');
+        return gd && gd.data && gd.data[0].x[0] === 0; }""", timeout=60_000)  # fmt: skip
     expect(page.locator("#samples")).to_contain_text("Eval samples at step 400", timeout=30_000)
     assert page.locator("#samples .tok[data-div]").count() > 0  # the heat map has scored tokens
     _shot(page, "live")
@@ -166,5 +169,6 @@ def test_launch_watch_cancel_compare(service, page):
     expect(page.locator("#compare-link")).to_contain_text(f"?compare={first},{second}", timeout=30_000)
     expect(page.locator("#spec-diff")).to_contain_text("max_steps")
     expect(page.locator("#final-metrics")).to_contain_text("toy run to cancel")
-    page.wait_for_function("() => document.querySelectorAll('.compare-plot g.mark-line path').length >= 2", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.distill-compare .scatterlayer .trace').length >= 2",
+                           timeout=60_000)  # fmt: skip
     _shot(page, "compare")

@@ -76,23 +76,23 @@ def test_tags_notes_and_cancel_from_the_side_panel(service_env):
     assert "resume failed" in message and "no checkpoint" in message
 
 
-def test_live_series_are_downsampled_and_keep_spikes(service_env):
+def test_live_view_names_its_run_and_the_teacher_reference(service_env):
+    """The charts' container: the run (and attempt) the browser follows, the catalogue's chart families,
+    and the teacher's score as a reference where it is known (the toy teacher on the countdown metric)."""
     with Session(get_engine()) as session:
-        run = add_run(session, name="long", steps=10_000, keys=("loss", "div/fkl", "div/rkl"))
-        session.execute(insert(MetricPoint), [{"run_id": run.id, "step": 5_001, "key": "loss", "value": 99.0,
-                                               "wall_time": 0.0}])  # fmt: skip
-        session.commit()
-    frames = live.chart_frames(run.id)
-    assert [title for title, _ in live.CHARTS][0] == "Loss"
-    loss_frame, divergence_frame = frames[0], frames[1]
-    for frame in (loss_frame, divergence_frame):
-        assert 0 < frame.groupby("series").size().max() <= live.MAX_POINTS
-    assert set(divergence_frame["series"]) == {"div/fkl", "div/rkl"}
-    assert loss_frame["value"].max() == 99.0  # the one-step spike survives downsampling
-    smoothed = live.chart_frames(run.id, smoothing=0.9)[0]
-    assert smoothed["value"].max() < 99.0 and len(smoothed) == len(loss_frame)
-    wall = live.chart_frames(run.id, x="wall_time")[1]
-    assert wall["x"].min() == 0.0  # seconds since the run's first point
+        toy = add_run(session, name="toy", status="running", steps=3, keys=("loss",), spec={
+            "teacher": "toy:teacher", "student": "toy:student", "eval_metric": "countdown", "eval_temperature": 1.0})  # fmt: skip
+        other = add_run(session, name="other", steps=3, keys=("loss",))
+    outputs = dashboard.live_outputs(toy.id, 0.5, "wall_time")
+    assert f"Run {toy.id}" in outputs[0]
+    container = re.search(r'<div class="distill-live"[^>]*>', outputs[1]).group(0)
+    assert f'data-run="{toy.id}"' in container and 'data-attempt="1"' in container
+    assert 'data-smoothing="0.5"' in container and 'data-x="wall_time"' in container
+    assert "Training loss" in container and "nats/token" in container  # the families, escaped JSON
+    assert "teacher toy:teacher" in container and "eval/exact_match" in container
+    assert "teacher" not in re.search(r'data-references="[^"]*"', dashboard.live_outputs(other.id, 0, "step")[1]).group(0)
+    assert "No run 999999" in dashboard.live_outputs(999999, 0, "step")[1]
+    assert "Pick a run" in dashboard.live_outputs(None, 0, "step")[1]
 
 
 def test_probe_changes_only_when_the_run_moves(service_env):
@@ -107,13 +107,6 @@ def test_probe_changes_only_when_the_run_moves(service_env):
         session.commit()
     assert live.probe(run.id) != before
     assert live.probe(None) == "" and live.probe(123456) == "missing"
-
-
-def test_ema_is_debiased_and_identity_at_zero():
-    assert live.ema([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
-    assert live.ema([2.0] * 5, 0.9) == [2.0] * 5 or all(abs(v - 2.0) < 1e-12 for v in live.ema([2.0] * 5, 0.9))
-    smoothed = live.ema([0.0, 10.0], 0.5)
-    assert smoothed[0] == 0.0 and 0.0 < smoothed[1] < 10.0
 
 
 def test_run_header_links_downloads(service_env):
@@ -169,9 +162,12 @@ def test_compare_overlays_runs_with_a_reproducible_link(service_env):
     with Session(get_engine()) as session:
         a = add_run(session, name="fkl", spec={"beta": 0.0}, steps=2_000, keys=("loss", "div/fkl"))
         b = add_run(session, name="rkl", spec={"beta": 1.0}, steps=2_000, keys=("loss", "div/fkl"), seed=1)
-    frames, diff, finals, link = compare.compare(f"{a.id}, {b.id}", ["loss", "div/fkl"])
-    assert len(frames) == 2 and set(frames[0]["series"]) == {f"#{a.id} fkl", f"#{b.id} rkl"}
-    assert frames[0].groupby("series").size().max() <= live.MAX_POINTS
+    keys = ["loss", "div/fkl", "div/rkl", "eval/exact_match", "lr", "grad_norm"]  # any number: none dropped
+    chart_html, diff, finals, link = compare.compare(f"{a.id}, {b.id}", keys)
+    assert 'class="distill-compare"' in chart_html
+    assert all(f"&quot;{key}&quot;" in chart_html for key in keys)
+    assert f"[[{a.id}, &quot;#{a.id} fkl&quot;], [{b.id}, &quot;#{b.id} rkl&quot;]]" in chart_html  # colour order
+    assert f'data-max-points="{compare.points_per_series(2)}"' in chart_html
     assert list(diff["field"]) == ["beta"]
     assert list(finals["run"])[:2] == [f"#{a.id} fkl", f"#{b.id} rkl"] and finals["min loss"][:2].notna().all()
     assert f"?compare={a.id},{b.id}" in link

@@ -116,6 +116,7 @@ def run(
     train_examples, eval_examples = load_examples(spec, tokenizer)
     student = load_model(spec.student, dtype=dtype if spec.lora else torch.float32, trust_remote_code=spec.trust_remote_code)
     if spec.lora:
+        torch.manual_seed(spec.seed)  # the adapters' initial weights: the same in every process and every run
         student = add_lora(student, spec)
     if spec.gradient_checkpointing:  # non-reentrant: the variant that works under FSDP and with frozen inputs
         causal_lm(student).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

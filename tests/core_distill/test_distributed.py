@@ -127,10 +127,16 @@ def test_fsdp_two_processes_train_like_one(one_process, fsdp_run):
     assert config["architectures"] == ["LlamaForCausalLM"]  # not FSDP's wrapper class
 
 
-def test_ddp_two_processes_train_like_one(tiny_workspace, one_process, tmp_path):
-    out = tmp_path / "ddp"
-    _finish(_cli(_spec(tiny_workspace, gpus=2), out))
-    _assert_same_training(one_process, out)
+def test_ddp_two_processes_train_like_one_with_lora(tiny_workspace, tmp_path):
+    """DDP with LoRA: the adapters start from the seed in every process, only they are checkpointed
+    (DCP without the frozen weights), and the final folder holds the merged weights."""
+    lora = dict(lora=True, lora_r=4, learning_rate=1e-2)
+    one = tmp_path / "lora-one"
+    run(_spec(tiny_workspace, **lora), output_dir=one, reporter=JsonlReporter(one))
+    out = tmp_path / "lora-ddp"
+    _finish(_cli(_spec(tiny_workspace, gpus=2, **lora), out))
+    _assert_same_training(one, out)
+    assert not any("lora" in k for k in _weights(out))  # merged into the base weights
 
 
 def test_on_policy_self_distillation_under_fsdp(tiny_workspace, tmp_path):

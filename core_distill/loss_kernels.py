@@ -125,7 +125,7 @@ class Head:
         """Chain d loss / d logits back through the softcap and the scale."""
         if self.softcap:
             grad = grad * (1.0 - (logits / self.softcap) ** 2)
-        return grad * self.logit_scale
+        return grad if self.logit_scale == 1.0 else grad * self.logit_scale  # no (n, V) copy for the usual 1
 
 
 @dataclass
@@ -344,7 +344,9 @@ class FusedDistill(torch.autograd.Function):
             stats += out.stats
             total += out.loss_sum
             if want_grad:
-                grads.add(head.grad_to_raw(logits, out.grad_logits / cfg.normalizer), h, start, end)
+                grads.add(
+                    head.grad_to_raw(logits, out.grad_logits.div_(cfg.normalizer)), h, start, end
+                )  # in place: (n, V)
         ctx.save_for_backward(*grads.saved())
         ctx.flags = (need_h, need_w, need_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)

@@ -17,7 +17,11 @@ and in `worker/rank_main.py`, run by every rank:
     reporter = DbReporter(...) if distributed.is_main() else NullReporter()
     core_distill.train.run(spec, output_dir=run_dir, reporter=reporter, resume=True, progress=False)
 
-Only rank 0's reporter is logged to: metrics are reduced over ranks first (token counts and
+`nproc` must equal `spec.gpus` (train.run refuses another world with a SpecError on `gpus`). On
+CUDA, rank r uses `cuda:LOCAL_RANK`: set CUDA_VISIBLE_DEVICES to the GPUs the run holds. Every rank
+returns the same `RunResult`; the final model is written once, by rank 0, before they return.
+Only rank 0's reporter is logged to (train.run swaps any other rank's for a NullReporter, so passing
+the real one everywhere is harmless): metrics are reduced over ranks first (token counts and
 throughput are sums). Rank 0's `should_stop()` is asked every step and its answer broadcast, so all
 ranks checkpoint and stop at the same step. `rank()`/`is_main()` read the environment, so they
 answer before the process group exists. If one rank dies, torchrun stops the others and exits

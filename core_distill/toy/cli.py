@@ -17,9 +17,7 @@ REBUILD_BAND = 0.10
 
 @toy_cli.command("build")
 def build_command(
-    folder: Annotated[
-        Path | None, typer.Argument(help="Where to write it (default: $DISTILL_HOME/toy-build, else ~/.cache/distill/toy-build).")
-    ] = None,
+    folder: Annotated[Path | None, typer.Argument(help="Where to write it (default: $DISTILL_HOME/toy-build).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data, the initialisations and the training order.")] = 0,
     quick: Annotated[
         bool, typer.Option(help="A miniature build in seconds (for tests; the models stay weak).")

@@ -12,6 +12,7 @@
 # Output: $OUT if set (the device tool brings that folder back), else ./gpu_check_out: gpu_check.log (every
 # step's output), summary.tsv (step, status, seconds), the runs' metrics. A failing step does not stop the
 # rest; the exit code is the number of failed steps (0: every step passed or was skipped for a stated reason).
+# The whole script keeps within GPU_CHECK_BUDGET_S (default 540 s: under the device tool's 600 s per command).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
         --fetch-wheels) FETCH=1 ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (use --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -53,10 +54,13 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}:$WORK/site
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY="${PYTHON:-python3}"; fi
 export PY WORK OUT_DIR
 FAILED=0
+# the whole script's wall-clock budget: the device tool stops a command at 600 s, so each step's limit is
+# cut to what is left, and a step with under 30 s left is skipped (and counted as failed)
+BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
 
 log() { echo "$*" | tee -a "$LOG"; }
 
-# step NAME LIMIT_S COMMAND...: runs COMMAND under a time limit, logs its output and wall time
+# step NAME LIMIT_S COMMAND...: runs COMMAND under min(LIMIT_S, budget left), logs its output and wall time
 step() {
     local name="$1" limit="$2"
     shift 2
@@ -68,6 +72,14 @@ step() {
         printf '%s\tdry-run\t0\n' "$name" >>"$SUMMARY"
         return 0
     fi
+    local left=$((BUDGET_S - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        log "=== $name: skipped: out of the ${BUDGET_S} s budget"
+        printf '%s\tskipped: out of time budget\t0\n' "$name" >>"$SUMMARY"
+        FAILED=$((FAILED + 1))
+        return 0
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
     local start=$SECONDS rc
     # through bash -c so that the exported step functions run under timeout like any command
     timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" 2>&1 | tee -a "$LOG"
@@ -132,7 +144,7 @@ engine_imports() {
     "$PY" -c "import core_distill.train, core_distill.cli; print('engine imports: ok')"
 }
 export -f engine_imports
-step engine_imports 120 engine_imports
+step engine_imports 90 engine_imports
 
 # --- 3. tests that need CUDA -----------------------------------------------------------------------------
 cuda_tests() {
@@ -144,7 +156,7 @@ cuda_tests() {
     "$PY" -m pytest -m cuda -q -p no:cacheprovider $files
 }
 export -f cuda_tests
-if [ "$CUDA" = 1 ]; then step cuda_tests 180 cuda_tests; else skip cuda_tests "no CUDA device"; fi
+if [ "$CUDA" = 1 ]; then step cuda_tests 120 cuda_tests; else skip cuda_tests "no CUDA device"; fi
 
 # --- 4. a bf16 on-policy run of the toy task -----------------------------------------------------------
 onpolicy_bf16() {
@@ -153,7 +165,7 @@ onpolicy_bf16() {
     cp "$WORK/onpolicy_bf16/metrics.jsonl" "$OUT_DIR/onpolicy_bf16_metrics.jsonl"
 }
 export -f onpolicy_bf16
-if [ "$CUDA" = 1 ]; then step onpolicy_bf16 150 onpolicy_bf16; else skip onpolicy_bf16 "no CUDA device"; fi
+if [ "$CUDA" = 1 ]; then step onpolicy_bf16 120 onpolicy_bf16; else skip onpolicy_bf16 "no CUDA device"; fi
 
 # --- 5. ours against TRL's GKDTrainer, bf16 on CUDA ----------------------------------------------------
 vs_trl() {
@@ -169,14 +181,14 @@ vs_trl() {
         --assets "$WORK/vs_trl_assets"
 }
 export -f vs_trl
-if [ "$CUDA" = 1 ]; then step bench_vs_trl 300 vs_trl; else skip bench_vs_trl "no CUDA device"; fi
+if [ "$CUDA" = 1 ]; then step bench_vs_trl 240 vs_trl; else skip bench_vs_trl "no CUDA device"; fi
 
 # --- 6. peak memory against completion length -----------------------------------------------------------
 long_sequences() {
     "$PY" benchmarks/bench_long_sequences.py --device cuda --dtype bfloat16 --assets "$WORK/long_seq_assets"
 }
 export -f long_sequences
-if [ "$CUDA" = 1 ]; then step bench_long_sequences 180 long_sequences; else skip bench_long_sequences "no CUDA device"; fi
+if [ "$CUDA" = 1 ]; then step bench_long_sequences 150 long_sequences; else skip bench_long_sequences "no CUDA device"; fi
 
 # --- 7. vLLM rollouts against HF generate ----------------------------------------------------------------
 if [ "$CUDA" = 0 ]; then

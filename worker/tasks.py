@@ -197,8 +197,13 @@ def run_gang(run_id: int, *, attempt: int, nproc: int, output_dir: str, engine: 
                                    start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
     interrupted = threading.Event()
     _on_sigterm(interrupted.set)
-    code = _supervise(process, run_id=run_id, attempt=attempt, engine=engine, host=host, interrupted=interrupted)
-    kill_group(process.pid)  # stragglers (a rank the launcher left behind), if any
+    ranks: set[int] = set()
+    code = _supervise(process, run_id=run_id, attempt=attempt, engine=engine, host=host, interrupted=interrupted,
+                      ranks=ranks)  # fmt: skip
+    for pid in ranks:  # stragglers the launcher left behind (pdeathsig ends them too), if any
+        with contextlib.suppress(OSError):
+            if b"worker.rank_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
     outcome = _settle_gang(run_id, attempt=attempt, nproc=nproc, code=code, error_dir=error_dir,
                            log_path=log_path, engine=engine)  # fmt: skip
     for path in error_dir.glob("*"):
@@ -208,8 +213,9 @@ def run_gang(run_id: int, *, attempt: int, nproc: int, output_dir: str, engine: 
 
 
 def _supervise(process: subprocess.Popen, *, run_id: int, attempt: int, engine: Engine, host: str,
-               interrupted: threading.Event) -> int:  # fmt: skip
-    """Wait for the launcher; forward a shutdown to the ranks; end the group if the run is no longer ours."""
+               interrupted: threading.Event, ranks: set[int]) -> int:  # fmt: skip
+    """Wait for the launcher (noting its ranks' pids in `ranks`); forward a shutdown to the ranks; end them
+    all if the run is no longer ours."""
     check_every = max(0.5, get_settings().heartbeat_seconds)
     next_check, gone_since, forwarded = 0.0, None, False
     while (code := process.poll()) is None:
@@ -219,13 +225,14 @@ def _supervise(process: subprocess.Popen, *, run_id: int, attempt: int, engine: 
             with contextlib.suppress(Exception), Session(engine) as session:
                 stop_host(session=session, name=host)  # take no new run here
             # the ranks, not the launcher: rank 0 checkpoints and hands the run back, the others follow it
-            for pid in group_members(process.pid):
+            for pid in descendants(process.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         now = time.monotonic()
         if now < next_check:
             continue
         next_check = now + check_every
+        ranks.update(descendants(process.pid))
         try:
             with Session(engine) as session:
                 row = session.get(Run, run_id)
@@ -235,7 +242,7 @@ def _supervise(process: subprocess.Popen, *, run_id: int, attempt: int, engine: 
         gone_since = None if ours else (gone_since or now)
         if gone_since is not None and now - gone_since > GANG_STOP_GRACE_SECONDS:
             log.warning("run %s left attempt %s's hands but its processes still run: killing them", run_id, attempt)
-            kill_group(process.pid)
+            kill_tree(process.pid)
     return code
 
 
@@ -276,22 +283,32 @@ def root_cause(launcher_log: str) -> tuple[str | None, int | None]:
     return rank.group(1), int(code.group(1))
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the process group `pgid` except its leader (the launcher), from /proc."""
-    members = []
+def descendants(pid: int) -> list[int]:
+    """Pids of every process below `pid` (the launcher's ranks and theirs), from /proc. Not the process
+    group: torchrun starts each rank in a session of its own."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == pgid:
+        if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # stat: pid (comm) state ppid pgrp ...
-                members.append(int(entry.name))
-    return members
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # stat: pid (comm) state ppid ...
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
 
 
-def kill_group(pgid: int) -> None:
+def kill_tree(pid: int) -> None:
+    """SIGKILL the launcher's group and every process below it (no rank left holding a GPU)."""
+    victims = descendants(pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
 
 
 def die_with_parent() -> None:

@@ -118,6 +118,21 @@ FAMILIES = (
 )
 
 
+def _eval_families() -> tuple[Family, ...]:
+    """The evaluation's versions of training keys (eval/loss/kd, eval/entropy/student, ...) that no family
+    names: one chart per training family, same unit."""
+    named = {key for family in FAMILIES for key in family.keys}
+    out = []
+    for family in FAMILIES:
+        keys = tuple(eval_key(k) for k in family.keys if not k.startswith(EVAL_PREFIX) and eval_key(k) not in named)
+        if keys:
+            out.append(Family("eval_" + family.name, f"{family.title}, on the eval rows", family.unit, keys, family.percent))
+    return tuple(out)
+
+
+FAMILIES = FAMILIES + _eval_families()
+
+
 def family_of(key: str) -> Family:
     """The chart a key belongs to; a key outside the catalogue gets a chart of its own."""
     for family in FAMILIES:

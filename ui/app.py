@@ -10,6 +10,7 @@ Refresh handlers run on every tick of every open page, so they are cheap fingerp
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gradio as gr
@@ -136,6 +137,9 @@ def _spec_components() -> list[gr.components.Component]:
 
 
 def build_dashboard() -> gr.Blocks:
+    # Gradio's queue keeps a record of its last 10,000 events for its monitoring page (not shown here);
+    # a live page's 2 s tick fills that in hours, so memory grows all that time: keep the last 1,000
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     with gr.Blocks(title="distill dashboard", fill_width=True) as demo:  # wide tables use the width
         gr.Markdown("## distill · distillation experiments")
         with gr.Tabs(selected="runs") as tabs:

@@ -198,6 +198,8 @@
       for (const n of byFamily.keys()) if (!order.includes(n)) order.push(n);
       for (const [name, c] of this.charts) if (!byFamily.has(name)) { Plotly.purge(c.div); c.div.remove(); this.charts.delete(name); }
       for (const name of order) this.drawFamily(byFamily.get(name));
+      const divs = order.map((n) => this.charts.get(n).div); // catalogue order, also for charts added later
+      if (divs.some((d, i) => this.grid.children[i] !== d)) this.grid.append(...divs);
       this.empty.style.display = this.charts.size ? "none" : "";
     }
 

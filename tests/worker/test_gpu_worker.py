@@ -79,7 +79,6 @@ def test_two_one_gpu_runs_share_the_host_on_distinct_gpus(api, gpu_host):
 
 
 def test_a_two_gpu_fsdp_run_trains_as_two_processes_to_succeeded(api, gpu_host):
-    pytest.importorskip("core_distill.distributed", reason="needs the engine's launcher (core_distill/distributed.py)")
     from transformers import AutoModelForCausalLM
 
     spec = tiny_spec(gpus=2, sharding="fsdp", batch_size=2, max_steps=6, save_every=3)
@@ -102,7 +101,6 @@ def test_a_two_gpu_fsdp_run_trains_as_two_processes_to_succeeded(api, gpu_host):
 
 
 def test_a_killed_rank_leaves_the_run_lost_no_process_and_free_gpus(api, gpu_host):
-    pytest.importorskip("core_distill.distributed", reason="needs the engine's launcher (core_distill/distributed.py)")
     run_id = launch(api, tiny_spec(gpus=2, batch_size=2, max_steps=5000, save_every=2), name="killed")
     wait_for(lambda: read_run(run_id).last_step >= 3, RUN_TIMEOUT, "step 3", gpu_host)
     ranks = rank_processes(run_id)
@@ -120,7 +118,6 @@ def test_a_killed_rank_leaves_the_run_lost_no_process_and_free_gpus(api, gpu_hos
 
 
 def test_cancel_and_worker_shutdown_stop_every_rank_of_a_two_gpu_run(api, gpu_host):
-    pytest.importorskip("core_distill.distributed", reason="needs the engine's launcher (core_distill/distributed.py)")
     run_id = launch(api, tiny_spec(gpus=2, batch_size=2, max_steps=5000, save_every=0), name="stopped")
     wait_for(lambda: read_run(run_id).last_step >= 2, RUN_TIMEOUT, "step 2", gpu_host)
     assert api.post(f"/api/runs/{run_id}/cancel").json()["cancel_requested"]

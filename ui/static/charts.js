@@ -101,6 +101,7 @@
       this.charts = new Map(); // family name -> {div, family, traces: [{key, kind}], zoomed}
       this.t0 = null;
       this.pending = []; // [point, arrival time] waiting for the next frame
+      this.compacting = new Set(); // families whose history is being re-read
       this.flushing = false;
       this.closed = false;
       this.bar = toolbar(el, (on) => this.setLog(on));
@@ -288,6 +289,8 @@
 
     async compact(key) { // a long live stream: swap the page's copy for the server's downsampled one
       const family = familyOf(this.families, key);
+      if (this.compacting.has(family.name)) return; // one fetch per chart, not one per key
+      this.compacting.add(family.name);
       try {
         const { body } = await this.fetchHistory(family.keys.filter((k) => this.series.has(k)), null);
         for (const [k, pts] of Object.entries(body.series)) {
@@ -296,7 +299,7 @@
           this.series.set(k, fresh);
         }
         this.drawFamily(family);
-      } catch (err) { /* keep the long copy; the next point tries again */ }
+      } catch (err) { /* keep the long copy; the next point tries again */ } finally { this.compacting.delete(family.name); }
     }
 
     stepRange(lo, hi) { // an x range of the chart -> the steps it covers

@@ -1,15 +1,18 @@
-"""Dashboard load times with many long runs, points sent per series, and server memory over time.
+"""Dashboard load times with many long runs, live-stream latency, and server memory over time.
 
-    python benchmarks/bench_dashboard.py                          # SQLite in a temp dir, 10-minute soak
-    python benchmarks/bench_dashboard.py --minutes 3              # shorter soak
+    python benchmarks/bench_dashboard.py                          # SQLite in a temp dir, 30-minute soak
+    python benchmarks/bench_dashboard.py --minutes 3 --runs 12    # shorter
     python benchmarks/bench_dashboard.py --database-url postgresql://postgres@127.0.0.1:5432/bench_ui
 
 1. Writes 50 runs x 10,000 steps x 6 metric keys (3M points) straight into the database.
-2. Times the handlers behind the runs table, a 10-run comparison, a live view and one refresh tick.
-3. Starts the real app (uvicorn, create_app) and times the same views in headless Chromium, from
-   navigation to the table rows / the comparison's curves being drawn.
-4. Leaves a page on a live view of a run that keeps logging (a writer appends a step a second) and
-   samples the server's RSS, to see whether memory grows while a page is left open.
+2. Times the handlers behind the runs table, a 10-run comparison, a live view's history and one refresh tick.
+3. Starts the real app (uvicorn, create_app) and times the views in headless Chromium, from
+   navigation to the table rows / the comparison's charts being drawn.
+4. Streaming latency: a page on the live view of a running run; the worker's DatabaseReporter (the
+   real one: buffered DB write, then XADD onto the run's Redis stream) logs steps; the chart script
+   records when each point arrived and was drawn (window.distillCharts.draws). Latency = drawn minus
+   the wall time log() stamped on the point (same machine, same clock).
+5. Leaves that page open while the run keeps logging a step a second and samples the server's RSS.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ def seed(n_runs: int, steps: int) -> list[int]:
 
 
 def bench_handlers(run_ids: list[int]) -> dict[str, float]:
+    from sqlmodel import Session
+
+    from app.db import get_engine
+    from app.metrics_query import downsample_series
+    from app.services import comparison
     from ui import app as dashboard
     from ui import compare, live, runs
 
@@ -67,10 +75,15 @@ def bench_handlers(run_ids: list[int]) -> dict[str, float]:
     out["runs table"], (table, _) = timed(lambda: runs.runs_table())
     assert len(table) == len(run_ids)
     ten = ", ".join(map(str, run_ids[:10]))
-    out["10-run compare"], (frames, *_rest) = timed(lambda: compare.compare(ten, compare.DEFAULT_KEYS))
-    out["compare max points/series"] = max(int(f.groupby("series").size().max()) for f in frames if len(f))
-    out["live view (7 charts)"], live_frames = timed(lambda: live.chart_frames(run_ids[0]))
-    out["live max points/series"] = max(int(f.groupby("series").size().max()) for f in live_frames if len(f))
+    out["10-run compare (tables)"], _ = timed(lambda: compare.compare(ten, compare.DEFAULT_KEYS))
+    budget = compare.points_per_series(10)
+    with Session(get_engine()) as session:
+        out["10-run compare (curves)"], series = timed(
+            lambda: comparison.series(session=session, run_ids=run_ids[:10], keys=compare.DEFAULT_KEYS, max_points=budget, x="step")
+        )
+        out["compare max points/series"] = max(len(p) for by_key in series.values() for p in by_key.values())
+        out["live history (all keys)"], history = timed(lambda: downsample_series(session, run_ids[0], KEYS, max_points=500))
+        out["live max points/series"] = max(len(p) for p in history.values())
     out["refresh tick (probe)"], _ = timed(lambda: live.probe(run_ids[0]), repeat=50)
     out["runs table tick"], _ = timed(dashboard.table_fingerprint, repeat=50)
     return out
@@ -88,11 +101,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
 def bench_browser(url: str, run_ids: list[int], server: subprocess.Popen, minutes: float) -> dict[str, object]:
     from playwright.sync_api import expect, sync_playwright
-
-    # the default comparison shows loss, div/fkl, div/rkl and eval/exact_match: 3 of them have curves here,
-    # so the page is done when 3 plots x 10 runs = 30 lines are drawn
 
     expect.set_options(timeout=120_000)  # a busy 2-core machine: measure, do not give up
     out: dict[str, object] = {}
@@ -100,18 +115,20 @@ def bench_browser(url: str, run_ids: list[int], server: subprocess.Popen, minute
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(120_000)
         t0 = time.perf_counter()
         page.goto(f"{url}/ui/")  # a first, cold load: the browser caches the page's assets
         expect(page.get_by_text(f"{len(run_ids)} run(s) match")).to_be_visible(timeout=180_000)
         out["runs table page, cold"] = time.perf_counter() - t0
+        # the default comparison: loss, div/fkl, div/rkl, eval/exact_match (no data here: a "no data" note)
+        drawn = "() => window.distillCharts && window.distillCharts.compareDrawn.length > 0"
         views = (
             ("runs table page", f"{url}/ui/", lambda: expect(page.get_by_text(f"{len(run_ids)} run(s) match")).to_be_visible()),
             ("10-run compare page, data in", f"{url}/ui/?compare={ids}",
              lambda: expect(page.locator("#compare-link")).to_contain_text("?compare=")),
-            ("10-run compare page, drawn", f"{url}/ui/?compare={ids}",
-             lambda: page.wait_for_function("() => document.querySelectorAll('.compare-plot g.mark-line path').length >= 30")),
+            ("10-run compare page, drawn", f"{url}/ui/?compare={ids}", lambda: page.wait_for_function(drawn)),
         )  # fmt: skip
+        in_page = []
         for name, target, done in views:
             times = []
             for _ in range(3):
@@ -119,50 +136,92 @@ def bench_browser(url: str, run_ids: list[int], server: subprocess.Popen, minute
                 page.goto(target)
                 done()
                 times.append(time.perf_counter() - t0)
+                if name.endswith("drawn"):
+                    in_page.append(page.evaluate("() => window.distillCharts.compareDrawn[0].ms") / 1000)
             out[name] = statistics.median(times)
+        out["10-run compare, fetch + draw in the page"] = statistics.median(in_page)
         out["points per series in the page"] = page.evaluate(
-            """() => Math.max(...[...document.querySelectorAll('.compare-plot g.mark-line path')]
-                .map(e => ((e.getAttribute('d') || '').match(/L/g) || []).length + 1))"""
+            "() => Math.max(...[...document.querySelectorAll('.distill-compare .distill-chart')].filter(d => d.data)"
+            ".flatMap(d => d.data.map(t => t.x.length)))"
+        )
+        out["charts in the comparison"] = page.evaluate(
+            "() => [...document.querySelectorAll('.distill-compare .distill-chart')].filter(d => d.data).length"
         )
 
-        # a page left on a live run; the run keeps logging one step a second
+        # streaming: a page on a running run; the worker's reporter logs 4 steps a second for 30 s
+        run_id = run_ids[0]
+        set_running(run_id)  # before the page opens: a finished run's stream ends at once
+        page.goto(f"{url}/ui/?run={run_id}")
+        expect(page.locator(".distill-status")).to_contain_text("following the run live")
         stop = threading.Event()
-        writer = threading.Thread(target=keep_logging, args=(run_ids[0], stop), daemon=True)
+        writer = threading.Thread(target=keep_logging, args=(run_id, stop, 0.25), daemon=True)
         writer.start()
-        page.goto(f"{url}/ui/?run={run_ids[0]}")
-        expect(page.locator("#live-header")).to_contain_text(f"Run {run_ids[0]}")
+        time.sleep(30)
+        stop.set()
+        writer.join()
+        page.wait_for_timeout(3000)
+        draws = page.evaluate("() => window.distillCharts.draws")
+        latency = [(d["drawn"] - d["logged"]) / 1000 for d in draws]
+        out["streamed points drawn"] = len(latency)
+        out["log to drawn p50"] = percentile(latency, 50)
+        out["log to drawn p95"] = percentile(latency, 95)
+        out["log to drawn max"] = max(latency)
+        out["log to arrived p95"] = percentile([(d["arrived"] - d["logged"]) / 1000 for d in draws], 95)
+
+        # the same page left open while the run keeps logging a step a second
+        stop = threading.Event()
+        writer = threading.Thread(target=keep_logging, args=(run_id, stop, 1.0), daemon=True)
+        writer.start()
         samples = []
         t_end = time.monotonic() + minutes * 60
         while True:
-            samples.append((time.monotonic(), rss_mb(server.pid)))
+            heap = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize / 1048576 : -1")
+            samples.append((time.monotonic(), rss_mb(server.pid), heap))
             if time.monotonic() >= t_end:
                 break
             time.sleep(min(30.0, max(t_end - time.monotonic(), 0.1)))
         stop.set()
         writer.join()
-        out["rss samples"] = [(round(t - samples[0][0]), round(mb, 1)) for t, mb in samples]
-        out["steps seen by the page"] = page.locator("#live-header").inner_text()
+        out["rss samples"] = [(round(t - samples[0][0]), round(mb, 1), round(heap, 1)) for t, mb, heap in samples]
+        out["points drawn while open"] = page.evaluate("() => window.distillCharts.draws.length")
+        out["steps seen by the page"] = page.locator("#live-header").inner_text().splitlines()[0]
         browser.close()
     return out
 
 
-def keep_logging(run_id: int, stop: threading.Event) -> None:
-    from sqlalchemy import func, insert, select, update
+def set_running(run_id: int) -> None:
+    from sqlalchemy import update
     from sqlmodel import Session
 
     from app.db import get_engine
-    from app.models import MetricPoint, Run
+    from app.models import Run
 
     with Session(get_engine()) as session:
-        step = session.execute(select(func.max(MetricPoint.step)).where(MetricPoint.run_id == run_id)).scalar() or 0
         session.execute(update(Run).where(Run.id == run_id).values(status="running"))
         session.commit()
-        while not stop.wait(1.0):
+
+
+def keep_logging(run_id: int, stop: threading.Event, every: float) -> None:
+    """The worker's side: a DatabaseReporter (DB write + Redis stream) logging a step every `every` s."""
+    from sqlalchemy import func, select
+    from sqlmodel import Session
+
+    from app import events
+    from app.db import get_engine
+    from app.models import MetricPoint
+    from worker.reporter import DatabaseReporter
+
+    engine = get_engine()
+    with Session(engine) as session:
+        step = session.execute(select(func.max(MetricPoint.step)).where(MetricPoint.run_id == run_id)).scalar() or 0
+    reporter = DatabaseReporter(run_id, engine=engine, redis_client=events.redis_client())
+    try:
+        while not stop.wait(every):
             step += 1
-            rows = [{"run_id": run_id, "step": step, "key": k, "value": 1.0 / step, "wall_time": time.time()} for k in KEYS]
-            session.execute(insert(MetricPoint), rows)
-            session.execute(update(Run).where(Run.id == run_id).values(last_step=step))
-            session.commit()
+            reporter.log(step, {k: 1.0 / step for k in KEYS})
+            reporter.should_stop()
+    finally:
+        reporter.close()
 
 
 def main() -> None:
@@ -170,7 +229,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="", help="empty = SQLite in a temp dir")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long the live page is left open")
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long the live page is left open")
     parser.add_argument("--port", type=int, default=8767)
     args = parser.parse_args()
 
@@ -205,12 +264,18 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     print("\nbrowser (navigation until drawn, median of 3):")
-    for name in ("runs table page, cold", "runs table page", "10-run compare page, data in", "10-run compare page, drawn"):
-        print(f"  {name:32s} {result[name] * 1000:8.0f} ms")
-    print(f"  most points in one drawn line    {result['points per series in the page']:8d}")
+    for name in ("runs table page, cold", "runs table page", "10-run compare page, data in", "10-run compare page, drawn",
+                 "10-run compare, fetch + draw in the page"):  # fmt: skip
+        print(f"  {name:42s} {result[name] * 1000:8.0f} ms")
+    print(f"  charts in the comparison / most points in one line: {result['charts in the comparison']} / "
+          f"{result['points per series in the page']}")  # fmt: skip
+    print(f"\nstreaming, worker log() to point drawn ({result['streamed points drawn']} points, 4 steps/s x 6 keys):")
+    for name in ("log to drawn p50", "log to drawn p95", "log to drawn max", "log to arrived p95"):
+        print(f"  {name:42s} {result[name] * 1000:8.0f} ms")
     samples = result["rss samples"]
-    print(f"\nserver RSS with a live page open {args.minutes:g} min (s, MB): {samples}")
-    print(f"  growth first->last sample: {samples[-1][1] - samples[0][1]:+.1f} MB; page header: {result['steps seen by the page']!r}")
+    print(f"\nserver RSS, page JS heap with a live page open {args.minutes:g} min (s, MB, MB): {samples}")
+    print(f"  growth first->last sample: {samples[-1][1] - samples[0][1]:+.1f} MB; points drawn: "
+          f"{result['points drawn while open']}; page header: {result['steps seen by the page']!r}")  # fmt: skip
 
 
 if __name__ == "__main__":

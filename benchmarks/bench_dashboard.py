@@ -79,10 +79,14 @@ def bench_handlers(run_ids: list[int]) -> dict[str, float]:
     budget = compare.points_per_series(10)
     with Session(get_engine()) as session:
         out["10-run compare (curves)"], series = timed(
-            lambda: comparison.series(session=session, run_ids=run_ids[:10], keys=compare.DEFAULT_KEYS, max_points=budget, x="step")
+            lambda: comparison.series(
+                session=session, run_ids=run_ids[:10], keys=compare.DEFAULT_KEYS, max_points=budget, x="step"
+            )
         )
         out["compare max points/series"] = max(len(p) for by_key in series.values() for p in by_key.values())
-        out["live history (all keys)"], history = timed(lambda: downsample_series(session, run_ids[0], KEYS, max_points=500))
+        out["live history (all keys)"], history = timed(
+            lambda: downsample_series(session, run_ids[0], KEYS, max_points=500)
+        )
         out["live max points/series"] = max(len(p) for p in history.values())
     out["refresh tick (probe)"], _ = timed(lambda: live.probe(run_ids[0]), repeat=50)
     out["runs table tick"], _ = timed(dashboard.table_fingerprint, repeat=50)
@@ -90,7 +94,17 @@ def bench_handlers(run_ids: list[int]) -> dict[str, float]:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port), "--log-level", "warning"]
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:create_app",
+        "--factory",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

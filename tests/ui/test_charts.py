@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from tests.services import free_port, stop_group, wait_until_serving
 from tests.ui.factories import add_run
-from tests.ui.test_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _shot, _start
+from tests.ui.test_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _start
 
 pytestmark = [
     pytest.mark.e2e,
@@ -40,6 +40,12 @@ def chart(family: str) -> str:
 def trace_js(family: str, body: str) -> str:
     """A JS function over the Plotly div of `family` (gd); null while it is not drawn."""
     return f"() => {{ const gd = document.querySelector('{chart(family)}'); if (!gd || !gd.data) return null; {body} }}"
+
+
+def _shot(page, name: str) -> None:
+    """To test-artifacts/ui/ only: the docs' screenshots come from test_e2e.py's real training run."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
 @pytest.fixture
@@ -157,7 +163,7 @@ def test_live_charts_read_at_a_glance(server, page):
     hover = page.locator(f"{chart('loss')} .hoverlayer")
     expect(hover).to_contain_text("loss (smoothed 0.8)")
     expect(hover).to_contain_text(re.compile(r"step \d+ · \d\d:\d\d:\d\d \(\+"))
-    _shot(page, "live")
+    _shot(page, "charts-live")
 
 
 def test_points_stream_in_without_a_reload(server, page):
@@ -191,7 +197,7 @@ def test_points_stream_in_without_a_reload(server, page):
     assert {d["step"] for d in draws if d["key"] == "loss"} == set(range(51, 61))
     latencies = [d["drawn"] - d["logged"] for d in draws]
     assert all(0 <= ms < 30_000 for ms in latencies), latencies  # loose: the targets are benchmarked
-    _shot(page, "live-running")
+    _shot(page, "charts-streamed")
 
 
 def test_a_run_without_points_shows_no_empty_frames(server, page):
@@ -237,4 +243,4 @@ def test_compare_draws_one_chart_per_metric_for_five_metrics(server, page):
     per_chart = f"() => [...document.querySelectorAll(`{drawn} .distill-chart`)].map(d => d.data ? d.data.length : -1)"
     page.wait_for_function(f"({per_chart})().join() === '3,3,3,3,3'", timeout=60_000)  # three runs in each
     assert page.locator(f"{drawn} .ytitle").first.text_content() == "loss (nats/token)"
-    _shot(page, "compare")
+    _shot(page, "charts-compare")

@@ -175,16 +175,15 @@ def _print_starting(base: str, started: float) -> None:
             print(f"still starting after {time.monotonic() - started:.1f} s: {', '.join(starting)}", flush=True)
 
 
-def _watch_worker(redis_url: str, name: str, home: Path, stopping: threading.Event, started: float) -> None:
+def _watch_worker(name: str, home: Path, stopping: threading.Event, started: float) -> None:
     """List the worker as starting (DISTILL_HOME/startup.json, shown by /api/health) until it answers a Celery ping."""
     write_starting(home, [name])
-    from worker.celery_app import configure  # celery: imported here, in the background
+    from app.queue import get_queue  # celery: imported here, in the background
 
-    control = configure(redis_url).control
+    queue = get_queue()
     while not stopping.is_set():
-        with contextlib.suppress(Exception):  # the broker or the worker not there yet: ask again
-            if control.ping(timeout=1.0):
-                break
+        if queue.workers_answer(timeout=1.0):
+            break
         stopping.wait(0.5)
     else:
         return
@@ -228,7 +227,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
         worker_cli = [sys.executable, "-W", f"ignore:{CELERY_ROOT_WARNING}", "-m", "app.cli"]
         worker = f"worker ({gpu_list})"
         supervisor.start(worker, [*worker_cli, "worker", "--gpus", gpu_list], env, WORKER_STOP_SECONDS)
-        watch = (redis_url, worker, settings.home, supervisor.stopping, started)
+        watch = (worker, settings.home, supervisor.stopping, started)
         threading.Thread(target=_watch_worker, args=watch, name="watch-worker", daemon=True).start()
 
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

@@ -41,6 +41,10 @@ class RunQueue(Protocol):
         """The run ids whose messages the broker holds now on `queue` (None: on any queue), not yet taken."""
         ...
 
+    def workers_answer(self, timeout: float) -> bool:
+        """Whether at least one worker answers a ping within `timeout` seconds (False when the broker is down)."""
+        ...
+
 
 _queue: RunQueue | None = None
 

@@ -58,6 +58,14 @@ class CeleryQueue:
             client.close()
         return {run_id for item in raw if (run_id := _run_id(item)) is not None}
 
+    def workers_answer(self, timeout: float) -> bool:
+        from worker.celery_app import configure
+
+        try:
+            return bool(configure(get_settings().redis_url).control.ping(timeout=timeout))
+        except Exception:  # the broker not there yet
+            return False
+
 
 def _message_id(raw: bytes) -> str | None:
     """The task id of one message as kombu stores it (Celery's protocol 2 carries it in the headers)."""

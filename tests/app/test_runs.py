@@ -188,7 +188,7 @@ def test_schema_presets_and_health(client):
     assert "gkd_on_policy" in presets and presets["gkd_on_policy"]["spec"]["lmbda"] == 1.0
     assert presets["gkd_on_policy"]["description"]
     health = client.get("/api/health")
-    assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok", "starting": []}
     docs = client.get("/openapi.json").json()
     assert "ExperimentCreate" in docs["components"]["schemas"] and "/api/runs/{run_id}/events" in docs["paths"]
     assert client.get("/docs").status_code == 200

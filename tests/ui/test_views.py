@@ -217,7 +217,7 @@ def test_launch_and_validate_use_the_yaml_pane_when_it_was_edited_last(service_e
         message, run_id = dashboard.launch("bad", "", "", *fields, spec_yaml=text)
         assert run_id is None and "Cannot launch" in message, message
         assert "Not valid" in dashboard.validate(*fields, spec_yaml=text)
-    assert "did you mean `lmbda`" in dashboard.launch("bad", "", "", *fields, spec_yaml="lmdba: 0.7\n")[0]
+    assert "did you mean 'lmbda'" in dashboard.launch("bad", "", "", *fields, spec_yaml="lmdba: 0.7\n")[0]
     assert _count(Experiment) == 0 and _count(Run) == 0
 
     message, run_id = dashboard.launch("yaml", "", "", *fields, spec_yaml="max_steps: 2\nbeta: 0.25\n")

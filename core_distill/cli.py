@@ -58,6 +58,7 @@ def run_command(
         raise typer.Exit(_relaunch(spec.gpus, spec_file, output_dir, set_, resume))
     reporter = JsonlReporter(output_dir) if distributed.is_main() else NullReporter()
     result = run(spec, output_dir=output_dir, reporter=reporter, resume=resume, progress=True)
+    distributed.shutdown()
     if distributed.is_main():
         _print_summary(result, reporter)
 

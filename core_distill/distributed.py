@@ -100,6 +100,13 @@ def init(cpu: bool) -> None:
     dist.init_process_group(backend="gloo" if cpu else "nccl")
 
 
+def shutdown() -> None:
+    """Leave the process group once the run is over: a rank that exits with gloo's threads still running
+    can abort at exit ("terminate called without an active exception"), failing a run that finished."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         from core_distill.train import run as train
 
         result = train(spec, output_dir=output_dir, reporter=reporter or NullReporter(), resume=True, progress=False)
+        from core_distill.distributed import shutdown
+
+        shutdown()
         if reporter is not None:
             reporter.close()
             host = os.environ.get(HOST_ENV, "")

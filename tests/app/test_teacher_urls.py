@@ -84,8 +84,13 @@ def test_with_auth_off_any_url_unless_a_list_is_set(client, monkeypatch):
 
 def test_the_worker_checks_again_before_connecting(client, monkeypatch):
     """A run queued while the URL was allowed, then the list changed: the worker fails it and never connects."""
+    from app.services.scheduling import announce_host
+    from worker.launch import HOST_ENV
     from worker.tasks import run_experiment
 
+    monkeypatch.setenv(HOST_ENV, "cpu@teacher-urls-test")  # this process plays a one-slot CPU worker host
+    with Session(get_engine()) as session:
+        announce_host(session=session, name="cpu@teacher-urls-test", labels=["cpu"], queue="gpu.cpu@teacher-urls-test")
     with socket.socket() as teacher:
         teacher.bind(("127.0.0.1", 0))
         teacher.listen(16)

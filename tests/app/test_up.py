@@ -3,6 +3,7 @@ keeps only what matters (no access line per poll, no Celery root warning, no rev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.services import free_port
@@ -82,8 +84,23 @@ def test_up_answers_while_the_app_is_still_building_and_keeps_the_terminal_quiet
         assert not (tmp_path / "home" / "startup.json").exists()
     finally:
         client.close()
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
+        _stop_everything(up)
+
+
+def _stop_everything(up: subprocess.Popen) -> None:
+    """After a failure: `distill up` stops its children on SIGINT; if it does not, kill them and it (the API
+    and the worker run in process groups of their own, so killing up's group alone would orphan them)."""
+    if up.poll() is not None:
+        return
+    children = psutil.Process(up.pid).children(recursive=True)
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(up.pid, signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def _launch(client: httpx.Client, spec, name: str) -> int:

@@ -11,23 +11,17 @@ without points showing no empty chart frames, and a five-metric comparison drawi
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
 from sqlmodel import Session
 
-from tests.services import free_port, stop_group, wait_until_serving
+from tests.ui.browser import BROWSER_TEST, open_page, serve_dashboard, shot
 from tests.ui.factories import add_run
-from tests.ui.test_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _start
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
+pytestmark = BROWSER_TEST
 
 DENSE = ("loss", "loss/kd", "div/fkl", "div/rkl", "lr", "grad_norm", "perf/tokens_per_sec")
 TOY_SPEC = {"teacher": "toy:teacher", "student": "toy:student", "eval_metric": "countdown", "eval_temperature": 1.0}
@@ -44,35 +38,19 @@ def trace_js(family: str, body: str) -> str:
 
 def _shot(page, name: str) -> None:
     """To test-artifacts/ui/ only: the docs' screenshots come from test_e2e.py's real training run."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+    shot(page, name, docs=False)
 
 
 @pytest.fixture
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+    with open_page() as page:
         yield page
-        browser.close()
 
 
 @pytest.fixture
 def server(service_env, tmp_path) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path / "api.log"
-    process = _start([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                      "--port", str(port), "--log-level", "warning"], log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(f"{url}/ui/", process, log)
+    with serve_dashboard(tmp_path, "charts") as url:
         yield url
-    finally:
-        stop_group(process, timeout=20)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "charts-api.log").write_text(log.read_text())
 
 
 def seed_running_run(steps: int, name: str = "streamed run") -> int:

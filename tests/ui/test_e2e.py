@@ -8,44 +8,29 @@ with DISTILL_DOCS_SCREENSHOTS=1, which is how the README's are taken).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.services import free_port, stop_group, wait_until_serving
+from tests.ui.browser import ARTIFACTS, BROWSER_TEST, open_page, start_api, start_process
+from tests.ui.browser import shot as _shot
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts" / "ui"
-DOCS_IMG = ROOT / "docs" / "img"
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    # own process group: the Celery worker's pool child is stopped with its parent
-    return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture
 def service(service_env, toy_dir, tmp_path) -> Iterator[str]:
     """The base URL of a running API + dashboard with one CPU worker."""
     port = free_port()
-    server = _start([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                     "--port", str(port), "--log-level", "warning"], tmp_path / "api.log")  # fmt: skip
-    worker = _start([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"], tmp_path / "worker.log")
+    server = start_api(port, tmp_path / "api.log")
+    worker = start_process(
+        [sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"], tmp_path / "worker.log"
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(f"{url}/ui/", server, tmp_path / "api.log")
@@ -60,21 +45,8 @@ def service(service_env, toy_dir, tmp_path) -> Iterator[str]:
 
 @pytest.fixture
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
+    with open_page(timeout_ms=120_000) as page:
         yield page
-        browser.close()
-
-
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
-    if os.environ.get("DISTILL_DOCS_SCREENSHOTS") == "1":
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ARTIFACTS / f"{name}.png", DOCS_IMG / f"dashboard-{name}.png")
 
 
 def _fill_number(page, field: str, value: int) -> None:

@@ -8,51 +8,22 @@ what was typed; an invalid value, in either, queues nothing and the message name
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from core_distill.spec import DistillSpec
-from tests.services import free_port, stop_group, wait_until_serving
-from tests.ui.test_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _start
+from tests.ui.browser import BROWSER_TEST, SERVER_MS, open_page
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
+pytestmark = BROWSER_TEST
 
-SERVER = 60_000  # ms: anything that waits on the server (a loaded 2-core machine)
-
-
-@pytest.fixture
-def api(service_env, toy_dir, tmp_path) -> Iterator[str]:
-    """The base URL of a running API + dashboard (no worker)."""
-    port = free_port()
-    log = tmp_path / "api.log"
-    server = _start([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                     "--port", str(port), "--log-level", "warning"], log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(f"{url}/ui/", server, log)
-        yield url
-    finally:
-        stop_group(server, timeout=20)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "launch-form-api.log").write_text(log.read_text())
+SERVER = SERVER_MS
 
 
 @pytest.fixture
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        tab = chromium.new_page(viewport={"width": 1400, "height": 1000})
-        tab.set_default_timeout(30_000)
+    with open_page(timeout_ms=30_000) as tab:
         yield tab
-        chromium.close()
 
 
 def _run_count(url: str) -> int:

@@ -5,9 +5,6 @@ is told why; alice, and an admin, can. The API and dashboard run in uvicorn on t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +22,7 @@ from app.services import runs as run_service
 from app.settings import get_settings
 from core_distill.checkpoint import checkpoint_dir
 from tests.app.conftest import tiny_spec
-from tests.services import free_port, stop_group, wait_until_serving
-from tests.ui.test_e2e import CHROMIUM, CHROMIUM_ARGS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, serve_dashboard
 
 
 @pytest.fixture
@@ -39,19 +33,8 @@ def team(service_env, toy_dir, tmp_path, monkeypatch) -> Iterator[tuple[str, dic
     get_settings.cache_clear()
     with Session(get_engine()) as session:
         tokens = {name: create_token(session=session, name=name) for name in ("alice", "bob", "carol")}
-    port = free_port()
-    log = tmp_path / "api.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port",
-         str(port), "--log-level", "warning"],
-        cwd=ROOT, env=dict(os.environ), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(f"{url}/api/health", server, log)
+    with serve_dashboard(tmp_path, "ownership") as url:
         yield url, tokens
-    finally:
-        stop_group(server, timeout=20)
 
 
 def alices_runs() -> tuple[int, int]:

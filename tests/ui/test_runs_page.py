@@ -10,10 +10,6 @@ compare tab's final table has the student-before and teacher rows. Screenshots: 
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import insert
 from sqlmodel import Session
@@ -23,46 +19,21 @@ from app.db import get_engine
 from app.models import MetricPoint, Run
 from core_distill import metric_keys as mk
 from core_distill.spec import DistillSpec
-from tests.services import free_port, stop_group, wait_until_serving
+from tests.ui.browser import BROWSER_TEST, SERVER_MS, open_page
+from tests.ui.browser import shot as _shot
 from tests.ui.factories import add_run
-from tests.ui.test_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _shot, _start
 from ui import form
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
+pytestmark = BROWSER_TEST
 
 WIDTH = 1440  # a laptop: beta was scrolled out of view at this width (and at 1920)
-SERVER = 60_000  # ms: anything that waits on the server (a loaded 2-core machine)
-
-
-@pytest.fixture
-def api(service_env, toy_dir, tmp_path) -> Iterator[str]:
-    """The base URL of a running API + dashboard (no worker)."""
-    port = free_port()
-    log = tmp_path / "api.log"
-    server = _start([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                     "--port", str(port), "--log-level", "warning"], log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(f"{url}/ui/", server, log)
-        yield url
-    finally:
-        stop_group(server, timeout=20)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "runs-page-api.log").write_text(log.read_text())
+SERVER = SERVER_MS
 
 
 @pytest.fixture
 def tab():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = chromium.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.set_default_timeout(SERVER)
+    with open_page(width=WIDTH) as page:
         yield page
-        chromium.close()
 
 
 def _example(stem: str, **overrides) -> dict:

@@ -66,15 +66,18 @@ def hosts(api) -> dict[str, list[tuple[str, int | None]]]:
 
 def test_two_one_gpu_runs_share_the_host_on_distinct_gpus(api, gpu_host):
     wait_for(lambda: hosts(api), 120, "the host to announce itself", gpu_host)
-    first = launch(api, tiny_spec(max_steps=40, save_every=0), name="one")
-    second = launch(api, tiny_spec(max_steps=40, save_every=0), name="two")
+    # long runs (cancelled below): a short one could end, and free its GPU, before the booking is read
+    first = launch(api, tiny_spec(max_steps=100_000, save_every=0), name="one")
+    second = launch(api, tiny_spec(max_steps=100_000, save_every=0), name="two")
     wait_for(lambda: read_run(first).last_step >= 1 and read_run(second).last_step >= 1, RUN_TIMEOUT,
              "both runs to train at once", gpu_host)  # fmt: skip
     assert sorted([read_run(first).gpu, read_run(second).gpu]) == ["0", "1"]
     (name,) = hosts(api)
     assert sorted(hosts(api)[name]) == sorted([(read_run(first).gpu, first), (read_run(second).gpu, second)])
     for run_id in (first, second):
-        assert wait_for(lambda r=run_id: finished(r), RUN_TIMEOUT, "the runs to end", gpu_host).status == "succeeded"
+        assert api.post(f"/api/runs/{run_id}/cancel").status_code == 200
+    for run_id in (first, second):
+        assert wait_for(lambda r=run_id: finished(r), RUN_TIMEOUT, "the runs to stop", gpu_host).status == "cancelled"
     assert hosts(api)[name] == [("0", None), ("1", None)]
 
 

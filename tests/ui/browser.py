@@ -40,13 +40,14 @@ def start_api(port: int, log: Path) -> subprocess.Popen:
 
 
 @contextmanager
-def serve_dashboard(tmp_path: Path, name: str) -> Iterator[str]:
-    """The base URL of a running API + dashboard (no worker); its log is kept as test-artifacts/ui/NAME-api.log."""
+def serve_dashboard(tmp_path: Path, name: str, ready_path: str = "/ui/") -> Iterator[str]:
+    """The base URL of a running API + dashboard (no worker), once `ready_path` answers (with auth on, /ui/
+    wants a login: wait on /api/health); its log is kept as test-artifacts/ui/NAME-api.log."""
     port, log = free_port(), tmp_path / f"{name}-api.log"
     server = start_api(port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(f"{url}/ui/", server, log)
+        wait_until_serving(f"{url}{ready_path}", server, log)
         yield url
     finally:
         stop_group(server, timeout=20)

@@ -33,7 +33,7 @@ def team(service_env, toy_dir, tmp_path, monkeypatch) -> Iterator[tuple[str, dic
     get_settings.cache_clear()
     with Session(get_engine()) as session:
         tokens = {name: create_token(session=session, name=name) for name in ("alice", "bob", "carol")}
-    with serve_dashboard(tmp_path, "ownership") as url:
+    with serve_dashboard(tmp_path, "ownership", ready_path="/api/health") as url:
         yield url, tokens
 
 

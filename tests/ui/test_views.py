@@ -90,7 +90,8 @@ def test_live_view_names_its_run_and_the_teacher_reference(service_env):
     assert 'data-smoothing="0.5"' in container and 'data-x="wall_time"' in container
     assert "Training loss" in container and "nats/token" in container  # the families, escaped JSON
     assert "teacher toy:teacher" in container and "eval/exact_match" in container
-    assert "teacher" not in re.search(r'data-references="[^"]*"', dashboard.live_outputs(other.id, 0, "step")[1]).group(0)
+    references = re.search(r'data-references="[^"]*"', dashboard.live_outputs(other.id, 0, "step")[1])
+    assert "teacher" not in references.group(0)
     assert "No run 999999" in dashboard.live_outputs(999999, 0, "step")[1]
     assert "Pick a run" in dashboard.live_outputs(None, 0, "step")[1]
 

@@ -30,18 +30,14 @@ from pathlib import Path
 
 import httpx
 
+from app.embedded import free_port
+
 KEYS = ("loss", "div/fkl", "div/rkl", "lr")
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_url(tmp: Path) -> tuple[str, object | None]:

@@ -1,26 +1,31 @@
 """`distill toy build`: data, tokenizer, a teacher and a student, both trained to convergence.
 
-The teacher (Llama, hidden 64 x 2 layers, 87k parameters) and the student (32 x 2, about a quarter
-of its parameters) learn the countdown task with the same loop (next-token cross-entropy on
-completions, AdamW, linear decay), each until its eval loss has levelled off, so the student starts
-close to the data distribution and no machine's speed or thread count moves where it starts.
-A share of the training rows (`hint_share`) show the privileged prompt (a reference walk as a hint),
-for OPSD; with `hint_diverge`, some of those hints leave the row's walk at a random line, so that
-walking on after leaving the hint is something the models have seen (off by default). The package
-ships the result of this build (`core_distill/toy/assets`); rebuilding it is for checking that the
-recipe reproduces it.
+The teacher and the (smaller) student learn the countdown task with the same loop (next-token
+cross-entropy on completions, AdamW, linear decay) for a fixed number of steps, one torch thread
+each, so no machine's speed or thread count moves where the student starts. The manifest records
+the eval loss and the eval validity every tenth of the run: a converged model has both flat at the
+end (the loss levels off long before validity does). A share of the training rows (`hint_share`)
+show the privileged prompt, for OPSD: by default a reference walk (with `hint_diverge` some of those
+hints leave the row's walk at a random line), or with `hint="land_on_tens"` a strategy, the
+strategy's walk being the completion. `distill toy build --set FIELD=VALUE` changes any field of
+the recipe (`ToyConfig`). The package ships the result of this build (`core_distill/toy/assets`);
+rebuilding it is for checking that the recipe reproduces it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import multiprocessing
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +34,17 @@ from tqdm.auto import tqdm
 from core_distill.data import Example, batch_indices, encode_rows, make_batch
 from core_distill.generation import sample_completions
 from core_distill.paths import default_toy_build_dir
-from core_distill.toy.task import is_valid_walk, make_splits, parse_prompt, write_splits
+from core_distill.toy.task import (
+    STRATEGIES,
+    all_prompts,
+    is_valid_walk,
+    make_splits,
+    parse_prompt,
+    prompt_text,
+    strategy_walk,
+    write_splits,
+)
 from core_distill.toy.tokenizer import build_tokenizer
-
-MAX_NEW_TOKENS = 128  # a sampled walk from S=34 in steps of at most 4 is under 100 characters
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,13 @@ class ToyConfig:
     test_prompts: int = 50
     test_rows: int = 300  # six rows per test prompt: models are graded on samples, several per prompt
     hint_share: float = 0.3  # training rows shown with the privileged prompt
-    hint_diverge: float = 0.0  # training hints that leave the row's walk at a random line (then walk on validly)
+    start_min: int = 10  # prompts S=start m=max_step, both in these ranges (inclusive)
+    start_max: int = 34
+    max_step_min: int = 4
+    max_step_max: int = 9
+    max_new_tokens: int = 128  # the longest walk a model may sample when graded
+    hint: str = "walk"  # the privileged context: "walk" (a reference walk) or a strategy of task.STRATEGIES
+    hint_diverge: float = 0.0  # "walk" hints that leave the row's walk at a random line (then walk on validly)
     teacher_hidden: int = 64
     teacher_layers: int = 2
     teacher_steps: int = 2400
@@ -55,6 +73,30 @@ class ToyConfig:
     student_intermediate: int = 0
     batch_size: int = 64
     learning_rate: float = 3e-3
+
+    def with_overrides(self, overrides: dict[str, object]) -> ToyConfig:
+        """This recipe with some fields changed (`distill toy build --set`); ValueError names a bad one."""
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        changed = {}
+        for name, value in overrides.items():
+            if name not in fields:
+                close = difflib.get_close_matches(name, list(fields), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f" (fields: {', '.join(fields)})"
+                raise ValueError(f"{name!r} is not a toy build field{hint}")
+            kind = type(getattr(self, name))
+            if kind is float and type(value) is int:
+                value = float(value)
+            if type(value) is not kind:
+                raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
+            changed[name] = value
+        config = replace(self, **changed)
+        if config.hint != "walk" and config.hint not in STRATEGIES:
+            raise ValueError(f"hint: expected 'walk' or one of {sorted(STRATEGIES)}, got {config.hint!r}")
+        if config.start_min > config.start_max or not 1 <= config.max_step_min <= config.max_step_max:
+            raise ValueError(
+                "start_min..start_max and max_step_min..max_step_max must be non-empty ranges (max_step >= 1)"
+            )
+        return config
 
 
 # A miniature build for tests: seconds, not minutes.
@@ -106,7 +148,10 @@ def build_toy(
 def toy_splits(config: ToyConfig) -> dict[str, list[dict]]:
     sizes = {"eval": config.eval_rows, "test": config.test_rows, "train": config.train_rows}
     prompts = {"eval": config.eval_prompts, "test": config.test_prompts}
-    return make_splits(config.seed, sizes, prompts, {"train": config.hint_diverge})
+    grid = all_prompts(
+        range(config.start_min, config.start_max + 1), range(config.max_step_min, config.max_step_max + 1)
+    )
+    return make_splits(config.seed, sizes, prompts, {"train": config.hint_diverge}, config.hint, grid)
 
 
 def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool = False) -> dict:
@@ -123,8 +168,13 @@ def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool 
                for split, rows in toy_splits(config).items()}  # fmt: skip
     torch.manual_seed(config.seed + offset)
     model = new_model(tokenizer, hidden, layers, intermediate or 2 * hidden)
-    curve = train_sft(model, mixed_training_examples(encoded["train"], config), encoded["eval"],
-                      replace(config, seed=config.seed + offset), steps, desc=name, progress=progress)  # fmt: skip
+
+    def eval_validity(model) -> float:
+        return validity(model, tokenizer, encoded["eval"], max_new_tokens=config.max_new_tokens)
+
+    curve, validity_curve = train_sft(model, mixed_training_examples(encoded["train"], config, tokenizer), encoded["eval"],
+                                      replace(config, seed=config.seed + offset), steps, desc=name, progress=progress,
+                                      measure=eval_validity)  # fmt: skip
     model.save_pretrained(out_dir / name)
     tokenizer.save_pretrained(out_dir / name)
     return {
@@ -134,15 +184,34 @@ def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool 
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "eval_loss_curve": curve,
-        "test_validity": validity(model, tokenizer, encoded["test"]),
-        "test_validity_with_hint": validity(model, tokenizer, encoded["test"], hinted=True),
+        "eval_validity_curve": validity_curve,
+        "test_validity": validity(model, tokenizer, encoded["test"], max_new_tokens=config.max_new_tokens),
+        "test_validity_with_hint": validity(
+            model, tokenizer, encoded["test"], True, max_new_tokens=config.max_new_tokens
+        ),
     }
 
 
-def mixed_training_examples(examples: list[Example], config: ToyConfig) -> list[Example]:
-    """The training rows, a seeded `hint_share` of them with the privileged prompt as their prompt."""
+def mixed_training_examples(examples: list[Example], config: ToyConfig, tokenizer) -> list[Example]:
+    """The training rows, a seeded `hint_share` of them with the privileged prompt as their prompt (and, for
+    a strategy hint, the strategy's walk as their completion)."""
     rng = random.Random(config.seed + 7)
-    return [replace(e, prompt_ids=e.teacher_prompt_ids) if rng.random() < config.hint_share else e for e in examples]
+    mixed = []
+    for e in examples:
+        if rng.random() < config.hint_share:
+            e = replace(e, prompt_ids=e.teacher_prompt_ids)
+            if config.hint != "walk":
+                e = replace(e, completion_ids=strategy_completion(e, config.hint, tokenizer))
+        mixed.append(e)
+    return mixed
+
+
+def strategy_completion(example: Example, strategy: str, tokenizer) -> list[int]:
+    start, max_step = parse_prompt(tokenizer.decode(example.prompt_ids, skip_special_tokens=True))  # type: ignore[misc]
+    row = {"messages": [{"role": "user", "content": prompt_text(start, max_step)},
+                        {"role": "assistant", "content": strategy_walk(start, max_step, strategy)}]}  # fmt: skip
+    (encoded,) = encode_rows([row], tokenizer, max_prompt_length=256, max_completion_length=256, source="hint")
+    return encoded.completion_ids
 
 
 def new_model(tokenizer, hidden: int, layers: int, intermediate: int | None = None):
@@ -172,16 +241,18 @@ def completion_loss(model, rows: list[Example]) -> torch.Tensor:
 
 
 def train_sft(model, examples: list[Example], eval_examples: list[Example], config: ToyConfig, steps: int, desc: str,
-              progress: bool) -> list[list[float]]:  # fmt: skip
+              progress: bool, measure: Callable[[Any], float] | None = None) -> tuple[list[list[float]], list[list[float]]]:  # fmt: skip
     """Cross-entropy on completion tokens; AdamW with linear decay; batches from a seeded stream.
 
-    Returns the eval loss every tenth of the run: a converged model's curve is flat at the end.
+    Returns the eval loss and `measure(model)` (the eval validity) every tenth of the run. Both should be
+    flat at the end: the loss alone is not enough, since the step choices' entropy, which no model can
+    remove, makes up most of it, and validity went on rising long after the loss had levelled off.
     """
     if steps == 0:
-        return []
+        return [], []
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
-    curve = []
+    curve, measured = [], []
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -199,13 +270,17 @@ def train_sft(model, examples: list[Example], eval_examples: list[Example], conf
             with torch.no_grad():
                 model.eval()
                 curve.append([step + 1, round(completion_loss(model, eval_examples).item(), 4)])
+                if measure is not None:  # samples from a forked RNG: the training stream is untouched
+                    measured.append([step + 1, round(measure(model), 4)])
                 model.train()
     model.eval()
-    return curve
+    return curve, measured
 
 
 @torch.no_grad()
-def validity(model, tokenizer, examples: list[Example], hinted: bool = False, seed: int = 0) -> float:
+def validity(
+    model, tokenizer, examples: list[Example], hinted: bool = False, seed: int = 0, max_new_tokens: int = 128
+) -> float:
     """Share of completions sampled at temperature 1 that are valid walks (with `hinted`, from the privileged prompt).
 
     Batches of 64 from `seed`: the same random numbers as `distill eval --data test`, so both print the same figure.
@@ -214,7 +289,7 @@ def validity(model, tokenizer, examples: list[Example], hinted: bool = False, se
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         completions = sample_completions(model, prompts, pad_id=tokenizer.pad_token_id, eos_ids={tokenizer.eos_token_id},
-                                         max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, max_batch=64)  # fmt: skip
+                                         max_new_tokens=max_new_tokens, temperature=1.0, max_batch=64)  # fmt: skip
     valid = 0
     for ids, e in zip(completions, examples, strict=True):
         task = parse_prompt(tokenizer.decode(e.prompt_ids, skip_special_tokens=True))

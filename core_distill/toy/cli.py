@@ -26,13 +26,24 @@ def build_command(
         int | None, typer.Option(help="Teacher training steps (default: the build's own).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the folder already holds a build.")] = False,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="Change a recipe field (ToyConfig): --set student_steps=6000 (repeatable)."),
+    ] = [],  # noqa: B006
 ) -> None:
     """Generate the data and train the teacher and the student from scratch, as the shipped ones were.
 
     `toy:NAME` always means the shipped build; point DISTILL_TOY_DIR at FOLDER to use a rebuild instead.
     """
+    from core_distill.cli import _parse_overrides
     from core_distill.paths import SHIPPED_TOY_DIR, default_toy_build_dir
-    from core_distill.toy.build import build_toy
+    from core_distill.toy.build import QUICK, ToyConfig, build_toy
+
+    try:
+        config = (QUICK if quick else ToyConfig()).with_overrides(_parse_overrides(set_))
+    except ValueError as exc:
+        typer.secho(f"error: --set {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
 
     folder = folder or default_toy_build_dir()
     if folder.resolve() == SHIPPED_TOY_DIR.resolve():
@@ -43,9 +54,11 @@ def build_command(
         typer.echo(f"{folder} already holds a build ({manifest_path}); use --force to rebuild")
         return
     typer.echo(f"building the countdown task into {folder} (seed {seed}); the shipped build is in {SHIPPED_TOY_DIR}")
-    manifest = build_toy(folder, seed=seed, teacher_steps=teacher_steps, quick=quick)
+    manifest = build_toy(folder, seed=seed, teacher_steps=teacher_steps, quick=quick, config=config)
     shipped_path = SHIPPED_TOY_DIR / "manifest.json"
-    shipped = json.loads(shipped_path.read_text())["models"] if shipped_path.exists() else {}
+    shipped = json.loads(shipped_path.read_text()) if shipped_path.exists() else {}
+    # beside the shipped models only when this is the shipped recipe
+    shipped = shipped["models"] if shipped and ToyConfig(**shipped["config"]) == ToyConfig(**manifest["config"]) else {}
     for name, info in manifest["models"].items():
         line = f"  {name}: {info['parameters']:,} parameters, test validity {info['test_validity']:.1%}"
         if name in shipped:

@@ -20,7 +20,10 @@ distillation benchmark:
   against the rules, whatever walk the model chose (`eval_metric: countdown`), and
   `walk_log_likelihood` scores a valid walk under the true generating process.
 - Privileged context for OPSD: the teacher prompt holds a reference walk, which the models also
-  see (and copy) in part of their training data, so a model shown it is genuinely better.
+  see (and copy) in part of their training data, so a model shown it is genuinely better. A
+  build can show a strategy instead (`hint="land_on_tens"`: step to the next multiple of ten when
+  allowed, else the largest step, so a subtraction borrows only from a multiple of ten), and other
+  ranges of S and m (`ToyConfig`).
 
 Prompts (start, m) are split into train, eval and test sets that never share a prompt, so every
 test prompt is new to every model.
@@ -35,7 +38,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-STARTS = range(10, 35)
+STARTS = range(10, 35)  # the shipped build's prompts; `distill toy build` can set others (ToyConfig)
 MAX_STEPS = range(4, 10)
 PROMPT_RE = re.compile(r"S=(\d+) m=(\d+)")
 LINE_RE = re.compile(r"-(\d+)=(\d+)")
@@ -52,6 +55,31 @@ def prompt_text(start: int, max_step: int) -> str:
 def hinted_prompt(start: int, max_step: int, walk: str) -> str:
     """The privileged prompt: the plain one plus a reference walk (`hint` lines)."""
     return f"{prompt_text(start, max_step)}\nhint:\n{walk}"
+
+
+def strategy_prompt(start: int, max_step: int, strategy: str) -> str:
+    """The privileged prompt of a strategy hint: the plain one plus the strategy's name."""
+    return f"{prompt_text(start, max_step)}\nhint: {strategy.replace('_', ' ')}"
+
+
+def strategy_walk(start: int, max_step: int, strategy: str) -> str:
+    """The walk a strategy hint asks for: every line takes the step `STRATEGIES[strategy]` picks."""
+    pick = STRATEGIES[strategy]
+    lines, remainder = [], start
+    while remainder > 0:
+        step = pick(remainder, max_step)
+        lines.append(f"-{step}={remainder - step}")
+        remainder -= step
+    return "\n".join(lines)
+
+
+def land_on_tens_step(remainder: int, max_step: int) -> int:
+    """Step to the next multiple of ten when allowed, else the largest step: a borrow only from a multiple of ten."""
+    units = remainder % 10
+    return units if 1 <= units <= max_step else min(max_step, remainder)
+
+
+STRATEGIES = {"land_on_tens": land_on_tens_step}
 
 
 def random_walk(start: int, max_step: int, rng: random.Random) -> str:
@@ -114,36 +142,48 @@ def walk_log_likelihood(completion: str, start: int, max_step: int) -> float | N
     return total
 
 
-def make_row(start: int, max_step: int, rng: random.Random, diverge: float = 0.0) -> dict[str, Any]:
-    """One row; with probability `diverge` its hint is a walk that leaves this row's walk at a random line."""
+def make_row(start: int, max_step: int, rng: random.Random, diverge: float = 0.0, hint: str = "walk") -> dict[str, Any]:
+    """One row. Its `teacher_prompt` (OPSD's privileged context) holds, with hint "walk", a valid walk (this
+    row's, or with probability `diverge` one that leaves it at a random line); with a strategy's name, that strategy."""
     walk = random_walk(start, max_step, rng)
-    hint = diverging_hint(walk, start, max_step, rng) if diverge and rng.random() < diverge else walk
+    if hint in STRATEGIES:
+        teacher_prompt = strategy_prompt(start, max_step, hint)
+    else:
+        shown = diverging_hint(walk, start, max_step, rng) if diverge and rng.random() < diverge else walk
+        teacher_prompt = hinted_prompt(start, max_step, shown)
     return {
         "messages": [
             {"role": "user", "content": prompt_text(start, max_step)},
             {"role": "assistant", "content": walk},
         ],
-        # OPSD: the teacher's view holds a valid walk (this row's, or one that leaves it) as privileged context
-        "teacher_prompt": hinted_prompt(start, max_step, hint),
+        "teacher_prompt": teacher_prompt,
     }
 
 
-def all_prompts() -> list[tuple[int, int]]:
-    return [(s, m) for s in STARTS for m in MAX_STEPS]
+def all_prompts(starts: range = STARTS, max_steps: range = MAX_STEPS) -> list[tuple[int, int]]:
+    return [(s, m) for s in starts for m in max_steps]
 
 
 def make_splits(
-    seed: int, sizes: dict[str, int], prompt_counts: dict[str, int], diverge: dict[str, float] | None = None
+    seed: int,
+    sizes: dict[str, int],
+    prompt_counts: dict[str, int],
+    diverge: dict[str, float] | None = None,
+    hint: str = "walk",
+    prompts: list[tuple[int, int]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows per split; each split draws its rows from its own disjoint set of prompts.
 
     `prompt_counts` gives how many distinct prompts each split owns (the last split named in
     `sizes` but not in `prompt_counts` owns the rest); `sizes` how many rows it holds (a train
     prompt appears with many different walks, an eval/test prompt usually once); `diverge` the share of a
-    split's hints that leave its row's walk (`diverging_hint`).
+    split's hints that leave its row's walk (`diverging_hint`); `hint` the kind of privileged prompt
+    (`make_row`); `prompts` the (start, m) pairs to draw from (default `all_prompts()`).
     """
+    if hint != "walk" and hint not in STRATEGIES:
+        raise ValueError(f"unknown hint {hint!r}: expected 'walk' or one of {sorted(STRATEGIES)}")
     rng = random.Random(seed)
-    prompts = all_prompts()
+    prompts = list(prompts or all_prompts())
     rng.shuffle(prompts)
     owned: dict[str, list[tuple[int, int]]] = {}
     start = 0
@@ -158,7 +198,7 @@ def make_splits(
         pool = owned[name]
         # every prompt once before any twice, so a small split covers as many prompts as it can
         order = [pool[i % len(pool)] for i in range(size)]
-        splits[name] = [make_row(s, m, rng, (diverge or {}).get(name, 0.0)) for s, m in order]
+        splits[name] = [make_row(s, m, rng, (diverge or {}).get(name, 0.0), hint) for s, m in order]
     return splits
 
 

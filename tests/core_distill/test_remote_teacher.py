@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,18 +35,13 @@ from core_distill.reporting import JsonlReporter
 from core_distill.teacher_protocol import ProtocolError, ScoreRequest, decode, encode, vocab_fingerprint
 from core_distill.teachers import LocalTeacher
 from core_distill.train import run
+from tests.services import free_port
 from tests.tiny_models import build_model, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 # --- a real server process ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerProcess:
     """`distill teacher serve MODEL` in a subprocess on a free port."""
 

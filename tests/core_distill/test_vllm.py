@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from core_distill.models import load_model, load_tokenizer
 from core_distill.spec import DistillSpec
 from core_distill.teachers import LocalTeacher
 from core_distill.vllm_teacher import VLLMTeacher, VLLMTeacherError, temper
-from tests.services import signal_group, stop_group
+from tests.services import free_port, signal_group, stop_group
 from tests.tiny_models import addition_rows, build_model, build_tokenizer, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,12 +74,6 @@ def make_spec(ws, **overrides) -> DistillSpec:
     )  # fmt: skip
     fields.update(overrides)
     return DistillSpec(**fields)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- main suite: no vLLM needed ------------------------------------------------------------------------

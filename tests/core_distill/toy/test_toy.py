@@ -10,7 +10,7 @@ import pytest
 
 from core_distill.data import encode_rows
 from core_distill.evaluation import countdown_valid
-from core_distill.toy.build import QUICK
+from core_distill.toy.build import QUICK, ToyConfig, mixed_training_examples
 from core_distill.toy.task import (
     LINE_RE,
     all_prompts,
@@ -21,6 +21,8 @@ from core_distill.toy.task import (
     make_splits,
     parse_prompt,
     random_walk,
+    strategy_prompt,
+    strategy_walk,
     walk_log_likelihood,
 )
 from core_distill.toy.tokenizer import build_tokenizer
@@ -118,6 +120,60 @@ def test_only_the_splits_named_in_diverge_get_diverging_hints():
     assert make_splits(seed=1, sizes=sizes, prompt_counts=counts, diverge={"train": 0.5}) == mixed
 
 
+def test_the_land_on_tens_walk_borrows_only_from_multiples_of_ten():
+    for start, max_step in all_prompts():
+        walk = strategy_walk(start, max_step, "land_on_tens")
+        assert is_valid_walk(walk, start, max_step), (start, max_step, walk)
+        remainder = start
+        for line in walk.split("\n"):
+            step, result = (int(g) for g in LINE_RE.fullmatch(line).groups())
+            if remainder % 10 == 0 or remainder < 10:
+                assert step == min(max_step, remainder)
+            else:  # no borrow: the units digit of the remainder covers the step
+                assert remainder % 10 >= step and (result % 10 == 0 or step == max_step)
+            remainder = result
+    assert strategy_walk(39, 6, "land_on_tens") == "-6=33\n-3=30\n-6=24\n-4=20\n-6=14\n-4=10\n-6=4\n-4=0"
+    with pytest.raises(ValueError, match="unknown hint 'greedy'"):
+        make_splits(seed=0, sizes={"x": 1}, prompt_counts={}, hint="greedy")
+
+
+def test_a_strategy_hint_is_in_the_teacher_prompt_and_hinted_training_rows_follow_it():
+    config = ToyConfig(hint="land_on_tens", hint_share=0.5)
+    splits = make_splits(seed=2, sizes={"test": 20, "train": 200}, prompt_counts={"test": 20}, hint="land_on_tens")
+    for row in splits["test"] + splits["train"]:
+        start, max_step = parse_prompt(row["messages"][0]["content"])
+        assert (
+            row["teacher_prompt"]
+            == strategy_prompt(start, max_step, "land_on_tens")
+            == f"S={start} m={max_step}\nhint: land on tens"
+        )
+        assert is_valid_walk(row["messages"][1]["content"], start, max_step)  # the plain view keeps its random walk
+    tokenizer = build_tokenizer()
+    examples = encode_rows(splits["train"], tokenizer, max_prompt_length=64, max_completion_length=256, source="t")
+    mixed = mixed_training_examples(examples, config, tokenizer)
+    hinted = [m for m in mixed if m.prompt_ids == m.teacher_prompt_ids]
+    assert 60 < len(hinted) < 140  # about hint_share of the rows
+    for m, e in zip(mixed, examples, strict=True):
+        start, max_step = parse_prompt(tokenizer.decode(e.prompt_ids))
+        shown = tokenizer.decode(m.completion_ids, skip_special_tokens=True)
+        if m.prompt_ids == m.teacher_prompt_ids:
+            assert shown == strategy_walk(start, max_step, "land_on_tens")
+        else:
+            assert m == e
+
+
+def test_a_build_can_draw_its_prompts_from_other_ranges():
+    from core_distill.toy.build import toy_splits
+
+    config = ToyConfig(train_rows=300, eval_prompts=10, eval_rows=10, test_prompts=20, test_rows=20,
+                       start_min=10, start_max=39, max_step_min=2, max_step_max=6)  # fmt: skip
+    splits = toy_splits(config)
+    seen = {parse_prompt(r["messages"][0]["content"]) for rows in splits.values() for r in rows}
+    assert seen <= {(s, m) for s in range(10, 40) for m in range(2, 7)} and len(seen) == 150  # 10 + 20 + the rest
+    assert any(m == 2 for _, m in seen) and any(s == 39 for s, _ in seen)
+    assert toy_splits(ToyConfig(train_rows=300, eval_prompts=10, eval_rows=10, test_prompts=20, test_rows=20)) != splits
+
+
 def test_tokenizer_round_trips_and_the_prompt_is_a_prefix(tmp_path):
     from transformers import AutoTokenizer
 
@@ -144,6 +200,8 @@ def test_miniature_build_writes_loadable_models_and_a_manifest(quick_toy):
         info = manifest["models"][name]
         assert 0.0 <= info["test_validity"] <= 1.0 and 0.0 <= info["test_validity_with_hint"] <= 1.0
         assert len(info["eval_loss_curve"]) == 10
+        assert [s for s, _ in info["eval_validity_curve"]] == [s for s, _ in info["eval_loss_curve"]]
+        assert all(0.0 <= v <= 1.0 for _, v in info["eval_validity_curve"])
     assert manifest["models"]["teacher"]["parameters"] > 2 * manifest["models"]["student"]["parameters"]
     assert json.loads((folder / "manifest.json").read_text()) == manifest
     assert manifest["seed"] == 0 and manifest["build_seconds"] > 0 and manifest["task"] == "countdown"
@@ -153,3 +211,29 @@ def test_miniature_build_writes_loadable_models_and_a_manifest(quick_toy):
     tokenizer = AutoTokenizer.from_pretrained(folder / "teacher")
     generation = json.loads((folder / "teacher" / "generation_config.json").read_text())
     assert (generation["pad_token_id"], generation["eos_token_id"]) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def test_toy_build_set_changes_the_recipe_and_refuses_a_bad_field(tmp_path):
+    import subprocess
+    import sys
+
+    def build(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", "toy", "build", str(tmp_path / "b"), "--quick", *args],
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    for bad, message in [
+        ("studnet_steps=3", "'studnet_steps' is not a toy build field; did you mean 'student_steps'?"),
+        ("student_steps=many", "student_steps: expected int, got 'many'"),
+        ("hint=greedy", "hint: expected 'walk' or one of ['land_on_tens'], got 'greedy'"),
+    ]:
+        done = build("--set", bad)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert not (tmp_path / "b").exists()  # nothing written
+    done = build("--set", "hint=land_on_tens", "--set", "student_steps=3", "--set", "start_max=20")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["config"]["hint"] == "land_on_tens" and manifest["models"]["student"]["steps"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "b" / "data" / "test.jsonl").read_text().splitlines()]
+    assert all(parse_prompt(r["messages"][0]["content"])[0] <= 20 for r in rows)
+    assert all(r["teacher_prompt"].endswith("\nhint: land on tens") for r in rows)
+    assert "shipped:" not in done.stdout  # another recipe is not set beside the shipped models

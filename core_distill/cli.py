@@ -61,6 +61,8 @@ def run_command(
     distributed.shutdown()
     if distributed.is_main():
         _print_summary(result, reporter)
+    if distributed.inside_launcher():
+        distributed.exit_rank(0)
 
 
 def _relaunch(gpus: int, spec_file: Path, output_dir: Path, overrides: list[str], resume: bool) -> int:

@@ -39,6 +39,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -105,6 +106,18 @@ def shutdown() -> None:
     can abort at exit ("terminate called without an active exception"), failing a run that finished."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """A launched rank's last act once its work is written: exit without the interpreter's teardown.
+
+    Even after `shutdown()`, destructors run at exit can meet a thread of the process group's still
+    joinable and abort a rank that finished ("terminate called without an active exception", SIGABRT),
+    and torchrun then fails the whole run. Everything a rank writes is closed before this is called.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier() -> None:

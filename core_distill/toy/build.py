@@ -35,8 +35,8 @@ from core_distill.data import Example, batch_indices, encode_rows, make_batch
 from core_distill.generation import sample_completions
 from core_distill.paths import default_toy_build_dir
 from core_distill.toy.task import (
-    STRATEGIES,
     all_prompts,
+    check_hint,
     is_valid_walk,
     make_splits,
     parse_prompt,
@@ -90,8 +90,7 @@ class ToyConfig:
                 raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
             changed[name] = value
         config = replace(self, **changed)
-        if config.hint != "walk" and config.hint not in STRATEGIES:
-            raise ValueError(f"hint: expected 'walk' or one of {sorted(STRATEGIES)}, got {config.hint!r}")
+        check_hint(config.hint)
         if config.start_min > config.start_max or not 1 <= config.max_step_min <= config.max_step_max:
             raise ValueError(
                 "start_min..start_max and max_step_min..max_step_max must be non-empty ranges (max_step >= 1)"

@@ -82,6 +82,11 @@ def land_on_tens_step(remainder: int, max_step: int) -> int:
 STRATEGIES = {"land_on_tens": land_on_tens_step}
 
 
+def check_hint(hint: str) -> None:
+    if hint != "walk" and hint not in STRATEGIES:
+        raise ValueError(f"hint: expected 'walk' or one of {sorted(STRATEGIES)}, got {hint!r}")
+
+
 def random_walk(start: int, max_step: int, rng: random.Random) -> str:
     """One walk of the true generating process: each step uniform over the allowed ones."""
     lines, remainder = [], start
@@ -180,8 +185,7 @@ def make_splits(
     split's hints that leave its row's walk (`diverging_hint`); `hint` the kind of privileged prompt
     (`make_row`); `prompts` the (start, m) pairs to draw from (default `all_prompts()`).
     """
-    if hint != "walk" and hint not in STRATEGIES:
-        raise ValueError(f"unknown hint {hint!r}: expected 'walk' or one of {sorted(STRATEGIES)}")
+    check_hint(hint)
     rng = random.Random(seed)
     prompts = list(prompts or all_prompts())
     rng.shuffle(prompts)

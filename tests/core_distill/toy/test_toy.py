@@ -133,7 +133,7 @@ def test_the_land_on_tens_walk_borrows_only_from_multiples_of_ten():
                 assert remainder % 10 >= step and (result % 10 == 0 or step == max_step)
             remainder = result
     assert strategy_walk(39, 6, "land_on_tens") == "-6=33\n-3=30\n-6=24\n-4=20\n-6=14\n-4=10\n-6=4\n-4=0"
-    with pytest.raises(ValueError, match="unknown hint 'greedy'"):
+    with pytest.raises(ValueError, match=r"hint: expected 'walk' or one of \['land_on_tens'\], got 'greedy'"):
         make_splits(seed=0, sizes={"x": 1}, prompt_counts={}, hint="greedy")
 
 

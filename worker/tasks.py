@@ -25,7 +25,6 @@ import traceback
 import uuid
 from pathlib import Path
 
-import psutil
 from celery.utils.log import get_task_logger
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -285,12 +284,21 @@ def root_cause(launcher_log: str) -> tuple[str | None, int | None]:
 
 
 def descendants(pid: int) -> list[int]:
-    """Pids of every live process below `pid` (the launcher's ranks and theirs). Not the process
+    """Pids of every process below `pid` (the launcher's ranks and theirs), from /proc. Not the process
     group: torchrun starts each rank in a session of its own."""
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # stat: pid (comm) state ppid ...
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
 
 
 def kill_tree(pid: int) -> None:

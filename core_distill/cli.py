@@ -117,7 +117,7 @@ def eval_command(
         typer.Option(help="auto (countdown on the toy splits, else final_answer), countdown (the toy task's rules), "
                           "final_answer (after '####') or exact_match (whole completion)."),
     ] = "auto",
-    max_new_tokens: Annotated[int, typer.Option(help="Longest completion.", min=1)] = 128,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest completion.", min=1)] = 256,
     temperature: Annotated[
         float | None,
         typer.Option(help="0 = greedy; > 0 = sample at this temperature (default: 1 with the countdown metric, else 0).",

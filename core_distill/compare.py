@@ -539,8 +539,9 @@ def results_page(result: CompareResult, command: str, load_before, load_after, p
             f"{', '.join(f'{k} {v}' for k, v in manifest['sizes'].items())} rows; no prompt is in two splits.",
             f"- Teacher: Llama {models['teacher']['hidden_size']} × {models['teacher']['layers']}, "
             f"{models['teacher']['parameters']:,} parameters. Student: {models['student']['hidden_size']} × "
-            f"{models['student']['layers']}, {models['student']['parameters']:,} parameters. Both trained to a flat "
-            "eval loss by `distill toy build` and shipped in the package (`toy:teacher`, `toy:student`).",
+            f"{models['student']['layers']}, {models['student']['parameters']:,} parameters. Both trained from "
+            f"scratch for {models['teacher']['steps']:,} and {models['student']['steps']:,} steps by `distill toy build` "
+            "until eval loss and eval validity were flat, and shipped in the package (`toy:teacher`, `toy:student`).",
         ]
     lines += [
         f"- Every method: its spec in `examples/` with `max_steps` {s.steps}; learning rates "

@@ -81,7 +81,7 @@ def evaluate_model(
     teacher: str | None = "toy:teacher",
     limit: int = 0,
     metric: str = "auto",
-    max_new_tokens: int = 128,
+    max_new_tokens: int = 256,
     n_samples: int = 3,
     batch_size: int = 64,
     temperature: float | None = None,

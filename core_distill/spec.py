@@ -135,7 +135,7 @@ class DistillSpec(BaseModel):
         le=10.0,
     )
     max_new_tokens: int = _field(
-        128, "Longest completion sampled on-policy, by seq_kd and at evaluation.", "method", ge=1, le=32768
+        256, "Longest completion sampled on-policy, by seq_kd and at evaluation.", "method", ge=1, le=32768
     )
     seq_kd: bool = _field(
         False,

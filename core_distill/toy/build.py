@@ -5,11 +5,11 @@ cross-entropy on completions, AdamW, linear decay) for a fixed number of steps, 
 each, so no machine's speed or thread count moves where the student starts. The manifest records
 the eval loss and the eval validity every tenth of the run: a converged model has both flat at the
 end (the loss levels off long before validity does). A share of the training rows (`hint_share`)
-show the privileged prompt, for OPSD: by default a reference walk (with `hint_diverge` some of those
-hints leave the row's walk at a random line), or with `hint="land_on_tens"` a strategy, the
-strategy's walk being the completion. `distill toy build --set FIELD=VALUE` changes any field of
-the recipe (`ToyConfig`). The package ships the result of this build (`core_distill/toy/assets`);
-rebuilding it is for checking that the recipe reproduces it.
+show the privileged prompt, for OPSD: by default a strategy (`hint="land_on_tens"`), the completion
+being the row's walk taken over by the strategy at a random line; or with `hint="walk"` a reference
+walk (with `hint_diverge` some of those hints leave the row's walk at a random line). `distill toy
+build --set FIELD=VALUE` changes any field of the recipe (`ToyConfig`). The package ships the result
+of this build (`core_distill/toy/assets`); rebuilding it is for checking that the recipe reproduces it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from core_distill.toy.task import (
     make_splits,
     parse_prompt,
     prompt_text,
-    strategy_walk,
+    strategy_takeover,
     write_splits,
 )
 from core_distill.toy.tokenizer import build_tokenizer
@@ -57,19 +57,19 @@ class ToyConfig:
     test_rows: int = 300  # six rows per test prompt: models are graded on samples, several per prompt
     hint_share: float = 0.3  # training rows shown with the privileged prompt
     start_min: int = 10  # prompts S=start m=max_step, both in these ranges (inclusive)
-    start_max: int = 34
-    max_step_min: int = 4
-    max_step_max: int = 9
-    max_new_tokens: int = 128  # the longest walk a model may sample when graded
-    hint: str = "walk"  # the privileged context: "walk" (a reference walk) or a strategy of task.STRATEGIES
+    start_max: int = 39
+    max_step_min: int = 2
+    max_step_max: int = 6
+    max_new_tokens: int = 256  # the longest walk a model may sample when graded
+    hint: str = "land_on_tens"  # the privileged context: "walk" (a reference walk) or a strategy of task.STRATEGIES
     hint_diverge: float = 0.0  # "walk" hints that leave the row's walk at a random line (then walk on validly)
     teacher_hidden: int = 64
     teacher_layers: int = 2
-    teacher_steps: int = 2400
+    teacher_steps: int = 6000
     teacher_intermediate: int = 0  # the MLP's width; 0 = twice the hidden size
-    student_hidden: int = 32
-    student_layers: int = 2
-    student_steps: int = 2400
+    student_hidden: int = 64
+    student_layers: int = 1
+    student_steps: int = 6000
     student_intermediate: int = 0
     batch_size: int = 64
     learning_rate: float = 3e-3
@@ -193,23 +193,24 @@ def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool 
 
 def mixed_training_examples(examples: list[Example], config: ToyConfig, tokenizer) -> list[Example]:
     """The training rows, a seeded `hint_share` of them with the privileged prompt as their prompt (and, for
-    a strategy hint, the strategy's walk as their completion)."""
+    a strategy hint, their walk taken over by the strategy at a random line as their completion)."""
     rng = random.Random(config.seed + 7)
     mixed = []
     for e in examples:
         if rng.random() < config.hint_share:
-            e = replace(e, prompt_ids=e.teacher_prompt_ids)
             if config.hint != "walk":
-                e = replace(e, completion_ids=strategy_completion(e, config.hint, tokenizer))
+                e = replace(e, completion_ids=strategy_completion(e, config.hint, tokenizer, rng))
+            e = replace(e, prompt_ids=e.teacher_prompt_ids)
         mixed.append(e)
     return mixed
 
 
-def strategy_completion(example: Example, strategy: str, tokenizer) -> list[int]:
+def strategy_completion(example: Example, strategy: str, tokenizer, rng: random.Random) -> list[int]:
     start, max_step = parse_prompt(tokenizer.decode(example.prompt_ids, skip_special_tokens=True))  # type: ignore[misc]
-    row = {"messages": [{"role": "user", "content": prompt_text(start, max_step)},
-                        {"role": "assistant", "content": strategy_walk(start, max_step, strategy)}]}  # fmt: skip
-    (encoded,) = encode_rows([row], tokenizer, max_prompt_length=256, max_completion_length=256, source="hint")
+    walk = strategy_takeover(example.completion_text, start, max_step, strategy, rng)  # type: ignore[arg-type]
+    messages = [{"role": "user", "content": prompt_text(start, max_step)}, {"role": "assistant", "content": walk}]
+    (encoded,) = encode_rows([{"messages": messages}], tokenizer, max_prompt_length=256, max_completion_length=256,
+                             source="hint")  # fmt: skip
     return encoded.completion_ids
 
 
@@ -278,7 +279,7 @@ def train_sft(model, examples: list[Example], eval_examples: list[Example], conf
 
 @torch.no_grad()
 def validity(
-    model, tokenizer, examples: list[Example], hinted: bool = False, seed: int = 0, max_new_tokens: int = 128
+    model, tokenizer, examples: list[Example], hinted: bool = False, seed: int = 0, max_new_tokens: int = 256
 ) -> float:
     """Share of completions sampled at temperature 1 that are valid walks (with `hinted`, from the privileged prompt).
 

@@ -1,11 +1,11 @@
 """The countdown task: walk a number down to zero in steps of at most m, showing every subtraction.
 
-    user:      S=23 m=9          (start at 23; steps of 1..9)
-    assistant: -7=16
-               -9=7
-               -3=4
-               -1=3
-               -3=0
+    user:      S=23 m=6          (start at 23; steps of 1..6)
+    assistant: -2=21
+               -6=15
+               -5=10
+               -4=6
+               -6=0
 
 A step d is allowed from a remainder a when 1 <= d <= min(m, a). Why this task, for a
 distillation benchmark:
@@ -14,16 +14,17 @@ distillation benchmark:
   teacher's distribution has real entropy (one choice per line) and matching it teaches more
   than one reference walk does. Models are graded on samples at temperature 1, so what counts
   is the whole distribution a model puts on its walks, not one greedy path.
-- Long outputs where errors compound: a walk of 3-25 lines, each a subtraction from the previous
-  line's remainder (with borrow) and a step check; one wrong line makes the whole walk invalid.
+- Long outputs where errors compound: a walk of 2-39 lines (about 11 in the shipped ranges), each a
+  subtraction from the previous line's remainder (with borrow) and a step check; one wrong line
+  makes the whole walk invalid.
 - An exact quality metric of the model's own generations: `is_valid_walk` checks every line
   against the rules, whatever walk the model chose (`eval_metric: countdown`), and
   `walk_log_likelihood` scores a valid walk under the true generating process.
-- Privileged context for OPSD: the teacher prompt holds a reference walk, which the models also
-  see (and copy) in part of their training data, so a model shown it is genuinely better. A
-  build can show a strategy instead (`hint="land_on_tens"`: step to the next multiple of ten when
-  allowed, else the largest step, so a subtraction borrows only from a multiple of ten), and other
-  ranges of S and m (`ToyConfig`).
+- Privileged context for OPSD: the teacher prompt names a strategy (`hint="land_on_tens"`: step to
+  the next multiple of ten when allowed, else the largest step, so a subtraction borrows only from
+  a multiple of ten), which the models also see in part of their training data, taking over a walk
+  at a random line (`strategy_takeover`), so a model shown it can finish any walk the easy way. A
+  build can show a reference walk instead (`hint="walk"`), and other ranges of S and m (`ToyConfig`).
 
 Prompts (start, m) are split into train, eval and test sets that never share a prompt, so every
 test prompt is new to every model.
@@ -38,8 +39,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-STARTS = range(10, 35)  # the shipped build's prompts; `distill toy build` can set others (ToyConfig)
-MAX_STEPS = range(4, 10)
+STARTS = range(10, 40)  # the shipped build's prompts; `distill toy build` can set others (ToyConfig)
+MAX_STEPS = range(2, 7)
 PROMPT_RE = re.compile(r"S=(\d+) m=(\d+)")
 LINE_RE = re.compile(r"-(\d+)=(\d+)")
 
@@ -71,6 +72,18 @@ def strategy_walk(start: int, max_step: int, strategy: str) -> str:
         lines.append(f"-{step}={remainder - step}")
         remainder -= step
     return "\n".join(lines)
+
+
+def strategy_takeover(walk: str, start: int, max_step: int, strategy: str, rng: random.Random) -> str:
+    """`walk`'s first k lines (k uniform in 0..len-1), then the strategy's walk from where they stand.
+
+    A hinted training row shows this, not the strategy's walk from S: OPSD's self-teacher reads the
+    hint beside the student's own samples, so it must know how to take up the strategy mid-walk.
+    """
+    lines = walk.split("\n")
+    kept = rng.randrange(len(lines))
+    remainder = int(LINE_RE.fullmatch(lines[kept - 1]).group(2)) if kept else start  # type: ignore[union-attr]
+    return "\n".join(lines[:kept] + [strategy_walk(remainder, max_step, strategy)])
 
 
 def land_on_tens_step(remainder: int, max_step: int) -> int:

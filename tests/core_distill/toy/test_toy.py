@@ -153,24 +153,31 @@ def test_a_strategy_hint_is_in_the_teacher_prompt_and_hinted_training_rows_follo
     mixed = mixed_training_examples(examples, config, tokenizer)
     hinted = [m for m in mixed if m.prompt_ids == m.teacher_prompt_ids]
     assert 60 < len(hinted) < 140  # about hint_share of the rows
+    takeovers = []
     for m, e in zip(mixed, examples, strict=True):
         start, max_step = parse_prompt(tokenizer.decode(e.prompt_ids))
         shown = tokenizer.decode(m.completion_ids, skip_special_tokens=True)
-        if m.prompt_ids == m.teacher_prompt_ids:
-            assert shown == strategy_walk(start, max_step, "land_on_tens")
+        if m.prompt_ids == m.teacher_prompt_ids:  # the row's walk for some lines, then the strategy from there
+            own, lines = e.completion_text.split("\n"), shown.split("\n")
+            kept = next(k for k in range(len(lines) + 1) if k == len(own) or lines[k] != own[k])
+            remainder = int(LINE_RE.fullmatch(lines[kept - 1]).group(2)) if kept else start
+            rest = [strategy_walk(remainder, max_step, "land_on_tens")] if remainder else []  # all kept: it was one
+            assert shown == "\n".join(own[:kept] + rest)
+            takeovers.append(kept)
         else:
             assert m == e
+    assert takeovers.count(0) < len(takeovers) / 2 and max(takeovers) >= 3  # the strategy takes over at many lines
 
 
 def test_a_build_can_draw_its_prompts_from_other_ranges():
     from core_distill.toy.build import toy_splits
 
     config = ToyConfig(train_rows=300, eval_prompts=10, eval_rows=10, test_prompts=20, test_rows=20,
-                       start_min=10, start_max=39, max_step_min=2, max_step_max=6)  # fmt: skip
+                       start_min=20, start_max=49, max_step_min=3, max_step_max=7)  # fmt: skip
     splits = toy_splits(config)
     seen = {parse_prompt(r["messages"][0]["content"]) for rows in splits.values() for r in rows}
-    assert seen <= {(s, m) for s in range(10, 40) for m in range(2, 7)} and len(seen) == 150  # 10 + 20 + the rest
-    assert any(m == 2 for _, m in seen) and any(s == 39 for s, _ in seen)
+    assert seen <= {(s, m) for s in range(20, 50) for m in range(3, 8)} and len(seen) == 150  # 10 + 20 + the rest
+    assert any(m == 7 for _, m in seen) and any(s == 49 for s, _ in seen)
     assert toy_splits(ToyConfig(train_rows=300, eval_prompts=10, eval_rows=10, test_prompts=20, test_rows=20)) != splits
 
 

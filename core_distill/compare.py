@@ -540,8 +540,8 @@ def results_page(result: CompareResult, command: str, load_before, load_after, p
             f"- Teacher: Llama {models['teacher']['hidden_size']} × {models['teacher']['layers']}, "
             f"{models['teacher']['parameters']:,} parameters. Student: {models['student']['hidden_size']} × "
             f"{models['student']['layers']}, {models['student']['parameters']:,} parameters. Both trained from "
-            f"scratch for {models['teacher']['steps']:,} and {models['student']['steps']:,} steps by `distill toy build` "
-            "until eval loss and eval validity were flat, and shipped in the package (`toy:teacher`, `toy:student`).",
+            f"scratch ({_steps(models)}) by `distill toy build` until eval loss and eval validity were flat, and "
+            "shipped in the package (`toy:teacher`, `toy:student`).",
         ]
     lines += [
         f"- Every method: its spec in `examples/` with `max_steps` {s.steps}; learning rates "
@@ -584,6 +584,11 @@ def results_page(result: CompareResult, command: str, load_before, load_after, p
     lines += ["", "Cells: test accuracy / forward KL. Raw numbers: `results.json` in the output folder.", ""]
     lines += ["## Discussion", "", _kept_discussion(previous), ""]
     return "\n".join(lines)
+
+
+def _steps(models: dict) -> str:
+    teacher, student = models["teacher"]["steps"], models["student"]["steps"]
+    return f"{teacher:,} steps each" if teacher == student else f"{teacher:,} and {student:,} steps"
 
 
 def _kept_discussion(previous: str) -> str:

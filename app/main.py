@@ -26,8 +26,8 @@ from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
 from app.api.schemas import ErrorMessage, Problems
 from app.boot import FAVICON_PNG
+from app.broker import get_queue
 from app.models import ExperimentCreate
-from app.queue import get_queue
 from core_distill.spec import MAX_PATH_COMPONENT
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The run state machine: every transition is one guarded UPDATE on the Run row.
 
-    queued --book GPUs (app.services.scheduling)--> queued on a host --claim--> running
+    queued --book GPUs (app.services.booking)--> queued on a host --claim--> running
     running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled           running --reap (no heartbeat)--> lost
     lost | failed | cancelled --requeue (attempt + 1)--> queued
@@ -15,7 +15,6 @@ database stays the source of truth when Redis is unreachable.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,9 +22,9 @@ import redis
 from sqlalchemy import func, update
 from sqlmodel import Session, select
 
-from app import events, queue
+from app import events
 from app.models import Run, RunStatus, utcnow
-from app.services.scheduling import release_gpus, schedule
+from app.services.booking import release_gpus
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def claim_run(
     """queued -> running for this worker; None when the run is not queued (or was cancelled meanwhile).
 
     `output_dir` is recorded only when the row has none, so a resumed run keeps its folder. With
-    `host`, only a run booked on that host is claimed (app.services.scheduling booked its GPUs).
+    `host`, only a run booked on that host is claimed (app.services.booking booked its GPUs).
     """
     now = utcnow()
     host_guard = [Run.host == host] if host is not None else []
@@ -143,7 +142,7 @@ def cancel_run(*, session: Session, run_id: int) -> Run | None:
 
 def requeue_run(*, session: Session, run_id: int) -> Run | None:
     """lost | failed | cancelled -> queued as the next attempt, keeping output_dir (resume from its
-    last checkpoint). The caller publishes it (`app.queue.enqueue_run`); None when not resumable."""
+    last checkpoint). The caller publishes it (`app.services.dispatch.queue_run`); None when not resumable."""
     return _transition(
         session, run_id, RESUMABLE, RunStatus.queued,
         attempt=Run.attempt + 1, cancel_requested=False, queued_at=utcnow(), started_at=None,
@@ -202,31 +201,6 @@ def reap_lost_runs(*, session: Session, now: datetime | None = None) -> list[int
             log.warning("run %s marked lost: %s", run_id, error)
             reaped.append(run_id)
     return reaped
-
-
-def start_reaper(stop_event: threading.Event, interval_seconds: float | None = None) -> threading.Thread:
-    """A daemon thread that, every few seconds until stop_event is set, marks silent runs lost
-    (reap_lost_runs), books waiting runs on free GPUs (app.services.scheduling.schedule) and
-    re-publishes queued runs the broker lost (app.queue.republish_missing)."""
-    from app.db import get_engine
-
-    settings = get_settings()
-    interval = interval_seconds or max(0.5, min(5.0, settings.lost_after_seconds / 4))
-
-    def loop() -> None:
-        while not stop_event.wait(interval):
-            try:
-                with Session(get_engine()) as session:
-                    reap_lost_runs(session=session)
-                    if get_settings().redis_url:
-                        schedule(session=session)  # GPUs freed by reaped runs, hosts that came or went
-                        queue.republish_missing(session=session)
-            except Exception as exc:  # a database or broker hiccup must not end the reaper
-                log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
-
-    thread = threading.Thread(target=loop, name="distill-reaper", daemon=True)
-    thread.start()
-    return thread
 
 
 # --- helpers ---------------------------------------------------------------------------------------

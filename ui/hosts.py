@@ -1,6 +1,6 @@
 """The dashboard's GPUs panel: each worker host, its GPUs and the run holding each (booked or running).
 
-Read from the same service as `GET /api/hosts` (app.services.scheduling.list_hosts); `panel()` is
+Read from the same service as `GET /api/hosts` (app.services.booking.list_hosts); `panel()` is
 called inside the Runs tab and refreshes itself every few seconds.
 """
 
@@ -10,7 +10,7 @@ import gradio as gr
 from sqlmodel import Session
 
 from app.db import get_engine
-from app.services import scheduling
+from app.services import booking
 
 REFRESH_SECONDS = 5.0
 
@@ -18,7 +18,7 @@ REFRESH_SECONDS = 5.0
 def hosts_markdown() -> str:
     """A Markdown table: host, state, and one cell per GPU (`0: run 12`, `1: free`)."""
     with Session(get_engine()) as session:
-        hosts = scheduling.list_hosts(session=session)
+        hosts = booking.list_hosts(session=session)
     if not hosts:
         return "No worker host has announced itself yet: start one with `distill worker --gpus 0,1` (or `distill up`)."
     lines = ["| host | state | GPUs (holder) |", "|---|---|---|"]

@@ -3,13 +3,17 @@
     celery -A worker.celery_app worker -Q gpu,gpu.<name> -c <GPUs> -P prefork \
         --max-tasks-per-child 1 -n <name> -E
 
-The host announces itself and its GPUs in the database (app.services.scheduling) and keeps a
-heartbeat there from a thread of this (parent) process; the scheduler books runs on its GPUs and
-publishes them on `gpu.<name>`. One pool process per GPU: a run of N GPUs occupies one pool process
+The host announces itself and its GPUs in the database (app.services.booking) and keeps a
+heartbeat there from a process of its own (worker/host_beat.py); the scheduler books runs on its GPUs
+and publishes them on `gpu.<name>` (app.services.dispatch). One pool process per GPU: a run of N GPUs occupies one pool process
 (which launches its N ranks), so there are never more runs than pool processes. Prefork, not the
 solo pool: the parent keeps answering the broker while runs train in children, and each run gets
 a fresh child (GPU memory freed). The parent never touches CUDA; each child sets
 CUDA_VISIBLE_DEVICES to the GPUs booked for its run.
+
+No fork with live connections or threads: the parent runs no thread that touches the database (the
+heartbeat is a process), closes its pooled connections after each use of its own (`_parent_session`),
+and each child drops whatever pool it inherited at `worker_process_init`, before its first query.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from worker.celery_app import GPU_QUEUE, host_queue
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 HOST_ENV = "DISTILL_WORKER_HOST"  # the host's name, for the pool's children
 CPU_LABEL = "cpu"
@@ -72,10 +81,10 @@ def worker_argv(labels: list[str], name: str, loglevel: str = "INFO") -> list[st
 
 def run_worker(gpus: str | None = None, name: str | None = None, loglevel: str = "INFO") -> None:
     """Become the Celery worker of this host's GPUs (this process never touches CUDA; the tasks' children do)."""
-    from sqlmodel import Session
+    from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-    from app.db import get_engine, init_db
-    from app.services import scheduling
+    from app.db import init_db
+    from app.services import booking, dispatch
     from app.settings import get_settings
     from worker.celery_app import configure
 
@@ -91,49 +100,63 @@ def run_worker(gpus: str | None = None, name: str | None = None, loglevel: str =
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # each run's child sets its own GPUs
     init_db()
     app = configure(settings.redis_url)
-    with Session(get_engine()) as session:
-        scheduling.announce_host(session=session, name=host, labels=labels, queue=host_queue(host))
-    stop = threading.Event()
-    beat = threading.Thread(target=_host_heartbeat, args=(host, labels, stop), name="host-heartbeat", daemon=True)
-    beat.start()
+    with _parent_session() as session:
+        booking.announce_host(session=session, name=host, labels=labels, queue=host_queue(host))
+    beat = start_host_heartbeat(host, labels)
 
-    from celery.signals import worker_ready, worker_shutting_down
+    @worker_process_init.connect(weak=False)
+    def _fresh_pool(**_) -> None:  # in each child: the parent's pool is not ours (SQLAlchemy: dispose(close=False))
+        from app.db import get_engine
+
+        get_engine().dispose(close=False)
 
     @worker_ready.connect(weak=False)
     def _ready(**_) -> None:  # place waiting runs now that this host listens
-        with contextlib.suppress(Exception), Session(get_engine()) as session:
-            scheduling.schedule(session=session)
+        with contextlib.suppress(Exception), _parent_session() as session:
+            dispatch.dispatch_waiting(session=session)
 
     @worker_shutting_down.connect(weak=False)
     def _shutting_down(**_) -> None:  # take no new run while the running ones hand themselves back
-        stop.set()
-        with contextlib.suppress(Exception), Session(get_engine()) as session:
-            scheduling.stop_host(session=session, name=host)
+        stop_host_heartbeat(beat)
+        with contextlib.suppress(Exception), _parent_session() as session:
+            booking.stop_host(session=session, name=host)
 
     try:
         app.worker_main(worker_argv(labels, host, loglevel))
     finally:
-        stop.set()
-        with contextlib.suppress(Exception), Session(get_engine()) as session:
-            scheduling.stop_host(session=session, name=host)
+        stop_host_heartbeat(beat)
+        with contextlib.suppress(Exception), _parent_session() as session:
+            booking.stop_host(session=session, name=host)
 
 
-def _host_heartbeat(host: str, labels: list[str], stop: threading.Event) -> None:
-    """Every DISTILL_HEARTBEAT_SECONDS: the host is alive (announce again if its row was stopped or removed)."""
-    import logging
-
+@contextlib.contextmanager
+def _parent_session() -> Iterator[Session]:
+    """A session of the worker's parent; its connections are closed afterwards, so no pool child the parent
+    forks later inherits an open SQLite or PostgreSQL connection."""
     from sqlmodel import Session
 
     from app.db import get_engine
-    from app.services import scheduling
-    from app.settings import get_settings
-    from worker.celery_app import host_queue as queue_of
 
-    log = logging.getLogger(__name__)
-    while not stop.wait(get_settings().heartbeat_seconds):
+    engine = get_engine()
+    try:
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def start_host_heartbeat(host: str, labels: list[str]) -> subprocess.Popen:
+    """The host heartbeat (worker/host_beat.py) as a process of its own; it ends with this one."""
+    argv = [sys.executable, "-m", "worker.host_beat", host, ",".join(labels), str(os.getpid())]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+
+def stop_host_heartbeat(beat: subprocess.Popen) -> None:
+    """SIGTERM the heartbeat and wait for it, so it cannot announce the host again after stop_host."""
+    if beat.poll() is None:
+        beat.terminate()
         try:
-            with Session(get_engine()) as session:
-                if not scheduling.host_heartbeat(session=session, name=host) and not stop.is_set():
-                    scheduling.announce_host(session=session, name=host, labels=labels, queue=queue_of(host))
-        except Exception as exc:  # a database hiccup must not end the heartbeat
-            log.warning("host heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
+            beat.wait(10)
+        except subprocess.TimeoutExpired:
+            beat.kill()
+            beat.wait()

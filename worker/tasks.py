@@ -1,8 +1,9 @@
 """The GPU task: take a run booked on this host's GPUs, train it with the engine, record how it ended.
 
-A message on the shared `gpu` queue is a run waiting for GPUs: the task runs a scheduling pass
-(app.services.scheduling) and trains the run at once if that pass booked it here. A message on
-this host's own queue is a run already booked here. Either way the claim is guarded by the host.
+A message on the shared `gpu` queue is a run waiting for GPUs: taking it (app.services.dispatch.take)
+runs a scheduling pass and the run trains at once if that pass booked it here. A message on this
+host's own queue is a run already booked here. Either way the claim is guarded by the host. A take
+the database refuses (locked, away) claims nothing and logs one line; the reconciler re-publishes.
 
 Runs in a fresh prefork child per run (max_tasks_per_child=1). torch is imported here, inside the
 task, after CUDA_VISIBLE_DEVICES is set to the run's booked GPUs, so CUDA is never initialised in
@@ -26,21 +27,19 @@ import uuid
 from pathlib import Path
 
 from celery.utils.log import get_task_logger
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app.db import get_engine
 from app.events import redis_client
-from app.models import Experiment, Run, RunStatus
+from app.models import Run, RunStatus
 from app.paths_policy import check_spec_policy
-from app.queue import enqueue_run, publish_booked
-from app.run_state import claim_run, finish_run, mark_lost, release_run
-from app.services.errors import QueueUnavailableError
-from app.services.scheduling import CPU_LABEL, schedule, stop_host
+from app.run_state import finish_run, mark_lost
+from app.services import booking, dispatch
 from app.settings import get_settings
 from worker.celery_app import RUN_TASK, celery_app
-from worker.launch import HOST_ENV
+from worker.launch import CPU_LABEL, HOST_ENV
 from worker.reporter import DatabaseReporter
 
 log = get_task_logger(__name__)  # configured by the worker (the root logger is left alone)
@@ -54,57 +53,38 @@ GANG_STOP_GRACE_SECONDS = 30.0  # how long ranks get to stop once the run left t
 def run_experiment(self, run_id: int) -> str:
     """Execute run `run_id` once if it is (or gets) booked on this host; returns how it ended (for the log)."""
     settings = get_settings()
-    engine = get_engine()
-    engine.dispose(close=False)  # connections inherited through the fork belong to the parent
+    engine = get_engine()  # a fresh pool: launch.py disposed the inherited one at worker_process_init
     host = os.environ.get(HOST_ENV) or self.request.hostname or f"pid{os.getpid()}"
     # a suffix: ids can repeat (SQLite reuses a deleted last id) and a fresh run must never resume a stranger's checkpoint
     default_dir = settings.effective_runs_dir / f"{run_id}-{uuid.uuid4().hex[:8]}"
-    with Session(engine) as session:
-        run = session.get(Run, run_id)
-        if run is None or run.status != RunStatus.queued:
-            log.info("run %s is not queued (cancelled, or already taken): nothing to do", run_id)
-            return "skipped"
-        if run.host is None:  # waiting for GPUs: a scheduling pass decides where it goes
-            schedule(session=session, keep=run_id)  # booked here: trained now, without another message
-            session.refresh(run)
-            if run.status == RunStatus.queued and run.host not in (None, host):
-                try:
-                    publish_booked(session=session, run_id=run_id)
-                except QueueUnavailableError as exc:  # still booked: the reconciler publishes it
-                    log.warning("run %s booked on %s but not published: %s", run_id, run.host, exc)
-                return f"booked on {run.host}"
-            if run.status == RunStatus.queued and run.host is None:
-                # no GPUs for it yet: the scheduler books it when some free up (forget this message)
-                session.execute(
-                    update(Run)
-                    .where(Run.id == run_id, Run.celery_task_id == self.request.id)
-                    .values(celery_task_id=None)
-                )
-                session.commit()
-                return "waiting for GPUs"
-        if run.host != host:
-            return f"booked on {run.host}" if run.host else "skipped"
-        run = claim_run(session=session, run_id=run_id, worker=host, gpu=run.gpu or CPU_LABEL,
-                        output_dir=str(default_dir), host=host)  # fmt: skip
-        if run is None:
-            log.info("run %s was taken or cancelled meanwhile: nothing to do", run_id)
-            return "skipped"
-        experiment = session.get(Experiment, run.experiment_id)
-        spec_data, attempt, output_dir, gpus = dict(experiment.spec), run.attempt, run.output_dir, run.gpus
-        labels = (run.gpu or CPU_LABEL).split(",")
+    try:
+        with Session(engine) as session:
+            taken = dispatch.take(session=session, run_id=run_id, host=host, message_id=self.request.id,
+                                  output_dir=str(default_dir))  # fmt: skip
+    except DBAPIError as exc:  # nothing claimed, no folder made: the reconciler publishes the run again
+        log.warning("run %s not taken: the database did not answer (%s)", run_id, _first_line(exc))
+        return "not taken"
+    if isinstance(taken, str):
+        log.info("run %s: %s", run_id, taken)
+        return taken
 
     # the booked GPUs, before anything imports torch (CPU slot: none)
-    os.environ["CUDA_VISIBLE_DEVICES"] = "" if labels == [CPU_LABEL] else ",".join(labels)
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if taken.labels == [CPU_LABEL] else ",".join(taken.labels)
     try:
-        if gpus > 1:
-            outcome = run_gang(run_id, attempt=attempt, nproc=gpus, output_dir=output_dir, engine=engine, host=host)
+        if taken.gpus > 1:
+            outcome = run_gang(run_id, attempt=taken.attempt, nproc=taken.gpus, output_dir=taken.output_dir,
+                               engine=engine, host=host)  # fmt: skip
         else:
-            outcome = run_in_process(run_id, attempt=attempt, spec_data=spec_data, output_dir=output_dir,
-                                     engine=engine, host=host)  # fmt: skip
+            outcome = run_in_process(run_id, attempt=taken.attempt, spec_data=taken.spec,
+                                     output_dir=taken.output_dir, engine=engine, host=host)  # fmt: skip
     finally:
         with contextlib.suppress(Exception), Session(engine) as session:
-            schedule(session=session)  # its GPUs are free now: book the next runs
+            dispatch.ended(session=session)  # its GPUs are free now: book the next runs
     return outcome
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 # --- one process -----------------------------------------------------------------------------------
@@ -159,12 +139,7 @@ def record_outcome(run_id: int, *, attempt: int, result, reporter: DatabaseRepor
             return "succeeded"
         if reporter.interrupted and not reporter.cancel_requested:
             # the worker is shutting down: hand the run back to the queue, it resumes from this checkpoint
-            stop_host(session=session, name=host)  # first, so the scheduler books it elsewhere
-            if release_run(session=session, run_id=run_id, attempt=attempt, last_step=result.step) is not None:
-                try:
-                    enqueue_run(session=session, run_id=run_id)
-                except QueueUnavailableError as exc:  # still queued in the database: the reconciler re-publishes it
-                    log.warning("run %s handed back but not re-published: %s", run_id, exc)
+            dispatch.hand_back(session=session, run_id=run_id, attempt=attempt, last_step=result.step, host=host)
             return "requeued"
         # cancelled by the user, or the row left our hands (reaped, re-queued): a no-op in the latter case
         finish_run(session=session, run_id=run_id, status=RunStatus.cancelled, last_step=result.step, attempt=attempt,
@@ -223,7 +198,7 @@ def _supervise(process: subprocess.Popen, *, run_id: int, attempt: int, engine: 
         if interrupted.is_set() and not forwarded:
             forwarded = True
             with contextlib.suppress(Exception), Session(engine) as session:
-                stop_host(session=session, name=host)  # take no new run here
+                booking.stop_host(session=session, name=host)  # take no new run here
             # the ranks, not the launcher: rank 0 checkpoints and hands the run back, the others follow it
             for pid in descendants(process.pid):
                 with contextlib.suppress(ProcessLookupError):

@@ -2,6 +2,6 @@
 
 Each operation takes the acting user (None = anonymous, auth off), checks that they may act (the
 experiment's owner or an admin), validates, writes through `app.crud` / `app.run_state` and queues
-through `app.queue`. Errors are the typed ones of `app.services.errors`: routes map them to HTTP
+through `app.services.dispatch`. Errors are the typed ones of `app.services.errors`: routes map them to HTTP
 codes (`app/api/errors.py`), the dashboard shows their message.
 """

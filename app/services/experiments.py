@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from app import crud, queue
+from app import crud
 from app.models import Experiment, ExperimentCreate, ExperimentUpdate, Run
-from app.services import scheduling
+from app.services import booking, dispatch
 from app.services.access import check_may_change
 from app.services.errors import QueueUnavailableError
 
@@ -20,13 +20,13 @@ def create_experiment(
     take the run, the experiment and run rows are deleted again and QueueUnavailableError is raised.
     """
     crud.validate_spec(experiment_in.spec)
-    scheduling.check_gpus_fit(session=session, gpus=experiment_in.spec.gpus)
+    booking.check_gpus_fit(session=session, gpus=experiment_in.spec.gpus)
     experiment = crud.add_experiment(session=session, experiment_in=experiment_in, owner=user)
     if not experiment_in.launch:
         return experiment, None
     run = crud.add_run(session=session, experiment=experiment)
     try:
-        queue.enqueue_run(session=session, run_id=run.id)
+        dispatch.queue_run(session=session, run_id=run.id)
     except QueueUnavailableError:
         crud.delete_run(session=session, run=run)
         crud.delete_experiment(session=session, experiment=experiment)
@@ -50,10 +50,10 @@ def rerun_experiment(*, session: Session, experiment_id: int, user: str | None) 
     experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
     check_may_change(user, experiment, "re-run")
     crud.validate_spec(experiment.distill_spec())  # the server's policy or the files may have changed since
-    scheduling.check_gpus_fit(session=session, gpus=experiment.distill_spec().gpus)
+    booking.check_gpus_fit(session=session, gpus=experiment.distill_spec().gpus)
     run = crud.add_run(session=session, experiment=experiment)
     try:
-        queue.enqueue_run(session=session, run_id=run.id)
+        dispatch.queue_run(session=session, run_id=run.id)
     except QueueUnavailableError:
         crud.delete_run(session=session, run=run)
         raise

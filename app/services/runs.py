@@ -6,8 +6,9 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from app import crud, queue, run_state
+from app import broker, crud, run_state
 from app.models import Run, RunStatus
+from app.services import dispatch
 from app.services.access import check_may_change
 from app.services.errors import ConflictError, QueueUnavailableError
 from core_distill.checkpoint import latest_checkpoint
@@ -49,7 +50,7 @@ def cancel_run(*, session: Session, run_id: int, user: str | None) -> Run:
         session.refresh(run)
         raise ConflictError(f"run {run_id} is {run.status}; only queued or running runs can be cancelled")
     if cancelled.status == RunStatus.cancelled:
-        queue.revoke(cancelled.celery_task_id)
+        broker.revoke(cancelled.celery_task_id)
     return cancelled
 
 
@@ -70,7 +71,7 @@ def resume_run(*, session: Session, run_id: int, user: str | None) -> Run:
         session.refresh(run)
         raise ConflictError(f"run {run_id} is {run.status}; it can no longer be resumed")
     try:
-        queue.enqueue_run(session=session, run_id=run_id)
+        dispatch.queue_run(session=session, run_id=run_id)
     except QueueUnavailableError as exc:
         run_state.undo_requeue(session=session, before=before)
         raise QueueUnavailableError(f"run {run_id} was not resumed: {exc}") from exc

@@ -17,8 +17,8 @@ from sqlmodel import Session, col, select
 from app import run_state
 from app.db import get_engine, init_db, make_engine
 from app.models import Experiment, GpuSlot, Run, RunStatus, WorkerHost, utcnow
-from app.services import scheduling
-from app.services.scheduling import Ask, HostView, plan
+from app.services import booking
+from app.services.placement import Ask, HostView, plan
 from tests.app.conftest import post_experiment, row_counts, tiny_spec
 
 NOW = utcnow()
@@ -93,7 +93,7 @@ def session(service_env):
 
 
 def announce(session: Session, name: str, labels: list[str]) -> None:
-    scheduling.announce_host(session=session, name=name, labels=labels, queue=f"gpu.{name}")
+    booking.announce_host(session=session, name=name, labels=labels, queue=f"gpu.{name}")
 
 
 def add_run(session: Session, gpus: int, seconds_ago: float = 0) -> int:
@@ -129,32 +129,32 @@ def test_mixed_runs_on_a_two_gpu_host(session):
     announce(session, "box", ["0", "1"])
     small_a, big, small_b = add_run(session, 1, 30), add_run(session, 2, 20), add_run(session, 1, 10)
 
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert holders(session) == {"box:0": small_a, "box:1": None}  # the big run reserved the host: small_b waits
     assert run_row(session, small_a).gpu == "0" and run_row(session, big).host is None
     assert session.get(WorkerHost, "box").reserved_for == big
     assert claim(session, small_a).status == RunStatus.running
 
-    scheduling.schedule(session=session, publish=False)  # nothing changes while small_a runs
+    booking.book_waiting(session=session)  # nothing changes while small_a runs
     assert holders(session) == {"box:0": small_a, "box:1": None}
 
     assert run_state.finish_run(session=session, run_id=small_a, status="succeeded")
     assert holders(session) == {"box:0": None, "box:1": None}  # freed by the transition itself
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert holders(session) == {"box:0": big, "box:1": big} and run_row(session, big).gpu == "0,1"
     assert claim(session, big).status == RunStatus.running
 
     # the next small run starts when the big one ends (here: lost, reaped without a heartbeat)
     reaped = run_state.reap_lost_runs(session=session, now=utcnow() + timedelta(hours=1))
     assert reaped == [big] and holders(session) == {"box:0": None, "box:1": None}
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert holders(session) == {"box:0": small_b, "box:1": None}
 
 
 def test_cancel_frees_gpus_of_a_booked_and_of_a_running_run(session):
     announce(session, "box", ["0", "1"])
     first, second = add_run(session, 1, 20), add_run(session, 1, 10)
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert set(holders(session).values()) == {first, second}
     claim(session, first)
 
@@ -170,7 +170,7 @@ def test_a_claim_only_takes_a_run_booked_on_its_host(session):
     announce(session, "a", ["0"])
     announce(session, "b", ["0"])
     run_id = add_run(session, 1)
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     booked_on = run_row(session, run_id).host
     other = "a" if booked_on == "b" else "b"
     assert run_state.claim_run(session=session, run_id=run_id, worker=other, gpu="0", host=other) is None
@@ -181,11 +181,11 @@ def test_a_claim_only_takes_a_run_booked_on_its_host(session):
 def test_runs_booked_on_a_host_that_went_away_wait_again(session, monkeypatch):
     announce(session, "gone", ["0"])
     run_id = add_run(session, 1)
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert run_row(session, run_id).host == "gone"
-    scheduling.stop_host(session=session, name="gone")
+    booking.stop_host(session=session, name="gone")
     announce(session, "new", ["0"])
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert run_row(session, run_id).host == "new" and holders(session) == {"new:0": run_id}
 
 
@@ -194,9 +194,9 @@ def test_a_silent_host_gets_no_run(session):
     session.execute(update(WorkerHost).values(heartbeat_at=utcnow() - timedelta(hours=1)))
     session.commit()
     run_id = add_run(session, 1)
-    scheduling.schedule(session=session, publish=False)
+    booking.book_waiting(session=session)
     assert run_row(session, run_id).host is None
-    assert "worker host" in scheduling.waiting_reasons(session=session)[run_id]
+    assert "worker host" in booking.waiting_reasons(session=session)[run_id]
 
 
 def race(engine, hosts: dict[str, int], runs: list[int], schedulers: int = 4, passes: int = 6) -> None:
@@ -215,7 +215,7 @@ def race(engine, hosts: dict[str, int], runs: list[int], schedulers: int = 4, pa
             barrier.wait()
             with Session(engine) as session:
                 for _ in range(passes):
-                    scheduling.schedule(session=session, publish=False)
+                    booking.book_waiting(session=session)
         except BaseException as exc:  # noqa: BLE001  (reported by the main thread)
             errors.append(exc)
 
@@ -226,7 +226,7 @@ def race(engine, hosts: dict[str, int], runs: list[int], schedulers: int = 4, pa
                 rounds = 0
                 while rounds < 5 or any(t.is_alive() for t in threads[:schedulers]):
                     rounds += 1
-                    scheduling.schedule(session=session, publish=False)  # a fifth scheduler, racing too
+                    booking.book_waiting(session=session)  # a fifth scheduler, racing too
                     for run in session.exec(
                         select(Run).where(col(Run.host).is_not(None), col(Run.status) == "queued")
                     ).all():

@@ -84,7 +84,7 @@ def test_with_auth_off_any_url_unless_a_list_is_set(client, monkeypatch):
 
 def test_the_worker_checks_again_before_connecting(client, monkeypatch):
     """A run queued while the URL was allowed, then the list changed: the worker fails it and never connects."""
-    from app.services.scheduling import announce_host
+    from app.services.booking import announce_host
     from worker.launch import HOST_ENV
     from worker.tasks import run_experiment
 

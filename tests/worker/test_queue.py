@@ -15,6 +15,7 @@ from sqlmodel import Session
 from app import queue
 from app.db import get_engine
 from app.models import Experiment, Run, RunStatus, utcnow
+from app.settings import get_settings
 from worker.queue import PRIORITY_KEYS, CeleryQueue, _run_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def add_queued(session: Session, queued_seconds_ago: float, status: str = RunSta
 
 def broker_order() -> list[int]:
     """Run ids in the order a worker will take them (kombu LPUSHes and BRPOPs: oldest at the right)."""
-    client = redis.Redis.from_url(queue.get_settings().redis_url)
+    client = redis.Redis.from_url(get_settings().redis_url)
     return [_run_id(raw) for raw in reversed(client.lrange(PRIORITY_KEYS[0], 0, -1))]
 
 
@@ -59,7 +60,7 @@ def test_queued_runs_the_broker_lost_are_published_again_in_queue_order(session)
     assert queue.republish_missing(session=session) == []  # the broker holds them now: nothing sent twice
 
     # the broker loses its data (Redis restarted without persistence): the same again, in the same order
-    redis.Redis.from_url(queue.get_settings().redis_url).flushdb()
+    redis.Redis.from_url(get_settings().redis_url).flushdb()
     assert queue.republish_missing(session=session, older_than_seconds=0) == [first, second, third, recent]
     assert broker_order() == [first, second, third, recent]
 

@@ -13,9 +13,10 @@ from datetime import datetime
 import pytest
 from sqlmodel import Session
 
-from app import queue, run_state
+from app import queue
 from app.db import get_engine
 from app.models import ExperimentCreate, RunStatus
+from app.services import dispatch
 from app.services import experiments as experiment_service
 from app.settings import get_settings
 from tests.services import free_port, port_open, stop_group
@@ -73,7 +74,7 @@ def test_queued_runs_survive_a_redis_that_lost_its_queue(volatile_redis, toy_dir
     env = dict(os.environ, DISTILL_HEARTBEAT_SECONDS=HEARTBEAT_SECONDS, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     worker = WorkerProcess(env, tmp_path)
     stop = threading.Event()
-    run_state.start_reaper(stop)  # what `distill api` runs: every 5 s with the default settings
+    dispatch.start_reaper(stop)  # what `distill api` runs: every 5 s with the default settings
     try:
         worker.start()
         running = submit("running", max_steps=60, save_every=0)

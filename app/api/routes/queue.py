@@ -10,8 +10,8 @@ from sqlmodel import select
 from app.api.deps import SessionDep
 from app.api.schemas import QueuedRun, QueueState, RunningRun
 from app.models import Experiment, HostPublic, Run, RunStatus
+from app.services import booking
 from app.services import runs as run_service
-from app.services import scheduling
 
 router = APIRouter(tags=["queue"])
 
@@ -25,7 +25,7 @@ def queue_state(session: SessionDep) -> QueueState:
         .where(Run.status.in_([RunStatus.queued, RunStatus.running]))
     ).all()
     positions = run_service.queue_positions(session=session)
-    reasons = scheduling.waiting_reasons(session=session)
+    reasons = booking.waiting_reasons(session=session)
     queued = [
         QueuedRun(run_id=r.id, experiment_id=e.id, experiment_name=e.name, owner=e.owner,
                   position=positions[r.id], attempt=r.attempt, queued_at=r.queued_at, gpus=r.gpus, host=r.host,
@@ -40,10 +40,10 @@ def queue_state(session: SessionDep) -> QueueState:
     ]  # fmt: skip
     queued.sort(key=lambda q: q.position)
     running.sort(key=lambda r: (r.worker or "", r.run_id))
-    return QueueState(queued=queued, running=running, hosts=scheduling.list_hosts(session=session))
+    return QueueState(queued=queued, running=running, hosts=booking.list_hosts(session=session))
 
 
 @router.get("/hosts", response_model=list[HostPublic])
 def hosts(session: SessionDep) -> list[HostPublic]:
     """Worker hosts (live ones first), each GPU and the run holding it (booked or running)."""
-    return scheduling.list_hosts(session=session)
+    return booking.list_hosts(session=session)

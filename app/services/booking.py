@@ -1,4 +1,4 @@
-"""Worker hosts, their GPUs, and the gang scheduler: which queued run gets which GPUs of which host.
+"""Worker hosts, their GPUs, and bookings: the database side of scheduling. Nothing here publishes.
 
 The database is the source of truth. A worker host announces itself and its GPUs (`announce_host`)
 and keeps a heartbeat; each GPU is a `GpuSlot` row whose `run_id` says which run holds it. A run
@@ -8,28 +8,15 @@ the N slots (`run_id IS NULL`); if any UPDATE matches fewer rows than it should,
 Two schedulers racing therefore never double-book a GPU: the loser's guard fails and it rolls back.
 Locks are always taken in the order run -> host -> slots, so PostgreSQL cannot deadlock on them.
 
-Policy (`plan`): FIFO with backfill and one head-of-line reservation.
-  - Queued runs are considered oldest first (`queued_at`, then id).
-  - A run that fits on some host now is booked there: best fit, i.e. the host with the fewest free
-    GPUs that still has enough (keeps big holes for big runs), ties by the freshest heartbeat.
-  - The oldest run that fits nowhere now (but on some live host once its GPUs are free) reserves
-    the host where it will fit soonest: the one with the most free GPUs, sticky across passes
-    (`WorkerHost.reserved_for`). A reserved host takes no new run but that one, so it drains and the
-    big run starts: small runs cannot starve it. Later runs still start on every other host
-    (backfill), so a big run does not block small ones that fit elsewhere.
-  - A run asking more GPUs than any live host has waits ("waiting for a host with N GPUs").
-
-A booked run is published on its host's own queue (`app.queue.publish_booked`); the worker claims it
-(`app.run_state.claim_run(host=...)`) and holds the GPUs until the run leaves `running`: every
-transition out of queued/running releases its slots in the same transaction (`app.run_state`).
-`schedule` runs when a run is queued, when one ends, when a host announces itself, and in the
-API's reaper loop every few seconds.
+`book_waiting` is one scheduling pass: it books what the policy (`app.services.placement.plan`)
+places and returns the plan; `app.services.dispatch` publishes the bookings. A booked run is claimed
+by its host's worker (`app.run_state.claim_run(host=...)`), which holds the GPUs until the run leaves
+`running`: every transition out of queued/running releases its slots in the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, update
@@ -37,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.models import GpuPublic, GpuSlot, HostPublic, Run, RunStatus, WorkerHost, utcnow
+from app.services.placement import Ask, HostView, Placement, Plan, plan
 from app.settings import get_settings
 from core_distill.spec import SpecError
 
@@ -128,72 +116,6 @@ def check_gpus_fit(*, session: Session, gpus: int) -> None:
         name, count = largest
         raise SpecError({"gpus": f"asks for {gpus} GPUs, but the largest worker host ({name}) has {count}; "
                                  f"a run's processes all run on one host"})  # fmt: skip
-
-
-# --- the policy (pure) ---------------------------------------------------------------------------
-@dataclass
-class HostView:
-    name: str
-    free: list[str]  # free slot labels, in position order
-    total: int
-    heartbeat_at: datetime
-    reserved_for: int | None = None
-
-
-@dataclass(frozen=True)
-class Ask:
-    run_id: int
-    gpus: int
-
-
-@dataclass(frozen=True)
-class Placement:
-    run_id: int
-    host: str
-    labels: tuple[str, ...]
-
-
-@dataclass
-class Plan:
-    placements: list[Placement] = field(default_factory=list)
-    reservation: tuple[str, int] | None = None  # (host, run id) the host drains for
-    waiting: dict[int, str] = field(default_factory=dict)  # run id -> why it waits
-
-
-def plan(hosts: list[HostView], queued: list[Ask]) -> Plan:
-    """Placements for `queued` (oldest first) on `hosts` (live ones), by the policy in the module docstring."""
-    free = {h.name: list(h.free) for h in hosts}
-    result = Plan()
-    queued_ids = {ask.run_id for ask in queued}
-    # a reservation sticks while its run still waits; it is dropped (and made again below) otherwise
-    reserved = next(((h.name, h.reserved_for) for h in hosts if h.reserved_for in queued_ids), None)
-    for ask in queued:
-        big_enough = [h for h in hosts if h.total >= ask.gpus]
-        if not big_enough:
-            result.waiting[ask.run_id] = f"waiting for a host with {ask.gpus} GPUs"
-            continue
-        fits = [h for h in big_enough if len(free[h.name]) >= ask.gpus]
-        if reserved is not None and reserved[1] != ask.run_id:
-            fits = [h for h in fits if h.name != reserved[0]]
-        elif reserved is not None:  # the reservation's own run waits for its host only
-            fits = [h for h in fits if h.name == reserved[0]] or fits
-        if fits:
-            host = min(fits, key=lambda h: (len(free[h.name]), -h.heartbeat_at.timestamp(), h.name))
-            labels, free[host.name] = free[host.name][: ask.gpus], free[host.name][ask.gpus :]
-            result.placements.append(Placement(ask.run_id, host.name, tuple(labels)))
-            if reserved is not None and reserved[1] == ask.run_id:
-                reserved = None
-            continue
-        if reserved is None:  # the head of the line: drain the host where it fits soonest
-            host = max(big_enough, key=lambda h: (len(free[h.name]), h.total, h.name))
-            reserved = (host.name, ask.run_id)
-        if reserved[1] == ask.run_id:
-            missing = ask.gpus - len(free[reserved[0]])
-            result.waiting[ask.run_id] = f"next on {reserved[0]}: waiting for {missing} more GPU(s) to free up"
-        else:
-            result.waiting[ask.run_id] = f"waiting for {ask.gpus} free GPU(s) on one host"
-    result.reservation = reserved
-    return result
 
 
 # --- booking (guarded) ---------------------------------------------------------------------------
@@ -319,10 +241,9 @@ def snapshot(*, session: Session, cutoff: datetime) -> tuple[list[HostView], lis
     return views, asks
 
 
-def schedule(*, session: Session, publish: bool = True, keep: int | None = None) -> Plan:
-    """One pass: unbook runs of dead hosts, book what the policy places, publish each booking on its
-    host's queue (a broker error is logged: the reconciler re-publishes booked runs), except run
-    `keep`, which the caller publishes. Race-safe."""
+def book_waiting(*, session: Session) -> Plan:
+    """One pass: unbook runs of dead hosts, then book what the policy places; the plan's placements are
+    the bookings made (the caller publishes them). Race-safe."""
     cutoff = live_cutoff()
     unbook_dead_hosts(session=session, cutoff=cutoff)
     _free_stale_slots(session)
@@ -330,18 +251,9 @@ def schedule(*, session: Session, publish: bool = True, keep: int | None = None)
     result = (
         plan(hosts, asks) if hosts and asks else Plan(waiting={a.run_id: "waiting for a worker host" for a in asks})
     )
-    booked = [p for p in result.placements if book(session=session, placement=p, cutoff=cutoff)]
-    result.placements = booked
+    result.placements = [p for p in result.placements if book(session=session, placement=p, cutoff=cutoff)]
     _store_reservation(session, hosts, result.reservation)  # after: runs ahead of it in line were placed first
-    if publish and booked:
-        from app import queue  # app.queue calls schedule() too
-
-        for placement in (p for p in booked if p.run_id != keep):
-            try:
-                queue.publish_booked(session=session, run_id=placement.run_id)
-            except Exception as exc:  # still booked in the database: the reconciler publishes it again
-                log.warning("run %s booked on %s but not published: %s", placement.run_id, placement.host, exc)
-    for placement in booked:
+    for placement in result.placements:
         log.info("run %s -> %s GPU(s) %s", placement.run_id, placement.host, ",".join(placement.labels))
     return result
 

@@ -1,0 +1,162 @@
+"""Dispatch: the one place that books GPUs for runs and then publishes them. The API and the worker go through here.
+
+    queue_run  a run was queued (created, re-run, resumed, handed back): book it if GPUs are free and
+               publish it on that host's queue, else on the shared queue
+    take       a worker took a message: book the run here if it waits (or pass it on to the host it is
+               booked on) and claim it; a `Claim` to train, or why there is nothing to do
+    ended      a run left its GPUs: book the next runs and publish them
+    sweep      the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, waiting runs
+               booked and published, queued runs the broker lost published again
+
+Booking (`app.services.booking`) only touches the database and the policy (`app.services.placement`)
+is pure; publishing is `app.broker`. A booking always commits before its message is sent, so a worker
+never reads a run its message got ahead of.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import Session
+
+from app import broker, run_state
+from app.models import Experiment, Run, RunStatus
+from app.services import booking
+from app.services.booking import CPU_LABEL
+from app.services.errors import QueueUnavailableError
+from app.services.placement import Plan
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def queue_run(*, session: Session, run_id: int) -> str:
+    """Publish a queued run: booked on a host's free GPUs, on that host's queue; otherwise on the shared
+    queue, where a worker that takes it books it again. Records the message id on the row;
+    QueueUnavailableError (nothing booked) if the broker is down.
+
+    The row must be committed first: the worker reads it by id as soon as the message lands.
+    """
+    try:
+        booked = any(p.run_id == run_id for p in dispatch_waiting(session=session, keep=run_id).placements)
+    except Exception as exc:  # the run stays queued: the next pass (reaper loop, a run ending) books it
+        session.rollback()
+        log.warning("scheduling pass after queueing run %s failed: %s", run_id, exc)
+        booked = False
+    if not booked:
+        return broker.publish(session=session, run_id=run_id)
+    try:
+        return broker.publish_booked(session=session, run_id=run_id)
+    except QueueUnavailableError:
+        booking.unbook_run(session=session, run_id=run_id)  # all or nothing: the caller undoes the queueing
+        raise
+
+
+def dispatch_waiting(*, session: Session, keep: int | None = None) -> Plan:
+    """One scheduling pass: book what the policy places, then publish each booking on its host's queue (a
+    broker error is logged: the reconciler re-publishes booked runs), except run `keep`, which the caller
+    publishes or trains itself."""
+    result = booking.book_waiting(session=session)
+    for placement in (p for p in result.placements if p.run_id != keep):
+        try:
+            broker.publish_booked(session=session, run_id=placement.run_id)
+        except Exception as exc:  # still booked in the database: the reconciler publishes it again
+            log.warning("run %s booked on %s but not published: %s", placement.run_id, placement.host, exc)
+    return result
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run this worker claimed (now `running`): what the task needs to train it."""
+
+    run_id: int
+    attempt: int
+    spec: dict
+    output_dir: str
+    gpus: int
+    labels: list[str]  # the booked GPUs (["cpu"]: the CPU slot)
+
+
+def take(*, session: Session, run_id: int, host: str, message_id: str | None, output_dir: str) -> Claim | str:
+    """A worker on `host` took run `run_id`'s message: the claimed run, or why there is nothing to train here
+    ("skipped", "booked on H", "waiting for GPUs"). `output_dir` is the folder a fresh run trains into."""
+    run = session.get(Run, run_id)
+    if run is None or run.status != RunStatus.queued:
+        return "skipped"
+    if run.host is None:  # waiting for GPUs: a scheduling pass decides where it goes
+        dispatch_waiting(session=session, keep=run_id)  # booked here: trained now, without another message
+        session.refresh(run)
+        if run.status == RunStatus.queued and run.host not in (None, host):
+            try:
+                broker.publish_booked(session=session, run_id=run_id)
+            except QueueUnavailableError as exc:  # still booked: the reconciler publishes it
+                log.warning("run %s booked on %s but not published: %s", run_id, run.host, exc)
+            return f"booked on {run.host}"
+        if run.status == RunStatus.queued and run.host is None:
+            # no GPUs for it yet: the scheduler books it when some free up (forget this message)
+            session.execute(
+                update(Run).where(Run.id == run_id, Run.celery_task_id == message_id).values(celery_task_id=None)
+            )
+            session.commit()
+            return "waiting for GPUs"
+    if run.host != host:
+        return f"booked on {run.host}" if run.host else "skipped"
+    gpu = run.gpu or CPU_LABEL
+    claimed = run_state.claim_run(
+        session=session, run_id=run_id, worker=host, gpu=gpu, output_dir=output_dir, host=host
+    )
+    if claimed is None:
+        return "skipped"
+    experiment = session.get(Experiment, claimed.experiment_id)
+    spec = dict(experiment.spec)
+    session.commit()  # end the read transaction
+    return Claim(run_id, claimed.attempt, spec, claimed.output_dir, claimed.gpus, (claimed.gpu or CPU_LABEL).split(","))
+
+
+def ended(*, session: Session) -> Plan:
+    """A run left its GPUs (finished, lost, handed back): book the next runs and publish them."""
+    return dispatch_waiting(session=session)
+
+
+def hand_back(*, session: Session, run_id: int, attempt: int, last_step: int, host: str) -> bool:
+    """A worker shutting down hands its running run back (after a checkpoint): the host takes no new run,
+    the run is queued as its next attempt and published. False when the run was no longer this attempt's."""
+    booking.stop_host(session=session, name=host)  # first, so the scheduler books it elsewhere
+    if run_state.release_run(session=session, run_id=run_id, attempt=attempt, last_step=last_step) is None:
+        return False
+    try:
+        queue_run(session=session, run_id=run_id)
+    except QueueUnavailableError as exc:  # still queued in the database: the reconciler re-publishes it
+        log.warning("run %s handed back but not re-published: %s", run_id, exc)
+    return True
+
+
+def sweep(*, session: Session) -> None:
+    """The reaper's pass: silent runs lost, GPUs freed by them and hosts that came or went used by
+    booking waiting runs, queued runs the broker does not hold published again."""
+    run_state.reap_lost_runs(session=session)
+    if get_settings().redis_url:
+        dispatch_waiting(session=session)
+        broker.republish_missing(session=session)
+
+
+def start_reaper(stop_event: threading.Event, interval_seconds: float | None = None) -> threading.Thread:
+    """A daemon thread that runs `sweep` every few seconds until stop_event is set (`distill api`)."""
+    from app.db import get_engine
+
+    interval = interval_seconds or max(0.5, min(5.0, get_settings().lost_after_seconds / 4))
+
+    def loop() -> None:
+        while not stop_event.wait(interval):
+            try:
+                with Session(get_engine()) as session:
+                    sweep(session=session)
+            except Exception as exc:  # a database or broker hiccup must not end the reaper
+                log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
+
+    thread = threading.Thread(target=loop, name="distill-reaper", daemon=True)
+    thread.start()
+    return thread

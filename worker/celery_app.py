@@ -42,7 +42,7 @@ def configure(broker_url: str | None = None) -> Celery:
 
 
 def host_queue(host: str) -> str:
-    """The queue only worker host `host` reads: runs booked on its GPUs (app.services.scheduling)."""
+    """The queue only worker host `host` reads: runs booked on its GPUs (app.services.booking)."""
     return f"{GPU_QUEUE}.{host}"
 
 

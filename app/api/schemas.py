@@ -96,7 +96,7 @@ class QueuedRun(SQLModel):
     queued_at: datetime
     gpus: int = 1
     host: str | None = None  # booked on this host's GPUs, about to start
-    waiting_for: str | None = None  # why it has no GPUs yet (app.services.scheduling)
+    waiting_for: str | None = None  # why it has no GPUs yet (app.services.booking)
 
 
 class RunningRun(SQLModel):

@@ -11,13 +11,13 @@ parent (PR_SET_PDEATHSIG, and a check of the parent's pid at each beat) and on S
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
+
+from worker.lifeline import die_with_parent
 
 log = logging.getLogger("worker.host_beat")
 
@@ -43,8 +43,7 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
 
 def main(argv: list[str]) -> int:
     host, labels, parent_pid = argv[0], argv[1].split(","), int(argv[2])
-    with contextlib.suppress(Exception):  # Linux: SIGTERM when the worker dies, even by SIGKILL
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    die_with_parent(signal.SIGTERM)  # Linux: SIGTERM when the worker dies, even by SIGKILL
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops this one

@@ -21,7 +21,8 @@ from sqlmodel import Session
 from app.db import get_engine
 from app.models import Experiment, Run
 from worker.launch import HOST_ENV
-from worker.tasks import close_quietly, describe_error, die_with_parent, prepare, record_outcome
+from worker.lifeline import die_with_parent
+from worker.tasks import close_quietly, describe_error, prepare, record_outcome
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ by the torch launcher (worker/rank_main.py) in a process group of its own, super
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -40,6 +39,7 @@ from app.services import booking, dispatch
 from app.settings import get_settings
 from worker.celery_app import RUN_TASK, celery_app
 from worker.launch import CPU_LABEL, HOST_ENV
+from worker.lifeline import die_with_parent
 from worker.reporter import DatabaseReporter
 
 log = get_task_logger(__name__)  # configured by the worker (the root logger is left alone)
@@ -284,12 +284,6 @@ def kill_tree(pid: int) -> None:
     for victim in victims:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(victim, signal.SIGKILL)
-
-
-def die_with_parent() -> None:
-    """In a child before exec: SIGKILL it when the process that started it dies (Linux prctl)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 # --- helpers ----------------------------------------------------------------------------------------

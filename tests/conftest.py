@@ -77,3 +77,14 @@ def toy_dir(_toy_build: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """DISTILL_TOY_DIR set to the miniature build, so specs can name toy:student, toy:train, ..."""
     monkeypatch.setenv("DISTILL_TOY_DIR", str(_toy_build))
     return _toy_build
+
+
+@pytest.fixture
+def client(service_env):
+    """The REST API in-process (`create_app(ui=False)`, no dashboard) in a TestClient, on service_env's backends."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(ui=False)) as test_client:
+        yield test_client

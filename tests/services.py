@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.embedded import free_port  # noqa: F401  (one definition; the tests import it from here)
+
 POSTGRES_ADMIN_URL = os.environ.get("DISTILL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -55,12 +57,6 @@ def wait_until_serving(url: str, server: subprocess.Popen, log: Path, timeout: f
             pass
         assert time.monotonic() < deadline, f"{url} did not answer in {timeout:g} s\n" + log.read_text()
         time.sleep(0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

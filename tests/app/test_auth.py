@@ -13,7 +13,7 @@ from app.db import get_engine
 from app.main import create_app
 from app.models import ApiToken
 from app.settings import get_settings
-from tests.app.conftest import tiny_spec
+from tests.helpers.specs import tiny_spec
 
 OPEN_ROUTES = {"/api/health", "/api/login", "/api/logout"}
 

@@ -8,28 +8,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from app import events
 from app.main import create_app
-from tests.services import free_port
+from tests.helpers.servers import serve_in_thread
 
 
 @pytest.fixture
 def server(service_env) -> Iterator[str]:
-    """uvicorn serving the API in a thread of this process (same settings, database and Redis)."""
-    port = free_port()
-    config = uvicorn.Config(create_app(ui=False), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not uv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(10)
+    """The API over real HTTP in a thread of this process (same settings, database and Redis)."""
+    with serve_in_thread(create_app(ui=False)) as url:
+        yield url
 
 
 def read_events(response: httpx.Response, count: int | None = None) -> list[dict]:
@@ -135,6 +124,6 @@ def read_events_iter(response: httpx.Response) -> Iterator[dict]:
 
 
 def _spec() -> dict:
-    from tests.app.conftest import tiny_spec
+    from tests.helpers.specs import tiny_spec
 
     return tiny_spec()

@@ -8,7 +8,8 @@ from sqlmodel import Session
 
 from app.db import get_engine
 from app.models import Experiment, Run
-from tests.app.conftest import post_experiment, row_counts, tiny_spec
+from tests.helpers.factories import post_experiment, row_counts
+from tests.helpers.specs import tiny_spec
 
 
 def queued_messages(settings) -> int:

@@ -7,7 +7,8 @@ import logging
 import re
 
 from app.cli import quiet_access_log
-from tests.app.conftest import post_experiment, tiny_spec
+from tests.helpers.factories import post_experiment
+from tests.helpers.specs import tiny_spec
 
 
 def test_docs_and_redoc_load_every_asset_from_this_server(client):

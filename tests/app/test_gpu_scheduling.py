@@ -19,7 +19,8 @@ from app.db import get_engine, init_db, make_engine
 from app.models import Experiment, GpuSlot, Run, RunStatus, WorkerHost, utcnow
 from app.services import booking
 from app.services.placement import Ask, HostView, plan
-from tests.app.conftest import post_experiment, row_counts, tiny_spec
+from tests.helpers.factories import post_experiment, row_counts
+from tests.helpers.specs import tiny_spec
 
 NOW = utcnow()
 

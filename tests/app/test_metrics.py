@@ -12,7 +12,8 @@ from sqlmodel import Session
 from app.db import get_engine
 from app.metrics_query import downsample_series, last_steps, latest_metrics, metric_keys
 from app.models import MetricPoint
-from tests.app.conftest import post_experiment, tiny_spec
+from tests.helpers.factories import post_experiment
+from tests.helpers.specs import tiny_spec
 
 T0 = 1_700_000_000.0
 

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from core_distill.spec import DistillSpec
-from tests.app.conftest import row_counts, tiny_spec
+from tests.helpers.factories import row_counts
+from tests.helpers.specs import tiny_spec
 from tests.services import free_port, stop_group
 
 

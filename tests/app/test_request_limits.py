@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
 import redis
-import uvicorn
 
 from app.main import create_app
-from tests.app.conftest import post_experiment, row_counts, tiny_spec
-from tests.services import free_port
+from tests.helpers.factories import post_experiment, row_counts
+from tests.helpers.servers import address_of, serve_in_thread
+from tests.helpers.specs import tiny_spec
 
 BIG = 2**63  # one past the largest 64-bit integer (SQLite's limit; PostgreSQL's INTEGER ends at 2**31 - 1)
 
@@ -153,29 +150,10 @@ def test_timestamps_carry_their_offset(client, service_env):
 
 
 # --- over a real server: a refused request leaves the keep-alive connection usable --------------------
-@contextmanager
-def serve(app) -> Iterator[tuple[str, int]]:
-    """uvicorn serving `app` in a thread of this process (same settings, database and Redis)."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not uv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    try:
-        yield "127.0.0.1", port
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture
 def server(service_env) -> Iterator[tuple[str, int]]:
-    with serve(create_app(ui=False)) as address:
-        yield address
+    with serve_in_thread(create_app(ui=False), log_level="critical") as url:
+        yield address_of(url)
 
 
 def test_a_path_component_over_255_characters_is_422(service_env):
@@ -194,8 +172,8 @@ def test_an_unexpected_error_is_a_500_that_keeps_the_connection(service_env):
 
     app = create_app(ui=False)
     app.add_api_route("/api/broken", broken)
-    with serve(app) as address:
-        connection = http.client.HTTPConnection(*address, timeout=60)
+    with serve_in_thread(app, log_level="critical") as url:
+        connection = http.client.HTTPConnection(*address_of(url), timeout=60)
         connection.request("GET", "/api/broken")
         response = connection.getresponse()
         assert response.status == 500 and b"a bug" not in response.read()  # logged, not shown

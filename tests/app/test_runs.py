@@ -15,7 +15,8 @@ from app.db import get_engine
 from app.models import EvalSamples, utcnow
 from core_distill.checkpoint import save_checkpoint
 from core_distill.spec import load_yaml
-from tests.app.conftest import post_experiment, tiny_spec
+from tests.helpers.factories import post_experiment
+from tests.helpers.specs import tiny_spec
 
 
 def claim(run_id: int, output_dir: str | None = None, worker: str = "gpu0@box") -> None:
@@ -153,7 +154,7 @@ def test_spec_yaml_survives_any_name(client, name):
 
 
 def test_nul_in_a_name_or_notes_is_422_and_nothing_is_written(client):
-    from tests.app.conftest import row_counts
+    from tests.helpers.factories import row_counts
 
     before = row_counts()
     for body, loc in (({"name": "a\x00b"}, ["body", "name"]), ({"name": "n", "notes": "x\x00"}, ["body", "notes"])):

@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from app.db import get_engine
 from app.main import create_app
-from tests.app.conftest import post_experiment
+from tests.helpers.factories import post_experiment
 
 EXAMPLES = 12  # per operation and mode: the whole run stays under a minute or two on a loaded 2-core box
 SKIPPED = {"/api/runs/{run_id}/events"}  # a live stream: a generated id that exists would follow it until the run ends

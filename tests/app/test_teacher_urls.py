@@ -16,7 +16,8 @@ from app.main import create_app
 from app.models import Run
 from app.settings import get_settings
 from core_distill.preflight import teacher_url_allowed
-from tests.app.conftest import row_counts, tiny_spec
+from tests.helpers.factories import row_counts
+from tests.helpers.specs import tiny_spec
 
 REDIS_URL = "http://127.0.0.1:6379"
 

@@ -15,8 +15,9 @@ import httpx
 import psutil
 import pytest
 
+from tests.helpers.factories import wait_for
+from tests.helpers.specs import training_spec
 from tests.services import free_port
-from tests.worker.conftest import tiny_spec, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +67,9 @@ def test_up_answers_while_the_app_is_still_building_and_keeps_the_terminal_quiet
         assert client.get("/ui/").status_code == 200
 
         # a long run takes the one CPU slot; a second waits in the queue and is cancelled there
-        long_run = _launch(client, tiny_spec(max_steps=100_000, save_every=0), "long")
+        long_run = _launch(client, training_spec(max_steps=100_000, save_every=0), "long")
         wait_for(lambda: client.get(f"/api/runs/{long_run}").json()["status"] == "running", 240, "the long run")
-        queued = _launch(client, tiny_spec(), "queued")
+        queued = _launch(client, training_spec(), "queued")
         for _ in range(5):  # the polls a dashboard makes
             assert client.get(f"/api/runs/{queued}").status_code == 200
         assert client.post(f"/api/runs/{queued}/cancel").json()["status"] == "cancelled"

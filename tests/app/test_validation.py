@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from app.settings import get_settings
-from tests.app.conftest import row_counts, tiny_spec
+from tests.helpers.factories import row_counts
+from tests.helpers.specs import tiny_spec
 
 
 @pytest.fixture

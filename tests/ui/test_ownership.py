@@ -21,7 +21,7 @@ from app.services import experiments as experiment_service
 from app.services import runs as run_service
 from app.settings import get_settings
 from core_distill.checkpoint import checkpoint_dir
-from tests.app.conftest import tiny_spec
+from tests.helpers.specs import tiny_spec
 from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, serve_dashboard
 
 

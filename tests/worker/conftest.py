@@ -6,15 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
 
-from app.db import get_engine
-from app.models import Run
-from core_distill.spec import DistillSpec
 from tests.services import signal_group, stop_group
 
 HEARTBEAT_SECONDS = "0.5"
@@ -74,45 +69,3 @@ def worker(_service_backends, _toy_build, tmp_path_factory: pytest.TempPathFacto
     process.start()
     yield process
     process.stop()
-
-
-def tiny_spec(**overrides) -> DistillSpec:
-    """A toy run of a few seconds: tiny models, a few steps, short completions, no evaluation."""
-    fields = dict(max_steps=4, batch_size=2, max_new_tokens=8, eval_data="", eval_examples=4, eval_every=0,
-                  save_every=2, lmbda=0.5, learning_rate=1e-3)  # fmt: skip
-    return DistillSpec.parse(fields | overrides)
-
-
-@pytest.fixture
-def api(service_env):
-    """The REST API in-process (without the dashboard), on service_env's database and Redis."""
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-
-    with TestClient(create_app(ui=False)) as client:
-        yield client
-
-
-def launch(api, spec: DistillSpec, name: str = "test") -> int:
-    """POST /api/experiments (create and queue); the queued run's id."""
-    response = api.post("/api/experiments", json={"name": name, "spec": spec.model_dump(mode="json")})
-    assert response.status_code == 201, response.text
-    return response.json()["run_id"]
-
-
-def read_run(run_id: int) -> Run:
-    with Session(get_engine()) as session:
-        return session.get(Run, run_id)
-
-
-def wait_for(predicate, timeout: float, what: str, worker: WorkerProcess | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            log = worker.log_text()[-4000:] if worker else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n--- worker log tail ---\n{log}")
-        time.sleep(0.2)

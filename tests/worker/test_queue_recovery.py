@@ -19,8 +19,10 @@ from app.models import ExperimentCreate, RunStatus
 from app.services import dispatch
 from app.services import experiments as experiment_service
 from app.settings import get_settings
+from tests.helpers.factories import read_run, wait_for
+from tests.helpers.specs import training_spec
 from tests.services import free_port, port_open, stop_group
-from tests.worker.conftest import HEARTBEAT_SECONDS, WorkerProcess, read_run, tiny_spec, wait_for
+from tests.worker.conftest import HEARTBEAT_SECONDS, WorkerProcess
 from tests.worker.test_worker import RUN_TIMEOUT, finished, step_counts
 
 pytestmark = pytest.mark.slow
@@ -66,7 +68,7 @@ def volatile_redis(service_env, tmp_path, monkeypatch):
 
 def submit(name: str, **spec) -> int:
     with Session(get_engine()) as session:
-        experiment_in = ExperimentCreate(name=name, spec=tiny_spec(**spec))
+        experiment_in = ExperimentCreate(name=name, spec=training_spec(**spec))
         return experiment_service.create_experiment(session=session, experiment_in=experiment_in, user=None)[1].id
 
 
@@ -86,7 +88,12 @@ def test_queued_runs_survive_a_redis_that_lost_its_queue(volatile_redis, toy_dir
         volatile_redis.kill()  # SIGKILL: the queue is gone with the process
         volatile_redis.start()  # empty: no snapshot, no append-only file
         back = time.monotonic()
-        wait_for(lambda: all(read_run(i).celery_task_id != sent[i] for i in waiting), RUN_TIMEOUT, "the re-publication", worker)
+        wait_for(
+            lambda: all(read_run(i).celery_task_id != sent[i] for i in waiting),
+            RUN_TIMEOUT,
+            "the re-publication",
+            worker,
+        )
         republished = time.monotonic() - back
         wait_for(lambda: read_run(waiting[0]).status != RunStatus.queued, RUN_TIMEOUT, "the first claim", worker)
         first_claim = time.monotonic() - back

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
+from tests.helpers.specs import training_spec
 from tests.services import free_port
-from tests.worker.conftest import WorkerProcess, tiny_spec
+from tests.worker.conftest import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def test_queued_runs_back_to_back_on_sqlite_under_load_all_succeed(sqlite_box, t
     for burner in burners:
         burner.start()
     try:
-        spec = tiny_spec(max_steps=2, eval_data="toy:eval", eval_examples=2, eval_every=1, save_every=1)
+        spec = training_spec(max_steps=2, eval_data="toy:eval", eval_examples=2, eval_every=1, save_every=1)
         run_ids = []
         with Session(get_engine()) as session:
             for index in range(RUNS):

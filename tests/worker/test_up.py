@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.factories import wait_for
+from tests.helpers.specs import training_spec
 from tests.services import free_port, port_open
-from tests.worker.conftest import tiny_spec, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,7 @@ def test_distill_up_runs_an_experiment_and_ctrl_c_stops_everything(tmp_path, toy
         # the port answers while the app and the worker are still starting (app/boot.py): wait until all are up
         wait_for(lambda: httpx.get(f"{base}/api/health", timeout=10).json()["starting"] == [], 240, "everything up")
         assert httpx.get(f"{base}/api/health", timeout=10).json()["status"] == "ok"
-        body = {"name": "smoke", "spec": tiny_spec(max_steps=2).model_dump(mode="json")}
+        body = {"name": "smoke", "spec": training_spec(max_steps=2).model_dump(mode="json")}
         response = httpx.post(f"{base}/api/experiments", json=body, timeout=30)
         assert response.status_code == 201, response.text
         run_id = response.json()["run_id"]

@@ -15,7 +15,8 @@ from app import events, run_state
 from app.db import get_engine
 from app.models import EvalSamples, MetricPoint, RunStatus
 from core_distill.checkpoint import latest_checkpoint
-from tests.worker.conftest import launch, read_run, tiny_spec, wait_for
+from tests.helpers.factories import launch, read_run, wait_for
+from tests.helpers.specs import training_spec
 from worker.queue import CeleryQueue
 
 pytestmark = pytest.mark.slow
@@ -44,10 +45,10 @@ def stream_events(run_id: int) -> list[tuple[str, dict]]:
     return out
 
 
-def sse_events(api, run_id: int) -> list[tuple[str, dict]]:
+def sse_events(client, run_id: int) -> list[tuple[str, dict]]:
     """GET /api/runs/{id}/events of a finished run, parsed: (event, data)."""
     out, kind = [], None
-    with api.stream("GET", f"/api/runs/{run_id}/events") as response:
+    with client.stream("GET", f"/api/runs/{run_id}/events") as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("event:"):
@@ -58,8 +59,8 @@ def sse_events(api, run_id: int) -> list[tuple[str, dict]]:
     return out
 
 
-def test_run_succeeds_with_every_metric_step_stored_once(api, worker):
-    run_id = launch(api, tiny_spec(max_steps=3, eval_data="toy:eval", save_every=0), name="succeeds")
+def test_run_succeeds_with_every_metric_step_stored_once(client, worker):
+    run_id = launch(client, training_spec(max_steps=3, eval_data="toy:eval", save_every=0), name="succeeds")
     run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, f"run {run_id} to finish", worker)
 
     assert run.status == RunStatus.succeeded, run.error
@@ -73,7 +74,7 @@ def test_run_succeeds_with_every_metric_step_stored_once(api, worker):
     assert sorted(s.step for s in samples) == [0, 3] and all(s.samples for s in samples)
 
     # the live stream, as a browser reads it (the run has ended, so the stream ends too)
-    kinds = sse_events(api, run_id)
+    kinds = sse_events(client, run_id)
     statuses = [data["status"] for kind, data in kinds if kind == "status"]
     assert statuses == ["running", "succeeded"]
     streamed_steps = [
@@ -82,15 +83,15 @@ def test_run_succeeds_with_every_metric_step_stored_once(api, worker):
     assert streamed_steps == [1, 2, 3]
 
 
-def test_cancel_queued_and_running_runs(api, worker):
+def test_cancel_queued_and_running_runs(client, worker):
     worker.ensure_running()
-    running_id = launch(api, tiny_spec(max_steps=20_000, save_every=0), name="long")
-    queued_id = launch(api, tiny_spec(), name="waits")  # one worker, busy: this one stays queued
+    running_id = launch(client, training_spec(max_steps=20_000, save_every=0), name="long")
+    queued_id = launch(client, training_spec(), name="waits")  # one worker, busy: this one stays queued
     wait_for(lambda: read_run(running_id).last_step >= 2, RUN_TIMEOUT, "the long run's second step", worker)
 
-    response = api.post(f"/api/runs/{queued_id}/cancel")
+    response = client.post(f"/api/runs/{queued_id}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
-    flagged = api.post(f"/api/runs/{running_id}/cancel").json()
+    flagged = client.post(f"/api/runs/{running_id}/cancel").json()
     assert flagged["status"] == "running" and flagged["cancel_requested"]
 
     run = wait_for(lambda: finished(running_id), 60, "the running run to stop", worker)
@@ -106,12 +107,12 @@ def test_cancel_queued_and_running_runs(api, worker):
     assert queued.status == RunStatus.cancelled and queued.started_at is None and step_counts(queued_id) == {}
 
 
-def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(api, worker, monkeypatch):
+def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, worker, monkeypatch):
     from app.settings import get_settings
 
     worker.ensure_running()
     # a tiny step takes ~20 ms: enough steps that the kill lands mid-run
-    run_id = launch(api, tiny_spec(max_steps=200, save_every=3), name="killed")
+    run_id = launch(client, training_spec(max_steps=200, save_every=3), name="killed")
     # mid-run, past a checkpoint, ideally with steps stored after it (those must be dropped on resume)
     wait_for(lambda: read_run(run_id).last_step >= 4, RUN_TIMEOUT, "step 4", worker)
     worker.kill()
@@ -131,7 +132,7 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(api, worker,
     checkpoint_step = int(latest_checkpoint(Path(lost.output_dir)).name.split("-")[1])
     assert checkpoint_step >= 3
 
-    response = api.post(f"/api/runs/{run_id}/resume")
+    response = client.post(f"/api/runs/{run_id}/resume")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "queued" and response.json()["attempt"] == 2
     worker.start()  # a fresh worker
@@ -148,7 +149,7 @@ def test_run_whose_data_disappeared_fails_with_the_error(service_env, worker, tm
     worker.ensure_running()
     data = tmp_path / "train.jsonl"
     shutil.copy(toy_dir / "data" / "train.jsonl", data)
-    spec = tiny_spec(train_data=str(data))
+    spec = training_spec(train_data=str(data))
     data.unlink()  # after the API accepted it (preflight passed), before the worker loads it
     with Session(get_engine()) as session:
         from app.models import Experiment, Run
@@ -169,9 +170,9 @@ def test_run_whose_data_disappeared_fails_with_the_error(service_env, worker, tm
     assert "Traceback" in run.error or "File " in run.error  # the traceback's tail follows
 
 
-def test_worker_shutdown_checkpoints_and_requeues_the_running_run(api, worker):
+def test_worker_shutdown_checkpoints_and_requeues_the_running_run(client, worker):
     worker.ensure_running()
-    run_id = launch(api, tiny_spec(max_steps=500, save_every=0), name="interrupted")
+    run_id = launch(client, training_spec(max_steps=500, save_every=0), name="interrupted")
     wait_for(lambda: read_run(run_id).last_step >= 2, RUN_TIMEOUT, "the run's second step", worker)
     worker.stop()  # SIGTERM to the worker and its pool child: `distill up` Ctrl-C, `docker compose stop`
     assert worker.process.returncode == 0
@@ -184,7 +185,7 @@ def test_worker_shutdown_checkpoints_and_requeues_the_running_run(api, worker):
 
     worker.start()  # the run's message went back to the queue: a new worker continues it from the checkpoint
     wait_for(lambda: read_run(run_id).last_step > run.last_step, RUN_TIMEOUT, "the run to continue", worker)
-    assert api.post(f"/api/runs/{run_id}/cancel").status_code == 200
+    assert client.post(f"/api/runs/{run_id}/cancel").status_code == 200
     wait_for(lambda: finished(run_id), 60, "the run to stop", worker)
     resumed_at = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
     assert resumed_at == [0, run.last_step]

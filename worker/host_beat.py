@@ -26,7 +26,7 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
     from sqlmodel import Session
 
     from app.db import get_engine
-    from app.services import booking
+    from app.services import booking, dispatch
     from app.settings import get_settings
     from worker.celery_app import host_queue
 
@@ -37,6 +37,9 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
             with Session(get_engine()) as session:
                 if not booking.host_heartbeat(session=session, name=host) and not stop.is_set():
                     booking.announce_host(session=session, name=host, labels=labels, queue=host_queue(host))
+                    # runs that came while the row was gone took "waiting for GPUs": book them here now,
+                    # not at the reaper's next pass (a test's emptied tables; a restored database)
+                    dispatch.dispatch_waiting(session=session)
         except Exception as exc:  # a database hiccup must not end the heartbeat
             log.warning("host heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
 

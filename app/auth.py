@@ -13,6 +13,7 @@ import secrets
 from datetime import timedelta
 
 from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from app.models import ApiToken, utcnow
@@ -81,13 +82,18 @@ def auth_enabled() -> bool:
     return get_settings().auth == "on"
 
 
-def auth_dependency(request: HTTPConnection) -> str | None:
+async def auth_dependency(request: HTTPConnection) -> str | None:
     """For `gr.mount_gradio_app(..., auth_dependency=auth_dependency)`: the user name, or None to refuse.
 
-    With auth off everybody is "anonymous" (Gradio refuses a None user).
+    With auth off everybody is "anonymous" (Gradio refuses a None user). Gradio calls this on its event
+    loop, so the token's query runs in a worker thread, in a session of its own that closes at once.
     """
     if not auth_enabled():
         return "anonymous"
+    return await run_in_threadpool(_user_of_request, request)
+
+
+def _user_of_request(request: HTTPConnection) -> str | None:
     from app.db import get_engine
 
     with Session(get_engine()) as session:

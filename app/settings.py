@@ -32,6 +32,16 @@ class Settings(BaseSettings):
         "with auth off (one user on their own machine) any URL is.",
     )
     database_url: str = Field("", description="SQLAlchemy URL; empty = a SQLite file in `home`.")
+    db_pool_size: int = Field(
+        10, ge=1, le=1000, description="Database connections each API or worker process keeps open (docs/service.md)."
+    )
+    db_max_overflow: int = Field(
+        31,
+        ge=0,
+        le=1000,
+        description="Connections opened past db_pool_size under load and closed after use; with the pool, one per "
+        "request thread (40) plus the reaper, so a request never waits for a connection (docs/service.md).",
+    )
     redis_url: str = Field("", description="Redis URL; empty = an embedded redis-server started by `distill up`.")
     runs_dir: Path | None = Field(None, description="Where run folders go (default: home/runs).")
     host: str = "127.0.0.1"

@@ -10,7 +10,9 @@ from sqlmodel import Session
 from app.auth import auth_enabled, token_from_request, user_for_token
 from app.db import get_session
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session closes when the route has built its response, not when the response has
+# been sent, so a live stream or a download holds no connection (and no open transaction) while it runs
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_current_user(request: Request, session: SessionDep) -> str | None:

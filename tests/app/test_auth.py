@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -123,7 +124,11 @@ def test_gradio_auth_dependency(auth_client):
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         return Request({"type": "http", "method": "GET", "path": "/ui", "headers": raw, "query_string": b""})
 
-    assert auth_dependency(request(bearer(tokens["ada"]))) == "ada"
-    assert auth_dependency(request({"Cookie": f"{COOKIE_NAME}={tokens['bob']}"})) == "bob"
-    assert auth_dependency(request({})) is None
-    assert auth_dependency(request(bearer("forged"))) is None
+    def user_of(headers: dict[str, str]) -> str | None:
+        return asyncio.run(auth_dependency(request(headers)))  # Gradio awaits it on its event loop
+
+    assert user_of(bearer(tokens["ada"])) == "ada"
+    assert user_of({"Cookie": f"{COOKIE_NAME}={tokens['bob']}"}) == "bob"
+    assert user_of({}) is None
+    assert user_of(bearer("forged")) is None
+    assert get_engine().pool.checkedout() == 0  # each check closed its session

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -26,7 +28,8 @@ from core_distill.spec import DistillSpec, yaml_comment
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
-IDLE_BLOCK_MS = 5000  # an idle stream re-checks the run's row this often (FastAPI pings every 15 s)
+IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most (FastAPI pings every 15 s)
+ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 viewers, under 1 query/s
 TERMINAL = frozenset(s.value for s in FINISHED)
 
 
@@ -125,19 +128,26 @@ def run_samples(
 
 # --- live events ----------------------------------------------------------------------------------
 def _run_state(run_id: int) -> dict:
+    """The run's status from its row, in a session of its own that closes before this returns."""
     with Session(get_engine()) as session:
         run = crud.get_run(session=session, run_id=run_id)
         return {"status": run.status, "error": run.error, "last_step": run.last_step}
 
 
-async def stream_source(run_id: int) -> str:
-    """The Redis URL, after the checks that must answer before the stream starts (an error raised
-    inside an event generator would arrive after a 200): 404 for an unknown run, 503 without Redis."""
-    await run_in_threadpool(_run_state, run_id)
+@dataclass(frozen=True)
+class StreamStart:
+    redis_url: str
+    status: str  # the run's status as its row had it when the stream opened
+
+
+async def stream_source(run_id: int) -> StreamStart:
+    """The checks that must answer before the stream starts (an error raised inside an event generator
+    would arrive after a 200): 404 for an unknown run, 503 without Redis."""
+    state = await run_in_threadpool(_run_state, run_id)
     url = get_settings().redis_url
     if not url:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off")
-    return url
+    return StreamStart(url, state["status"])
 
 
 @router.get(
@@ -148,7 +158,7 @@ async def stream_source(run_id: int) -> str:
 async def run_events(
     run_id: int,
     request: Request,
-    url: Annotated[str, Depends(stream_source)],
+    start: Annotated[StreamStart, Depends(stream_source)],
     last_event_id: Annotated[str | None, Header(pattern=STREAM_ID_PATTERN)] = None,
     after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN, description="Like Last-Event-ID.")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
@@ -156,28 +166,34 @@ async def run_events(
 
     Starts with everything the stream holds (or after `Last-Event-ID`), then follows new events.
     Ends after a final status (succeeded, failed, cancelled, lost); a client closes then.
+    The stream is followed in Redis alone; the run's row is read in a short session of its own only
+    to confirm a final status, and once a minute while the stream is silent (a status Redis missed).
     """
-    client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=IDLE_BLOCK_MS / 1000 + 30)
+    client = aioredis.Redis.from_url(start.redis_url, decode_responses=True, socket_timeout=IDLE_BLOCK_MS / 1000 + 30)
     cursor = last_event_id or after or "0-0"
     last_status: str | None = None
+    row_status, row_read_at = start.status, time.monotonic()
     try:
         while not await request.is_disconnected():
+            finishing = last_status in TERMINAL or row_status in TERMINAL
             # after a final status, only drain what is left; otherwise wait for new events
-            block = None if last_status in TERMINAL else IDLE_BLOCK_MS
-            reply = await client.xread({events.stream_key(run_id): cursor}, count=500, block=block)
+            reply = await client.xread(
+                {events.stream_key(run_id): cursor}, count=500, block=None if finishing else IDLE_BLOCK_MS
+            )
             entries = [entry for _, stream_entries in reply for entry in stream_entries]
             for event_id, fields in entries:
                 cursor = event_id
                 if fields["kind"] == "status":
                     last_status = json.loads(fields["data"]).get("status")
                 yield ServerSentEvent(raw_data=fields["data"], event=fields["kind"], id=event_id)
-            if entries:
+            if entries or not (finishing or time.monotonic() - row_read_at >= ROW_CHECK_SECONDS):
                 continue
             state = await run_in_threadpool(_run_state, run_id)
-            if state["status"] in TERMINAL:
-                if state["status"] != last_status:  # finished while Redis missed it: say so from the row
+            row_status, row_read_at = state["status"], time.monotonic()
+            if row_status in TERMINAL:
+                if row_status != last_status:  # finished while Redis missed it: say so from the row
                     yield ServerSentEvent(data=state, event="status")
                 return
-            last_status = state["status"] if last_status in TERMINAL else last_status  # resumed meanwhile
+            last_status = None if last_status in TERMINAL else last_status  # resumed meanwhile
     finally:
         await client.aclose()

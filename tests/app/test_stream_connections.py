@@ -1,0 +1,86 @@
+"""Open live views hold no database connection (issue 20, item 2): with auth on, 20 SSE streams over a
+real server leave the pool (and PostgreSQL) with nothing checked out, and a plain GET still answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import httpx
+import psycopg
+import pytest
+from sqlmodel import Session
+
+from app import events
+from app.auth import create_token
+from app.db import get_engine
+from app.main import create_app
+from app.settings import get_settings
+from tests.helpers.servers import serve_in_thread
+from tests.helpers.specs import tiny_spec
+from tests.services import POSTGRES_ADMIN_URL
+
+STREAMS = 20
+MOST_CHECKED_OUT = 2  # a request in flight elsewhere (the reaper's loop is off: lifespan="off")
+GET_BOUND_SECONDS = 10.0  # generous: the count is the assertion, the time only catches a pool wait
+
+
+@pytest.fixture
+def token(service_env, monkeypatch) -> str:
+    monkeypatch.setenv("DISTILL_AUTH", "on")
+    get_settings.cache_clear()
+    with Session(get_engine()) as session:
+        return create_token(session=session, name="ada")
+
+
+@pytest.fixture
+def server(token) -> Iterator[str]:
+    with serve_in_thread(create_app(ui=False)) as url:
+        yield url
+
+
+def next_event(lines: Iterator[str]) -> str:
+    """The next event's name, read from a stream's lines (one iterator per stream: dropping it closes the stream)."""
+    for line in lines:
+        if line.startswith("event:"):
+            return line.partition(":")[2].strip()
+    raise AssertionError("the stream ended")
+
+
+def stream_sessions(database: str) -> list[tuple[str, str]]:
+    """(state, query) of each PostgreSQL backend on the test database, but this one."""
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+        ).fetchall()
+    return [(state or "", query or "") for state, query in rows]
+
+
+def test_open_streams_hold_no_database_connection(server, token, service_env):
+    engine = get_engine()
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server, headers=headers, timeout=60) as http, ExitStack() as streams:
+        created = http.post("/api/experiments", json={"name": "watched", "spec": tiny_spec()})
+        assert created.status_code == 201, created.text
+        run_id = created.json()["run_id"]
+        events.publish(events.redis_client(service_env.redis_url), run_id, "metrics", {"points": []})
+        open_streams: list[Iterator[str]] = []
+        for n in range(STREAMS):
+            response = streams.enter_context(http.stream("GET", f"/api/runs/{run_id}/events"))
+            assert response.status_code == 200, f"stream {n}: {response.status_code} {response.read()!r}"
+            open_streams.append(response.iter_lines())
+            assert next_event(open_streams[-1]) == "metrics"
+
+        assert engine.pool.checkedout() <= MOST_CHECKED_OUT, engine.pool.status()
+        if engine.dialect.name == "postgresql":
+            sessions = stream_sessions(engine.url.database)
+            assert not [s for s in sessions if s[0].startswith("idle in transaction")], sessions
+
+        started = time.monotonic()
+        answer = http.get(f"/api/runs/{run_id}")
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() - started < GET_BOUND_SECONDS
+        events.publish(events.redis_client(service_env.redis_url), run_id, "samples", {"step": 1})
+        assert [next_event(lines) for lines in open_streams] == ["samples"] * STREAMS  # all still open
+        assert engine.pool.checkedout() <= MOST_CHECKED_OUT, engine.pool.status()

@@ -45,6 +45,19 @@ def get_engine() -> Engine:
     return make_engine(get_settings().effective_database_url)
 
 
+OUTSIDE_REQUESTS = 10  # connections kept for what holds no request session: health, the reaper, stream checks
+
+
+def request_session_limit() -> int:
+    """How many requests may hold a session at once: the pool's ceiling less OUTSIDE_REQUESTS.
+
+    A request's session may wait for a worker thread (to run or serialize the route) while it holds a
+    connection; were every connection held so, the threads waiting for one could never get it. Requests
+    past this limit wait for a slot without a thread, and what runs outside a request keeps its share."""
+    settings = get_settings()
+    return max(1, settings.db_pool_size + settings.db_max_overflow - OUTSIDE_REQUESTS)
+
+
 def get_session() -> Iterator[Session]:
     with Session(get_engine()) as session:
         yield session

@@ -36,11 +36,11 @@ class Settings(BaseSettings):
         10, ge=1, le=1000, description="Database connections each API or worker process keeps open (docs/service.md)."
     )
     db_max_overflow: int = Field(
-        31,
+        40,
         ge=0,
         le=1000,
-        description="Connections opened past db_pool_size under load and closed after use; with the pool, one per "
-        "request thread (40) plus the reaper, so a request never waits for a connection (docs/service.md).",
+        description="Connections opened past db_pool_size under load and closed after use; with the pool, one for "
+        "each of the 40 request threads and 10 for health, the reaper and the streams' checks (docs/service.md).",
     )
     redis_url: str = Field("", description="Redis URL; empty = an embedded redis-server started by `distill up`.")
     runs_dir: Path | None = Field(None, description="Where run folders go (default: home/runs).")

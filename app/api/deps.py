@@ -8,11 +8,12 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session
 
 from app.auth import auth_enabled, token_from_request, user_for_token
-from app.db import get_session
+from app.db import get_session, request_session_limit
 
 # scope="function": the session closes when the route has built its response, not when the response has
-# been sent, so a live stream or a download holds no connection (and no open transaction) while it runs
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# been sent, so a live stream or a download holds no connection (and no open transaction) while it runs.
+# max_concurrency: see request_session_limit (sized once, when this module is imported)
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=request_session_limit())]
 
 
 def get_current_user(request: Request, session: SessionDep) -> str | None:

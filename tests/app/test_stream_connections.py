@@ -3,6 +3,7 @@ real server leave the pool (and PostgreSQL) with nothing checked out, and a plai
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ from tests.helpers.specs import tiny_spec
 from tests.services import POSTGRES_ADMIN_URL
 
 STREAMS = 20
+BURST = 120  # concurrent requests: three times the 40 worker threads, past the pool's 50 connections
 MOST_CHECKED_OUT = 2  # a request in flight elsewhere (the reaper's loop is off: lifespan="off")
 GET_BOUND_SECONDS = 10.0  # generous: the count is the assertion, the time only catches a pool wait
 
@@ -84,3 +86,23 @@ def test_open_streams_hold_no_database_connection(server, token, service_env):
         events.publish(events.redis_client(service_env.redis_url), run_id, "samples", {"step": 1})
         assert [next_event(lines) for lines in open_streams] == ["samples"] * STREAMS  # all still open
         assert engine.pool.checkedout() <= MOST_CHECKED_OUT, engine.pool.status()
+
+
+def test_a_burst_past_the_pool_and_the_threads_all_answer(server, token, service_env):
+    """More requests at once than threads and connections: each waits its turn, none times out on the pool.
+    (Were every connection held by a request waiting for a thread while every thread waits for a
+    connection, they would all wait until the pool's 30 s timeout and answer 500.)"""
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        run_id = http.post("/api/experiments", json={"name": "busy", "spec": tiny_spec()}).json()["run_id"]
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=BURST)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=server, headers=headers, timeout=120, limits=limits) as client:
+            responses = await asyncio.gather(*(client.get(f"/api/runs/{run_id}") for _ in range(BURST)))
+        return [r.status_code for r in responses]
+
+    started = time.monotonic()
+    statuses = asyncio.run(burst())
+    assert statuses == [200] * BURST, sorted(set(statuses))
+    assert time.monotonic() - started < 30.0  # the pool's timeout: nothing waited for it

@@ -140,14 +140,15 @@ class StreamStart:
     status: str  # the run's status as its row had it when the stream opened
 
 
-async def stream_source(run_id: int) -> StreamStart:
+def stream_source(run_id: int, session: SessionDep) -> StreamStart:
     """The checks that must answer before the stream starts (an error raised inside an event generator
-    would arrive after a 200): 404 for an unknown run, 503 without Redis."""
-    state = await run_in_threadpool(_run_state, run_id)
+    would arrive after a 200): 404 for an unknown run, 503 without Redis. In the request's session, which
+    closes before the first event is sent."""
+    run = crud.get_run(session=session, run_id=run_id)
     url = get_settings().redis_url
     if not url:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off")
-    return StreamStart(url, state["status"])
+    return StreamStart(url, run.status)
 
 
 @router.get(

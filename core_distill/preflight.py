@@ -7,19 +7,60 @@ Validate refuse the same things:
   seconds (one request, `HUB_TIMEOUT` s, no retries), not after the loaders' minutes of retries;
 - data that cannot serve the spec: an unknown format, rows that are not JSON, rows without the
   columns the method needs, rows that do not tokenize. Only the first `PREVIEW_ROWS` rows are read.
+
+Reads are bounded, so a spec cannot make the checker hang or fill memory: only regular files are
+opened (a FIFO, device, socket or stray directory is refused by name, and files are opened with
+O_NONBLOCK so a FIFO swapped in after the check cannot block either), at most `MAX_PREVIEW_BYTES`
+of one file, `MAX_ROW_BYTES` of one row, in chunks, within `PREVIEW_SECONDS` per file.
 """
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from core_distill.data import DataError
 from core_distill.paths import resolve_data_path
 
 HUB_TIMEOUT = 4.0  # seconds for the one hub request that tells "exists" from "unreachable"
-PREVIEW_ROWS = 32
+PREVIEW_ROWS = 32  # rows judged per data file
+MAX_PREVIEW_BYTES = 64 * 2**20  # the most the preflight reads of one data file
+MAX_ROW_BYTES = 4 * 2**20  # the longest row (a JSONL line, an element of a JSON array) it reads
+PREVIEW_SECONDS = 20.0  # time for reading one data file
+MAX_FOLDER_ENTRIES = 10_000  # entries a model or `datasets` folder may list
+READ_CHUNK = 2**20
+
+_IMPORT_LOCK = threading.Lock()
+_imported = False
+
+
+def import_checkers() -> None:
+    """Import transformers (and torch) once, under a lock, before any check runs.
+
+    transformers resolves `from transformers import AutoConfig` lazily; several threads doing that
+    first import at once (5 submits to a fresh API) see a half-initialized module and fail with
+    "cannot import name 'AutoConfig'". One import at a time, the first one complete, avoids it.
+    """
+    global _imported
+    if _imported:
+        return
+    with _IMPORT_LOCK:
+        if _imported:
+            return
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+        import core_distill.data  # noqa: F401  (torch)
+
+        _imported = True
 
 
 def hub_offline() -> bool:
@@ -73,52 +114,255 @@ def _ask_hub(name: str) -> str | None:
     return None
 
 
+def file_kind(mode: int) -> str:
+    """What an `os.stat` mode is, in words ("FIFO", "directory", ...)."""
+    kinds = ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def require_regular_file(path: Path) -> None:
+    """DataError unless `path` (links followed) is a regular file: reading a FIFO or a device never ends."""
+    kind = file_kind(os.stat(path).st_mode)
+    if kind != "regular file":
+        raise DataError(f"{path} is a {kind}, not a regular file")
+
+
+class BoundedFile(io.RawIOBase):
+    """A regular file, read at most `MAX_PREVIEW_BYTES` in and before a deadline (DataError past either).
+
+    Opened with O_NONBLOCK and checked again on the open descriptor, so a FIFO put in its place
+    between the check and the open is refused rather than waited on.
+    """
+
+    def __init__(self, path: Path, deadline: float):
+        super().__init__()
+        require_regular_file(path)
+        self.path, self.deadline, self.consumed = path, deadline, 0
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        kind = file_kind(os.fstat(self._fd).st_mode)
+        if kind != "regular file":
+            os.close(self._fd)
+            raise DataError(f"{path} is a {kind}, not a regular file")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self._fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def readinto(self, buffer: Any) -> int:
+        if time.monotonic() > self.deadline:
+            raise DataError(f"{self.path}: reading it took longer than {PREVIEW_SECONDS:g} s (the preflight's limit)")
+        if self.consumed + len(buffer) > MAX_PREVIEW_BYTES:
+            raise PreviewLimitError(
+                f"{self.path}: the preflight reads at most {MAX_PREVIEW_BYTES // 2**20} MiB of a data file, "
+                f"and its first {PREVIEW_ROWS} rows lie further in"
+            )
+        count = os.readv(self._fd, [buffer])
+        self.consumed += count
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class PreviewLimitError(DataError):
+    """The preflight's byte limit for one file was reached (rows read before it still count)."""
+
+
 def preview_rows(name: str, limit: int = PREVIEW_ROWS) -> list[dict[str, Any]]:
     """The first `limit` rows of a data file or `datasets` folder, reading no more of it than needed."""
     path = resolve_data_path(name)
-    if path.is_dir():
+    kind = file_kind(os.stat(path).st_mode)
+    if kind == "directory":
+        return _datasets_head(path, limit)
+    if path.suffix not in (".jsonl", ".json", ".parquet"):
+        raise DataError(
+            f"{path}: unknown data format {path.suffix!r} (use .jsonl, .json, .parquet or a datasets folder)"
+        )
+    with BoundedFile(path, time.monotonic() + PREVIEW_SECONDS) as file:
+        if path.suffix == ".parquet":
+            return _parquet_head(file, limit)
+        first = file.read(READ_CHUNK)
+        if path.suffix == ".json" and first.lstrip()[:1] == b"[":
+            return _json_array_head(file, first, limit)
+        file.seek(0)
+        return _jsonl_head(file, limit)
+
+
+def check_folder(path: Path, depth: int = 1) -> None:
+    """DataError naming the first entry of `path` (and its subfolders, `depth` deep) that is not a
+    regular file or folder: the loaders open every file they expect, and a FIFO would hold them forever."""
+    entries = 0
+    folders = [(path, depth)]
+    while folders:
+        folder, below = folders.pop()
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                entries += 1
+                if entries > MAX_FOLDER_ENTRIES:
+                    raise DataError(f"{path} holds more than {MAX_FOLDER_ENTRIES} entries (the preflight's limit)")
+                try:
+                    kind = file_kind(os.stat(entry.path).st_mode)
+                except OSError:
+                    continue  # a dangling link: the loader names what it misses
+                if kind == "directory" and below > 0:
+                    folders.append((Path(entry.path), below - 1))
+                elif kind not in ("regular file", "directory"):
+                    raise DataError(f"{entry.path} is a {kind}, not a regular file")
+
+
+def _datasets_head(path: Path, limit: int) -> list[dict[str, Any]]:
+    if not any((path / marker).is_file() for marker in ("state.json", "dataset_dict.json")):
+        raise DataError(
+            f"{path} is a directory, but not a saved `datasets` folder (no state.json or dataset_dict.json)"
+        )
+    check_folder(path, depth=1)  # a DatasetDict keeps one folder per split
+    with _IMPORT_LOCK:
         from datasets import load_from_disk
 
-        dataset = load_from_disk(str(path))
-        if hasattr(dataset, "keys"):  # a DatasetDict: its train split, else the first (as read_rows)
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
-        return list(dataset.select(range(min(limit, len(dataset)))))
-    if path.suffix == ".parquet":
+    dataset = load_from_disk(str(path))
+    if hasattr(dataset, "keys"):  # a DatasetDict: its train split, else the first (as read_rows)
+        dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+    return list(dataset.select(range(min(limit, len(dataset)))))
+
+
+def _parquet_head(file: BoundedFile, limit: int) -> list[dict[str, Any]]:
+    with _IMPORT_LOCK:
         import pyarrow.parquet as pq
 
-        try:
-            batch = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
-        except Exception as exc:  # noqa: BLE001  (pyarrow raises its own error types)
-            raise DataError(f"{path}: not a readable Parquet file ({str(exc)[:200]})") from None
-        return batch.to_pylist() if batch is not None else []
-    if path.suffix == ".json" and _first_char(path) == "[":
-        rows = json.loads(path.read_text())
-        return rows[:limit] if isinstance(rows, list) else []
-    if path.suffix in (".jsonl", ".json"):
-        return _jsonl_head(path, limit)
-    raise DataError(f"{path}: unknown data format {path.suffix!r} (use .jsonl, .json, .parquet or a datasets folder)")
+    try:
+        batch = next(pq.ParquetFile(file).iter_batches(batch_size=limit), None)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (pyarrow raises its own error types)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, DataError):  # the byte or time limit, raised inside pyarrow's read
+            raise cause from None
+        raise DataError(f"{file.path}: not a readable Parquet file ({str(exc)[:200]})") from None
+    return batch.to_pylist() if batch is not None else []
 
 
-def _first_char(path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read(4096).lstrip()[:1]
+def _lines(file: BoundedFile) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its newline), each line at most `MAX_ROW_BYTES`, read in chunks."""
+    buffer, start, number = b"", 0, 0
+    while True:
+        end = buffer.find(b"\n", start)
+        if end >= 0:
+            number += 1
+            yield number, buffer[start:end]
+            start = end + 1
+            continue
+        if len(buffer) - start > MAX_ROW_BYTES:
+            raise DataError(
+                f"{file.path}:{number + 1}: a line longer than {MAX_ROW_BYTES // 2**20} MiB "
+                "(the preflight's limit for one row)"
+            )
+        chunk = file.read(READ_CHUNK)
+        if not chunk:
+            if start < len(buffer):
+                yield number + 1, buffer[start:]
+            return
+        buffer, start = buffer[start:] + chunk, 0
 
 
-def _jsonl_head(path, limit: int) -> list[dict[str, Any]]:
+def _jsonl_head(file: BoundedFile, limit: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
+    try:
+        for number, line in _lines(file):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append(_parsed_row(line.decode("utf-8", errors="replace"), f"{file.path}:{number}"))
             if len(rows) >= limit:
                 break
+    except PreviewLimitError:
+        if not rows:
+            raise
+    return rows
+
+
+def _parsed_row(text: str, where: str) -> dict[str, Any]:
+    try:
+        return _as_row(json.loads(text), where)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+
+
+def _as_row(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+_SPACE = re.compile(r"\s*")
+
+
+class _JsonText:
+    """A JSON file's text, decoded chunk by chunk, with a position: enough to read an array's first elements."""
+
+    def __init__(self, file: BoundedFile, first: bytes):
+        self.file, self.decoder = file, codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text, self.pos = self.decoder.decode(first), 0
+
+    def more(self) -> bool:
+        """Append the next chunk (dropping what was read); False at the end of the file."""
+        chunk = self.file.read(READ_CHUNK)
+        self.text, self.pos = self.text[self.pos :] + self.decoder.decode(chunk, final=not chunk), 0
+        return bool(chunk)
+
+    def next_char(self) -> str:
+        """The next non-space character ('' at the end), not consumed."""
+        while True:
+            self.pos = _SPACE.match(self.text, self.pos).end()
+            if self.pos < len(self.text) or not self.more():
+                return self.text[self.pos : self.pos + 1]
+
+    def value(self, where: str) -> dict[str, Any]:
+        """The JSON value at the position (read further until it is complete), which must be an object."""
+        decoder = json.JSONDecoder()
+        while True:
+            try:
+                row, self.pos = decoder.raw_decode(self.text, self.pos)
+                return _as_row(row, where)
+            except json.JSONDecodeError as exc:
+                if len(self.text) - self.pos > MAX_ROW_BYTES:
+                    raise DataError(
+                        f"{where}: an element longer than {MAX_ROW_BYTES // 2**20} MiB "
+                        "(the preflight's limit for one row)"
+                    ) from None
+                if not self.more():
+                    raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+
+
+def _json_array_head(file: BoundedFile, first: bytes, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` elements of a JSON array, parsed one at a time (the rest of the file is not read)."""
+    text = _JsonText(file, first)
+    text.next_char()
+    text.pos += 1  # the '['
+    rows: list[dict[str, Any]] = []
+    try:
+        while len(rows) < limit:
+            char = text.next_char()
+            if char == "]":
+                break
+            if rows:
+                if char != ",":
+                    raise DataError(f"{file.path}: element {len(rows) + 1}: not valid JSON (expecting ',' or ']')")
+                text.pos += 1
+                text.next_char()
+            rows.append(text.value(f"{file.path}: element {len(rows) + 1}"))
+    except PreviewLimitError:
+        if not rows:
+            raise
     return rows
 
 

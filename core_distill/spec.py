@@ -406,14 +406,27 @@ class DistillSpec(BaseModel):
         Raises:
             SpecError: naming every bad field and its bad value.
         """
-        from core_distill.preflight import check_data, check_hub_model, load_preflight_tokenizer
+        from core_distill.data import DataError
+        from core_distill.preflight import (
+            check_data,
+            check_folder,
+            check_hub_model,
+            import_checkers,
+            load_preflight_tokenizer,
+        )
 
+        import_checkers()
         errors: dict[str, str] = {}
         hub_state: dict[str, str] = {}  # an unreachable hub is asked once, not once per model
         for name in ("student", "teacher"):
             value = getattr(self, name)
             if value and looks_like_local_path(value) and not resolve_model_path(value).is_dir():
                 errors[name] = missing_model_message(value)
+            elif value and looks_like_local_path(value):
+                try:  # a FIFO named config.json would hold the loaders forever
+                    check_folder(Path(resolve_model_path(value)), depth=0)
+                except DataError as exc:
+                    errors[name] = str(exc)
             elif value and not looks_like_local_path(value):  # a hub id: cached, or a hub that answers in seconds
                 hub_error = check_hub_model(value, self.trust_remote_code, hub_state)
                 if hub_error:

@@ -9,6 +9,8 @@ API, the worker and the reaper never race on a row. Lookups raise `NotFoundError
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -17,11 +19,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
 from app.models import Experiment, ExperimentCreate, ExperimentUpdate, Run, RunStatus
-from app.paths_policy import check_spec_policy
+from app.paths_policy import DATA_FIELDS, MODEL_FIELDS, check_spec_policy
 from app.services.errors import ConflictError, NotFoundError, QueueUnavailableError
+from app.settings import get_settings
 from core_distill.spec import DistillSpec, SpecError
 
 MAX_PAGE = 500
+PREFLIGHT_THREADS = 4  # preflights at once; the others wait for one of these threads
+
+_preflight_pool = ThreadPoolExecutor(PREFLIGHT_THREADS, thread_name_prefix="preflight")
 
 
 # --- experiments --------------------------------------------------------------------------------
@@ -29,8 +35,28 @@ def validate_spec(spec: DistillSpec) -> DistillSpec:
     """Everything a spec must pass before a row is written: the server's path and remote-code policy,
     then the engine's preflight (paths exist, vocabularies match). Raises SpecError naming the field."""
     check_spec_policy(spec)
-    spec.preflight()
+    run_preflight(spec)
     return spec
+
+
+def run_preflight(spec: DistillSpec) -> None:
+    """`spec.preflight()` in the preflight pool, waiting at most `DISTILL_PREFLIGHT_SECONDS` (queueing included).
+
+    The engine bounds its own reads; this bounds the rest (a hub, a file system that stops answering):
+    a check that hangs keeps one of the pool's threads; the caller waits no longer than the limit.
+    """
+    seconds = get_settings().preflight_seconds
+    future = _preflight_pool.submit(spec.preflight)
+    try:
+        future.result(timeout=seconds)
+    except FutureTimeout:
+        future.cancel()  # still queued: it never needs to run
+        message = (
+            f"the checks of what the spec points at took longer than {seconds:g} s "
+            "(DISTILL_PREFLIGHT_SECONDS); try again, or ask an admin what is slow"
+        )
+        fields = [name for name in MODEL_FIELDS + DATA_FIELDS if getattr(spec, name)] or ["student"]
+        raise SpecError(dict.fromkeys(fields, message)) from None
 
 
 def add_experiment(*, session: Session, experiment_in: ExperimentCreate, owner: str | None) -> Experiment:

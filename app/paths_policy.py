@@ -6,7 +6,9 @@ worker can (`train_data: /etc/shadow`) or run a model repository's own Python co
 - `toy:NAME` resolves inside the toy folder (and must stay there: `toy:../../x` is refused).
 - A hub id (`org/name`, not a local path) is allowed; downloading is the model loader's business.
 - A local path is resolved (symlinks and `..` followed) and must lie under one of
-  `DISTILL_ALLOWED_PATHS` (os.pathsep-separated) or the toy folder; empty = no restriction.
+  `Settings.allowed_roots` or the toy folder: `DISTILL_ALLOWED_PATHS` (os.pathsep-separated); empty =
+  `DISTILL_HOME/data` with auth on, no restriction with auth off. A refused path gets one message,
+  the same whether or not it exists, so the answer tells nothing about the server's files.
 - `trust_remote_code: true` needs `DISTILL_ALLOW_REMOTE_CODE=true` on the server.
 - `teacher_server_url` (either API, distill or vllm) must start with one of
   `DISTILL_ALLOWED_TEACHER_URLS`; with auth on an empty list allows none, with auth off any URL.
@@ -46,7 +48,8 @@ def check_spec_policy(spec: DistillSpec) -> None:
                 errors[name] = f"{value!r} leaves the toy folder {toy_root}"
         elif roots and not any(_is_under(resolved, root) for root in [*roots, toy_root]):
             allowed = ", ".join(str(r) for r in roots)
-            errors[name] = f"{value!r} (resolved to {resolved}) is outside the allowed roots: {allowed}"
+            # not the resolved path: where a link leads (or that it exists) is no business of the sender
+            errors[name] = f"{value[:300]!r} is outside the allowed roots ({allowed}; and toy:NAME)"
     if spec.teacher_server_url and not teacher_url_allowed(spec.teacher_server_url, settings.teacher_url_prefixes):
         allowed = ", ".join(settings.teacher_url_prefixes or []) or "none (DISTILL_ALLOWED_TEACHER_URLS is empty)"
         errors["teacher_server_url"] = (

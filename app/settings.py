@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core_distill.paths import distill_home
 
+DATA_FOLDER = "data"  # under `home`: the one readable root in team mode when DISTILL_ALLOWED_PATHS is empty
+
 
 def _default_home() -> Path:
     return distill_home()  # the engine's caches and rebuilds go there too (core_distill.paths)
@@ -49,8 +51,12 @@ class Settings(BaseSettings):
     auth: Literal["on", "off"] = Field("off", description="on = every route but health needs a Bearer token.")
     allowed_paths: str = Field(
         "",
-        description="os.pathsep-separated roots that model and data paths in a spec must lie under "
-        "(empty = no restriction; the toy folder is always allowed).",
+        description="os.pathsep-separated roots that local model and data paths in a spec must lie under "
+        "(the toy folder and hub ids are always allowed). Empty: with auth on only DISTILL_HOME/data, "
+        "with auth off (one user on their own machine) any path.",
+    )
+    preflight_seconds: float = Field(
+        60.0, gt=0, description="Longest the checks of what a submitted spec points at may take (422 past it)."
     )
     allow_remote_code: bool = Field(False, description="Let specs with trust_remote_code=true run.")
     admins: str = Field("", description="Comma-separated token names that may act on everyone's experiments.")
@@ -91,7 +97,13 @@ class Settings(BaseSettings):
 
     @property
     def allowed_roots(self) -> list[Path]:
-        return [Path(p).expanduser().resolve() for p in self.allowed_paths.split(os.pathsep) if p.strip()]
+        """Roots local model and data paths must lie under; [] = any path (auth off and no list set).
+
+        With auth on the paths are closed by default: without a list, only `home/data` is readable."""
+        roots = [Path(p).expanduser().resolve() for p in self.allowed_paths.split(os.pathsep) if p.strip()]
+        if not roots and self.auth == "on":
+            roots = [(self.home / DATA_FOLDER).expanduser().resolve()]
+        return roots
 
 
 @lru_cache

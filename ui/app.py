@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from app import crud
 from app.auth import auth_enabled
 from app.db import get_engine
 from app.metrics_query import metric_keys
@@ -86,8 +87,13 @@ def launch(
 
 
 def validate(*values: Any, spec_yaml: str | None = None) -> str:
-    """The engine's checks (validation and preflight) of what Launch would launch (see `launch`)."""
-    spec, problems = form.check_form("fields" if spec_yaml is None else "yaml", spec_yaml or "", values)
+    """The checks Launch runs (validation, the server's path policy, the preflight), writing nothing."""
+    spec, problems = form.check_form("fields" if spec_yaml is None else "yaml", spec_yaml or "", values, preflight=False)
+    if spec is not None:
+        try:  # the policy first, as at Launch: in team mode Validate must not tell which files exist
+            crud.validate_spec(spec)
+        except SpecError as exc:
+            problems = "**Cannot launch:**\n" + form.format_errors(exc.errors)
     if problems:
         return problems.replace("**Cannot launch", "**Not valid", 1)
     return "The spec is valid: every field is in range and its models and data exist."

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import PurePath
 from typing import Annotated, Any
 
 import yaml
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Query, Request, status
-from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlmodel import select
 from starlette.datastructures import UploadFile
@@ -23,6 +24,10 @@ from core_distill.spec import DuplicateKeyError, load_yaml
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
+# Submits (create, re-run) run the preflight, which may wait up to DISTILL_PREFLIGHT_SECONDS: at most this
+# many hold a thread at once, the others wait on the event loop, so the API's threads stay free for the rest.
+MAX_CONCURRENT_SUBMITS = 8
+SUBMIT_LIMITER = CapacityLimiter(MAX_CONCURRENT_SUBMITS)
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 SPEC_FILTER_PREFIX = "spec."
 
@@ -75,9 +80,8 @@ async def create_experiment(request: Request, session: SessionDep, user: Current
     """
     experiment_in = await _read_experiment_in(request)
     # a thread: the preflight reads files and may ask the hub, which must not stall every other request
-    experiment, run = await run_in_threadpool(
-        experiment_service.create_experiment, session=session, experiment_in=experiment_in, user=user
-    )
+    create = partial(experiment_service.create_experiment, session=session, experiment_in=experiment_in, user=user)
+    experiment, run = await to_thread.run_sync(create, limiter=SUBMIT_LIMITER)
     return ExperimentCreated(
         id=experiment.id,
         run_id=run.id if run else None,
@@ -130,9 +134,10 @@ def update_experiment(
 
 
 @router.post("/{experiment_id}/runs", status_code=status.HTTP_201_CREATED, response_model=RunPublic)
-def rerun_experiment(experiment_id: int, session: SessionDep, user: CurrentUser) -> Run:
+async def rerun_experiment(experiment_id: int, session: SessionDep, user: CurrentUser) -> Run:
     """Queue a fresh run of the experiment's spec (to continue a stopped run, resume it instead)."""
-    return experiment_service.rerun_experiment(session=session, experiment_id=experiment_id, user=user)
+    rerun = partial(experiment_service.rerun_experiment, session=session, experiment_id=experiment_id, user=user)
+    return await to_thread.run_sync(rerun, limiter=SUBMIT_LIMITER)  # it runs the preflight again
 
 
 # --- request parsing ----------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def launch(
 
 def validate(*values: Any, spec_yaml: str | None = None) -> str:
     """The checks Launch runs (validation, the server's path policy, the preflight), writing nothing."""
-    spec, problems = form.check_form("fields" if spec_yaml is None else "yaml", spec_yaml or "", values, preflight=False)
+    source = "fields" if spec_yaml is None else "yaml"
+    spec, problems = form.check_form(source, spec_yaml or "", values, preflight=False)
     if spec is not None:
         try:  # the policy first, as at Launch: in team mode Validate must not tell which files exist
             crud.validate_spec(spec)

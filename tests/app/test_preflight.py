@@ -10,14 +10,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
 
+from app.auth import create_token
+from app.db import get_engine
+from app.main import create_app
+from app.settings import get_settings
 from core_distill.spec import DistillSpec
 from tests.helpers.factories import row_counts
 from tests.helpers.specs import tiny_spec
@@ -111,13 +119,12 @@ def silent_hub() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
-@pytest.fixture
-def api_process(service_env, silent_hub) -> Iterator[str]:
-    """`uvicorn app.main:create_api` in its own process, online (no HF_HUB_OFFLINE) with the silent hub."""
+@contextmanager
+def api_server(**env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`uvicorn app.main:create_api` in its own process (on service_env's settings, plus `env`): (URL, process)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"HF_ENDPOINT": silent_hub}
     command = [sys.executable, "-m", "uvicorn", "app.main:create_api", "--factory", "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    process = subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], start_new_session=True)
+    process = subprocess.Popen(command, env=os.environ | env, cwd=Path(__file__).parents[2], start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -129,8 +136,18 @@ def api_process(service_env, silent_hub) -> Iterator[str]:
     else:
         stop_group(process, timeout=10)
         pytest.fail("the API process did not start")
-    yield url
-    stop_group(process, timeout=10)
+    try:
+        yield url, process
+    finally:
+        stop_group(process, timeout=10)
+
+
+@pytest.fixture
+def api_process(service_env, silent_hub, monkeypatch) -> Iterator[str]:
+    """An API process online (no HF_HUB_OFFLINE) with the silent hub."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with api_server(HF_ENDPOINT=silent_hub) as (url, _):
+        yield url
 
 
 def test_a_slow_create_does_not_stall_health_and_fails_in_seconds(api_process):
@@ -160,3 +177,174 @@ def test_a_slow_create_does_not_stall_health_and_fails_in_seconds(api_process):
     assert "unreachable" in detail[("body", "spec", "student")], detail
     assert "unreachable" in detail[("body", "spec", "teacher")], detail
     assert result["seconds"] < 15, result["seconds"]  # one request with a timeout, not the loaders' retries
+
+
+# --- bounded submit checks (issue 20, item 3) ----------------------------------------------------------
+REQUEST_SECONDS = 60  # a submit that has not answered by then is taken to hang
+
+
+def at_once(call: Callable[[int], httpx.Response], count: int) -> list[httpx.Response]:
+    """`count` calls started together (a barrier), their responses in order; a timeout fails the test."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = call(index)
+        except httpx.TimeoutException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    hung = [r for r in results if isinstance(r, Exception)]
+    assert not hung, f"{len(hung)} of {count} submits did not answer in {REQUEST_SECONDS} s: {hung[0]!r}"
+    return results
+
+
+def problems(response: httpx.Response) -> dict[tuple, str]:
+    return {tuple(d["loc"]): d["msg"] for d in response.json()["detail"]}
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM) so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_five_first_submits_to_a_fresh_api_at_once_all_answer(service_env, toy_dir):
+    """Bug: the first submits of a fresh `distill up`, all at once, raced on importing transformers (500)."""
+    with api_server() as (url, _):
+        body = {"name": "first", "spec": tiny_spec(), "launch": False}
+        responses = at_once(lambda i: httpx.post(f"{url}/api/experiments", json=body, timeout=300), 5)
+    assert [r.status_code for r in responses] == [201] * 5, [r.text[:300] for r in responses]
+
+
+def test_fifos_and_a_huge_line_are_refused_in_seconds_with_bounded_memory(service_env, toy_dir, data_dir):
+    fifo = data_dir / "stream.jsonl"
+    os.mkfifo(fifo)
+    huge = data_dir / "huge.jsonl"
+    with open(huge, "wb") as f:
+        f.truncate(2 * 2**30)  # sparse: 2 GiB of NUL bytes in one "line", nothing on disk
+    with api_server() as (url, process):
+        warm = httpx.post(f"{url}/api/experiments", json={"name": "warm", "spec": tiny_spec()}, timeout=300)
+        assert warm.status_code == 201, warm.text  # the checkers are imported; what follows is the reads alone
+        peak_before = peak_rss_bytes(process.pid)
+
+        def post_fifo(index: int) -> httpx.Response:
+            field = ("train_data", "eval_data")[index % 2]
+            body = {"name": "fifo", "spec": tiny_spec(**{field: str(fifo)})}
+            return httpx.post(f"{url}/api/experiments", json=body, timeout=REQUEST_SECONDS)
+
+        started = time.monotonic()
+        for index, response in enumerate(at_once(post_fifo, 45)):  # 41 of these used to hang every route
+            field = ("train_data", "eval_data")[index % 2]
+            assert response.status_code == 422, response.text
+            assert f"{fifo} is a FIFO, not a regular file" in problems(response)[("body", "spec", field)]
+        fifo_seconds = time.monotonic() - started
+        assert httpx.get(f"{url}/api/health", timeout=10).status_code == 200
+
+        started = time.monotonic()
+        body = {"name": "huge", "spec": tiny_spec(train_data=str(huge))}
+        response = httpx.post(f"{url}/api/experiments", json=body, timeout=REQUEST_SECONDS)
+        huge_seconds = time.monotonic() - started
+        growth = peak_rss_bytes(process.pid) - peak_before
+    print(f"\n45 FIFO submits answered in {fifo_seconds:.2f} s; a 2 GiB line refused in {huge_seconds:.2f} s, "
+          f"the API's peak RSS grew {growth / 2**20:.0f} MiB")  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert "longer than 4 MiB (the preflight's limit for one row)" in problems(response)[("body", "spec", "train_data")]
+    assert huge_seconds < 10
+    assert growth < 200 * 2**20, growth
+
+
+def test_a_preflight_past_its_time_limit_is_refused_and_others_are_served(service_env, silent_hub, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the silent hub is asked, and never answers
+    with api_server(HF_ENDPOINT=silent_hub, DISTILL_PREFLIGHT_SECONDS="1") as (url, _):
+        body = {"name": "slow", "spec": tiny_spec(student="someorg/some-model")}
+        health_times: list[float] = []
+        done = threading.Event()
+
+        def watch_health() -> None:
+            with httpx.Client(timeout=60) as client:
+                while not done.is_set():
+                    started = time.monotonic()
+                    assert client.get(f"{url}/api/health").status_code == 200
+                    health_times.append(time.monotonic() - started)
+
+        watcher = threading.Thread(target=watch_health)
+        watcher.start()
+        started = time.monotonic()
+        try:
+            responses = at_once(lambda i: httpx.post(f"{url}/api/experiments", json=body, timeout=REQUEST_SECONDS), 20)
+        finally:
+            done.set()
+            watcher.join()
+        seconds = time.monotonic() - started
+    print(f"\n20 slow submits answered in {seconds:.1f} s; /api/health meanwhile: {len(health_times)} requests, "
+          f"slowest {max(health_times) * 1000:.0f} ms")  # fmt: skip
+    for response in responses:
+        assert response.status_code == 422, response.text
+        assert "took longer than 1 s" in problems(response)[("body", "spec", "student")], response.text
+    assert seconds < 30
+    assert health_times and max(health_times) < 1.0, health_times
+
+
+def refusal(client: TestClient, token: str, field: str, value: str) -> tuple[int, str]:
+    """(status, message for `field` with the value itself blanked out) of a submit naming `value`."""
+    response = client.post("/api/experiments", json={"name": "x", "spec": tiny_spec(**{field: value})},
+                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    if response.status_code != 422:
+        return response.status_code, response.text
+    message = {tuple(d["loc"]): d["msg"] for d in response.json()["detail"]}.get(("body", "spec", field), "")
+    return response.status_code, message.replace(repr(value), "VALUE")
+
+
+def test_team_mode_reads_only_allowed_roots_and_a_refusal_tells_nothing(service_env, toy_dir, tmp_path, monkeypatch):
+    from ui import form
+    from ui.app import validate
+
+    monkeypatch.setenv("DISTILL_AUTH", "on")
+    get_settings.cache_clear()
+    with Session(get_engine()) as session:
+        token = create_token(session=session, name="ada")
+    rows = [json.loads(line) for line in (toy_dir / "data" / "train.jsonl").read_text().splitlines()[:8]]
+    home_data = get_settings().home / "data"
+    home_data.mkdir(parents=True)
+    inside = write_jsonl(home_data / "rows.jsonl", rows)
+    outside = tmp_path / "outside"
+    (outside / "model").mkdir(parents=True)
+    (outside / "model" / "config.json").write_text("{}")
+    existing = write_jsonl(outside / "rows.jsonl", rows)
+    with TestClient(create_app(ui=False)) as client:
+        pairs = [  # (field, a path that exists, one that does not): both outside the allowed roots
+            ("train_data", existing, str(outside / "missing.jsonl")),
+            ("eval_data", existing, str(outside / "missing.jsonl")),
+            ("student", str(outside / "model"), str(outside / "no-model")),
+            ("teacher", "/root", "/no-such-root"),
+        ]
+        for field, there, missing in pairs:
+            status_there, message_there = refusal(client, token, field, there)
+            assert (status_there, message_there) == refusal(client, token, field, missing), (field, message_there)
+            assert status_there == 422 and "outside the allowed roots" in message_there, (field, message_there)
+        # the default root, the toy folder and hub ids stay readable
+        assert refusal(client, token, "train_data", inside)[0] == 201
+        status, message = refusal(client, token, "student", "someorg/some-model")
+        assert status == 422 and "HF_HUB_OFFLINE" in message and "allowed roots" not in message, message
+        dashboard = validate(*form.spec_to_values(DistillSpec.parse(tiny_spec(train_data=existing))))
+        assert "train_data" in dashboard and "outside the allowed roots" in dashboard, dashboard
+
+        monkeypatch.setenv("DISTILL_ALLOWED_PATHS", str(outside))  # a list replaces the default root
+        get_settings.cache_clear()
+        assert refusal(client, token, "train_data", existing)[0] == 201
+        assert "outside the allowed roots" in refusal(client, token, "train_data", inside)[1]
+
+    monkeypatch.delenv("DISTILL_AUTH")  # auth off (one user on their own machine): as before, any path
+    monkeypatch.delenv("DISTILL_ALLOWED_PATHS")
+    get_settings.cache_clear()
+    with TestClient(create_app(ui=False)) as client:
+        assert refusal(client, token, "train_data", existing)[0] == 201

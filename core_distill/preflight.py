@@ -59,6 +59,7 @@ def import_checkers() -> None:
         from transformers import AutoConfig, AutoTokenizer  # noqa: F401
 
         import core_distill.data  # noqa: F401  (torch)
+        import core_distill.models  # noqa: F401  (the tokenizer loader)
 
         _imported = True
 

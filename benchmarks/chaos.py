@@ -59,7 +59,7 @@ TOY_SPEC = {
     "eval_every": 0, "save_every": 5, "batch_size": 4, "max_new_tokens": 32, "lmbda": 0.5,
     "learning_rate": 1e-3,
 }  # fmt: skip
-LONG_RUN_STEPS = 2000  # runs a scenario cancels when it has seen enough
+LONG_RUN_STEPS = 20000  # runs a scenario cancels when it has seen enough
 
 
 @dataclass
@@ -219,11 +219,11 @@ class Service:
             client.post(f"/api/runs/{run_id}/cancel")
 
 
-def start_up(procs: Processes, cfg: Config, home: Path) -> Service:
+def start_up(procs: Processes, cfg: Config, home: Path, **settings: str) -> Service:
     """`distill up --gpus 0`, waited for until /api/health lists nothing as starting."""
     port = free_port()
-    up = procs.start("up", [PY, "-m", "app.cli", "up", "--port", str(port), "--gpus", "0"],
-                     clean_env(cfg.repo, home), stop_seconds=90)  # fmt: skip
+    up = procs.start(f"up-{home.name}", [PY, "-m", "app.cli", "up", "--port", str(port), "--gpus", "0"],
+                     clean_env(cfg.repo, home, **settings), stop_seconds=90)  # fmt: skip
     service = Service(f"http://127.0.0.1:{port}", f"sqlite:///{home / 'distill.db'}", up=up)
     with service.client() as client:
         wait_until(lambda: up.poll() is None and client.get("/api/health").json()["starting"] == [], 240,
@@ -555,8 +555,10 @@ def training_process(service: Service) -> psutil.Process:
 
 
 def scenario_worker_kill(cfg: Config, procs: Processes, scratch: Path, report: Report) -> None:
-    window = cfg.pick(150, 100)
-    report.add("setup", f"distill up (SQLite); kill at step >= 7 (checkpoint every 5); watch {window:g} s")
+    window = cfg.pick(150, 80)
+    lost_after = "30 s (--quick)" if cfg.quick else "60 s (default)"
+    report.add("setup", f"distill up (SQLite), lost after {lost_after}; kill at step >= 7 (checkpoint every 5); "
+               f"watch {window:g} s")  # fmt: skip
     verdicts = []
     for label, victim in (("(a) SIGKILL training process", "training"), ("(b) SIGKILL whole worker", "worker")):
         verdicts.append(kill_one(cfg, procs, scratch / victim, report, label, victim, window))
@@ -565,7 +567,7 @@ def scenario_worker_kill(cfg: Config, procs: Processes, scratch: Path, report: R
 
 
 def kill_one(cfg: Config, procs: Processes, home: Path, report: Report, label: str, victim: str, window: float) -> str:
-    service = start_up(procs, cfg, home)
+    service = start_up(procs, cfg, home, **({"lost_after_seconds": "30"} if cfg.quick else {}))
     run_id = service.submit("kill", max_steps=LONG_RUN_STEPS)
     wait_until(lambda: (run_row(service.db_url, run_id) or {}).get("last_step", 0) >= 7, 300, "step 7")
     watch = RunWatch(service.db_url, run_id)
@@ -651,10 +653,14 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
     errors = sum(1 for s in during if s[2] in ("500", "502", "503"))
     report.add("during: Retry-After on 5xx", f"{retry} of {errors}")
     final = run_row(service.db_url, run_id) or {}
+    in_outage = [row for t, row in watch.samples if down <= t < upagain and row]
+    report.add(
+        "run: steps stored while down", f"{before['last_step']} -> {in_outage[-1]['last_step'] if in_outage else '?'}"
+    )
     report.add("health 200 again after", seconds(healthy))
     step_after = watch.first(upagain, lambda r: r["last_step"] > before["last_step"] and r["status"] == "running")
     report.add("run: step moved on after", seconds(step_after) + " (from the restart)")
-    report.add("run: final", f"status {final.get('status')}, attempt {final.get('attempt')}, step "
+    report.add("run: when the watch ended", f"status {final.get('status')}, attempt {final.get('attempt')}, step "
                f"{before['last_step']} -> {final.get('last_step')}")  # fmt: skip
     report.add("processes alive", f"api {service.api.poll() is None}, worker {service.worker.poll() is None}")
     for other in [run_id, *created]:
@@ -749,7 +755,7 @@ def bad_submit(cfg: Config, service: Service, report: Report, label: str, path: 
     def post() -> None:
         started = time.monotonic()
         try:
-            with service.client(cfg.pick(90, 45)) as client:
+            with service.client(cfg.pick(60, 30)) as client:
                 body = {"name": f"bad-{label}", "spec": TOY_SPEC | {"train_data": str(path), "max_steps": 2}}
                 response = client.post("/api/experiments", json=body)
             outcome["status"] = f"{response.status_code} {response.text[:140]}"
@@ -769,7 +775,8 @@ def bad_submit(cfg: Config, service: Service, report: Report, label: str, path: 
     probe.finish()
     run = run_row(service.db_url, outcome["run_id"]) if "run_id" in outcome else None
     mib = 1024**2
-    report.add(f"{label}: submit", f"{outcome.get('status')} after {outcome.get('seconds', 0):.1f} s")
+    report.add(f"{label}: submit", f"after {outcome.get('seconds', 0):.1f} s: {outcome.get('status')}")
+    report.add(f"{label}: api process alive", api.is_running() and api.status() != psutil.STATUS_ZOMBIE)
     report.add(f"{label}: health meanwhile", f"{latency_line(probe.samples)}; {by_status(probe.samples)}")
     growth = {k: (max(v) - v[0]) / mib for k, v in rss.items()}
     report.add(f"{label}: RSS growth", f"api +{growth['api']:.0f} MiB (from {rss['api'][0] / mib:.0f}), "

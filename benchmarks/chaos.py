@@ -589,6 +589,8 @@ def kill_one(cfg: Config, procs: Processes, home: Path, report: Report, label: s
             back = time.monotonic() - killed
         if back is not None and row["last_step"] >= at_kill["last_step"] + 3:
             break
+        if service.up.poll() is not None:  # distill up is gone: nothing is left to bring the run back
+            break
         time.sleep(1)
     watch.stopping.set()
     final = run_row(service.db_url, run_id) or {}
@@ -655,11 +657,14 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
     final = run_row(service.db_url, run_id) or {}
     in_outage = [row for t, row in watch.samples if down <= t < upagain and row]
     report.add(
-        "run: steps stored while down", f"{before['last_step']} -> {in_outage[-1]['last_step'] if in_outage else '?'}"
+        "run: steps stored while down",
+        f"{before['last_step']} -> {in_outage[-1]['last_step'] if in_outage else '? (unreadable)'}",
     )
     report.add("health 200 again after", seconds(healthy))
     step_after = watch.first(upagain, lambda r: r["last_step"] > before["last_step"] and r["status"] == "running")
-    report.add("run: step moved on after", seconds(step_after) + " (from the restart)")
+    if final.get("status") not in ("running", "succeeded"):
+        step_after = None  # a flush of buffered points before the run ended is no recovery
+    report.add("run: training again after", seconds(step_after) + " (from the restart)")
     report.add("run: when the watch ended", f"status {final.get('status')}, attempt {final.get('attempt')}, step "
                f"{before['last_step']} -> {final.get('last_step')}")  # fmt: skip
     report.add("processes alive", f"api {service.api.poll() is None}, worker {service.worker.poll() is None}")

@@ -632,6 +632,8 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
         time.sleep(max(0.0, min(10.0, seconds_down - (time.monotonic() - down))))
     start()
     upagain = time.monotonic()
+    # the highest step stored before the restart (stopping takes a moment): progress is beyond it
+    reached = max([row["last_step"] for _, row in watch.samples if row] + [before["last_step"]])
     healthy = None
     while time.monotonic() - upagain < cfg.pick(150, 100):
         samples = probe.between(upagain, time.monotonic(), "/api/health")
@@ -640,10 +642,8 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
         row = watch.latest()
         if row and row["status"] not in ("queued", "running"):
             break
-        if healthy is not None and row and row["last_step"] >= before["last_step"] + 3:
-            training_again = watch.first(upagain, lambda r: r["last_step"] > before["last_step"] + 1)
-            if training_again is not None:
-                break
+        if healthy is not None and watch.first(upagain, lambda r: r["last_step"] >= reached + 3) is not None:
+            break
         time.sleep(1)
     probe.finish()
     watch.stopping.set()
@@ -661,7 +661,7 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
         f"{before['last_step']} -> {in_outage[-1]['last_step'] if in_outage else '? (unreadable)'}",
     )
     report.add("health 200 again after", seconds(healthy))
-    step_after = watch.first(upagain, lambda r: r["last_step"] > before["last_step"] and r["status"] == "running")
+    step_after = watch.first(upagain, lambda r: r["last_step"] > reached and r["status"] == "running")
     if final.get("status") not in ("running", "succeeded"):
         step_after = None  # a flush of buffered points before the run ended is no recovery
     report.add("run: training again after", seconds(step_after) + " (from the restart)")

@@ -11,6 +11,9 @@ solo pool: the parent keeps answering the broker while runs train in children, a
 a fresh child (GPU memory freed). The parent never touches CUDA; each child sets
 CUDA_VISIBLE_DEVICES to the GPUs booked for its run.
 
+The pool processes die with the worker even when it is SIGKILLed: Celery sets PR_SET_PDEATHSIG
+(SIGKILL) in each (celery.concurrency.prefork.process_initializer; tests/worker/test_up.py checks it).
+
 No fork with live connections or threads: the parent runs no thread that touches the database (the
 heartbeat is a process), closes its pooled connections after each use of its own (`_parent_session`),
 and each child drops whatever pool it inherited at `worker_process_init`, before its first query.
@@ -21,14 +24,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from app.lifeline import die_with_parent
 from worker.celery_app import GPU_QUEUE, host_queue
 
 if TYPE_CHECKING:
@@ -105,14 +106,11 @@ def run_worker(gpus: str | None = None, name: str | None = None, loglevel: str =
     with _parent_session() as session:
         booking.announce_host(session=session, name=host, labels=labels, queue=host_queue(host))
     beat = start_host_heartbeat(host, labels)
-    worker_pid = os.getpid()  # Celery's parent: this process (it forks the pool from its main thread)
 
     @worker_process_init.connect(weak=False)
     def _fresh_pool(**_) -> None:  # in each child: the parent's pool is not ours (SQLAlchemy: dispose(close=False))
         from app.db import get_engine
 
-        # a pool process outlives a killed parent (it reads the parent's pipe only between runs): die with it
-        die_with_parent(signal.SIGKILL, worker_pid)
         get_engine().dispose(close=False)
 
     @worker_ready.connect(weak=False)

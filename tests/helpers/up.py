@@ -1,5 +1,6 @@
-"""A real `distill up` started by a test, and what it leaves: every process below it, found from /proc
-(worker.tasks.descendants), held as psutil handles so they still name the same processes after `up` dies."""
+"""A real `distill up` started by a test, and what it leaves: every process below it, held as psutil
+handles so they still name the same processes after `up` dies. Not worker.tasks.descendants: importing
+worker.tasks into the test process made a later test's fresh worker answer 'waiting for GPUs' (94775ee)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import psutil
 
 from tests.helpers.factories import wait_for
 from tests.services import free_port
-from worker.tasks import descendants
 
 
 def start_up(
@@ -49,11 +49,10 @@ def redis_port_of(log_path: Path) -> int:
 def processes_below(pid: int) -> list[psutil.Process]:
     """Every live process below `pid`, as psutil handles: they still name the same processes after `pid`
     dies and they are re-parented (a signal to a handle whose pid was reused raises instead)."""
-    found = []
-    for child in descendants(pid):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            found.append(psutil.Process(child))
-    return found
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def alive(process: psutil.Process) -> bool:

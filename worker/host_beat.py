@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from worker.lifeline import die_with_parent
+from app.lifeline import die_with_parent
 
 log = logging.getLogger("worker.host_beat")
 

@@ -11,6 +11,9 @@ solo pool: the parent keeps answering the broker while runs train in children, a
 a fresh child (GPU memory freed). The parent never touches CUDA; each child sets
 CUDA_VISIBLE_DEVICES to the GPUs booked for its run.
 
+The pool processes die with the worker even when it is SIGKILLed: Celery sets PR_SET_PDEATHSIG
+(SIGKILL) in each (celery.concurrency.prefork.process_initializer; tests/worker/test_up.py checks it).
+
 No fork with live connections or threads: the parent runs no thread that touches the database (the
 heartbeat is a process), closes its pooled connections after each use of its own (`_parent_session`),
 and each child drops whatever pool it inherited at `worker_process_init`, before its first query.

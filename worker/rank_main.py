@@ -19,9 +19,9 @@ from pathlib import Path
 from sqlmodel import Session
 
 from app.db import get_engine
+from app.lifeline import die_with_parent
 from app.models import Experiment, Run
 from worker.launch import HOST_ENV
-from worker.lifeline import die_with_parent
 from worker.tasks import close_quietly, describe_error, prepare, record_outcome
 
 

@@ -32,6 +32,7 @@ from sqlmodel import Session
 
 from app.db import get_engine
 from app.events import redis_client
+from app.lifeline import die_with_parent
 from app.models import Run, RunStatus
 from app.paths_policy import check_spec_policy
 from app.run_state import finish_run, mark_lost
@@ -39,7 +40,6 @@ from app.services import booking, dispatch
 from app.settings import get_settings
 from worker.celery_app import RUN_TASK, celery_app
 from worker.launch import CPU_LABEL, HOST_ENV
-from worker.lifeline import die_with_parent
 from worker.reporter import DatabaseReporter
 
 log = get_task_logger(__name__)  # configured by the worker (the root logger is left alone)

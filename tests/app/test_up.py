@@ -3,21 +3,16 @@ keeps only what matters (no access line per poll, no Celery root warning, no rev
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from tests.helpers.factories import wait_for
 from tests.helpers.specs import training_spec
-from tests.services import free_port
+from tests.helpers.up import kill_all, start_up
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +26,11 @@ NOISE = (
 
 
 def test_up_answers_while_the_app_is_still_building_and_keeps_the_terminal_quiet(tmp_path: Path, toy_dir: Path):
-    port, gate = free_port(), tmp_path / "gate"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_")}
-    env |= {"DISTILL_HOME": str(tmp_path / "home"), "DISTILL_TOY_DIR": str(toy_dir), "PYTHONUNBUFFERED": "1",
-            "DISTILL_START_GATE": str(gate)}  # fmt: skip
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        up = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port), "--gpus", "0"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    gate = tmp_path / "gate"
+    # the app build waits on the gate: the port and the URL must come anyway
+    up, log_path, base = start_up(tmp_path, toy_dir, {"DISTILL_START_GATE": str(gate)}, timeout=120)
     client = httpx.Client(base_url=base, timeout=30)
     try:
-        # the app build waits on the gate: the port and the URL must come anyway
-        wait_for(lambda: "distill is up" in log_path.read_text() or up.poll() is not None, 120, "the URL")
-        assert up.poll() is None, log_path.read_text()
         assert f"open {base}/ui" in log_path.read_text()
         health = client.get("/api/health")
         assert health.status_code == 200 and health.json()["status"] == "starting"
@@ -85,23 +71,7 @@ def test_up_answers_while_the_app_is_still_building_and_keeps_the_terminal_quiet
         assert not (tmp_path / "home" / "startup.json").exists()
     finally:
         client.close()
-        _stop_everything(up)
-
-
-def _stop_everything(up: subprocess.Popen) -> None:
-    """After a failure: `distill up` stops its children on SIGINT; if it does not, kill them and it (the API
-    and the worker run in process groups of their own, so killing up's group alone would orphan them)."""
-    if up.poll() is not None:
-        return
-    children = psutil.Process(up.pid).children(recursive=True)
-    up.send_signal(signal.SIGINT)
-    try:
-        up.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(up.pid, signal.SIGKILL)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
+        kill_all(up)
 
 
 def _launch(client: httpx.Client, spec, name: str) -> int:

@@ -11,7 +11,8 @@ that is SIGKILLed or killed in its stop leaves no child behind):
   3. `distill api` (API, dashboard, the lost-run reaper and the GPU scheduler) and one
      `distill worker --gpus 0,1,...` for every GPU (`--gpus cpu` when there is none).
 Ctrl-C or SIGTERM stops them in reverse order: workers first (a run checkpoints and goes back to
-the queue), then the API, then Redis. A child that dies on its own stops the rest.
+the queue), then the API, then Redis. A child that dies on its own (an OOM kill, a crash) is started
+again, at most RESTART_LIMIT times in RESTART_WINDOW_SECONDS; past that (a crash loop) everything stops.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from app.lifeline import die_with_parent
 WORKER_STOP_SECONDS = 60.0  # a run needs up to one step to checkpoint after SIGTERM
 API_STOP_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 120.0
+RESTART_LIMIT = 5  # restarts of one child within the window below; one more stops the whole service
+RESTART_WINDOW_SECONDS = 600.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,6 +85,10 @@ class Child:
     name: str
     process: subprocess.Popen
     stop_seconds: float
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    death_signal: int = signal.SIGKILL
+    restarts: list[float] = field(default_factory=list)  # monotonic times of its restarts
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -99,11 +106,21 @@ class Supervisor:
         """Start a child in a session of its own (call from the main thread: the kernel ties the child's
         life to the forking thread). It gets `death_signal` if this process dies without stopping it, when
         nobody is left to wait for a graceful stop: SIGKILL unless its SIGTERM stop is quick."""
-        lifeline = functools.partial(die_with_parent, death_signal, os.getpid())
-        process = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=lifeline)
-        child = Child(name, process, stop_seconds)
+        child = Child(name, _spawn(argv, env, death_signal), stop_seconds, argv, env, death_signal)
         self.children.append(child)
         return child
+
+    def restart(self, child: Child) -> bool:
+        """Start a dead child again (its group's stragglers killed first); False when it has used up its
+        restarts in the window: a crash loop, which restarting cannot fix."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_SECONDS]
+        if len(child.restarts) >= RESTART_LIMIT:
+            return False
+        _signal_group(child.process, signal.SIGKILL)  # e.g. the pool processes of a SIGKILLed worker
+        child.restarts.append(now)
+        child.process = _spawn(child.argv, child.env, child.death_signal)
+        return True
 
     def stop_all(self) -> None:
         """Reverse start order; SIGTERM to each process group, SIGKILL after its grace period."""
@@ -120,6 +137,11 @@ class Supervisor:
 
     def first_dead(self) -> Child | None:
         return next((c for c in self.children if not c.alive()), None)
+
+
+def _spawn(argv: list[str], env: dict[str, str], death_signal: int) -> subprocess.Popen:
+    lifeline = functools.partial(die_with_parent, death_signal, os.getpid())
+    return subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=lifeline)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -250,10 +272,15 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
             _print_starting(base, started)
         while not supervisor.stopping.wait(0.5):
             dead = supervisor.first_dead()
-            if dead is not None:
-                print(f"{dead.name} exited with code {dead.process.returncode}: stopping everything", file=sys.stderr)
+            if dead is None:
+                continue
+            exit_code = dead.process.returncode
+            if not supervisor.restart(dead):
+                print(f"{dead.name} exited with code {exit_code}, the {RESTART_LIMIT + 1}th time in "
+                      f"{RESTART_WINDOW_SECONDS / 60:g} min: stopping everything", file=sys.stderr)  # fmt: skip
                 code = 1
                 break
+            print(f"{dead.name} exited with code {exit_code}: started it again", file=sys.stderr, flush=True)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"distill up failed: {exc}", file=sys.stderr)
         code = 1

@@ -134,6 +134,10 @@ class Run(SQLModel, table=True):
     max_steps: int = 0
     gpus: int = Field(default=1, description="GPUs the run asks for (its spec's `gpus`), all on one host.")
     host: str | None = Field(default=None, max_length=200, description="The worker host its GPUs are booked on.")
+    auto_resume_streak: int = Field(default=0, description="Automatic resumes in a row without progress.")
+    resume_after: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="A lost run resumes itself at this time (app.run_state)."
+    )
 
 
 class RunPublic(SQLModel):
@@ -156,6 +160,35 @@ class RunPublic(SQLModel):
     max_steps: int
     gpus: int
     host: str | None
+    auto_resume_streak: int = 0
+    resume_after: datetime | None = None
+
+
+class RunEventKind(StrEnum):
+    lost = "lost"  # note: why
+    auto_resumed = "auto_resumed"  # note: "attempt k of n, after S s"
+    resumed = "resumed"  # by a person; note: who
+    gave_up = "gave_up"  # no more automatic resumes; note: why
+
+
+class RunEvent(SQLModel, table=True):
+    """A transition of a run worth remembering (its history): lost and why, resumed by whom, healing given up."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    kind: str = Field(max_length=16)
+    attempt: int = Field(description="The run's attempt once the transition was made.")
+    step: int = Field(description="The run's last stored step at the time.")
+    note: str = Field(default="", max_length=500)
+
+
+class RunEventPublic(SQLModel):
+    at: datetime
+    kind: str
+    attempt: int
+    step: int
+    note: str
 
 
 # --- worker hosts and their GPUs ------------------------------------------------------------------

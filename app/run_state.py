@@ -4,7 +4,14 @@
     running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled           running --reap (no heartbeat)--> lost
     lost | failed | cancelled --requeue (attempt + 1)--> queued
+    lost --resume_lost_runs (resume_after passed; attempt + 1)--> queued
     running --release (worker shutdown, after a checkpoint; attempt + 1)--> queued
+
+Lost runs heal themselves: losing a run sets `resume_after` (a backoff that doubles per automatic resume
+in a row) unless its streak of automatic resumes without progress reached the limit (the setting, or
+the spec's lower `auto_resume_attempts`); the reaper's pass then re-queues it. A failed or cancelled
+run is never resumed automatically. The transitions that matter add a RunEvent (the run's history)
+in the same transaction.
 
 The Celery message only carries a run id and may arrive twice (a re-delivery, a user's double
 click): the `WHERE status = ...` guards make the second claim a no-op, so no run executes twice.
@@ -17,15 +24,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import redis
-from sqlalchemy import func, update
-from sqlmodel import Session, select
+from sqlalchemy import delete, func, update
+from sqlmodel import Session, col, select
 
 from app import events
-from app.models import Run, RunStatus, utcnow
+from app.models import Experiment, Run, RunEvent, RunEventKind, RunStatus, utcnow
 from app.services.booking import release_gpus
 from app.settings import get_settings
+from core_distill.checkpoint import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +115,15 @@ def finish_run(
     values: dict = {"error": error, "model_dir": model_dir, "heartbeat_at": utcnow()}
     if last_step is not None:
         values["last_step"] = last_step
+    if status == RunStatus.succeeded:
+        values["auto_resume_streak"] = 0
     extra_guard = [Run.attempt == attempt] if attempt is not None else []
     return _transition(session, run_id, (RunStatus.running,), status, extra_guard, **values) is not None
 
 
 def mark_lost(*, session: Session, run_id: int, attempt: int, error: str) -> bool:
     """running -> lost for this attempt: every process of a multi-GPU run stopped without recording how it ended."""
-    return (
-        _transition(session, run_id, (RunStatus.running,), RunStatus.lost, [Run.attempt == attempt], error=error)
-        is not None
-    )
+    return _lose(session, run_id, [Run.attempt == attempt], error, "its processes stopped", utcnow()) is not None
 
 
 def release_run(*, session: Session, run_id: int, attempt: int, last_step: int) -> Run | None:
@@ -140,13 +148,24 @@ def cancel_run(*, session: Session, run_id: int) -> Run | None:
     return session.get(Run, run_id) if flagged == 1 else None
 
 
-def requeue_run(*, session: Session, run_id: int) -> Run | None:
-    """lost | failed | cancelled -> queued as the next attempt, keeping output_dir (resume from its
-    last checkpoint). The caller publishes it (`app.services.dispatch.queue_run`); None when not resumable."""
+def requeue_run(*, session: Session, run_id: int, by: str | None = None) -> Run | None:
+    """lost | failed | cancelled -> queued as the next attempt by a person (`by`), keeping output_dir (resume
+    from its last checkpoint). The caller publishes it (`app.services.dispatch.queue_run`); None when not resumable."""
+    note = f"by {by}" if by else "by hand"
+    return _requeue(session, run_id, RESUMABLE, [], RunEventKind.resumed, note)
+
+
+def _requeue(session: Session, run_id: int, sources, guard, kind: RunEventKind, note: str, **values) -> Run | None:
+    """The one re-queueing of a finished run (a person's resume, or an automatic one), with its history line."""
+    row = session.execute(select(Run.attempt, Run.last_step).where(Run.id == run_id)).first()
+    session.commit()
+    if row is None:
+        return None
+    event = RunEvent(run_id=run_id, kind=kind, attempt=row.attempt + 1, step=row.last_step, note=note)
     return _transition(
-        session, run_id, RESUMABLE, RunStatus.queued,
+        session, run_id, sources, RunStatus.queued, [Run.attempt == row.attempt, *guard], [event],
         attempt=Run.attempt + 1, cancel_requested=False, queued_at=utcnow(), started_at=None,
-        heartbeat_at=None, error=None, worker=None, gpu=None, model_dir=None,
+        heartbeat_at=None, error=None, worker=None, gpu=None, model_dir=None, resume_after=None, **values,
     )  # fmt: skip
 
 
@@ -159,21 +178,37 @@ class Snapshot:
     attempt: int
     error: str | None
     finished_at: datetime | None
+    resume_after: datetime | None
 
 
 def snapshot(run: Run) -> Snapshot:
-    return Snapshot(run.id, run.status, run.attempt, run.error, run.finished_at)
+    return Snapshot(run.id, run.status, run.attempt, run.error, run.finished_at, run.resume_after)
 
 
 def undo_requeue(*, session: Session, before: Snapshot) -> bool:
-    """queued (attempt + 1) -> the state before requeue_run, when the message could not be published.
+    """queued (attempt + 1) -> the state before requeue_run, when the message could not be published
+    (and its history line taken back: that resume never happened).
 
     Guarded by the attempt: a row a worker already claimed is left alone. False when nothing changed."""
     changed = session.execute(
         update(Run)
         .where(Run.id == before.run_id, Run.status == RunStatus.queued, Run.attempt == before.attempt + 1)
-        .values(status=before.status, attempt=before.attempt, error=before.error, finished_at=before.finished_at)
+        .values(
+            status=before.status,
+            attempt=before.attempt,
+            error=before.error,
+            finished_at=before.finished_at,
+            resume_after=before.resume_after,
+        )  # fmt: skip
     ).rowcount
+    if changed == 1:
+        session.execute(
+            delete(RunEvent).where(
+                RunEvent.run_id == before.run_id,
+                RunEvent.attempt == before.attempt + 1,
+                RunEvent.kind == RunEventKind.resumed,
+            )  # fmt: skip
+        )
     session.commit()
     return changed == 1
 
@@ -196,19 +231,113 @@ def reap_lost_runs(*, session: Session, now: datetime | None = None) -> list[int
             f"(metrics are stored up to step {last_step})"
         )
         # the guard re-checks staleness: a heartbeat that lands meanwhile keeps the run alive
-        run = _transition(session, run_id, (RunStatus.running,), RunStatus.lost, [last_seen < cutoff], error=error)
+        run = _lose(session, run_id, [last_seen < cutoff], error, "worker gone", now)
         if run is not None:
             log.warning("run %s marked lost: %s", run_id, error)
             reaped.append(run_id)
     return reaped
 
 
+# --- lost runs heal themselves ---------------------------------------------------------------------
+def auto_resume_limit(spec: dict) -> int:
+    """Automatic resumes in a row a lost run of this spec gets: the setting, or the spec's lower number."""
+    allowed = get_settings().auto_resume_attempts
+    asked = spec.get("auto_resume_attempts")
+    return allowed if asked is None else min(allowed, int(asked))
+
+
+def auto_resume_backoff(streak: int) -> float:
+    """Seconds before automatic resume number streak + 1: the base wait, doubled for each one before it."""
+    return get_settings().auto_resume_backoff_seconds * 2**streak
+
+
+def resume_lost_runs(*, session: Session, now: datetime | None = None) -> list[int]:
+    """lost -> queued (attempt + 1, from the last checkpoint) for each lost run whose resume_after has passed;
+    the ids re-queued, which the caller publishes (`app.services.dispatch.sweep`).
+
+    The limit is read again (the setting may have been lowered since the loss), and a run without a
+    checkpoint is left for a person, as a manual resume would refuse it. Two reapers cannot both re-queue
+    a run: the transition is guarded by the attempt and resume_after, and claim_run by the status."""
+    now = now or utcnow()
+    due = session.execute(
+        select(Run.id, Run.output_dir, Run.auto_resume_streak, Experiment.spec)
+        .join(Experiment, col(Experiment.id) == col(Run.experiment_id))
+        .where(Run.status == RunStatus.lost, col(Run.resume_after).is_not(None), col(Run.resume_after) <= now)
+        .order_by(col(Run.resume_after))
+    ).all()
+    session.commit()
+    resumed = []
+    for run_id, output_dir, streak, spec in due:
+        limit = auto_resume_limit(spec)
+        if streak >= limit:
+            _give_up(session, run_id, f"after {streak} automatic resume(s) in a row without progress")
+        elif not output_dir or latest_checkpoint(Path(output_dir)) is None:
+            _give_up(session, run_id, "no checkpoint to resume from; re-run the experiment instead")
+        else:
+            note = f"attempt {streak + 1} of {limit}, after {auto_resume_backoff(streak):g} s"
+            guard = [Run.resume_after <= now]
+            run = _requeue(session, run_id, (RunStatus.lost,), guard, RunEventKind.auto_resumed, note,
+                           auto_resume_streak=streak + 1)  # fmt: skip
+            if run is not None:
+                log.warning("lost run %s resumed automatically (%s)", run_id, note)
+                resumed.append(run_id)
+    return resumed
+
+
+def _lose(session: Session, run_id: int, guard, error: str, why: str, now: datetime) -> Run | None:
+    """running -> lost, with its history, and resume_after set when the run may still resume itself.
+
+    The streak of automatic resumes starts again when the run got further than at its previous loss."""
+    row = session.execute(
+        select(Run.attempt, Run.last_step, Run.auto_resume_streak, Experiment.spec)
+        .join(Experiment, col(Experiment.id) == col(Run.experiment_id))
+        .where(Run.id == run_id)
+    ).first()
+    previous_loss = session.execute(
+        select(RunEvent.step).where(RunEvent.run_id == run_id, RunEvent.kind == RunEventKind.lost)
+        .order_by(col(RunEvent.id).desc()).limit(1)
+    ).scalar()  # fmt: skip
+    session.commit()
+    if row is None:
+        return None
+    streak = 0 if previous_loss is not None and row.last_step > previous_loss else row.auto_resume_streak
+    limit = auto_resume_limit(row.spec)
+    history = [RunEvent(run_id=run_id, kind=RunEventKind.lost, attempt=row.attempt, step=row.last_step, note=why)]
+    resume_after = now + timedelta(seconds=auto_resume_backoff(streak)) if streak < limit else None
+    if resume_after is None and limit > 0:
+        note = f"after {streak} automatic resume(s) in a row without progress"
+        history.append(RunEvent(run_id=run_id, kind=RunEventKind.gave_up, attempt=row.attempt, step=row.last_step,
+                                note=note))  # fmt: skip
+    return _transition(
+        session, run_id, (RunStatus.running,), RunStatus.lost, guard, history,
+        error=error, auto_resume_streak=streak, resume_after=resume_after,
+    )  # fmt: skip
+
+
+def _give_up(session: Session, run_id: int, why: str) -> None:
+    """A lost run waiting to resume itself stays lost for a person to resume (once, with its history line)."""
+    row = session.execute(select(Run.attempt, Run.last_step).where(Run.id == run_id)).first()
+    changed = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.lost, col(Run.resume_after).is_not(None))
+        .values(resume_after=None)
+    ).rowcount
+    if changed == 1:
+        session.add(RunEvent(run_id=run_id, kind=RunEventKind.gave_up, attempt=row.attempt, step=row.last_step,
+                             note=why))  # fmt: skip
+        log.warning("lost run %s left for a person to resume: %s", run_id, why)
+    session.commit()
+
+
 # --- helpers ---------------------------------------------------------------------------------------
-def _transition(session: Session, run_id: int, sources, target: RunStatus, extra_guard=(), **values) -> Run | None:
+def _transition(
+    session: Session, run_id: int, sources, target: RunStatus, extra_guard=(), history=(), **values
+) -> Run | None:
     """One guarded UPDATE `sources -> target`; the refreshed row (and a status event) or None.
 
     Leaving queued or running (to a final state, or back to the queue) frees the run's GPUs in the same
-    transaction, so a GPU is held exactly as long as its run is booked or running."""
+    transaction, so a GPU is held exactly as long as its run is booked or running; the `history` rows
+    (RunEvent) are added in it too, so the history tells only what happened."""
     if target in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.lost):
         values.setdefault("finished_at", utcnow())
     elif target == RunStatus.queued:
@@ -220,6 +349,8 @@ def _transition(session: Session, run_id: int, sources, target: RunStatus, extra
     ).rowcount
     if changed == 1 and target != RunStatus.running:
         release_gpus(session, run_id)
+    if changed == 1:
+        session.add_all(history)
     session.commit()
     if changed != 1:
         return None

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running worker touches its run row.")
     lost_after_seconds: float = Field(60.0, gt=0, description="A running run silent this long is marked lost.")
+    auto_resume_attempts: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="A lost run (its worker or machine died) is resumed from its last checkpoint this many times in "
+        "a row without progress, then left lost for a person (0 = never automatically; a spec may ask for fewer).",
+    )
+    auto_resume_backoff_seconds: float = Field(
+        5.0, ge=0, le=86_400, description="Wait before the first automatic resume of a lost run; doubles for each "
+        "further one in a row.",
+    )
     metrics_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged metric waits before its DB write.")
 
     @field_validator("database_url")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,12 +282,20 @@ class DistillSpec(BaseModel):
     save_every: int = _field(
         50, "Checkpoint every N optimizer steps for resume (0 = only at the end).", "training", ge=0, le=10_000_000
     )
+    auto_resume_attempts: int | None = _field(
+        None,
+        "Automatic resumes in a row, from the last checkpoint, when the run is lost (its worker or machine died); "
+        "empty = the service's DISTILL_AUTO_RESUME_ATTEMPTS, which a spec can only lower (0 = never).",
+        "training",
+        ge=0,
+        le=100,
+    )
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic would read `lmbda: true` as 1.0: a boolean for a number is a mistake, not a value
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+        if isinstance(value, bool) and number_type(cls.model_fields[info.field_name].annotation) is not None:
             raise ValueError("must be a number, not a boolean")
         return value
 
@@ -564,7 +573,19 @@ def spec_template_yaml() -> str:
     return "\n".join(out) + "\n"
 
 
+def number_type(annotation: Any) -> type | None:
+    """int or float for a number field (`int`, `float | None`, ...), None for any other field."""
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
+
+
+def value_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A field's JSON schema without the `null` of an optional field (`int | None`: the int's limits)."""
+    return next((p for p in prop.get("anyOf", []) if p.get("type") != "null"), prop)
+
+
 def _allowed(prop: dict[str, Any]) -> str:
+    prop = value_schema(prop)
     if "enum" in prop:
         return " / ".join(f"`{v}`" for v in prop["enum"])
     bounds = []

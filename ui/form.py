@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from core_distill.spec import DistillSpec, SpecError
+from core_distill.spec import DistillSpec, SpecError, number_type, value_schema
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 GROUP_ORDER = ("models", "method", "minillm", "data", "training")
@@ -38,6 +38,7 @@ class FieldWidget:
 
 
 def _bounds(prop: dict[str, Any]) -> tuple[float | None, float | None]:
+    prop = value_schema(prop)
     low = prop.get("minimum", prop.get("exclusiveMinimum"))
     high = prop.get("maximum", prop.get("exclusiveMaximum"))
     return low, high
@@ -45,7 +46,7 @@ def _bounds(prop: dict[str, Any]) -> tuple[float | None, float | None]:
 
 def field_limits(name: str) -> str:
     """The spec's limits of a number field as text ("0 ≤ beta ≤ 1"), or "" when it has none."""
-    prop = DistillSpec.model_json_schema()["properties"][name]
+    prop = value_schema(DistillSpec.model_json_schema()["properties"][name])
 
     def num(v: float) -> str:
         return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
@@ -70,12 +71,12 @@ def field_widgets() -> list[FieldWidget]:
             )
         elif annotation is bool:
             widgets.append(FieldWidget(name, group, "checkbox", common))
-        elif annotation in (int, float):
+        elif (kind := number_type(annotation)) is not None:
             # no minimum/maximum/precision: Gradio would clamp or round what was typed, silently
             limits = field_limits(name)
             info_text = f"{info.description} ({limits})" if limits else info.description
             low, high = _bounds(prop)
-            unit_span = annotation is float and low is not None and high is not None and high - low <= 1
+            unit_span = kind is float and low is not None and high is not None and high - low <= 1
             step = {"step": 0.01} if unit_span else {}  # the arrows' increment; typed values are not rounded
             widgets.append(FieldWidget(name, group, "number", {**common, "info": info_text, **step}))
         else:
@@ -90,13 +91,13 @@ FIELD_NAMES = [w.name for w in field_widgets()]
 def values_to_dict(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """Form values (in FIELD_NAMES order) as a spec dict; ints typed back from Gradio's floats.
 
-    An emptied number box stays None, which the spec refuses naming the field: the form launches
-    what it shows, and an empty box shows no value.
+    An emptied number box stays None, which the spec refuses naming the field (or, for a field that may
+    be empty such as auto_resume_attempts, takes as "not set"): the form launches what it shows.
     """
     data = dict(zip(FIELD_NAMES, values, strict=True))
     for name, info in DistillSpec.model_fields.items():
         value = data[name]
-        if info.annotation is int and isinstance(value, float) and value.is_integer():
+        if number_type(info.annotation) is int and isinstance(value, float) and value.is_integer():
             data[name] = int(value)
     return data
 

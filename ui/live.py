@@ -28,7 +28,9 @@ def probe(run_id: int | None) -> str:
         return ""
     with Session(get_engine()) as session:
         run = session.execute(
-            select(Run.status, Run.last_step, Run.attempt, Run.cancel_requested).where(Run.id == int(run_id))
+            select(Run.status, Run.last_step, Run.attempt, Run.cancel_requested, Run.resume_after).where(
+                Run.id == int(run_id)
+            )
         ).first()
         if run is None:
             return "missing"
@@ -38,7 +40,10 @@ def probe(run_id: int | None) -> str:
         newest_samples = session.execute(
             select(func.max(EvalSamples.id)).where(EvalSamples.run_id == int(run_id))
         ).scalar()
-    return f"{run.status}|{run.last_step}|{run.attempt}|{run.cancel_requested}|{newest_point}|{newest_samples}"
+    return (
+        f"{run.status}|{run.last_step}|{run.attempt}|{run.cancel_requested}|{run.resume_after}|{newest_point}"
+        f"|{newest_samples}"
+    )
 
 
 def run_header(run_id: int) -> str:
@@ -50,9 +55,12 @@ def run_header(run_id: int) -> str:
         experiment = session.get(Experiment, run.experiment_id)
         name = experiment.name if experiment else "?"
         queue = run_service.queue_position(session=session, run_id=run.id)
+        healing = run_service.healing_line(run, experiment.spec if experiment else {}, run_service.run_history(
+            session=session, run_id=run.id))  # fmt: skip
     status = status_text(run, queue).replace(" (cancelling)", " (cancel requested)")
     lines = [
         f"### Run {run.id} · {name} · **{status}** · step {run.last_step}/{run.max_steps} · attempt {run.attempt}",
+        *([f"*{healing}*"] if healing else []),
         f"Downloads: [metrics.csv](/api/runs/{run.id}/metrics.csv) · [metrics.json](/api/runs/{run.id}/metrics.json)"
         f" · [spec.yaml](/api/runs/{run.id}/spec.yaml)",
         f"Model: `{run.model_dir}`" if run.model_dir else f"Output folder: `{run.output_dir or 'not started'}`",

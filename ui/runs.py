@@ -158,10 +158,13 @@ def run_summary(run_id: int | None) -> str:
             return f"No run {int(run_id)}."
         experiment = session.get(Experiment, run.experiment_id)
         queue = run_service.queue_position(session=session, run_id=run.id)
+        history = run_service.run_history(session=session, run_id=run.id)
     summary = (
         f"**Run {run.id}** of experiment {experiment.id} *{experiment.name}*: {status_text(run, queue)}, "
         f"step {run.last_step}/{run.max_steps}, attempt {run.attempt}"
     )
+    if healing := run_service.healing_line(run, experiment.spec, history):
+        summary += f"\n\n*{healing}*"
     return summary + ("\n\n" + error_block(run.error) if run.error else "")
 
 

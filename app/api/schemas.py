@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from app.models import ExperimentPublic, HostPublic, RunPublic
+from app.models import ExperimentPublic, HostPublic, RunEventPublic, RunPublic
 
 
 class ErrorMessage(SQLModel):
@@ -60,6 +60,10 @@ class RunsPublic(SQLModel):
 
 class RunDetail(RunSummary):
     spec: dict[str, Any]
+    history: list[RunEventPublic] = Field(default_factory=list, description="Lost, resumed, healing given up.")
+    auto_resumes: int = 0  # resumed automatically after being lost (app.run_state.resume_lost_runs)
+    manual_resumes: int = 0  # resumed by a person
+    healing: str | None = Field(default=None, description="One line on losing and healing, as the run page says it.")
 
 
 class MetricSeries(SQLModel):

@@ -5,8 +5,9 @@
     take       a worker took a message: book the run here if it waits (or pass it on to the host it is
                booked on) and claim it; a `Claim` to train, or why there is nothing to do
     ended      a run left its GPUs: book the next runs and publish them
-    sweep      the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, waiting runs
-               booked and published, queued runs the broker lost published again
+    sweep      the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, lost runs resumed
+               (app.run_state.resume_lost_runs), waiting runs booked and published, queued runs the broker
+               lost published again
 
 Booking (`app.services.booking`) only touches the database and the policy (`app.services.placement`)
 is pure; publishing is `app.broker`. A booking always commits before its message is sent, so a worker
@@ -135,9 +136,15 @@ def hand_back(*, session: Session, run_id: int, attempt: int, last_step: int, ho
 
 
 def sweep(*, session: Session) -> None:
-    """The reaper's pass: silent runs lost, GPUs freed by them and hosts that came or went used by
-    booking waiting runs, queued runs the broker does not hold published again."""
+    """The reaper's pass: silent runs lost, lost runs whose backoff passed queued again (healing), GPUs freed
+    by them and hosts that came or went used by booking waiting runs, queued runs the broker does not hold
+    published again."""
     run_state.reap_lost_runs(session=session)
+    for run_id in run_state.resume_lost_runs(session=session):
+        try:
+            queue_run(session=session, run_id=run_id)
+        except QueueUnavailableError as exc:  # queued in the database: the reconciler below publishes it later
+            log.warning("lost run %s resumed automatically but not published: %s", run_id, exc)
     if get_settings().redis_url:
         dispatch_waiting(session=session)
         broker.republish_missing(session=session)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from pathlib import Path
 
 from sqlmodel import Session, col, select
 
 from app import broker, crud, run_state
-from app.models import Run, RunStatus
+from app.models import Run, RunEvent, RunEventKind, RunStatus, utcnow
 from app.services import dispatch
 from app.services.access import check_may_change
 from app.services.errors import ConflictError, QueueUnavailableError
@@ -66,7 +68,7 @@ def resume_run(*, session: Session, run_id: int, user: str | None) -> Run:
     if not run.output_dir or latest_checkpoint(Path(run.output_dir)) is None:
         raise ConflictError(f"run {run_id} has no checkpoint to resume from; re-run the experiment instead")
     before = run_state.snapshot(run)
-    resumed = run_state.requeue_run(session=session, run_id=run_id)
+    resumed = run_state.requeue_run(session=session, run_id=run_id, by=user)
     if resumed is None:  # someone else resumed or changed it in between
         session.refresh(run)
         raise ConflictError(f"run {run_id} is {run.status}; it can no longer be resumed")
@@ -77,3 +79,33 @@ def resume_run(*, session: Session, run_id: int, user: str | None) -> Run:
         raise QueueUnavailableError(f"run {run_id} was not resumed: {exc}") from exc
     session.refresh(resumed)
     return resumed
+
+
+# --- history: lost, resumed, healing ----------------------------------------------------------------
+def run_history(*, session: Session, run_id: int) -> list[RunEvent]:
+    """The run's transitions that matter (RunEvent), oldest first."""
+    query = select(RunEvent).where(col(RunEvent.run_id) == run_id).order_by(col(RunEvent.id))
+    return list(session.execute(query).scalars())
+
+
+def resume_counts(history: list[RunEvent]) -> tuple[int, int]:
+    """(automatic resumes, resumes by a person) in a run's history."""
+    kinds = [event.kind for event in history]
+    return kinds.count(RunEventKind.auto_resumed), kinds.count(RunEventKind.resumed)
+
+
+def healing_line(run: Run, spec: dict, history: list[RunEvent], now: datetime | None = None) -> str | None:
+    """The run page's one line on losing and healing: 'lost at step 120 (worker gone); resuming automatically
+    in 8 s, attempt 2 of 3', '... not resuming automatically (why)', 'resumed automatically 1x'; None if neither."""
+    automatic, _ = resume_counts(history)
+    if run.status != RunStatus.lost:
+        return f"resumed automatically {automatic}x" if automatic else None
+    losses = [e for e in history if e.kind == RunEventKind.lost]
+    lost = f"lost at step {losses[-1].step} ({losses[-1].note})" if losses else f"lost at step {run.last_step}"
+    if run.resume_after is not None:
+        seconds = max(0, math.ceil((run.resume_after - (now or utcnow())).total_seconds()))
+        limit = run_state.auto_resume_limit(spec)
+        return f"{lost}; resuming automatically in {seconds} s, attempt {run.auto_resume_streak + 1} of {limit}"
+    if history and history[-1].kind == RunEventKind.gave_up:
+        return f"{lost}; not resuming automatically ({history[-1].note}): resume it to continue"
+    return f"{lost}; automatic resume is off for this run: resume it to continue"

@@ -20,7 +20,7 @@ from app.api.deps import CurrentUser, SessionDep
 from app.api.routes.experiments import spec_filters_from, split_list
 from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
-from app.models import FINISHED, EvalSamples, Experiment, Run, RunPublic, RunStatus
+from app.models import FINISHED, EvalSamples, Experiment, Run, RunEventPublic, RunPublic, RunStatus
 from app.services import runs as run_service
 from app.settings import get_settings
 from core_distill.spec import DistillSpec, yaml_comment
@@ -46,7 +46,16 @@ def summarize(run: Run, experiment: Experiment, positions: dict[int, int]) -> Ru
 def run_detail(session: Session, run: Run) -> RunDetail:
     experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
     summary = summarize(run, experiment, run_service.queue_positions(session=session))
-    return RunDetail(**summary.model_dump(), spec=experiment.spec)
+    history = run_service.run_history(session=session, run_id=run.id)
+    automatic, manual = run_service.resume_counts(history)
+    return RunDetail(
+        **summary.model_dump(),
+        spec=experiment.spec,
+        history=[RunEventPublic.model_validate(event) for event in history],
+        auto_resumes=automatic,
+        manual_resumes=manual,
+        healing=run_service.healing_line(run, experiment.spec, history),
+    )
 
 
 @router.get("", response_model=RunsPublic)

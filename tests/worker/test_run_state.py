@@ -21,11 +21,11 @@ def session(service_env):
         yield session
 
 
-def new_run(session: Session) -> int:
-    experiment = Experiment(name="state", spec={})
+def new_run(session: Session, spec: dict | None = None, output_dir: str | None = None) -> int:
+    experiment = Experiment(name="state", spec=spec or {})
     session.add(experiment)
     session.commit()
-    run = Run(experiment_id=experiment.id)
+    run = Run(experiment_id=experiment.id, output_dir=output_dir)
     session.add(run)
     session.commit()
     return run.id
@@ -137,3 +137,166 @@ def test_reporter_batches_and_resume_drops_what_came_after_the_checkpoint(sessio
     assert sorted(steps) == [1, 2, 3, 4, 5]
     kinds = [kind for _, kind, _ in events.read(client, run_id)]
     assert kinds.count("resumed") == 1 and kinds.count("metrics") >= 3
+
+
+# --- lost runs heal themselves ---------------------------------------------------------------------
+@pytest.fixture
+def healing(service_env, monkeypatch):
+    """2 automatic resumes in a row, 5 s backoff doubling."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("DISTILL_AUTO_RESUME_ATTEMPTS", "2")
+    monkeypatch.setenv("DISTILL_AUTO_RESUME_BACKOFF_SECONDS", "5")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def checkpointed_run(session: Session, tmp_path, spec: dict | None = None, step: int = 3) -> int:
+    """A run whose folder holds a complete checkpoint at `step`."""
+    from core_distill.checkpoint import checkpoint_dir
+
+    folder = checkpoint_dir(tmp_path / "run") / f"step-{step:08d}"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{}")
+    return new_run(session, spec, output_dir=str(tmp_path / "run"))
+
+
+def run_and_lose(session: Session, run_id: int, last_step: int):
+    """Claim the run, let it reach `last_step`, then go silent; the time the reaper marks it lost."""
+    run_state.claim_run(session=session, run_id=run_id, worker="w", gpu="0")
+    run_state.heartbeat(session=session, run_id=run_id, last_step=last_step)
+    later = utcnow() + timedelta(seconds=service_lost_after() + 1)
+    assert run_state.reap_lost_runs(session=session, now=later) == [run_id]
+    return later
+
+
+def row(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    session.refresh(run)
+    return run
+
+
+def history(session: Session, run_id: int) -> list[tuple[str, int, str]]:
+    from app.services.runs import run_history
+
+    return [(e.kind, e.attempt, e.note) for e in run_history(session=session, run_id=run_id)]
+
+
+def test_a_lost_run_resumes_itself_after_a_doubling_backoff_and_gives_up_after_the_limit(session, healing, tmp_path):
+    run_id = checkpointed_run(session, tmp_path)
+    lost_at = run_and_lose(session, run_id, last_step=5)
+    lost = row(session, run_id)
+    assert lost.status == RunStatus.lost and lost.resume_after == lost_at + timedelta(seconds=5)
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(seconds=4)) == []  # backoff honoured
+    assert row(session, run_id).status == RunStatus.lost
+
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(seconds=5)) == [run_id]
+    resumed = row(session, run_id)
+    assert (resumed.status, resumed.attempt, resumed.auto_resume_streak) == (RunStatus.queued, 2, 1)
+    assert resumed.resume_after is None and resumed.output_dir == str(tmp_path / "run")
+
+    # lost again without getting further: the second wait is twice the first
+    lost_at = run_and_lose(session, run_id, last_step=5)
+    assert row(session, run_id).resume_after == lost_at + timedelta(seconds=10)
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(seconds=10)) == [run_id]
+
+    # a third loss without progress: 2 automatic resumes were allowed, so it waits for a person
+    lost_at = run_and_lose(session, run_id, last_step=5)
+    gave_up = row(session, run_id)
+    assert gave_up.status == RunStatus.lost and gave_up.resume_after is None and gave_up.auto_resume_streak == 2
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(days=1)) == []
+    assert history(session, run_id) == [
+        ("lost", 1, "worker gone"), ("auto_resumed", 2, "attempt 1 of 2, after 5 s"),
+        ("lost", 2, "worker gone"), ("auto_resumed", 3, "attempt 2 of 2, after 10 s"),
+        ("lost", 3, "worker gone"), ("gave_up", 3, "after 2 automatic resume(s) in a row without progress"),
+    ]  # fmt: skip
+    assert statuses(run_id) == ["running", "lost", "queued"] * 2 + ["running", "lost"]
+
+
+def test_progress_or_success_resets_the_streak(session, healing, tmp_path):
+    run_id = checkpointed_run(session, tmp_path)
+    lost_at = run_and_lose(session, run_id, last_step=5)
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(seconds=5)) == [run_id]
+    assert row(session, run_id).auto_resume_streak == 1
+
+    lost_at = run_and_lose(session, run_id, last_step=9)  # further than at its last loss: a fresh streak
+    progressed = row(session, run_id)
+    assert progressed.auto_resume_streak == 0 and progressed.resume_after == lost_at + timedelta(seconds=5)
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(seconds=5)) == [run_id]
+    assert row(session, run_id).auto_resume_streak == 1
+
+    run_state.claim_run(session=session, run_id=run_id, worker="w", gpu="0")
+    assert run_state.finish_run(session=session, run_id=run_id, status="succeeded", attempt=3)
+    assert row(session, run_id).auto_resume_streak == 0
+
+
+def test_failed_cancelled_and_opted_out_runs_are_never_resumed_automatically(session, healing, tmp_path):
+    failed, cancelled = checkpointed_run(session, tmp_path / "f"), checkpointed_run(session, tmp_path / "c")
+    for run_id in (failed, cancelled):
+        run_state.claim_run(session=session, run_id=run_id, worker="w", gpu="0")
+    run_state.finish_run(session=session, run_id=failed, status="failed", error="boom")
+    run_state.cancel_run(session=session, run_id=cancelled)
+    run_state.finish_run(session=session, run_id=cancelled, status="cancelled")
+    opted_out = checkpointed_run(session, tmp_path / "o", spec={"auto_resume_attempts": 0})
+    run_and_lose(session, opted_out, last_step=5)
+
+    assert run_state.resume_lost_runs(session=session, now=utcnow() + timedelta(days=1)) == []
+    assert [row(session, r).status for r in (failed, cancelled, opted_out)] == ["failed", "cancelled", "lost"]
+    assert row(session, opted_out).resume_after is None
+    assert history(session, opted_out) == [("lost", 1, "worker gone")]  # nothing given up: it never tried
+    assert history(session, failed) == history(session, cancelled) == []
+
+
+def test_a_spec_can_only_lower_the_limit_and_a_run_without_checkpoint_waits_for_a_person(session, healing, tmp_path):
+    from core_distill.spec import DistillSpec, SpecError
+
+    assert run_state.auto_resume_limit({"auto_resume_attempts": 1}) == 1
+    assert run_state.auto_resume_limit({"auto_resume_attempts": 50}) == 2  # the setting is the ceiling
+    assert run_state.auto_resume_limit({}) == 2
+    with pytest.raises(SpecError, match="auto_resume_attempts: Input should be greater than or equal to 0"):
+        DistillSpec.parse({"auto_resume_attempts": -1})
+
+    run_id = new_run(session, output_dir=str(tmp_path / "empty"))  # lost before its first checkpoint
+    lost_at = run_and_lose(session, run_id, last_step=2)
+    assert run_state.resume_lost_runs(session=session, now=lost_at + timedelta(seconds=5)) == []
+    waiting = row(session, run_id)
+    assert waiting.status == RunStatus.lost and waiting.resume_after is None
+    assert history(session, run_id)[-1] == ("gave_up", 1, "no checkpoint to resume from; re-run the experiment instead")
+
+
+def test_a_lost_run_is_requeued_once_by_racing_reapers_and_a_person(session, healing, tmp_path):
+    run_id = checkpointed_run(session, tmp_path)
+    lost_at = run_and_lose(session, run_id, last_step=5)
+    due = lost_at + timedelta(seconds=5)
+    with Session(get_engine()) as other:  # a second API process's reaper
+        assert run_state.resume_lost_runs(session=session, now=due) == [run_id]
+        assert run_state.resume_lost_runs(session=other, now=due) == []
+    assert run_state.requeue_run(session=session, run_id=run_id, by="alice") is None  # already queued
+    first = run_state.claim_run(session=session, run_id=run_id, worker="a", gpu="0")
+    assert first is not None and first.attempt == 2
+    assert run_state.claim_run(session=session, run_id=run_id, worker="b", gpu="1") is None
+    assert [kind for kind, _, _ in history(session, run_id)] == ["lost", "auto_resumed"]
+
+
+def test_a_person_resuming_a_lost_run_is_in_its_history_unless_the_queue_refused(session, healing, tmp_path):
+    from app.services.runs import healing_line, resume_counts, run_history
+
+    run_id = checkpointed_run(session, tmp_path)
+    lost_at = run_and_lose(session, run_id, last_step=5)
+    lost = row(session, run_id)
+    line = healing_line(lost, {}, run_history(session=session, run_id=run_id), now=lost_at + timedelta(seconds=2))
+    assert line == "lost at step 5 (worker gone); resuming automatically in 3 s, attempt 1 of 2"
+
+    before = run_state.snapshot(lost)
+    assert run_state.requeue_run(session=session, run_id=run_id, by="alice").resume_after is None
+    assert history(session, run_id)[-1] == ("resumed", 2, "by alice")
+    assert run_state.undo_requeue(session=session, before=before)  # the broker was down: as before
+    assert row(session, run_id).resume_after == lost.resume_after and len(history(session, run_id)) == 1
+
+    run_state.requeue_run(session=session, run_id=run_id, by=None)
+    run_state.claim_run(session=session, run_id=run_id, worker="w", gpu="0")
+    run_state.finish_run(session=session, run_id=run_id, status="succeeded")
+    events_ = run_history(session=session, run_id=run_id)
+    assert resume_counts(events_) == (0, 1) and events_[-1].note == "by hand"
+    assert healing_line(row(session, run_id), {}, events_) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -111,8 +112,9 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, work
     from app.settings import get_settings
 
     worker.ensure_running()
-    # a tiny step takes ~20 ms: enough steps that the kill lands mid-run
-    run_id = launch(client, training_spec(max_steps=200, save_every=3), name="killed")
+    # a tiny step takes ~20 ms: enough steps that the kill lands mid-run; this spec opts out of
+    # automatic resumes, so the run stays lost until a person resumes it
+    run_id = launch(client, training_spec(max_steps=200, save_every=3, auto_resume_attempts=0), name="killed")
     # mid-run, past a checkpoint, ideally with steps stored after it (those must be dropped on resume)
     wait_for(lambda: read_run(run_id).last_step >= 4, RUN_TIMEOUT, "step 4", worker)
     worker.kill()
@@ -143,6 +145,54 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, work
     assert step_counts(run_id) == dict.fromkeys(range(1, 201), 1)  # no step lost, none twice
     resumed_at = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
     assert resumed_at == [0, checkpoint_step]  # attempt 1 started fresh, attempt 2 from the checkpoint
+    detail = client.get(f"/api/runs/{run_id}").json()
+    assert [event["kind"] for event in detail["history"]] == ["lost", "resumed"]
+    assert (detail["auto_resumes"], detail["manual_resumes"], detail["healing"]) == (0, 1, None)
+
+
+def test_a_killed_worker_s_run_heals_itself_without_any_call(client, worker, monkeypatch):
+    """SIGKILL mid-run, a second worker idle: the reaper marks the run lost, waits the backoff (5 s, the
+    default), queues it again and the second worker finishes it from the checkpoint; nobody calls the API."""
+    from app.services.dispatch import start_reaper
+    from app.settings import get_settings
+    from ui.live import run_header
+
+    worker.ensure_running()
+    run_id = launch(client, training_spec(max_steps=200, save_every=3), name="heals")
+    wait_for(lambda: read_run(run_id).last_step >= 4, RUN_TIMEOUT, "step 4", worker)
+    worker.kill()
+    # short heartbeat bound for the reaper here and the second worker's booking (the dead host must look dead)
+    monkeypatch.setenv("DISTILL_LOST_AFTER_SECONDS", "4")
+    monkeypatch.setitem(worker.env, "DISTILL_LOST_AFTER_SECONDS", "4")
+    get_settings.cache_clear()
+    worker.start()
+    stop = threading.Event()
+    reaper = start_reaper(stop, interval_seconds=0.5)  # what `distill api` runs
+    try:
+        lost = wait_for(lambda: (r := read_run(run_id)).status == RunStatus.lost and r, 60, "the run lost", worker)
+        waiting = client.get(f"/api/runs/{run_id}").json()
+        assert waiting["status"] == "lost" and waiting["resume_after"] is not None, waiting
+        assert waiting["healing"].startswith(f"lost at step {lost.last_step} (worker gone); resuming automatically in")
+        assert waiting["healing"].endswith("attempt 1 of 3")
+
+        run = wait_for(lambda: (r := read_run(run_id)).status in ("succeeded", "failed") and r, RUN_TIMEOUT,
+                       "the run to heal and finish", worker)  # fmt: skip
+    finally:
+        stop.set()
+        reaper.join(30)
+        worker.stop()  # the next test's worker starts with the default settings
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.attempt == 2 and run.last_step == 200 and run.output_dir == lost.output_dir
+    assert step_counts(run_id) == dict.fromkeys(range(1, 201), 1)  # no step lost, none twice
+    checkpoint_steps = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
+    assert checkpoint_steps[0] == 0 and 3 <= checkpoint_steps[1] <= lost.last_step
+
+    detail = client.get(f"/api/runs/{run_id}").json()
+    history = [(e["kind"], e["attempt"], e["note"]) for e in detail["history"]]
+    assert history == [("lost", 1, "worker gone"), ("auto_resumed", 2, "attempt 1 of 3, after 5 s")]
+    assert (detail["auto_resumes"], detail["manual_resumes"], detail["resume_after"]) == (1, 0, None)
+    assert detail["healing"] == "resumed automatically 1x"
+    assert "resumed automatically 1x" in run_header(run_id)  # the dashboard's run page
 
 
 def test_run_whose_data_disappeared_fails_with_the_error(service_env, worker, tmp_path, toy_dir):

@@ -2,7 +2,7 @@
 
     queued --book GPUs (app.services.booking)--> queued on a host --claim--> running
     running --finish--> succeeded | failed | cancelled
-    queued --cancel--> cancelled           running --reap (no heartbeat)--> lost
+    queued | lost (resuming itself) --cancel--> cancelled           running --reap (no heartbeat)--> lost
     lost | failed | cancelled --requeue (attempt + 1)--> queued
     lost --resume_lost_runs (resume_after passed; attempt + 1)--> queued
     running --release (worker shutdown, after a checkpoint; attempt + 1)--> queued
@@ -136,9 +136,14 @@ def release_run(*, session: Session, run_id: int, attempt: int, last_step: int) 
 
 
 def cancel_run(*, session: Session, run_id: int) -> Run | None:
-    """Ask a run to stop: a queued run is cancelled at once; a running one stops (with a checkpoint)
-    at its worker's next step. None when the run does not exist or has already finished."""
+    """Ask a run to stop: a queued run is cancelled at once, and so is a lost one waiting to resume itself
+    (it stays resumable by hand); a running one stops (with a checkpoint) at its worker's next step. None
+    when the run does not exist or has already finished."""
     cancelled = _transition(session, run_id, (RunStatus.queued,), RunStatus.cancelled, cancel_requested=True)
+    if cancelled is not None:
+        return cancelled
+    healing = [col(Run.resume_after).is_not(None)]
+    cancelled = _transition(session, run_id, (RunStatus.lost,), RunStatus.cancelled, healing, resume_after=None)
     if cancelled is not None:
         return cancelled
     flagged = session.execute(
@@ -270,7 +275,7 @@ def resume_lost_runs(*, session: Session, now: datetime | None = None) -> list[i
     for run_id, output_dir, streak, spec in due:
         limit = auto_resume_limit(spec)
         if streak >= limit:
-            _give_up(session, run_id, f"after {streak} automatic resume(s) in a row without progress")
+            _give_up(session, run_id, _no_progress(streak))
         elif not output_dir or latest_checkpoint(Path(output_dir)) is None:
             _give_up(session, run_id, "no checkpoint to resume from; re-run the experiment instead")
         else:
@@ -282,6 +287,10 @@ def resume_lost_runs(*, session: Session, now: datetime | None = None) -> list[i
                 log.warning("lost run %s resumed automatically (%s)", run_id, note)
                 resumed.append(run_id)
     return resumed
+
+
+def _no_progress(streak: int) -> str:
+    return f"after {streak} automatic resume(s) in a row without progress"
 
 
 def _lose(session: Session, run_id: int, guard, error: str, why: str, now: datetime) -> Run | None:
@@ -305,9 +314,8 @@ def _lose(session: Session, run_id: int, guard, error: str, why: str, now: datet
     history = [RunEvent(run_id=run_id, kind=RunEventKind.lost, attempt=row.attempt, step=row.last_step, note=why)]
     resume_after = now + timedelta(seconds=auto_resume_backoff(streak)) if streak < limit else None
     if resume_after is None and limit > 0:
-        note = f"after {streak} automatic resume(s) in a row without progress"
         history.append(RunEvent(run_id=run_id, kind=RunEventKind.gave_up, attempt=row.attempt, step=row.last_step,
-                                note=note))  # fmt: skip
+                                note=_no_progress(streak)))  # fmt: skip
     return _transition(
         session, run_id, (RunStatus.running,), RunStatus.lost, guard, history,
         error=error, auto_resume_streak=streak, resume_after=resume_after,

@@ -43,14 +43,17 @@ def ordinal(n: int) -> str:
 
 
 def cancel_run(*, session: Session, run_id: int, user: str | None) -> Run:
-    """Queued: cancelled now (and its message revoked). Running: flagged; the worker checkpoints and
-    stops at its next step. Finished: ConflictError."""
+    """Queued: cancelled now (and its message revoked). Lost and about to resume itself: cancelled now.
+    Running: flagged; the worker checkpoints and stops at its next step. Finished: ConflictError."""
     run = crud.get_run(session=session, run_id=run_id)
     check_may_change(user, crud.get_experiment(session=session, experiment_id=run.experiment_id), "cancel a run of")
     cancelled = run_state.cancel_run(session=session, run_id=run_id)
     if cancelled is None:
         session.refresh(run)
-        raise ConflictError(f"run {run_id} is {run.status}; only queued or running runs can be cancelled")
+        raise ConflictError(
+            f"run {run_id} is {run.status}; only queued or running runs (or lost ones about to resume themselves) "
+            "can be cancelled"
+        )
     if cancelled.status == RunStatus.cancelled:
         broker.revoke(cancelled.celery_task_id)
     return cancelled

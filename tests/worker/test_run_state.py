@@ -240,9 +240,16 @@ def test_failed_cancelled_and_opted_out_runs_are_never_resumed_automatically(ses
     run_state.finish_run(session=session, run_id=cancelled, status="cancelled")
     opted_out = checkpointed_run(session, tmp_path / "o", spec={"auto_resume_attempts": 0})
     run_and_lose(session, opted_out, last_step=5)
+    stopped = checkpointed_run(session, tmp_path / "s")  # lost, about to resume itself, cancelled by a person
+    run_and_lose(session, stopped, last_step=5)
+    assert run_state.cancel_run(session=session, run_id=stopped).status == RunStatus.cancelled
+    assert run_state.cancel_run(session=session, run_id=opted_out) is None  # not resuming itself: nothing to stop
 
     assert run_state.resume_lost_runs(session=session, now=utcnow() + timedelta(days=1)) == []
-    assert [row(session, r).status for r in (failed, cancelled, opted_out)] == ["failed", "cancelled", "lost"]
+    assert [row(session, r).status for r in (failed, cancelled, opted_out, stopped)] == [
+        "failed", "cancelled", "lost", "cancelled"
+    ]  # fmt: skip
+    assert row(session, stopped).resume_after is None
     assert row(session, opted_out).resume_after is None
     assert history(session, opted_out) == [("lost", 1, "worker gone")]  # nothing given up: it never tried
     assert history(session, failed) == history(session, cancelled) == []

@@ -108,9 +108,17 @@ def test_cancel_queued_and_running_runs(client, worker):
     assert queued.status == RunStatus.cancelled and queued.started_at is None and step_counts(queued_id) == {}
 
 
-def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, worker, monkeypatch):
+def short_heartbeat_bound(monkeypatch, worker, seconds: str) -> None:
+    """DISTILL_LOST_AFTER_SECONDS here (the reaper, the API) and for the next worker started: with the
+    default 60 s, a host killed seconds ago still looks live, and that worker could book a run on it."""
     from app.settings import get_settings
 
+    monkeypatch.setenv("DISTILL_LOST_AFTER_SECONDS", seconds)
+    monkeypatch.setitem(worker.env, "DISTILL_LOST_AFTER_SECONDS", seconds)
+    get_settings.cache_clear()
+
+
+def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, worker, monkeypatch):
     worker.ensure_running()
     # a tiny step takes ~20 ms: enough steps that the kill lands mid-run; this spec opts out of
     # automatic resumes, so the run stays lost until a person resumes it
@@ -121,8 +129,7 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, work
     before = read_run(run_id)
     assert before.status == RunStatus.running and 4 <= before.last_step < 200
 
-    monkeypatch.setenv("DISTILL_LOST_AFTER_SECONDS", "2")
-    get_settings.cache_clear()
+    short_heartbeat_bound(monkeypatch, worker, "2")
 
     def reaped():
         with Session(get_engine()) as session:
@@ -133,12 +140,18 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, work
     assert lost.status == RunStatus.lost and "heartbeat" in lost.error
     checkpoint_step = int(latest_checkpoint(Path(lost.output_dir)).name.split("-")[1])
     assert checkpoint_step >= 3
+    # its host beat up to a heartbeat later than the run: resumed before it looks dead, the run would be
+    # booked on it (no reaper runs here to move it)
+    wait_for(lambda: not any(h["live"] for h in client.get("/api/queue").json()["hosts"]), 30, "the host dead")
 
     response = client.post(f"/api/runs/{run_id}/resume")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "queued" and response.json()["attempt"] == 2
     worker.start()  # a fresh worker
-    run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, "the resumed run to finish", worker)
+    try:
+        run = wait_for(lambda: finished(run_id), RUN_TIMEOUT, "the resumed run to finish", worker)
+    finally:
+        worker.stop()  # the next test's worker starts with the default settings
 
     assert run.status == RunStatus.succeeded, run.error
     assert run.attempt == 2 and run.output_dir == lost.output_dir and run.last_step == 200
@@ -154,17 +167,13 @@ def test_a_killed_worker_s_run_heals_itself_without_any_call(client, worker, mon
     """SIGKILL mid-run, a second worker idle: the reaper marks the run lost, waits the backoff (5 s, the
     default), queues it again and the second worker finishes it from the checkpoint; nobody calls the API."""
     from app.services.dispatch import start_reaper
-    from app.settings import get_settings
     from ui.live import run_header
 
     worker.ensure_running()
     run_id = launch(client, training_spec(max_steps=200, save_every=3), name="heals")
     wait_for(lambda: read_run(run_id).last_step >= 4, RUN_TIMEOUT, "step 4", worker)
     worker.kill()
-    # short heartbeat bound for the reaper here and the second worker's booking (the dead host must look dead)
-    monkeypatch.setenv("DISTILL_LOST_AFTER_SECONDS", "4")
-    monkeypatch.setitem(worker.env, "DISTILL_LOST_AFTER_SECONDS", "4")
-    get_settings.cache_clear()
+    short_heartbeat_bound(monkeypatch, worker, "6")
     worker.start()
     stop = threading.Event()
     reaper = start_reaper(stop, interval_seconds=0.5)  # what `distill api` runs

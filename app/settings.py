@@ -74,8 +74,10 @@ class Settings(BaseSettings):
         "a row without progress, then left lost for a person (0 = never automatically; a spec may ask for fewer).",
     )
     auto_resume_backoff_seconds: float = Field(
-        5.0, ge=0, le=86_400, description="Wait before the first automatic resume of a lost run; doubles for each "
-        "further one in a row.",
+        5.0,
+        ge=0,
+        le=86_400,
+        description="Wait before the first automatic resume of a lost run; doubles for each further one in a row.",
     )
     metrics_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged metric waits before its DB write.")
 

@@ -76,3 +76,37 @@ def test_a_killed_distill_up_takes_its_children_and_theirs_with_it(tmp_path, toy
         assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", redis_port)
     finally:
         kill_all(up, children)
+
+
+def test_a_worker_killed_under_distill_up_is_started_again_and_its_run_heals(tmp_path, toy_dir):
+    """An OOM kill of the worker (SIGKILL to it and its pool process) neither stops the service nor needs a
+    person: the supervisor starts the worker again, the reaper calls the run lost, it resumes by itself."""
+    fast = {"DISTILL_HEARTBEAT_SECONDS": "0.5", "DISTILL_LOST_AFTER_SECONDS": "8"}
+    up, log_path, base = start_up(tmp_path, toy_dir, extra_env=fast)
+    children: list[psutil.Process] = []
+    try:
+        wait_for(lambda: httpx.get(f"{base}/api/health", timeout=10).json()["starting"] == [], 240, "everything up")
+        body = {"name": "killed", "spec": training_spec(max_steps=400, save_every=5).model_dump(mode="json")}
+        response = httpx.post(f"{base}/api/experiments", json=body, timeout=30)
+        assert response.status_code == 201, response.text
+        run_url = f"{base}/api/runs/{response.json()['run_id']}"
+        wait_for(lambda: httpx.get(run_url, timeout=10).json()["last_step"] >= 10, 240, "a checkpoint or two")
+
+        children = processes_below(up.pid)
+        worker = next(p for p in children if "worker" in p.cmdline() and "app.cli" in p.cmdline())
+        doomed = [worker, *worker.children(recursive=True)]
+        for process in doomed:
+            process.kill()
+        wait_for(lambda: "started it again" in log_path.read_text(), 60, "the supervisor to restart the worker")
+        assert up.poll() is None, log_path.read_text()
+
+        def finished():
+            run = httpx.get(run_url, timeout=10).json()
+            return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+
+        run = wait_for(finished, 300, "the run to heal and finish")
+        assert run["status"] == "succeeded" and run["attempt"] >= 2, run
+        kinds = [event["kind"] for event in run["history"]]
+        assert "lost" in kinds and "auto_resumed" in kinds, run["history"]
+    finally:
+        kill_all(up, children)

@@ -1,0 +1,111 @@
+"""Riding through a database outage: which errors mean "the database is away", and retrying until it is back.
+
+`with_db_retry` repeats a unit of work (that opens its own session) with capped exponential backoff for
+up to `db_retry_seconds`. `Reachability` remembers whether the database answered lately: one log line
+when it stops answering and one when it is back, not one per try.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import exc as sa_exc
+
+from app.models import utcnow
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FIRST_DELAY_SECONDS = 0.5
+MAX_DELAY_SECONDS = 10.0
+SQLITE_BUSY_MESSAGES = ("database is locked", "database is busy", "unable to open database file")
+
+
+def is_db_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database could not be reached or went away (worth retrying later), not
+    that the statement was wrong: a lost or refused connection, a server shutting down, SQLite locked."""
+    if isinstance(exc, sa_exc.DisconnectionError | sa_exc.InterfaceError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    try:
+        import psycopg
+    except ImportError:  # SQLite-only installs
+        psycopg = None
+    if psycopg is not None and isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+        return True  # connection failures (class 08), admin shutdown (57P0x), too many clients (53300)
+    if isinstance(exc, sa_exc.OperationalError) or type(orig).__name__ == "OperationalError":
+        message = str(orig).lower()
+        return any(text in message for text in SQLITE_BUSY_MESSAGES)
+    return False
+
+
+class Reachability:
+    """Whether the database answered the last try of `what`, when it last did not, and when to try again."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.down_since: float | None = None  # monotonic time of the outage's first failure
+        self.last_failure_at: datetime | None = None  # wall time (UTC) of the latest failure
+        self._delay = FIRST_DELAY_SECONDS
+        self._next_try = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failed try; the seconds to wait before the next one (0.5 s doubling to 10 s)."""
+        now = time.monotonic()
+        self.last_failure_at = utcnow()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("database unavailable (%s): %s; retrying", self.what, _first_line(exc))
+        delay, self._delay = self._delay, min(self._delay * 2, MAX_DELAY_SECONDS)
+        self._next_try = now + delay
+        return delay
+
+    def reached(self) -> None:
+        if self.down_since is not None:
+            log.warning("database reachable again (%s) after %.1f s", self.what, time.monotonic() - self.down_since)
+        self.down_since = None
+        self._delay = FIRST_DELAY_SECONDS
+        self._next_try = 0.0
+
+    def due(self) -> bool:
+        """True unless the database is down and its backoff delay has not passed yet."""
+        return self.down_since is None or time.monotonic() >= self._next_try
+
+
+def with_db_retry(fn: Callable[[], T], *, what: str, deadline_s: float | None = None) -> T:
+    """fn(), tried again while the database is unavailable, for up to `deadline_s` seconds (default:
+    the `db_retry_seconds` setting); then the last error is raised. Other errors are raised at once.
+    fn must open its own session: each try starts from a fresh connection."""
+    deadline = time.monotonic() + (get_settings().db_retry_seconds if deadline_s is None else deadline_s)
+    reach = Reachability(what)
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_db_unavailable(exc):
+                raise
+            delay = reach.failed(exc)
+            if time.monotonic() + delay > deadline:
+                log.error("database unavailable (%s): giving up after %.1f s", what, time.monotonic() - reach.down_since)
+                raise
+            time.sleep(delay)
+            continue
+        reach.reached()
+        return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

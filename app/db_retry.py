@@ -98,7 +98,9 @@ def with_db_retry(fn: Callable[[], T], *, what: str, deadline_s: float | None = 
                 raise
             delay = reach.failed(exc)
             if time.monotonic() + delay > deadline:
-                log.error("database unavailable (%s): giving up after %.1f s", what, time.monotonic() - reach.down_since)
+                log.error(
+                    "database unavailable (%s): giving up after %.1f s", what, time.monotonic() - reach.down_since
+                )
                 raise
             time.sleep(delay)
             continue

@@ -8,6 +8,12 @@ Exactly-once metrics across a crash: the engine checkpoints right after `should_
 checkpoint step, so `should_stop()` first flushes synchronously on those steps. Every step up to
 a checkpoint is therefore stored before the checkpoint exists, and `resumed(step)` deletes what a
 killed attempt stored after it.
+
+While the database is away, training goes on: `should_stop()` answers the last flag it read, and points
+and samples wait in memory until a write succeeds (the writer backs off meanwhile). A write deletes the
+batch's (step, key) pairs before inserting them, in one transaction, so a batch whose commit was cut off
+is written again without doubling a point. A worker killed during an outage loses what it held, and a
+checkpoint written during one may be ahead of the stored metrics.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import time
 from typing import Any
 
 import redis
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app import events
+from app.db_retry import Reachability, is_db_unavailable, with_db_retry
 from app.models import EvalSamples, MetricPoint, Run, RunStatus
 from app.run_state import heartbeat
 from app.settings import get_settings
@@ -31,6 +38,7 @@ from app.settings import get_settings
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
+WRITE_CHUNK_POINTS = 400  # points per transaction: their (step, key) pairs stay far below SQLite's variable limit
 
 
 class DatabaseReporter:
@@ -62,6 +70,9 @@ class DatabaseReporter:
         self.cancel_requested = False  # the user's cancel (or the row left this attempt's hands)
         self.interrupted = False  # the worker is shutting down (SIGTERM): checkpoint and stop
         self._buffer: list[dict[str, Any]] = []
+        self._unwritten: list[dict[str, Any]] = []  # taken from the buffer, not yet committed (under flush_lock)
+        self._unwritten_samples: list[dict[str, Any]] = []  # EvalSamples rows not yet committed (under flush_lock)
+        self.reach = Reachability(f"run {run_id} reporter")
         self._buffer_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time, so batches reach the stream in order
         self._next_cancel_poll = 0.0
@@ -87,19 +98,24 @@ class DatabaseReporter:
             self.last_step = max(self.last_step, step)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
-        self.flush()  # the step's metrics before its samples, as on the stream
-        with Session(self.engine) as session:
-            session.add(EvalSamples(run_id=self.run_id, step=step, wall_time=time.time(), samples=_finite(samples)))
-            session.commit()
-        self._publish("samples", {"step": step})
+        row = {"run_id": self.run_id, "step": step, "wall_time": time.time(), "samples": _finite(samples)}
+        with self._flush_lock:
+            self._unwritten_samples.append(row)
+        self.flush()  # written after the step's metrics, as on the stream
 
     def should_stop(self) -> bool:
         if self._is_checkpoint_step(self.last_step):
             self.flush()  # the checkpoint about to be written must never be ahead of the stored metrics
         now = time.monotonic()
-        if now >= self._next_cancel_poll and not self.cancel_requested:
+        if now >= self._next_cancel_poll and not self.cancel_requested and self.reach.due():
             self._next_cancel_poll = now + CANCEL_POLL_SECONDS
-            self.cancel_requested = self._read_stop_flag()
+            try:
+                self.cancel_requested = self._read_stop_flag()
+                self.reach.reached()
+            except Exception as exc:
+                if not is_db_unavailable(exc):
+                    raise
+                self.reach.failed(exc)  # train on with the last flag read
         stop = self.cancel_requested or self.interrupted
         if stop:
             self.flush()  # the engine checkpoints this step next
@@ -108,38 +124,97 @@ class DatabaseReporter:
     def resumed(self, step: int) -> None:
         """Forget what a killed attempt stored after the checkpoint it resumes from."""
         self.flush()
-        with Session(self.engine) as session:
-            session.execute(delete(MetricPoint).where(MetricPoint.run_id == self.run_id, MetricPoint.step > step))
-            session.execute(delete(EvalSamples).where(EvalSamples.run_id == self.run_id, EvalSamples.step > step))
-            session.execute(update(Run).where(Run.id == self.run_id).values(last_step=step))
-            session.commit()
+
+        def forget() -> None:
+            with Session(self.engine) as session:
+                session.execute(delete(MetricPoint).where(MetricPoint.run_id == self.run_id, MetricPoint.step > step))
+                session.execute(delete(EvalSamples).where(EvalSamples.run_id == self.run_id, EvalSamples.step > step))
+                session.execute(update(Run).where(Run.id == self.run_id).values(last_step=step))
+                session.commit()
+
+        with_db_retry(forget, what=f"run {self.run_id}: forgetting the steps after {step}")
         self.last_step = step
         self._publish("resumed", {"step": step})
 
     # --- batching ---------------------------------------------------------------------------------
     def flush(self) -> int:
-        """Write buffered points in one transaction (with Run.last_step), then publish them; returns the count."""
+        """Write buffered points (with Run.last_step) and samples, then publish them; the points written.
+
+        While the database is unavailable nothing is lost: what was not committed stays for the next
+        flush, tried once the backoff delay has passed. Other errors are raised."""
         with self._flush_lock:
-            with self._buffer_lock:
-                batch, self._buffer = self._buffer, []
-            if not batch:
+            self._take_buffer()
+            if not self.reach.due():
                 return 0
-            last_step = max(p["step"] for p in batch)
-            with Session(self.engine) as session:
-                session.execute(insert(MetricPoint), batch)
-                session.execute(
-                    update(Run).where(Run.id == self.run_id, Run.last_step < last_step).values(last_step=last_step)
-                )
-                session.commit()
-            points = [{k: p[k] for k in ("step", "key", "value", "wall_time")} for p in batch]
-            self._publish("metrics", {"points": points})
-            return len(batch)
+            try:
+                written = self._write_unwritten()
+            except Exception as exc:
+                if not is_db_unavailable(exc):
+                    raise
+                self.reach.failed(exc)
+                return 0
+            self.reach.reached()
+            return written
 
     def close(self) -> None:
-        """Stop the background thread and write what is left (call once the engine returns or raises)."""
+        """Stop the background thread and write what is left (call once the engine returns or raises),
+        waiting up to `db_retry_seconds` for an unavailable database."""
         self._stop.set()
         self._thread.join(timeout=30)
-        self.flush()
+
+        def write_all() -> int:
+            with self._flush_lock:
+                self._take_buffer()
+                return self._write_unwritten()
+
+        with_db_retry(write_all, what=f"run {self.run_id}: its last metrics")
+        self.reach.reached()
+
+    # --- writing ------------------------------------------------------------------------------------
+    def _take_buffer(self) -> None:
+        with self._buffer_lock:
+            self._unwritten += self._buffer
+            self._buffer = []
+
+    def _write_unwritten(self) -> int:
+        """Commit the unwritten points in chunks, then the samples, publishing each once committed."""
+        written = 0
+        while self._unwritten:
+            chunk = self._unwritten[:WRITE_CHUNK_POINTS]
+            self._write_points(chunk)
+            del self._unwritten[: len(chunk)]
+            written += len(chunk)
+            self._publish(
+                "metrics", {"points": [{k: p[k] for k in ("step", "key", "value", "wall_time")} for p in chunk]}
+            )
+        while self._unwritten_samples:
+            row = self._unwritten_samples[0]
+            with Session(self.engine) as session:  # one evaluation per step: its row replaces any earlier copy
+                session.execute(
+                    delete(EvalSamples).where(EvalSamples.run_id == self.run_id, EvalSamples.step == row["step"])
+                )
+                session.add(EvalSamples(**row))
+                session.commit()
+            del self._unwritten_samples[0]
+            self._publish("samples", {"step": row["step"]})
+        return written
+
+    def _write_points(self, points: list[dict[str, Any]]) -> None:
+        """One transaction: the points' (step, key) pairs deleted, the points inserted, Run.last_step raised.
+        A chunk written twice (its first commit's outcome unknown) is therefore stored once."""
+        pairs = sorted({(p["step"], p["key"]) for p in points})
+        last_step = max(p["step"] for p in points)
+        with Session(self.engine) as session:
+            session.execute(
+                delete(MetricPoint).where(
+                    MetricPoint.run_id == self.run_id, tuple_(MetricPoint.step, MetricPoint.key).in_(pairs)
+                )
+            )
+            session.execute(insert(MetricPoint), points)
+            session.execute(
+                update(Run).where(Run.id == self.run_id, Run.last_step < last_step).values(last_step=last_step)
+            )
+            session.commit()
 
     # --- internals --------------------------------------------------------------------------------
     def _background(self) -> None:
@@ -147,13 +222,17 @@ class DatabaseReporter:
         while not self._stop.wait(self.flush_seconds):
             try:
                 self.flush()
-                if time.monotonic() >= next_beat:
+                if time.monotonic() >= next_beat and self.reach.due():
                     next_beat = time.monotonic() + self.heartbeat_seconds
                     with Session(self.engine) as session:
                         stop = heartbeat(session=session, run_id=self.run_id, last_step=None, attempt=self.attempt)
+                    self.reach.reached()
                     self.cancel_requested = self.cancel_requested or stop
-            except Exception:  # keep beating: a transient DB or Redis error must not end the run
-                log.exception("run %s: background flush/heartbeat failed; retrying", self.run_id)
+            except Exception as exc:  # keep beating: a transient DB or Redis error must not end the run
+                if is_db_unavailable(exc):
+                    self.reach.failed(exc)  # logged once per outage
+                else:
+                    log.exception("run %s: background flush/heartbeat failed; retrying", self.run_id)
 
     def _read_stop_flag(self) -> bool:
         with Session(self.engine) as session:

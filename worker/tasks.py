@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app.db import get_engine
+from app.db_retry import with_db_retry
 from app.events import redis_client
 from app.lifeline import die_with_parent
 from app.models import Run, RunStatus
@@ -102,10 +103,13 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
     except BaseException as exc:  # noqa: BLE001  (record every way a run can end, then let Celery log it)
         if reporter is not None:
             close_quietly(reporter)
-        with Session(engine) as session:
-            finish_run(
-                session=session, run_id=run_id, status=RunStatus.failed, error=describe_error(exc), attempt=attempt
-            )
+        error = describe_error(exc)
+
+        def record_failure() -> None:
+            with Session(engine) as session:
+                finish_run(session=session, run_id=run_id, status=RunStatus.failed, error=error, attempt=attempt)
+
+        with_db_retry(record_failure, what=f"run {run_id}: recording its failure")
         log.exception("run %s failed", run_id)
         return "failed"
     return record_outcome(run_id, attempt=attempt, result=result, reporter=reporter, engine=engine, host=host)
@@ -131,7 +135,17 @@ def prepare(run_id: int, *, attempt: int, spec_data: dict, engine: Engine):
 
 
 def record_outcome(run_id: int, *, attempt: int, result, reporter: DatabaseReporter, engine: Engine, host: str) -> str:
-    """The engine returned: succeeded, handed back to the queue (worker shutdown) or cancelled."""
+    """The engine returned: succeeded, handed back to the queue (worker shutdown) or cancelled. Recorded once
+    the database answers (up to `db_retry_seconds`): each transition is guarded, so a retry after a commit
+    whose outcome was unknown changes nothing."""
+
+    def record() -> str:
+        return _record_outcome(run_id, attempt=attempt, result=result, reporter=reporter, engine=engine, host=host)
+
+    return with_db_retry(record, what=f"run {run_id}: recording how it ended")
+
+
+def _record_outcome(run_id: int, *, attempt: int, result, reporter: DatabaseReporter, engine: Engine, host: str) -> str:
     with Session(engine) as session:
         if not result.stopped:
             finish_run(session=session, run_id=run_id, status=RunStatus.succeeded, model_dir=str(result.model_dir),

@@ -218,11 +218,16 @@ def undo_requeue(*, session: Session, before: Snapshot) -> bool:
     return changed == 1
 
 
-def reap_lost_runs(*, session: Session, now: datetime | None = None) -> list[int]:
-    """Mark running runs whose heartbeat stopped (older than lost_after_seconds) as lost."""
+def reap_lost_runs(*, session: Session, now: datetime | None = None, not_before: datetime | None = None) -> list[int]:
+    """Mark running runs whose heartbeat stopped (older than lost_after_seconds) as lost.
+
+    `not_before`: when the reaper last failed to reach the database. Heartbeats could not land then
+    either, so silence counts from that moment at the earliest: nothing is lost until lost_after_seconds after it."""
     settings = get_settings()
     now = now or utcnow()
     cutoff = now - timedelta(seconds=settings.lost_after_seconds)
+    if not_before is not None and not_before >= cutoff:
+        return []
     last_seen = func.coalesce(Run.heartbeat_at, Run.started_at)
     stale = session.execute(
         select(Run.id, Run.worker, Run.last_step).where(Run.status == RunStatus.running, last_seen < cutoff)

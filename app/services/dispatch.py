@@ -24,6 +24,7 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from app import broker, run_state
+from app.db_retry import Reachability, is_db_unavailable
 from app.models import Experiment, Run, RunStatus
 from app.services import booking
 from app.services.booking import CPU_LABEL
@@ -135,11 +136,12 @@ def hand_back(*, session: Session, run_id: int, attempt: int, last_step: int, ho
     return True
 
 
-def sweep(*, session: Session) -> None:
+def sweep(*, session: Session, reach: Reachability | None = None) -> None:
     """The reaper's pass: silent runs lost, lost runs whose backoff passed queued again (healing), GPUs freed
     by them and hosts that came or went used by booking waiting runs, queued runs the broker does not hold
-    published again."""
-    run_state.reap_lost_runs(session=session)
+    published again. `reach`: the reaper's record of database outages (runs get lost_after_seconds of grace
+    after one)."""
+    run_state.reap_lost_runs(session=session, not_before=reach.last_failure_at if reach else None)
     for run_id in run_state.resume_lost_runs(session=session):
         try:
             queue_run(session=session, run_id=run_id)
@@ -155,14 +157,19 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
     from app.db import get_engine
 
     interval = interval_seconds or max(0.5, min(5.0, get_settings().lost_after_seconds / 4))
+    reach = Reachability("reaper")
 
     def loop() -> None:
         while not stop_event.wait(interval):
             try:
                 with Session(get_engine()) as session:
-                    sweep(session=session)
+                    sweep(session=session, reach=reach)
+                reach.reached()
             except Exception as exc:  # a database or broker hiccup must not end the reaper
-                log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
+                if is_db_unavailable(exc):
+                    reach.failed(exc)  # logged once per outage; heartbeats could not land meanwhile
+                else:
+                    log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
 
     thread = threading.Thread(target=loop, name="distill-reaper", daemon=True)
     thread.start()

@@ -13,6 +13,8 @@ from sqlmodel import Session, create_engine
 
 from app.settings import get_settings
 
+CONNECT_TIMEOUT_SECONDS = 10
+
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`, its pool sized by DISTILL_DB_POOL_SIZE and DISTILL_DB_MAX_OVERFLOW (docs/service.md)."""
@@ -37,7 +39,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    # a server that does not answer fails a connect in seconds (app.db_retry retries it), never hangs it
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 @lru_cache

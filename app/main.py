@@ -27,6 +27,7 @@ from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
 from app.api.schemas import ErrorMessage, Problems
 from app.boot import FAVICON_PNG
 from app.broker import get_queue
+from app.db_retry import is_db_unavailable
 from app.models import ExperimentCreate
 from core_distill.spec import MAX_PATH_COMPONENT
 
@@ -37,6 +38,8 @@ DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_BODY_BYTES = 1024 * 1024  # specs are a few kB; anything near this is a mistake or an attack
+DB_RETRY_AFTER_SECONDS = 5
+DB_UNAVAILABLE_DETAIL = "the database is unavailable; nothing was changed, retry in a few seconds"
 
 
 class BodyTooLarge(Exception):
@@ -86,10 +89,11 @@ async def _send_413(send: Send, max_bytes: int) -> None:
     await _send_json(send, 413, {"detail": f"request body larger than {max_bytes} bytes"})
 
 
-async def _send_json(send: Send, status: int, content: Any) -> None:
+async def _send_json(send: Send, status: int, content: Any, headers: dict[str, str] | None = None) -> None:
     """A whole JSON response from a middleware, below the app's own exception handlers."""
     body = json.dumps(content, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -112,7 +116,8 @@ class PathLimitMiddleware:
 class InternalErrorMiddleware:
     """A 500 that keeps the connection: an unexpected error is logged and answered here, instead of
     reaching Starlette's outermost handler, which re-raises it and makes the server drop the keep-alive
-    connection (the client's next request on it was reset)."""
+    connection (the client's next request on it was reset). A database that could not be reached is a
+    503 with Retry-After instead, wherever it surfaced (a route, a dependency, auth)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -130,9 +135,16 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
             if started:
                 raise  # half a response is out: only closing the connection can end it
+            if is_db_unavailable(exc):
+                log.warning(
+                    "%s %s: database unavailable (%s)", scope.get("method"), scope.get("path"), type(exc).__name__
+                )
+                retry = {"retry-after": str(DB_RETRY_AFTER_SECONDS)}
+                await _send_json(send, 503, {"detail": DB_UNAVAILABLE_DETAIL}, retry)
+                return
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             await _send_json(send, 500, {"detail": "internal server error (logged on the server)"})
 
@@ -141,6 +153,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorMessage, "description": "Auth is on and no valid token was sent."},
     404: {"model": ErrorMessage, "description": "No such experiment or run."},
     422: {"model": Problems, "description": "A bad value; `detail[].loc` names the parameter or field."},
+    503: {"model": ErrorMessage, "description": "The database is unavailable; retry after `Retry-After` seconds."},
 }
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorMessage, "description": "The experiment belongs to someone else."},

@@ -81,8 +81,10 @@ class Settings(BaseSettings):
     )
     metrics_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged metric waits before its DB write.")
     db_retry_seconds: float = Field(
-        180.0, ge=0, description="How long a worker retries a database write (a run's outcome, its last metrics) "
-        "while the database is unavailable, before giving up."
+        180.0,
+        ge=0,
+        description="How long a worker retries a database write (a run's outcome, its last metrics) "
+        "while the database is unavailable, before giving up.",
     )
 
     @field_validator("database_url")

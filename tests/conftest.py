@@ -33,6 +33,30 @@ def _service_backends(tmp_path_factory: pytest.TempPathFactory):
     redis_server.close()
 
 
+@pytest.fixture(scope="module")
+def own_postgres():
+    """A PostgreSQL server of the module's own, which its tests may stop and start (outages)."""
+    from tests.pg_instance import PgInstance
+
+    server = PgInstance.create_or_skip()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def own_backends(own_postgres, tmp_path_factory: pytest.TempPathFactory):
+    """What `_service_backends` gives, on `own_postgres`: a module returns it from its own `_service_backends`
+    fixture to put service_env, client and worker on a server it can stop."""
+    from tests.services import TestDatabase, TestRedis
+
+    redis_server = TestRedis(tmp_path_factory.mktemp("own-backends"))
+    yield TestDatabase(own_postgres.url, lambda: None), redis_server  # the server goes with its database
+    from app.db import get_engine
+
+    get_engine().dispose()
+    redis_server.close()
+
+
 @pytest.fixture
 def service_env(_service_backends, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_dir: Path):
     """Settings pointing at a fresh schema and an empty Redis db; DISTILL_HOME in tmp. Yields the Settings."""

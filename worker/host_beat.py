@@ -26,10 +26,12 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
     from sqlmodel import Session
 
     from app.db import get_engine
+    from app.db_retry import Reachability, is_db_unavailable
     from app.services import booking, dispatch
     from app.settings import get_settings
     from worker.celery_app import host_queue
 
+    reach = Reachability(f"host heartbeat of {host}")
     while not stop.wait(get_settings().heartbeat_seconds):
         if os.getppid() != parent_pid:  # the worker is gone (reparented): no host to vouch for
             return
@@ -40,8 +42,12 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
                     # runs that came while the row was gone took "waiting for GPUs": book them here now,
                     # not at the reaper's next pass (a test's emptied tables; a restored database)
                     dispatch.dispatch_waiting(session=session)
+            reach.reached()
         except Exception as exc:  # a database hiccup must not end the heartbeat
-            log.warning("host heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
+            if is_db_unavailable(exc):
+                reach.failed(exc)  # one line per outage, not one per beat
+            else:
+                log.warning("host heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
 
 
 def main(argv: list[str]) -> int:

@@ -165,6 +165,7 @@ class DatabaseReporter:
         def write_all() -> int:
             with self._flush_lock:
                 self._take_buffer()
+                self._beat()  # first: once the database is back the reaper sees the run alive at once
                 return self._write_unwritten()
 
         with_db_retry(write_all, what=f"run {self.run_id}: its last metrics")
@@ -224,15 +225,18 @@ class DatabaseReporter:
                 self.flush()
                 if time.monotonic() >= next_beat and self.reach.due():
                     next_beat = time.monotonic() + self.heartbeat_seconds
-                    with Session(self.engine) as session:
-                        stop = heartbeat(session=session, run_id=self.run_id, last_step=None, attempt=self.attempt)
+                    self._beat()
                     self.reach.reached()
-                    self.cancel_requested = self.cancel_requested or stop
             except Exception as exc:  # keep beating: a transient DB or Redis error must not end the run
                 if is_db_unavailable(exc):
                     self.reach.failed(exc)  # logged once per outage
                 else:
                     log.exception("run %s: background flush/heartbeat failed; retrying", self.run_id)
+
+    def _beat(self) -> None:
+        with Session(self.engine) as session:
+            stop = heartbeat(session=session, run_id=self.run_id, last_step=None, attempt=self.attempt)
+        self.cancel_requested = self.cancel_requested or stop
 
     def _read_stop_flag(self) -> bool:
         with Session(self.engine) as session:

@@ -29,6 +29,7 @@ from app.boot import FAVICON_PNG
 from app.broker import get_queue
 from app.db_retry import is_db_unavailable
 from app.models import ExperimentCreate
+from app.services.errors import RETRY_AFTER_SECONDS
 from core_distill.spec import MAX_PATH_COMPONENT
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_BODY_BYTES = 1024 * 1024  # specs are a few kB; anything near this is a mistake or an attack
-DB_RETRY_AFTER_SECONDS = 5
 DB_UNAVAILABLE_DETAIL = "the database is unavailable; nothing was changed, retry in a few seconds"
 
 
@@ -142,7 +142,7 @@ class InternalErrorMiddleware:
                 log.warning(
                     "%s %s: database unavailable (%s)", scope.get("method"), scope.get("path"), type(exc).__name__
                 )
-                retry = {"retry-after": str(DB_RETRY_AFTER_SECONDS)}
+                retry = {"retry-after": str(RETRY_AFTER_SECONDS)}
                 await _send_json(send, 503, {"detail": DB_UNAVAILABLE_DETAIL}, retry)
                 return
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))

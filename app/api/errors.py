@@ -9,7 +9,13 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.services.errors import ConflictError, ForbiddenError, NotFoundError, QueueUnavailableError
+from app.services.errors import (
+    RETRY_AFTER_SECONDS,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    QueueUnavailableError,
+)
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
 
 
@@ -80,4 +86,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QueueUnavailableError)
     async def _queue_down(_: Request, exc: QueueUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=retry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503: the database or the broker is away for now
+
 
 class ServiceError(Exception):
     """Base of the errors below (the API maps each to one status code, the dashboard shows the message)."""

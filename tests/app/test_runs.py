@@ -202,5 +202,5 @@ def test_health_reports_a_dead_redis(client, monkeypatch):
     monkeypatch.setenv("DISTILL_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
     response = client.get("/api/health")
-    assert response.status_code == 503
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
     assert response.json()["database"] == "ok" and response.json()["redis"].startswith("error")

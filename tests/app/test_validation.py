@@ -171,6 +171,7 @@ def test_queue_down_is_503_and_nothing_is_stored(client, service_env, monkeypatc
     get_settings.cache_clear()
     response = post(client, {"name": "x", "spec": tiny_spec()})
     assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
     assert "queue" in response.json()["detail"] and row_counts() == before
 
 

@@ -15,6 +15,7 @@ from app.api.schemas import Health
 from app.boot import read_starting
 from app.db import get_engine
 from app.events import redis_client
+from app.services.errors import RETRY_AFTER_SECONDS
 from app.settings import get_settings
 
 router = APIRouter(tags=["health"])
@@ -34,6 +35,7 @@ def health(response: Response) -> Health:
     healthy = database == "ok" and redis_state == "ok"
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     starting = read_starting(get_settings().home)  # the workers `distill up` is still starting
     return Health(status="ok" if healthy else "degraded", database=database, redis=redis_state, starting=starting)
 

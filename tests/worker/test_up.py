@@ -52,6 +52,14 @@ def test_distill_up_runs_an_experiment_and_ctrl_c_stops_everything(tmp_path, toy
         kill_all(up, children)
 
 
+def submit_when_up(base: str, name: str, spec) -> str:
+    """Once API and worker are up, POST an experiment of `spec`; its run's URL."""
+    wait_for(lambda: httpx.get(f"{base}/api/health", timeout=10).json()["starting"] == [], 240, "everything up")
+    response = httpx.post(f"{base}/api/experiments", json={"name": name, "spec": spec.model_dump(mode="json")}, timeout=30)
+    assert response.status_code == 201, response.text
+    return f"{base}/api/runs/{response.json()['run_id']}"
+
+
 def test_a_killed_distill_up_takes_its_children_and_theirs_with_it(tmp_path, toy_dir):
     """SIGKILL (or a supervisor killed while it stops) leaves no orphan: not Redis, the API, the worker,
     its host heartbeat, nor the pool process training a run; the ports are free again."""
@@ -59,11 +67,7 @@ def test_a_killed_distill_up_takes_its_children_and_theirs_with_it(tmp_path, toy
     port, redis_port = int(base.rsplit(":", 1)[1]), redis_port_of(log_path)
     children: list[psutil.Process] = []
     try:
-        wait_for(lambda: httpx.get(f"{base}/api/health", timeout=10).json()["starting"] == [], 240, "everything up")
-        body = {"name": "long", "spec": training_spec(max_steps=100_000, save_every=0).model_dump(mode="json")}
-        response = httpx.post(f"{base}/api/experiments", json=body, timeout=30)
-        assert response.status_code == 201, response.text
-        run_url = f"{base}/api/runs/{response.json()['run_id']}"
+        run_url = submit_when_up(base, "long", training_spec(max_steps=100_000, save_every=0))
         wait_for(lambda: httpx.get(run_url, timeout=10).json()["status"] == "running", 240, "the run to train")
 
         children = processes_below(up.pid)
@@ -85,11 +89,7 @@ def test_a_worker_killed_under_distill_up_is_started_again_and_its_run_heals(tmp
     up, log_path, base = start_up(tmp_path, toy_dir, extra_env=fast)
     children: list[psutil.Process] = []
     try:
-        wait_for(lambda: httpx.get(f"{base}/api/health", timeout=10).json()["starting"] == [], 240, "everything up")
-        body = {"name": "killed", "spec": training_spec(max_steps=400, save_every=5).model_dump(mode="json")}
-        response = httpx.post(f"{base}/api/experiments", json=body, timeout=30)
-        assert response.status_code == 201, response.text
-        run_url = f"{base}/api/runs/{response.json()['run_id']}"
+        run_url = submit_when_up(base, "killed", training_spec(max_steps=400, save_every=5))
         wait_for(lambda: httpx.get(run_url, timeout=10).json()["last_step"] >= 10, 240, "a checkpoint or two")
 
         children = processes_below(up.pid)

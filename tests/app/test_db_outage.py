@@ -82,21 +82,25 @@ def test_health_answers_in_seconds_when_the_database_never_answers(client, monke
         get_engine.cache_clear()
 
 
+def error_of(engine, statement: str) -> DBAPIError:
+    """The real error `statement` raises on `engine` (fresh connection)."""
+    with pytest.raises(DBAPIError) as raised, engine.connect() as conn:
+        conn.execute(text(statement))
+    return raised.value
+
+
 def test_outages_are_told_from_bad_statements_on_real_errors(own_postgres, tmp_path):
     from app.db_retry import is_db_unavailable
 
     postgres = create_engine("postgresql+psycopg://" + own_postgres.url.split("://", 1)[1])
-    with pytest.raises(DBAPIError) as bad_statement, postgres.connect() as conn:
-        conn.execute(text("SELECT * FROM no_such_table"))
-    assert not is_db_unavailable(bad_statement.value)
+    assert not is_db_unavailable(error_of(postgres, "SELECT * FROM no_such_table"))
     own_postgres.stop()
     try:
-        with pytest.raises(DBAPIError) as refused, postgres.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        refused = error_of(postgres, "SELECT 1")
     finally:
         own_postgres.start()
         postgres.dispose()
-    assert is_db_unavailable(refused.value)
+    assert is_db_unavailable(refused), refused
 
     path = tmp_path / "locked.db"
     holder = sqlite3.connect(path, isolation_level=None)
@@ -104,12 +108,9 @@ def test_outages_are_told_from_bad_statements_on_real_errors(own_postgres, tmp_p
     holder.execute("BEGIN EXCLUSIVE")  # another process's write: readers wait too (rollback journal)
     sqlite = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
     try:
-        with pytest.raises(DBAPIError) as locked, sqlite.connect() as conn:
-            conn.execute(text("SELECT x FROM t"))
+        locked = error_of(sqlite, "SELECT x FROM t")
     finally:
         holder.close()
-        sqlite.dispose()
-    assert is_db_unavailable(locked.value), locked.value
-    with pytest.raises(DBAPIError) as no_table, sqlite.connect() as conn:
-        conn.execute(text("SELECT x FROM missing"))
-    assert not is_db_unavailable(no_table.value)
+    assert is_db_unavailable(locked), locked
+    assert not is_db_unavailable(error_of(sqlite, "SELECT x FROM missing"))
+    sqlite.dispose()

@@ -27,20 +27,40 @@ MAX_DELAY_SECONDS = 10.0
 SQLITE_BUSY_MESSAGES = ("database is locked", "database is busy", "unable to open database file")
 
 
-def is_db_unavailable(exc: BaseException) -> bool:
-    """True when `exc` says the database could not be reached or went away (worth retrying later), not
-    that the statement was wrong: a lost or refused connection, a server shutting down, SQLite locked."""
-    if isinstance(exc, sa_exc.DisconnectionError | sa_exc.InterfaceError):
+# SQLSTATEs of a server going away or refusing for now; other errors (a statement timeout, a deadlock,
+# a bad statement) are the statement's, not an outage: retrying them for minutes would hide a bug
+PG_GOING_AWAY = {"57P01", "57P02", "57P03", "53300"}  # admin/crash shutdown, starting up, too many clients
+
+
+def is_db_unavailable(exc: BaseException | None) -> bool:
+    """True when `exc`, or an error it was raised from, says the database could not be reached or went
+    away (worth retrying later), not that the statement was wrong: a lost or refused connection, a server
+    shutting down, SQLite locked."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _is_outage(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.DisconnectionError):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    try:
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
         import psycopg
-    except ImportError:  # SQLite-only installs
-        psycopg = None
-    if psycopg is not None and isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
-        return True  # connection failures (class 08), admin shutdown (57P0x), too many clients (53300)
+
+        if not isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        state = getattr(orig, "sqlstate", None)  # None: the client's own failure (refused, reset, closed)
+        return state is None or state.startswith("08") or state in PG_GOING_AWAY
+    if isinstance(exc, sa_exc.InterfaceError):
+        return True
     if isinstance(exc, sa_exc.OperationalError) or type(orig).__name__ == "OperationalError":
         message = str(orig).lower()
         return any(text in message for text in SQLITE_BUSY_MESSAGES)

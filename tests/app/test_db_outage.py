@@ -94,6 +94,8 @@ def test_outages_are_told_from_bad_statements_on_real_errors(own_postgres, tmp_p
 
     postgres = create_engine("postgresql+psycopg://" + own_postgres.url.split("://", 1)[1])
     assert not is_db_unavailable(error_of(postgres, "SELECT * FROM no_such_table"))
+    # a statement timeout is an OperationalError in psycopg, but the statement's: not an outage to wait out
+    assert not is_db_unavailable(error_of(postgres, "SET statement_timeout = 1; SELECT pg_sleep(1)"))
     own_postgres.stop()
     try:
         refused = error_of(postgres, "SELECT 1")

@@ -280,11 +280,28 @@ def point_counts(db_url: str, run_id: int) -> dict[str, int]:
         ).all()
         last_step = conn.execute(text("SELECT last_step FROM run WHERE id = :id"), {"id": run_id}).scalar_one()
     loss_steps = {step for step, key, _ in rows if key == "loss"}
+    missing = [step for step in range(1, last_step + 1) if step not in loss_steps]
     return {
         "last_step": last_step,
-        "lost": sum(1 for step in range(1, last_step + 1) if step not in loss_steps),
+        "lost": len(missing),
+        "missing": step_ranges(missing),
         "duplicated": sum(n - 1 for _, _, n in rows if n > 1),
     }
+
+
+def lost_at(counts: dict) -> str:
+    return f"; lost at steps {counts['missing']}" if counts["lost"] else ""
+
+
+def step_ranges(steps: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9": where the lost points are."""
+    ranges: list[list[int]] = []
+    for step in steps:
+        if ranges and step == ranges[-1][1] + 1:
+            ranges[-1][1] = step
+        else:
+            ranges.append([step, step])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
 
 
 class RunWatch(threading.Thread):
@@ -607,7 +624,7 @@ def kill_one(cfg: Config, procs: Processes, home: Path, report: Report, label: s
                f"step {final.get('last_step')})")  # fmt: skip
     report.add("  distill up still up", up_alive)
     report.add(
-        "  points lost / duplicated", f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']})"
+        "  points lost / duplicated", f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']}{lost_at(counts)})"
     )
     return f"{victim}: back after {seconds(back)}, lost {counts['lost']}, dup {counts['duplicated']}"
 
@@ -674,7 +691,7 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
     with contextlib.suppress(Exception):
         counts = point_counts(service.db_url, run_id)
         report.add(
-            "points lost / duplicated", f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']})"
+            "points lost / duplicated", f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']}{lost_at(counts)})"
         )
     codes = Counter(s[2] for s in during)
     report.verdict = (f"during: {codes.get('503', 0)}x503 {codes.get('500', 0)}x500, Retry-After {retry}/{errors}; "

@@ -270,6 +270,16 @@ def run_row(db_url: str, run_id: int) -> dict | None:
     return {"status": status, "attempt": attempt, "last_step": last_step}
 
 
+def wait_until_ended(db_url: str, run_id: int, timeout: float = 120) -> None:
+    """Until the cancelled run has written what it held and ended (points are counted in the final state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = run_row(db_url, run_id)
+        if row and row["status"] not in ("queued", "running"):
+            return
+        time.sleep(1)
+
+
 def point_counts(db_url: str, run_id: int) -> dict[str, int]:
     """Steps 1..last_step without a `loss` row, and metric rows beyond one per (step, key)."""
     from sqlalchemy import text
@@ -614,7 +624,7 @@ def kill_one(cfg: Config, procs: Processes, home: Path, report: Report, label: s
     lost_at = watch.first(killed, lambda r: r["status"] == "lost")
     up_alive = service.up.poll() is None
     service.cancel(run_id)
-    time.sleep(3)
+    wait_until_ended(service.db_url, run_id)
     counts = point_counts(service.db_url, run_id)
     report.add(
         label, f"killed {len(targets)} process(es) at step {at_kill['last_step']} (attempt {at_kill['attempt']})"
@@ -687,7 +697,7 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
     report.add("processes alive", f"api {service.api.poll() is None}, worker {service.worker.poll() is None}")
     for other in [run_id, *created]:
         service.cancel(other)
-    time.sleep(3)
+    wait_until_ended(service.db_url, run_id)
     with contextlib.suppress(Exception):
         counts = point_counts(service.db_url, run_id)
         report.add(

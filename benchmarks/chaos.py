@@ -299,7 +299,7 @@ def point_counts(db_url: str, run_id: int) -> dict[str, int]:
     }
 
 
-def lost_at(counts: dict) -> str:
+def where_lost(counts: dict) -> str:
     return f"; lost at steps {counts['missing']}" if counts["lost"] else ""
 
 
@@ -634,7 +634,8 @@ def kill_one(cfg: Config, procs: Processes, home: Path, report: Report, label: s
                f"step {final.get('last_step')})")  # fmt: skip
     report.add("  distill up still up", up_alive)
     report.add(
-        "  points lost / duplicated", f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']}{lost_at(counts)})"
+        "  points lost / duplicated",
+        f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']}{where_lost(counts)})",
     )
     return f"{victim}: back after {seconds(back)}, lost {counts['lost']}, dup {counts['duplicated']}"
 
@@ -701,7 +702,8 @@ def outage(cfg: Config, procs: Processes, report: Report, service: Service, stop
     with contextlib.suppress(Exception):
         counts = point_counts(service.db_url, run_id)
         report.add(
-            "points lost / duplicated", f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']}{lost_at(counts)})"
+            "points lost / duplicated",
+            f"{counts['lost']} / {counts['duplicated']} (steps 1..{counts['last_step']}{where_lost(counts)})",
         )
     codes = Counter(s[2] for s in during)
     report.verdict = (f"during: {codes.get('503', 0)}x503 {codes.get('500', 0)}x500, Retry-After {retry}/{errors}; "

@@ -96,7 +96,7 @@ def evaluate_model(
         except EvalError as exc:
             raise EvalError("--teacher", str(exc).split(": ", 1)[1]) from None
     if metric == "auto":  # the built-in task has its own rule check; elsewhere the final answer is graded
-        metric = "countdown" if data.startswith(TOY_SCHEME) else "final_answer"
+        metric = "countdown" if data.startswith(TOY_SCHEME) and "/" not in data else "final_answer"
     if temperature is None:  # the built-in task grades samples at temperature 1 (many answers are valid)
         temperature = 1.0 if metric == "countdown" else 0.0
     if temperature < 0:

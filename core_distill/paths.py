@@ -1,8 +1,9 @@
 """Where models and data named in a spec live.
 
 A spec names models and data the way a user would: a hub id ("Qwen/Qwen2.5-0.5B"), a local path,
-or "toy:NAME" for the built-in countdown task, whose models and data ship inside the package, so
-every machine starts from the same weights.
+or "toy:NAME" for a built-in task, whose models and data ship inside the package, so every machine
+starts from the same weights: "toy:teacher", "toy:student", "toy:train|eval|test" are the countdown
+task's; "toy:chain/teacher", "toy:chain/train" and so on the chain task's (a task's own folder).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def resolve_model_path(name: str) -> Path | str:
 
 
 def resolve_data_path(name: str) -> Path:
+    """'toy:test' -> the countdown task's test file; 'toy:chain/test' -> the chain task's; other names are paths."""
     if name.startswith(TOY_SCHEME):
-        split = name[len(TOY_SCHEME) :]
-        return toy_dir() / "data" / TOY_DATA_FILES.get(split, split)
+        task, _, split = name[len(TOY_SCHEME) :].rpartition("/")  # task is '' for countdown
+        return toy_dir() / task / "data" / TOY_DATA_FILES.get(split, split)
     return Path(name).expanduser()
 
 
@@ -75,12 +77,14 @@ def missing_model_message(name: str) -> str:
     if not name.startswith(TOY_SCHEME):
         return message
     wanted, folder = name[len(TOY_SCHEME) :], toy_dir()
-    known = sorted(config.parent.name for config in folder.glob("*/config.json"))
+    known = sorted(
+        c.parent.relative_to(folder).as_posix() for g in ("*/config.json", "*/*/config.json") for c in folder.glob(g)
+    )
     close = difflib.get_close_matches(wanted, known, n=1)
     if close:
         return f"{message}: did you mean 'toy:{close[0]}'?"
     if known:
-        return f"{message}: the built-in task's models are {', '.join(f'toy:{k}' for k in known)}"
+        return f"{message}: the built-in tasks' models are {', '.join(f'toy:{k}' for k in known)}"
     if os.environ.get("DISTILL_TOY_DIR"):
         return (f"{message}: DISTILL_TOY_DIR={folder} holds no built task; build it there with "
                 f"`distill toy build {folder}`, or unset DISTILL_TOY_DIR to use the one shipped with the package")  # fmt: skip

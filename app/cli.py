@@ -183,6 +183,11 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
 
 cli.add_typer(token_cli, name="token")
 
+# --- `distill sweep ...`: a client of a running service (app/sweep_cli.py) --------------------------
+from app.sweep_cli import sweep_cli  # noqa: E402  (registered beside the commands above)
+
+cli.add_typer(sweep_cli, name="sweep")
+
 
 def main() -> None:
     cli()

@@ -15,6 +15,7 @@ from app.services.errors import (
     ForbiddenError,
     NotFoundError,
     QueueUnavailableError,
+    SweepError,
 )
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
 
@@ -67,6 +68,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestInvalid)
     async def _invalid(_: Request, exc: RequestInvalid) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(SweepError)  # before SpecError: the more specific class is looked up first
+    async def _sweep(_: Request, exc: SweepError) -> JSONResponse:
+        detail = [{"loc": ["body", *loc], "msg": msg, "type": "sweep_error"} for loc, msg in exc.problems.items()]
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:

@@ -5,7 +5,7 @@
     take       a worker took a message: book the run here if it waits (or pass it on to the host it is
                booked on) and claim it; a `Claim` to train, or why there is nothing to do
     ended      a run left its GPUs: book the next runs and publish them
-    sweep      the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, lost runs resumed
+    reap       the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, lost runs resumed
                (app.run_state.resume_lost_runs), waiting runs booked and published, queued runs the broker
                lost published again
 
@@ -136,7 +136,7 @@ def hand_back(*, session: Session, run_id: int, attempt: int, last_step: int, ho
     return True
 
 
-def sweep(*, session: Session, reach: Reachability | None = None) -> None:
+def reap(*, session: Session, reach: Reachability | None = None) -> None:
     """The reaper's pass: silent runs lost, lost runs whose backoff passed queued again (healing), GPUs freed
     by them and hosts that came or went used by booking waiting runs, queued runs the broker does not hold
     published again. `reach`: the reaper's record of database outages (runs get lost_after_seconds of grace
@@ -153,7 +153,7 @@ def sweep(*, session: Session, reach: Reachability | None = None) -> None:
 
 
 def start_reaper(stop_event: threading.Event, interval_seconds: float | None = None) -> threading.Thread:
-    """A daemon thread that runs `sweep` every few seconds until stop_event is set (`distill api`)."""
+    """A daemon thread that runs `reap` every few seconds until stop_event is set (`distill api`)."""
     from app.db import get_engine
 
     interval = interval_seconds or max(0.5, min(5.0, get_settings().lost_after_seconds / 4))
@@ -163,7 +163,7 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
         while not stop_event.wait(interval):
             try:
                 with Session(get_engine()) as session:
-                    sweep(session=session, reach=reach)
+                    reap(session=session, reach=reach)
                 reach.reached()
             except Exception as exc:  # a database or broker hiccup must not end the reaper
                 if is_db_unavailable(exc):

@@ -24,7 +24,7 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from app import broker, run_state
-from app.db_retry import Reachability, is_db_unavailable
+from app.db_retry import Reachability
 from app.models import Experiment, Run, RunStatus
 from app.services import booking
 from app.services.booking import CPU_LABEL
@@ -166,9 +166,7 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
                     reap(session=session, reach=reach)
                 reach.reached()
             except Exception as exc:  # a database or broker hiccup must not end the reaper
-                if is_db_unavailable(exc):
-                    reach.failed(exc)  # logged once per outage; heartbeats could not land meanwhile
-                else:
+                if not reach.noted(exc):  # an outage is logged once; heartbeats could not land meanwhile
                     log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
 
     thread = threading.Thread(target=loop, name="distill-reaper", daemon=True)

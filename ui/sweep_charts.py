@@ -17,8 +17,9 @@ from ui.sweep_stats import Band, Chosen, Curve, half_width, scale_of, unit_of
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # fmt: skip
 BAND_NAMES = {"ci": "95 % CI of the mean over seeds", "sd": "± 1 sd over seeds"}
-LAYOUT = {"height": 420, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "template": "plotly_white",
-          "legend": {"font": {"size": 11}}}  # fmt: skip
+# the legend under the plot: group labels are long, and the plot keeps the width
+LAYOUT = {"height": 460, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "template": "plotly_white",
+          "legend": {"font": {"size": 11}, "orientation": "h", "y": -0.2, "yanchor": "top"}}  # fmt: skip
 
 
 def _rgb(i: int, alpha: float = 1.0) -> str:
@@ -38,7 +39,7 @@ def curves_figure(curves: dict[str, Curve], key: str, band: Band, chosen: str | 
     """One line per group (mean over its seeds) over the step, with its band where it has 2 or more runs;
     the chosen group's line is thicker and its name starts with ★."""
     family = metric_keys.family_of(key)
-    title = f"{family.title}: {key}, mean over seeds (band: {BAND_NAMES[band]})"
+    title = f"{key}: mean over seeds, band {BAND_NAMES[band].removesuffix(' over seeds')}"
     if not any(c.steps for c in curves.values()):
         return _empty(title, f"No {key} points yet.")
     scale = scale_of(key)
@@ -51,7 +52,7 @@ def curves_figure(curves: dict[str, Curve], key: str, band: Band, chosen: str | 
         if banded:  # a closed polygon: the upper edge left to right, the lower edge back
             xs = [curve.steps[j] for j in banded]
             ys = [curve.high[j] * scale for j in banded] + [curve.low[j] * scale for j in reversed(banded)]
-            figure.add_trace(go.Scatter(x=xs + xs[::-1], y=ys, fill="toself", fillcolor=_rgb(i, 0.15),
+            figure.add_trace(go.Scatter(x=xs + xs[::-1], y=ys, mode="lines", fill="toself", fillcolor=_rgb(i, 0.15),
                                         line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=label,
                                         name=f"{name} band"))  # fmt: skip
         figure.add_trace(go.Scatter(
@@ -94,7 +95,7 @@ def setting_figure(
     """The score (mean over seeds, error bars = the band) against `x_field`'s value, one line per value of
     the other swept fields; a field a group does not set takes the base spec's value. The chosen setting is
     a star. Groups without a score yet are left out."""
-    title = f"Setting against final {key} (error bars: {BAND_NAMES[band]})"
+    title = f"Setting against final {key}, error bars {BAND_NAMES[band].removesuffix(' over seeds')}"
     scored = [g for g in groups if key in g.metrics]
     if x_field is None or not scored:
         return _empty(title, "No scores yet." if x_field else "One setting only: nothing to plot against.")
@@ -130,5 +131,8 @@ def setting_figure(
     positive = is_numeric and all(x > 0 for x in xs_all)
     wide = positive and max(xs_all) / min(xs_all) >= 10  # learning rates: a log axis
     figure.update_xaxes(title_text=x_field, type="log" if wide else ("linear" if is_numeric else "category"))
-    figure.update_yaxes(title_text=f"final {key} ({unit_of(key)})")
+    if is_numeric:  # a tick at each swept value, written as in the spec
+        ticks = sorted(set(xs_all))
+        figure.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    figure.update_yaxes(title_text=f"final {key}, {unit_of(key)}")
     return figure

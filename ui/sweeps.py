@@ -82,11 +82,12 @@ def load(sweep_id: int) -> SweepView:
         return sweep_service.get_sweep(session=session, sweep_id=int(sweep_id))
 
 
-def _fmt(value: float | None, key: str) -> str:
+def _fmt(value: float | None, key: str, width: bool = False) -> str:
+    """Shares as % with 2 decimals; other values to 4 significant digits (a ± width to 2)."""
     if value is None:
         return ""
     scaled = value * scale_of(key)
-    return f"{scaled:.2f}" if scale_of(key) != 1 else f"{scaled:.4g}"
+    return f"{scaled:.2f}" if scale_of(key) != 1 else f"{scaled:.2g}" if width else f"{scaled:.4g}"
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -99,7 +100,11 @@ def score_text(group: SweepGroupView, key: str, band: Band = "ci") -> str:
     if summary is None:
         return ""
     width = half_width(summary.sd, summary.n, band)
-    return _fmt(summary.mean, key) + (f" ± {_fmt(width, key)}" if width is not None else "") + f" (n={summary.n})"
+    return (
+        _fmt(summary.mean, key)
+        + (f" ± {_fmt(width, key, width=True)}" if width is not None else "")
+        + f" (n={summary.n})"
+    )
 
 
 def groups_table(view: SweepView, key: str, chosen: Chosen | None) -> pd.DataFrame:
@@ -121,7 +126,7 @@ def groups_table(view: SweepView, key: str, chosen: Chosen | None) -> pd.DataFra
         row.update({
             "runs": _counts_text(counts),
             f"{key} mean{unit}": _fmt(summary.mean, key) if summary else "",
-            f"sd{unit}": _fmt(summary.sd, key) if summary else "",
+            f"sd{unit}": _fmt(summary.sd, key, width=True) if summary else "",
             f"95% CI{unit}": f"{_fmt(summary.mean - ci, key)} to {_fmt(summary.mean + ci, key)}" if ci is not None else "",
             "n seeds": summary.n if summary else 0,
         })  # fmt: skip
@@ -152,7 +157,7 @@ def header(view: SweepView, key: str, chosen: Chosen | None) -> str:
         lines.append(f"Chosen setting: none yet (the {direction} mean final `{key}` among finished settings).")
     else:
         ci = half_width(chosen.summary.sd, chosen.summary.n, "ci")
-        interval = f", 95% CI ± {_fmt(ci, key)}" if ci is not None else " (one seed: no interval)"
+        interval = f", 95% CI ± {_fmt(ci, key, width=True)}" if ci is not None else " (one seed: no interval)"
         unit = " %" if scale_of(key) != 1 else ""
         lines.append(
             f"Chosen setting {CHOSEN_MARK} **{chosen.label}**: the {direction} mean final `{key}` among "

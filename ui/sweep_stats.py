@@ -45,10 +45,15 @@ def half_width(sd: float | None, n: int, band: Band = "ci") -> float | None:
     return sd if band == "sd" else t975(n - 1) * sd / math.sqrt(n)
 
 
+# besides the shares: more distinct correct completions, and a higher likelihood under the true process
+MAXIMISED = frozenset({metric_keys.EVAL_DISTINCT_VALID, metric_keys.EVAL_TRUE_LOG_LIKELIHOOD,
+                       metric_keys.PERF_TOKENS_PER_SEC})  # fmt: skip
+
+
 def higher_is_better(key: str) -> bool:
-    """Shares (accuracy, coverage: the catalogue's percent families) are maximised; losses, divergences
-    and everything else are minimised."""
-    return metric_keys.family_of(key).percent
+    """Shares (accuracy, coverage: the catalogue's percent families) and MAXIMISED are maximised; losses,
+    divergences and everything else are minimised."""
+    return metric_keys.family_of(key).percent or key in MAXIMISED
 
 
 def scale_of(key: str) -> float:

@@ -45,6 +45,8 @@ def test_the_sweep_view_marks_the_chosen_setting_and_draws_its_charts(api, tab):
     from playwright.sync_api import expect
 
     sweep_id = scored_sweep()
+    elsewhere: list[str] = []  # the page works offline: Gradio's own Plotly bundle, nothing from a CDN
+    tab.on("request", lambda r: None if r.url.startswith((api, "data:", "blob:")) else elsewhere.append(r.url))
     tab.goto(f"{api}/ui/?sweep={sweep_id}")
     header = tab.locator("#sweep-header")
     expect(header).to_contain_text(f"Sweep {sweep_id} · lr-beta", timeout=2 * SERVER_MS)
@@ -54,7 +56,8 @@ def test_the_sweep_view_marks_the_chosen_setting_and_draws_its_charts(api, tab):
         expect(groups).to_contain_text(label)
     expect(groups.get_by_role("row").filter(has_text=BEST)).to_contain_text("★")
     expect(groups.get_by_role("row").filter(has_text=BEST)).to_contain_text("64.00")
-    expect(groups.get_by_role("row").filter(has_text="learning_rate=0.01, beta=0.5")).to_contain_text("2 succeeded, 1 running")
+    running = groups.get_by_role("row").filter(has_text="learning_rate=0.01, beta=0.5")
+    expect(running).to_contain_text("2 succeeded, 1 running")
     # 4 mean lines + 4 bands; the setting plot: a line per beta and the chosen star
     tab.wait_for_function(f"({TRACES})('#sweep-curves') >= 8", timeout=SERVER_MS)
     tab.wait_for_function(f"({TRACES})('#sweep-setting-plot') >= 3", timeout=SERVER_MS)
@@ -62,6 +65,7 @@ def test_the_sweep_view_marks_the_chosen_setting_and_draws_its_charts(api, tab):
     expect(tab.locator("#sweeps-table")).to_contain_text("lr-beta")
     tab.locator("#sweep-groups").scroll_into_view_if_needed()
     _shot(tab, "sweep")
+    assert elsewhere == []
 
     # the export link is the REST API's, one row per run
     rows = tab.request.get(f"{api}/api/sweeps/{sweep_id}/export?format=json").json()

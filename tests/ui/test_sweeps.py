@@ -77,6 +77,13 @@ def test_t_quantiles_and_intervals_match_an_independent_computation():
     assert sweep_stats.half_width(None, 1) is None and sweep_stats.half_width(0.1, 1) is None
 
 
+def test_which_way_is_better():
+    for key in (mk.EVAL_EXACT_MATCH, mk.EVAL_GREEDY_EXACT_MATCH, mk.EVAL_DISTINCT_VALID, mk.EVAL_TRUE_LOG_LIKELIHOOD):
+        assert sweep_stats.higher_is_better(key), key
+    for key in (mk.EVAL_DIV_FKL, mk.eval_key(mk.LOSS), mk.LOSS):
+        assert not sweep_stats.higher_is_better(key), key
+
+
 def test_mean_curve_aligns_seeds_on_the_step_axis():
     done = [{"step": 0, "value": 0.2}, {"step": 10, "value": 0.4}, {"step": 20, "value": 0.6}]
     sparse = [{"step": 0, "value": 0.4}, {"step": 20, "value": 0.8}]  # interpolated at step 10: 0.6
@@ -237,3 +244,10 @@ def test_examples_load_with_their_spec_inline(tmp_path, monkeypatch):
     assert loaded.spec.max_steps == 7 and loaded.spec.beta == 0.5 and loaded.grid == {"lmbda": [0.0, 1.0]}
     with pytest.raises(ValueError, match="unknown sweep example"):
         sweep_launch.example_yaml("nope")
+
+
+def test_the_shipped_sweep_examples_validate(service_env, toy_dir):
+    assert sweep_launch.examples(), "examples/sweeps/ has no example"
+    for name in sweep_launch.examples():
+        message = sweep_launch.validate(sweep_launch.example_yaml(name))
+        assert message.startswith("The sweep is valid"), (name, message)

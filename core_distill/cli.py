@@ -120,21 +120,35 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion.", min=1)] = 256,
     temperature: Annotated[
         float | None,
-        typer.Option(help="0 = greedy; > 0 = sample at this temperature (default: 1 with the countdown metric, else 0).",
-                     min=0.0),
+        typer.Option(help="Temperature of the sampled completions; 0 = greedy only (default: 1 with the countdown "
+                          "metric, else 0).", min=0.0),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampled completions.")] = 0,
-    samples: Annotated[int, typer.Option(help="Sample completions to show.", min=0)] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    samples_per_prompt: Annotated[
+        int, typer.Option(help="Sampled completions per row and seed (when --temperature > 0).", min=1)
+    ] = 4,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds of the sampled completions, one draw each.")] = "0",
+    show: Annotated[int, typer.Option("--show", "--samples", help="Completions to print (one per row, first seed).",
+                                      min=0)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, with per-prompt results, instead of the table.")] = False,
 ) -> None:
-    """Task accuracy of greedy completions, divergence to the teacher and sample completions of one model."""
+    """Task accuracy of one model's greedy completions (one per prompt) and, at --temperature > 0, of
+    --samples-per-prompt completions per row sampled from each of --seeds; the prompt-clustered standard
+    error of each, distinct correct completions per prompt and the task's diversity measure
+    (countdown: log-likelihood of correct walks under the task's generating process); the divergence
+    to --teacher on the reference completions; a few completions. The headline 'accuracy' (also in
+    --json) is the sampled one at --temperature > 0, else the greedy one."""
     import json
 
     from core_distill.model_eval import EvalError, evaluate_model, report_text
 
     try:
+        seed_list = [int(part) for part in seeds.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    try:
         report = evaluate_model(model, data, teacher=teacher or None, limit=limit, metric=metric,
-                                max_new_tokens=max_new_tokens, n_samples=samples, temperature=temperature, seed=seed)  # fmt: skip
+                                max_new_tokens=max_new_tokens, n_samples=show, temperature=temperature,
+                                samples_per_prompt=samples_per_prompt, seeds=seed_list)  # fmt: skip
     except (EvalError, OSError) as exc:  # a model that cannot load (core_distill.models): one line, no traceback
         typer.secho(f"error: {_first_line(exc)}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -113,8 +113,12 @@ def load_specs(spec_files: list[Path], settings: CompareSettings) -> list[tuple[
     for path in spec_files:
         try:
             spec = DistillSpec.from_yaml(path).with_overrides(
-                {"max_steps": settings.steps, "eval_every": settings.eval_every, "save_every": 0,
-                 "eval_examples": settings.curve_examples}  # fmt: skip
+                {
+                    "max_steps": settings.steps,
+                    "eval_every": settings.eval_every,
+                    "save_every": 0,
+                    "eval_examples": settings.curve_examples,
+                }  # fmt: skip
             )
         except SpecError as exc:
             raise CompareError(f"{path}: {exc}") from None
@@ -127,7 +131,9 @@ def load_specs(spec_files: list[Path], settings: CompareSettings) -> list[tuple[
         values = {getattr(spec, name) for _, _, spec in specs}
         if len(values) > 1:
             odd = _odd_ones([(p, getattr(s, name)) for _, p, s in specs])
-            raise CompareError(f"{odd}: every spec must have the same {name} to be compared, got {sorted(map(str, values))}")
+            raise CompareError(
+                f"{odd}: every spec must have the same {name} to be compared, got {sorted(map(str, values))}"
+            )
     return specs
 
 
@@ -279,7 +285,10 @@ def run_job(job: Job, reuse: bool = False) -> dict[str, Any]:
     for request in job.evals:
         done = record["evals"].get(request.name)
         if done is None or done["request"] != request.key():
-            record["evals"][request.name] = {"request": request.key(), "report": _evaluate(record["model_dir"], request)}
+            record["evals"][request.name] = {
+                "request": request.key(),
+                "report": _evaluate(record["model_dir"], request),
+            }
     job.run_dir.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record))
     return record
@@ -399,7 +408,7 @@ def compare(
         sweeps: dict[str, list[tuple[Setting, dict[str, Any]]]] = {name: [] for name, _, _ in specs}
         for job, record in zip(sweep_jobs, records[len(student_jobs) :], strict=True):
             sweeps[job.meta["method"]].append((job.meta["setting"], record))
-        student_choice = report.choose_temperature(student_eval, settings.confidence)
+        student_choice = report.choose_temperature(student_eval, settings.confidence, grading)
         best_t = student_choice.temperature
         echo(f"  student: best T on the eval split {best_t:g}")
 
@@ -469,7 +478,11 @@ def compare(
         page = report.results_page(result, command=command, load=(load_before, os.getloadavg()), plot_path=plot_path,
                                    doc_path=doc_path, previous=previous, workers=workers)  # fmt: skip
         doc_path.write_text(page)
-        echo(f"\nwrote {doc_path}" + (f" and {plot_path}" if plot_path else "") + f" in {result.wall_seconds / 60:.1f} min")
+        echo(
+            f"\nwrote {doc_path}"
+            + (f" and {plot_path}" if plot_path else "")
+            + f" in {result.wall_seconds / 60:.1f} min"
+        )
     return result
 
 

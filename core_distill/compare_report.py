@@ -76,8 +76,10 @@ class TemperatureChoice:
     reports: dict[float, Report]
 
 
-def choose_temperature(reports: dict[float, Report], confidence: float) -> TemperatureChoice:
-    by_label = {decoding_label(t): primary_scores(r, t) for t, r in reports.items()}
+def choose_temperature(reports: dict[float, Report], confidence: float, grading: float) -> TemperatureChoice:
+    """The best temperature by the eval-split score; a tie goes to the grading temperature (no change)."""
+    order = sorted(reports, key=lambda t: t != grading)  # stable: the grading one first, then as given
+    by_label = {decoding_label(t): primary_scores(reports[t], t) for t in order}
     selection = selection_uncertainty(by_label, confidence=confidence)
     best = next(t for t in reports if decoding_label(t) == selection.best)
     return TemperatureChoice(best, selection, reports)
@@ -206,7 +208,9 @@ def baseline_rows(baselines: dict[tuple[str, float], Report], grading: float, be
         any_report = next(iter(reports.values()))
         decodings = [(0.0, any_report)] + sorted(reports.items())
         for t, report in decodings:
-            notes = [n for n, hit in (("grading", t == grading), ("student's best on eval", t == best and t > 0)) if hit]
+            notes = [
+                n for n, hit in (("grading", t == grading), ("student's best on eval", t == best and t > 0)) if hit
+            ]
             name = decoding_label(t) + (f" ({', '.join(notes)})" if notes else "")
             score = decoding(report, t)
             div = report["divergence"] or {}
@@ -251,7 +255,9 @@ def paper_order_check(result: CompareResult) -> str:
     """On-policy GKD > supervised KD > SFT, judged on the family's adjusted intervals (not on means)."""
     names = {m.name for m in result.methods}
     if not all(n in names for n in PAPER_ORDER):
-        return f"The GKD paper's order was not checked: it needs the specs {', '.join(n + '.yaml' for n in PAPER_ORDER)}."
+        return (
+            f"The GKD paper's order was not checked: it needs the specs {', '.join(n + '.yaml' for n in PAPER_ORDER)}."
+        )
     gaps = [oriented(result.comparisons, PAPER_ORDER[i], PAPER_ORDER[i + 1]) for i in (0, 1)]
     texts = [f"{PAPER_LABELS[PAPER_ORDER[i]]} − {PAPER_LABELS[PAPER_ORDER[i + 1]]} = {g.interval.text()}"
              for i, g in enumerate(gaps) if g is not None]  # fmt: skip
@@ -343,7 +349,9 @@ def selection_section(result: CompareResult) -> list[str]:
         lines += [f"### {m.name}", "", sel.text() + ".", ""]
         edge = m.edge()
         if m.extended_rate is not None:
-            lines.append(f"The grid was extended past its edge by one step, to lr {m.extended_rate:g} (--extend-edges).")
+            lines.append(
+                f"The grid was extended past its edge by one step, to lr {m.extended_rate:g} (--extend-edges)."
+            )
         if edge is not None:
             lines.append(f"**The chosen learning rate {m.chosen.learning_rate:g} is the {edge} of the grid**: the "
                          "optimum may lie beyond it (rerun with a wider --learning-rates or --extend-edges).")  # fmt: skip
@@ -404,7 +412,9 @@ def _machine(workers: int) -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     import torch
 

@@ -33,11 +33,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core_distill.metric_keys import COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS, EVAL_EXACT_MATCH
 from core_distill.reporting import NullReporter
 from core_distill.spec import DistillSpec, SpecError
+
+if TYPE_CHECKING:
+    from core_distill.compare_report import CompareResult
 
 RUN_RECORD = "compare_run.json"
 
@@ -367,7 +370,7 @@ def compare(
     echo: Callable[[str], None] = print,
     reuse: bool = False,
     runner: Runner | None = None,
-) -> Any:
+) -> CompareResult:
     """Sweep and select on eval, train the chosen settings with fresh seeds, score them and the baselines on
     test; write results.json, the page and the plot. Returns a compare_report.CompareResult.
 

@@ -55,15 +55,16 @@ def method(name: str, test_share: list[float], settings: CompareSettings, rows: 
     return MethodResult(name, f"{name}.yaml", rows, [s for s, _ in sweep], None, sweep, chosen, selection, runs)
 
 
-def result(methods_shares: dict[str, list[float]], *, best_t_share: float = 0.5, rows: dict[str, int] | None = None):
+def result(methods_shares: dict[str, list[float]], *, best_t_share: float = 0.5, rows: dict[str, int] | None = None,
+           grading: float = 1.0):  # fmt: skip
     settings = CompareSettings(seeds=(1, 2))
     student_eval = {0.5: report(best_t_share), 1.0: report(0.5)}
-    choice = choose_temperature(student_eval, settings.confidence, 1.0)
+    choice = choose_temperature(student_eval, settings.confidence, grading)
     baselines = {(who, t): report(share) for who, base in (("student", 0.5), ("teacher", 0.9))
                  for t, share in ((1.0, base), (choice.temperature, best_t_share if who == "student" else base))}  # fmt: skip
     methods = [method(n, s, settings, (rows or {}).get(n, 16)) for n, s in methods_shares.items()]
     equal = len({m.rows_per_step for m in methods}) == 1
-    return build_result(settings, methods, baselines, choice, grading=1.0, metric="countdown", student="toy:student",
+    return build_result(settings, methods, baselines, choice, grading=grading, metric="countdown", student="toy:student",
                         train_data="toy:train", equal_budgets=equal, wall_seconds=1.0)  # fmt: skip
 
 
@@ -97,6 +98,17 @@ def test_a_null_result_against_the_best_temperature_is_said_in_plain_words():
             and (who, "T 0.5 (student's best on eval)") in rows
             and (who, "T 1 (grading)") in rows
         )
+
+
+def test_a_greedy_task_compares_greedy_scores():
+    r = result({"good": [1.0], "poor": [0.25]}, grading=0.0)  # report(): greedy right where the share is >= 0.5
+    assert all(v == [1.0] for v in r.models[STUDENT].values())  # the student's greedy, not its samples (50 %)
+    assert all(v == [1.0, 1.0] for v in r.models["good"].values()) and all(
+        v == [0.0, 0.0] for v in r.models["poor"].values()
+    )
+    assert [row.decoding for row in r.rows if row.seeds] == ["greedy", "greedy"]
+    assert r.best_name == "student at T 0.5" and "shown worse: poor" in r.finding[1]
+    assert "graded greedily" in r.finding[0]
 
 
 def test_the_paper_order_is_judged_on_intervals():

@@ -164,41 +164,66 @@ def _first_line(exc: Exception) -> str:
 def compare_command(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
     steps: Annotated[int, typer.Option(help="Optimizer steps of every run (overrides max_steps).", min=1)] = 200,
-    seeds: Annotated[int, typer.Option(help="Seeds of each method's chosen setting: 0, 1, ... N-1.", min=1)] = 3,
+    seeds: Annotated[
+        int, typer.Option(help="Fresh training seeds of each chosen setting, scored on test: S+1 .. S+N.", min=1)
+    ] = 5,
+    selection_seed: Annotated[int, typer.Option(help="Training seed S of the sweep (selection on eval).", min=0)] = 0,
     learning_rates: Annotated[
         str, typer.Option(help="Comma-separated learning rates every method is swept over ('' = each spec's own).")
-    ] = "1e-4,3e-4,1e-3",
+    ] = "1e-4,3e-4,1e-3,3e-3",
     temperatures: Annotated[
-        str, typer.Option(help="Comma-separated sampling temperatures for methods that sample ('' = the spec's own).")
+        str, typer.Option(help="Sampling temperatures for methods that sample, not MiniLLM ('' = the spec's own).")
     ] = "0.3,1.0",
+    betas: Annotated[
+        str, typer.Option(help="beta values for generalized-JSD methods, 0 < beta < 1 in the spec ('' = its own).")
+    ] = "0.1,0.5,0.9",
+    extend_edges: Annotated[
+        bool, typer.Option(help="A chosen learning rate at a grid edge: sweep one more step past it (once).")
+    ] = False,
+    samples_per_prompt: Annotated[int, typer.Option(help="Sampled completions per row and eval seed.", min=1)] = 4,
+    eval_seeds: Annotated[str, typer.Option(help="Comma-separated evaluation seeds (sampling draws).")] = "0,1,2",
+    decode_temperatures: Annotated[
+        str, typer.Option(help="Temperatures the untrained student is decoded at; its best on eval is a baseline.")
+    ] = "0.3,0.5,0.7,1.0",
     eval_every: Annotated[int, typer.Option(help="Learning-curve point every N steps.", min=1)] = 40,
     curve_examples: Annotated[int, typer.Option(help="Eval-split rows per learning-curve point.", min=1)] = 100,
+    selection_examples: Annotated[int, typer.Option(help="Eval-split rows scored for selection (0 = all).", min=0)] = 0,
     test_examples: Annotated[int, typer.Option(help="Test rows scored at the end (0 = all).", min=0)] = 0,
-    teacher: Annotated[str, typer.Option(help="Reference teacher of the divergence columns.")] = "toy:teacher",
+    teacher: Annotated[str, typer.Option(help="Teacher of the baseline rows and the divergence columns.")] = "toy:teacher",
     test_data: Annotated[str, typer.Option(help="Held-out data of the final test: test (the toy split) or a file.")] = "test",
     workers: Annotated[int, typer.Option(help="Runs at a time, one thread each (0 = one per CPU core).", min=0)] = 0,
+    allow_unequal_budgets: Annotated[
+        bool, typer.Option(help="Compare specs with different rows per step (batch_size x grad_accum); the page says so.")
+    ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the runs and results.json.")] = Path(
         "runs/compare"
     ),
     doc: Annotated[Path, typer.Option(help="Markdown page to write.")] = Path("docs/results.md"),
-    plot: Annotated[Path, typer.Option(help="PNG of accuracy against steps and wall time.")] = Path(
+    plot: Annotated[Path, typer.Option(help="PNG of eval score against steps, teacher tokens and wall time.")] = Path(
         "docs/results_accuracy.png"
     ),
     reuse: Annotated[
-        bool, typer.Option(help="Keep finished runs of an earlier comparison with the same spec (resume).")
+        bool, typer.Option(help="Keep finished runs and evaluations of an earlier comparison (resume).")
     ] = False,
 ) -> None:
-    """Sweep every method over the same grid, choose on eval, score on test over seeds; write a page and a plot."""
+    """Sweep every method over the same grid and select on eval (with intervals); train the chosen settings with
+    fresh seeds and score them on test against the student and teacher (greedy, T 1, the student's best T); claim
+    only what Bonferroni-adjusted bootstrap intervals support. Writes a page, a plot and results.json."""
     import shlex
     import sys
 
     from core_distill.compare import CompareError, CompareSettings, compare
     from core_distill.model_eval import EvalError
 
-    settings = CompareSettings(steps=steps, seeds=tuple(range(seeds)), learning_rates=_floats(learning_rates, "--learning-rates"),
-                               temperatures=_floats(temperatures, "--temperatures"), eval_every=eval_every,
-                               curve_examples=curve_examples, test_examples=test_examples, teacher=teacher,
-                               test_data=test_data, workers=workers)  # fmt: skip
+    settings = CompareSettings(
+        steps=steps, seeds=tuple(range(selection_seed + 1, selection_seed + 1 + seeds)), selection_seed=selection_seed,
+        learning_rates=_floats(learning_rates, "--learning-rates"), temperatures=_floats(temperatures, "--temperatures"),
+        betas=_floats(betas, "--betas"), extend_edges=extend_edges, samples_per_prompt=samples_per_prompt,
+        eval_seeds=_ints(eval_seeds, "--eval-seeds"), decode_temperatures=_floats(decode_temperatures, "--decode-temperatures"),
+        eval_every=eval_every, curve_examples=curve_examples, selection_examples=selection_examples,
+        test_examples=test_examples, teacher=teacher, test_data=test_data, workers=workers,
+        allow_unequal_budgets=allow_unequal_budgets,
+    )  # fmt: skip
     command = shlex.join(["distill", *sys.argv[1:]])
     try:
         compare(spec_files, settings, output_dir=output, doc_path=doc, plot_path=plot, command=command,
@@ -206,6 +231,13 @@ def compare_command(
     except (CompareError, EvalError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

@@ -25,12 +25,12 @@ import re
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core_distill.metric_keys import COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS, EVAL_EXACT_MATCH
 from core_distill.model_eval import ModelReport, evaluate_model
@@ -243,6 +243,13 @@ def _reusable(job: Job) -> dict[str, Any] | None:
     return record if record.get("spec") == job.spec.model_dump() else None
 
 
+class Runner(Protocol):
+    """Runs jobs and returns each one's record, in order: the local pool below, or a sweep submitted to a
+    running service (app/sweep_runner.py) that trains there and scores here."""
+
+    def run_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]: ...
+
+
 class _Pool:
     """Runs jobs in `workers` processes (in this process when workers == 1) and reports each as it ends."""
 
@@ -278,9 +285,15 @@ class _Pool:
                 self.echo(f"  [{done}/{len(pending)}] {describe(job, records[i])}")
         return records  # type: ignore[return-value]
 
+    def run_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        return self.run(list(jobs), _describe)
+
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(cancel_futures=True)
+
+
+LocalPool = _Pool  # the Runner of this machine
 
 
 # --- the comparison ---------------------------------------------------------------------------------
@@ -294,11 +307,13 @@ def compare(
     command: str = "",
     echo: Callable[[str], None] = print,
     reuse: bool = False,
+    runner: Runner | None = None,
 ) -> CompareResult:
     """Sweep, choose on eval, score the chosen settings on test over every seed; write the page and the plot.
 
     With `reuse`, a run whose folder holds the record of a finished run of the same spec from an
     earlier comparison is not trained again: an interrupted comparison resumes where it stopped.
+    `runner` runs the jobs (default: a local pool of `settings.workers` processes).
     """
     start = time.time()
     load_before = os.getloadavg()
@@ -329,7 +344,8 @@ def compare(
                                   metric=first.eval_metric, max_new_tokens=first.max_new_tokens, n_samples=0).accuracy  # fmt: skip
 
     workers = settings.workers or os.cpu_count() or 1
-    pool = _Pool(workers, echo, reuse)
+    pool = None if runner is not None else _Pool(workers, echo, reuse)
+    jobs_runner: Runner = runner or pool  # type: ignore[assignment]
     methods = [MethodResult(name, str(next(p for p in spec_files if p.stem == name)), samples(spec))
                for name, spec in specs]  # fmt: skip
     try:
@@ -341,7 +357,7 @@ def compare(
         ]  # fmt: skip
         n_settings = len(sweep_jobs)
         echo(f"sweep: {n_settings} settings of {len(specs)} methods, {settings.steps} steps each, {workers} at a time")
-        for job, record in zip(sweep_jobs, pool.run(sweep_jobs, _describe), strict=True):
+        for job, record in zip(sweep_jobs, jobs_runner.run_jobs(sweep_jobs), strict=True):
             method = next(m for m in methods if m.name == job.method)
             method.sweep.append(_seed_run(job.spec, record, method.samples))
         # 2. the chosen setting: test score of its first seed, then the other seeds
@@ -356,11 +372,12 @@ def compare(
                 # the first seed was trained by the sweep: it only needs its test score
                 seed_jobs.append(replace(job, train=False) if seed == settings.seeds[0] else job)
         echo(f"seeds: the chosen settings over seeds {', '.join(map(str, settings.seeds))}")
-        for job, record in zip(seed_jobs, pool.run(seed_jobs, _describe), strict=True):
+        for job, record in zip(seed_jobs, jobs_runner.run_jobs(seed_jobs), strict=True):
             method = next(m for m in methods if m.name == job.method)
             method.runs.append(_seed_run(job.spec, record, method.samples))
     finally:
-        pool.close()
+        if pool is not None:
+            pool.close()
 
     table = results_table(baselines, methods)
     echo("")

@@ -6,8 +6,9 @@ module imports no web, database or queue code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -160,6 +161,11 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# The `distill` entry point (app/cli.py) sets this: (server, token, workers=, echo=, reuse=) -> a runner that
+# trains on a running service, or None for the local pool. The engine itself imports no service code.
+compare_runner_hook: Callable[..., Any] | None = None
+
+
 @engine_cli.command("compare")
 def compare_command(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
@@ -187,8 +193,15 @@ def compare_command(
     reuse: Annotated[
         bool, typer.Option(help="Keep finished runs of an earlier comparison with the same spec (resume).")
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(help="A running service's URL: train there, as sweeps on its queue, and score here (default: "
+                          "$DISTILL_SERVER when it answers, else the local pool)."),
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="API token of --server (default: $DISTILL_TOKEN).")] = None,
 ) -> None:
-    """Sweep every method over the same grid, choose on eval, score on test over seeds; write a page and a plot."""
+    """Sweep every method over the same grid, choose on eval, score on test over seeds; write a page and a plot.
+    Runs train in a local pool, or on a running service (--server, or DISTILL_SERVER)."""
     import shlex
     import sys
 
@@ -200,12 +213,20 @@ def compare_command(
                                curve_examples=curve_examples, test_examples=test_examples, teacher=teacher,
                                test_data=test_data, workers=workers)  # fmt: skip
     command = shlex.join(["distill", *sys.argv[1:]])
+    runner = None
     try:
+        if compare_runner_hook is not None:
+            runner = compare_runner_hook(server, token, workers=workers, echo=typer.echo, reuse=reuse)
+        elif server:
+            raise CompareError("--server needs the service: run `distill compare` (the service package's command)")
         compare(spec_files, settings, output_dir=output, doc_path=doc, plot_path=plot, command=command,
-                echo=typer.echo, reuse=reuse)  # fmt: skip
+                echo=typer.echo, reuse=reuse, runner=runner)  # fmt: skip
     except (CompareError, EvalError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    finally:
+        if runner is not None and hasattr(runner, "close"):
+            runner.close()
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

@@ -266,27 +266,27 @@ class ServiceRunner:
         name = f"{self.name}: {', '.join(methods)}"[:200]
         planned = plan_sweeps(specs, name)
         runs: dict[int, tuple[int, list[int]]] = {}  # run id -> (sweep id, job indices)
-        for sweep in planned:
-            view = self.client.call("POST", "/sweeps", json=sweep.body)
-            self.sweep_ids.append(view["id"])
-            if len(view["groups"]) != len(sweep.body["settings"]):
-                self._cancel()
-                raise ServiceRunError(f"sweep {view['id']}: the service grouped {len(sweep.body['settings'])} "
-                                      f"settings into {len(view['groups'])} groups")  # fmt: skip
-            for position, group in enumerate(view["groups"]):
-                for run in group["runs"]:
-                    runs[run["run_id"]] = (view["id"], sweep.jobs[(position, run["seed"])])
-        ids = ", ".join(map(str, self.sweep_ids[-len(planned) :]))
-        self.echo(f"  sweep {ids} on {self.client.base}: {len(runs)} runs queued for {len(jobs)} jobs "
-                  f"(follow it: distill sweep show {ids.split(',')[0]})")  # fmt: skip
         records: list[dict[str, Any] | None] = [None] * len(jobs)
+        submitted: list[int] = []
         try:
+            for sweep in planned:
+                view = self.client.call("POST", "/sweeps", json=sweep.body)
+                self.sweep_ids.append(view["id"])
+                submitted.append(view["id"])
+                if len(view["groups"]) != len(sweep.body["settings"]):
+                    self._cancel()
+                    raise ServiceRunError(f"sweep {view['id']}: the service grouped {len(sweep.body['settings'])} "
+                                          f"settings into {len(view['groups'])} groups")  # fmt: skip
+                for position, group in enumerate(view["groups"]):
+                    for run in group["runs"]:
+                        runs[run["run_id"]] = (view["id"], sweep.jobs[(position, run["seed"])])
+            self.echo(f"  sweep {', '.join(map(str, submitted))} on {self.client.base}: {len(runs)} runs queued for "
+                      f"{len(jobs)} jobs (follow it: distill sweep show {submitted[0]})")  # fmt: skip
             self._wait(runs, jobs, specs, records)
         except KeyboardInterrupt:
             self._cancel()
-            self.echo(
-                f"\ninterrupted: cancelled sweep {ids} on {self.client.base} (running runs stop at their next step)"
-            )
+            self.echo(f"\ninterrupted: cancelled sweep {', '.join(map(str, submitted)) or '(none yet)'} on "
+                      f"{self.client.base} (running runs stop at their next step)")  # fmt: skip
             raise
         return records  # type: ignore[return-value]
 

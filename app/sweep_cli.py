@@ -49,11 +49,11 @@ def request(method: str, server: str | None, token: str | None, path: str, **kwa
     if response.status_code == 401:
         raise ClientError(f"{base} needs a valid API token: pass --token or set DISTILL_TOKEN")
     if response.status_code >= 400:
-        raise ClientError(_problem_line(response))
+        raise ClientError(problem_line(response))
     return response.json()
 
 
-def _problem_line(response: Any) -> str:
+def problem_line(response: Any) -> str:
     try:
         detail = response.json()["detail"]
     except (ValueError, KeyError, TypeError):

@@ -6,8 +6,9 @@ module imports no web, database or queue code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -160,6 +161,11 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# The `distill` entry point (app/cli.py) sets this: (server, token, workers=, echo=, reuse=) -> a runner that
+# trains on a running service, or None for the local pool. The engine itself imports no service code.
+compare_runner_hook: Callable[..., Any] | None = None
+
+
 @engine_cli.command("compare")
 def compare_command(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
@@ -205,10 +211,17 @@ def compare_command(
     reuse: Annotated[
         bool, typer.Option(help="Keep finished runs and evaluations of an earlier comparison (resume).")
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(help="A running service's URL: train there, as sweeps on its queue, and score here (default: "
+                          "$DISTILL_SERVER when it answers, else the local pool)."),
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="API token of --server (default: $DISTILL_TOKEN).")] = None,
 ) -> None:
     """Sweep every method over the same grid and select on eval (with intervals); train the chosen settings with
     fresh seeds and score them on test against the student and teacher (greedy, T 1, the student's best T); claim
-    only what Bonferroni-adjusted bootstrap intervals support. Writes a page, a plot and results.json."""
+    only what Bonferroni-adjusted bootstrap intervals support. Writes a page, a plot and results.json. Runs train
+    in a local pool, or on a running service (--server, or DISTILL_SERVER) as a sweep on its queue."""
     import shlex
     import sys
 
@@ -225,12 +238,20 @@ def compare_command(
         allow_unequal_budgets=allow_unequal_budgets,
     )  # fmt: skip
     command = shlex.join(["distill", *sys.argv[1:]])
+    runner = None
     try:
+        if compare_runner_hook is not None:
+            runner = compare_runner_hook(server, token, workers=workers, echo=typer.echo, reuse=reuse)
+        elif server:
+            raise CompareError("--server needs the service: run `distill compare` (the service package's command)")
         compare(spec_files, settings, output_dir=output, doc_path=doc, plot_path=plot, command=command,
-                echo=typer.echo, reuse=reuse)  # fmt: skip
+                echo=typer.echo, reuse=reuse, runner=runner)  # fmt: skip
     except (CompareError, EvalError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    finally:
+        if runner is not None and hasattr(runner, "close"):
+            runner.close()
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:

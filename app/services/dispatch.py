@@ -2,6 +2,7 @@
 
     queue_run  a run was queued (created, re-run, resumed, handed back): book it if GPUs are free and
                publish it on that host's queue, else on the shared queue
+    queue_runs the same for many runs at once (a sweep): one scheduling pass, then each published
     take       a worker took a message: book the run here if it waits (or pass it on to the host it is
                booked on) and claim it; a `Claim` to train, or why there is nothing to do
     ended      a run left its GPUs: book the next runs and publish them
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import update
@@ -57,12 +59,50 @@ def queue_run(*, session: Session, run_id: int) -> str:
         raise
 
 
-def dispatch_waiting(*, session: Session, keep: int | None = None) -> Plan:
+class PartlyQueuedError(QueueUnavailableError):
+    """The broker went away during `queue_runs`: the first `published` runs were published, the others are
+    queued in the database and booked on nothing (the reaper's reconciler publishes them)."""
+
+    def __init__(self, message: str, published: int):
+        super().__init__(message)
+        self.published = published
+
+
+def queue_runs(*, session: Session, run_ids: Sequence[int]) -> list[str]:
+    """`queue_run` for many committed runs: one scheduling pass books what fits, then each run is published
+    in order (booked ones on their host's queue, the others on the shared queue); their message ids.
+
+    If the broker fails at run k, runs k.. are unbooked again (their GPUs freed) and PartlyQueuedError
+    says that k were published; with k == 0 nothing was booked or published (QueueUnavailableError)."""
+    wanted = set(run_ids)
+    try:
+        booked = {p.run_id for p in dispatch_waiting(session=session, keep=wanted).placements} & wanted
+    except Exception as exc:  # the runs stay queued: the next pass (reaper loop, a run ending) books them
+        session.rollback()
+        log.warning("scheduling pass after queueing %d runs failed: %s", len(wanted), exc)
+        booked = set()
+    messages = []
+    for n, run_id in enumerate(run_ids):
+        try:
+            if run_id in booked:
+                messages.append(broker.publish_booked(session=session, run_id=run_id))
+            else:
+                messages.append(broker.publish(session=session, run_id=run_id))
+        except QueueUnavailableError as exc:
+            for left in run_ids[n:]:
+                if left in booked:
+                    booking.unbook_run(session=session, run_id=left)
+            raise PartlyQueuedError(str(exc), published=n) from exc
+    return messages
+
+
+def dispatch_waiting(*, session: Session, keep: int | Collection[int] | None = None) -> Plan:
     """One scheduling pass: book what the policy places, then publish each booking on its host's queue (a
-    broker error is logged: the reconciler re-publishes booked runs), except run `keep`, which the caller
-    publishes or trains itself."""
+    broker error is logged: the reconciler re-publishes booked runs), except the run(s) `keep`, which the
+    caller publishes or trains itself."""
+    kept = {keep} if isinstance(keep, int) else set(keep or ())
     result = booking.book_waiting(session=session)
-    for placement in (p for p in result.placements if p.run_id != keep):
+    for placement in (p for p in result.placements if p.run_id not in kept):
         try:
             broker.publish_booked(session=session, run_id=placement.run_id)
         except Exception as exc:  # still booked in the database: the reconciler publishes it again

@@ -1,8 +1,8 @@
 """Sweeps: a base spec, a grid (or an explicit list) of settings over spec fields, times a list of seeds.
 
 Each (setting, seed) is one experiment (`sweep_id`, `sweep_group` = the setting's label) with one run,
-queued through `app.services.dispatch.queue_run` like any run: every host and GPU, the scheduler's
-rules, ownership, healing after a restart. The REST API, the dashboard and `distill sweep` call these.
+queued through `app.services.dispatch.queue_runs` (one scheduling pass for the whole sweep) like any run:
+every host and GPU, the scheduler's rules, ownership, healing after a restart. The REST API, the dashboard and `distill sweep` call these.
 
     expand_settings  the settings of a request: the grid's combinations (all, or `samples` drawn at
                      random with `search_seed`), or its explicit list; nothing queried, nothing stored
@@ -210,16 +210,15 @@ def create_sweep(*, session: Session, sweep_in: SweepCreate, user: str | None) -
     sweep, runs = crud.add_sweep(
         session=session, sweep_in=sweep_in, owner=user, runs=[(p.setting.label, p.spec) for p in planned]
     )
-    for n, run in enumerate(runs):
-        try:
-            dispatch.queue_run(session=session, run_id=run.id)
-        except QueueUnavailableError:
-            if n == 0:
-                crud.delete_sweep(session=session, sweep_id=sweep.id)
-                raise
-            log.warning("sweep %s: the queue went away after %d of %d runs; the reaper publishes the rest",
-                        sweep.id, n, len(runs))  # fmt: skip
-            break
+    try:
+        dispatch.queue_runs(session=session, run_ids=[run.id for run in runs])  # one scheduling pass for all
+    except QueueUnavailableError as exc:
+        published = getattr(exc, "published", 0)
+        if published == 0:
+            crud.delete_sweep(session=session, sweep_id=sweep.id)
+            raise
+        log.warning("sweep %s: the queue went away after %d of %d runs; the reaper publishes the rest",
+                    sweep.id, published, len(runs))  # fmt: skip
     return get_sweep(session=session, sweep_id=sweep.id)
 
 

@@ -32,6 +32,17 @@ def invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> Reques
     return RequestInvalid([{"loc": loc, "msg": msg, "type": kind}])
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; a 422 at `body` naming what it is instead."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(["body"], f"invalid JSON: {exc}", "json_invalid") from None
+    if not isinstance(data, dict):
+        raise invalid(["body"], f"must be a JSON object, got {type(data).__name__}", "type_error")
+    return data
+
+
 def spec_error_detail(exc: SpecError, prefix: tuple[str, ...] = ("body", "spec")) -> list[dict[str, Any]]:
     return [
         {"loc": [*prefix, *field.split(".")], "msg": msg, "type": "spec_error"} for field, msg in exc.errors.items()

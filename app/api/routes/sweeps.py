@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app import crud
 from app.api.deps import CurrentUser, SessionDep
-from app.api.errors import RequestInvalid, invalid, validation_detail
+from app.api.errors import RequestInvalid, json_object, validation_detail
 from app.api.routes.experiments import SUBMIT_LIMITER
 from app.api.schemas import ErrorMessage, Problems, SweepsPublic
 from app.models import SweepCreate, SweepView
@@ -107,12 +107,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 async def _read_sweep_in(request: Request) -> SweepCreate:
-    try:
-        data = json.loads(await request.body())
-    except (ValueError, RecursionError) as exc:
-        raise invalid(["body"], f"invalid JSON: {exc}", "json_invalid") from None
-    if not isinstance(data, dict):
-        raise invalid(["body"], f"must be a JSON object, got {type(data).__name__}", "type_error")
+    data = json_object(await request.body())
     try:
         return SweepCreate.model_validate(data)
     except ValidationError as exc:

@@ -7,9 +7,19 @@ from typing import Annotated
 
 import typer
 
+from core_distill import cli as engine
 from core_distill.cli import engine_cli
 
 cli = engine_cli
+
+
+def _compare_runner(server, token, **kwargs):  # noqa: ANN001, ANN202  (core_distill.cli.compare_runner_hook)
+    from app.sweep_runner import service_runner
+
+    return service_runner(server, token, **kwargs)
+
+
+engine.compare_runner_hook = _compare_runner  # `distill compare --server URL` trains on the service
 
 # --- `distill teacher serve`: the teacher server (app/teacher_server.py) ---------------------------
 teacher_cli = typer.Typer(no_args_is_help=True, help="Serve a teacher to training runs on other machines.")
@@ -182,6 +192,11 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
 
 
 cli.add_typer(token_cli, name="token")
+
+# --- `distill sweep ...`: a client of a running service (app/sweep_cli.py) --------------------------
+from app.sweep_cli import sweep_cli  # noqa: E402  (registered beside the commands above)
+
+cli.add_typer(sweep_cli, name="sweep")
 
 
 def main() -> None:

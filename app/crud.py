@@ -14,11 +14,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import ColumnElement, Float, String, cast, exists, func, literal, select
+from sqlalchemy import ColumnElement, Float, String, cast, delete, exists, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
-from app.models import Experiment, ExperimentCreate, ExperimentUpdate, Run, RunStatus
+from app.models import Experiment, ExperimentCreate, ExperimentUpdate, Run, RunStatus, Sweep, SweepCreate
 from app.paths_policy import DATA_FIELDS, MODEL_FIELDS, check_spec_policy
 from app.services.errors import ConflictError, NotFoundError, QueueUnavailableError
 from app.settings import get_settings
@@ -195,6 +195,82 @@ def delete_run(*, session: Session, run: Run) -> None:
     session.commit()
 
 
+# --- sweeps -------------------------------------------------------------------------------------
+def add_sweep(
+    *, session: Session, sweep_in: SweepCreate, owner: str | None, runs: Sequence[tuple[str, DistillSpec]]
+) -> tuple[Sweep, list[Run]]:
+    """Insert a sweep, one experiment per (group label, spec) of `runs` and a queued run of each, in one
+    transaction (the specs already validated: `app.services.sweeps.create_sweep`); the runs in that order."""
+    sweep = Sweep(
+        name=sweep_in.name, owner=owner, spec=sweep_in.spec.model_dump(mode="json"), grid=sweep_in.grid,
+        settings=sweep_in.settings, seeds=sweep_in.seeds, search=sweep_in.search, samples=sweep_in.samples,
+        search_seed=sweep_in.search_seed,
+    )  # fmt: skip
+    session.add(sweep)
+    session.flush()
+    experiments = []
+    for label, spec in runs:
+        experiment = Experiment(
+            name=f"{sweep_in.name} [{label}] seed {spec.seed}"[:200], tags=[f"sweep:{sweep.id}"],
+            spec=spec.model_dump(mode="json"), owner=owner, sweep_id=sweep.id, sweep_group=label,
+        )  # fmt: skip
+        session.add(experiment)
+        experiments.append(experiment)
+    session.flush()
+    rows = [Run(experiment_id=e.id, max_steps=int(e.spec.get("max_steps", 0)), gpus=int(e.spec.get("gpus", 1)))
+            for e in experiments]  # fmt: skip
+    session.add_all(rows)
+    session.commit()
+    session.refresh(sweep)
+    for run in rows:
+        session.refresh(run)
+    return sweep, rows
+
+
+def delete_sweep(*, session: Session, sweep_id: int) -> None:
+    """Delete a sweep with its experiments and runs (undoing a create the queue refused: no run was seen)."""
+    experiment_ids = select(Experiment.id).where(col(Experiment.sweep_id) == sweep_id)
+    session.execute(delete(Run).where(col(Run.experiment_id).in_(experiment_ids)))
+    session.execute(delete(Experiment).where(col(Experiment.sweep_id) == sweep_id))
+    session.execute(delete(Sweep).where(col(Sweep.id) == sweep_id))
+    session.commit()
+
+
+def get_sweep(*, session: Session, sweep_id: int) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise NotFoundError(f"no sweep with id {sweep_id}")
+    return sweep
+
+
+def list_sweeps(
+    *, session: Session, owner: str | None = None, skip: int = 0, limit: int = 100
+) -> tuple[list[Sweep], int]:
+    """Sweeps newest first, optionally one owner's; (page, total count)."""
+    where = [col(Sweep.owner) == owner] if owner is not None else []
+    count = session.execute(select(func.count()).select_from(Sweep).where(*where)).scalar_one()
+    rows = session.execute(
+        select(Sweep).where(*where).order_by(col(Sweep.created_at).desc(), col(Sweep.id).desc())
+        .offset(max(skip, 0)).limit(_page(limit))
+    ).scalars()  # fmt: skip
+    return list(rows), count
+
+
+def sweep_runs(*, session: Session, sweep_ids: Sequence[int]) -> list[tuple[Run, Experiment]]:
+    """The newest run of every experiment of the sweeps (a re-run replaces its experiment's earlier run), by id."""
+    newest = (
+        select(func.max(Run.id))
+        .join(Experiment, col(Run.experiment_id) == col(Experiment.id))
+        .where(col(Experiment.sweep_id).in_(list(sweep_ids)))
+        .group_by(col(Run.experiment_id))
+    )
+    rows = session.execute(
+        select(Run, Experiment).join(Experiment, col(Run.experiment_id) == col(Experiment.id))
+        .where(col(Run.id).in_(newest)).order_by(col(Run.id))
+    ).all()  # fmt: skip
+    return [(run, experiment) for run, experiment in rows]
+
+
 # --- spec filters -------------------------------------------------------------------------------
 def parse_spec_filters(raw: dict[str, str]) -> dict[str, Any]:
     """{'lmbda': '1.0', 'teacher': 'toy:teacher'} -> typed values; SpecError names unknown fields and bad values."""
@@ -248,14 +324,19 @@ __all__ = [
     "QueueUnavailableError",
     "add_experiment",
     "add_run",
+    "add_sweep",
     "delete_experiment",
     "delete_run",
+    "delete_sweep",
     "get_experiment",
     "get_run",
+    "get_sweep",
     "list_experiments",
     "list_runs",
+    "list_sweeps",
     "parse_spec_filters",
     "running_runs",
+    "sweep_runs",
     "update_experiment",
     "validate_spec",
 ]

@@ -87,10 +87,18 @@ class Reachability:
         self.last_failure_at = utcnow()
         if self.down_since is None:
             self.down_since = now
-            log.warning("database unavailable (%s): %s; retrying", self.what, _first_line(exc))
+            log.warning("database unavailable (%s): %s; retrying", self.what, first_line(exc))
         delay, self._delay = self._delay, min(self._delay * 2, MAX_DELAY_SECONDS)
         self._next_try = now + delay
         return delay
+
+    def noted(self, exc: BaseException) -> bool:
+        """True (and the failure noted, one log line per outage) when `exc` is an outage; False for any
+        other error, which the caller logs: the three background loops share this handling."""
+        if not is_db_unavailable(exc):
+            return False
+        self.failed(exc)
+        return True
 
     def reached(self) -> None:
         if self.down_since is not None:
@@ -128,6 +136,7 @@ def with_db_retry(fn: Callable[[], T], *, what: str, deadline_s: float | None = 
         return result
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """`Type: first line` of an error (of the driver's own error for a SQLAlchemy one), for a log line."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

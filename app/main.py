@@ -23,12 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.deps import get_current_user
 from app.api.errors import install_error_handlers
 from app.api.params import check_request_values
-from app.api.routes import auth, experiments, health, metrics, queue, runs, spec
+from app.api.routes import auth, experiments, health, metrics, queue, runs, spec, sweeps
 from app.api.schemas import ErrorMessage, Problems
 from app.boot import FAVICON_PNG
 from app.broker import get_queue
 from app.db_retry import is_db_unavailable
-from app.models import ExperimentCreate
+from app.models import ExperimentCreate, SweepCreate
 from app.services.errors import RETRY_AFTER_SECONDS
 from core_distill.spec import MAX_PATH_COMPONENT
 
@@ -167,7 +167,7 @@ def api_router() -> APIRouter:
     router.include_router(health.router)  # the one route without auth
     router.include_router(auth.router, responses=ERROR_RESPONSES)  # login checks the token itself; /me needs one
     guarded = [Depends(get_current_user)]
-    for module in (experiments, runs, metrics, queue, spec):
+    for module in (experiments, sweeps, runs, metrics, queue, spec):
         router.include_router(module.router, dependencies=guarded, responses=GUARDED_RESPONSES)
     return router
 
@@ -243,14 +243,16 @@ def create_app(ui: bool = True, progress: Callable[[str], None] | None = None) -
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus ExperimentCreate (its body is read by hand to accept JSON, YAML and files)."""
+    """The generated schema plus ExperimentCreate and SweepCreate (their bodies are read by hand: JSON, YAML
+    and files for an experiment; 422s that name the setting and field for a sweep)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    body = ExperimentCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(body.pop("$defs", {}))
-    components["ExperimentCreate"] = body
+    for model in (ExperimentCreate, SweepCreate):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
     for operations in schema["paths"].values():
         for operation in operations.values():
             for code, response in operation["responses"].items():

@@ -190,3 +190,28 @@ def last_steps(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
         ]
         out[run_id] = max(steps, default=0)
     return out
+
+
+_FINAL_BY_PREFIX_SQL = """
+SELECT m.run_id, m.key, m.value FROM metricpoint m JOIN (
+    SELECT run_id, key, MAX(step) AS step FROM metricpoint
+    WHERE run_id IN ({ids}) AND key LIKE :pattern GROUP BY run_id, key
+) last ON m.run_id = last.run_id AND m.key = last.key AND m.step = last.step
+"""
+_IDS_PER_QUERY = 500  # bound parameters per statement stay far below SQLite's limit
+
+
+def final_values(session: Session, run_ids: Sequence[int], prefix: str) -> dict[int, dict[str, float]]:
+    """The last logged value of every key starting with `prefix` (e.g. "eval/"), for many runs in a few
+    statements: {run_id: {key: value}} (runs without such keys map to {})."""
+    ids = list(dict.fromkeys(int(i) for i in run_ids))
+    out: dict[int, dict[str, float]] = {run_id: {} for run_id in ids}
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        names = ", ".join(f":id{i}" for i in range(len(chunk)))
+        sql = text(_FINAL_BY_PREFIX_SQL.format(ids=names).replace("LIKE :pattern", "LIKE :pattern ESCAPE '\\'"))
+        params = {"pattern": pattern, **{f"id{i}": run_id for i, run_id in enumerate(chunk)}}
+        for run_id, key, value in session.execute(sql, params).all():
+            out[run_id][key] = float(value)
+    return out

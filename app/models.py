@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator, model_validator
 from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -67,6 +67,9 @@ def check_text(text: str | None) -> str | None:
     return text
 
 
+MAX_GROUP_LABEL = 1000
+
+
 # --- experiments --------------------------------------------------------------------------------
 class ExperimentBase(SQLModel):
     name: str = Field(min_length=1, max_length=200, description="A short name to find the experiment by.")
@@ -98,6 +101,12 @@ class Experiment(ExperimentBase, table=True):
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     owner: str | None = Field(default=None, max_length=200, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    sweep_id: int | None = Field(
+        default=None, foreign_key="sweep.id", index=True, description="The sweep it is a run of."
+    )
+    sweep_group: str | None = Field(
+        default=None, max_length=MAX_GROUP_LABEL, description="Its setting: 'beta=0.5, lmbda=1.0'."
+    )
 
     def distill_spec(self) -> DistillSpec:
         return DistillSpec.parse(self.spec)
@@ -108,6 +117,120 @@ class ExperimentPublic(ExperimentBase):
     spec: dict[str, Any]
     owner: str | None
     created_at: datetime
+    sweep_id: int | None = None
+    sweep_group: str | None = None
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+SweepSearch = Literal["grid", "random"]
+
+
+class SweepBase(SQLModel):
+    name: str = Field(min_length=1, max_length=200, description="A short name; its runs are named after it.")
+
+    _text = field_validator("name")(lambda text: check_text(text))
+
+
+class SweepCreate(SweepBase):
+    """A base spec, a grid (every combination) or an explicit list of settings, times seeds (app.services.sweeps)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: DistillSpec = Field(description="The base spec every run starts from.")
+    grid: dict[str, list[Any]] | None = Field(
+        default=None, description="Spec field -> values; every combination is a setting (or `samples` of them)."
+    )
+    settings: list[dict[str, Any]] | None = Field(
+        default=None, description="Explicit settings, each a mapping of spec field -> value (instead of a grid)."
+    )
+    seeds: list[int] = Field(default=[0], min_length=1, max_length=1000, description="Each setting runs once per seed.")
+    search: SweepSearch = Field(default="grid", description="grid: every combination; random: `samples` of them.")
+    samples: int | None = Field(default=None, ge=1, le=100_000, description="How many settings random search draws.")
+    search_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of random search's draw.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"each seed once, got {seeds}")
+        if any(not 0 <= s <= 2**31 - 1 for s in seeds):
+            raise ValueError(f"seeds are 0 to {2**31 - 1}, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _search(self) -> SweepCreate:
+        if self.grid is not None and self.settings is not None:
+            raise ValueError("settings: give a grid or a list of settings, not both")
+        if self.search == "random" and (self.grid is None or self.samples is None):
+            raise ValueError("samples: random search draws `samples` settings from a `grid`; give both")
+        if self.search == "grid" and self.samples is not None:
+            raise ValueError("samples: only random search draws samples (search: random)")
+        return self
+
+
+class Sweep(SweepBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str | None = Field(default=None, max_length=200, index=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    grid: dict[str, list[Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    settings: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    seeds: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    search: str = Field(default="grid", max_length=16)
+    samples: int | None = None
+    search_seed: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class SweepPublic(SweepBase):
+    id: int
+    owner: str | None
+    spec: dict[str, Any]
+    grid: dict[str, list[Any]] | None
+    settings: list[dict[str, Any]] | None
+    seeds: list[int]
+    search: str
+    samples: int | None
+    search_seed: int
+    created_at: datetime
+
+
+class SweepRunView(SQLModel):
+    """One run of a sweep: its setting's seed, where it is, and the last value of each `eval/...` key."""
+
+    run_id: int
+    experiment_id: int
+    seed: int
+    status: str
+    attempt: int
+    last_step: int
+    max_steps: int
+    finals: dict[str, float] = {}
+
+
+class MetricSummary(SQLModel):
+    """A metric over a group's succeeded runs: mean, sample standard deviation (None for one run) and n."""
+
+    mean: float
+    sd: float | None
+    n: int
+
+
+class SweepGroupView(SQLModel):
+    label: str  # "beta=0.5, lmbda=1.0" (the experiments' sweep_group)
+    setting: dict[str, Any]  # the spec fields this group sets over the base spec
+    runs: list[SweepRunView]  # one per seed, in the order of the sweep's seeds
+    metrics: dict[str, MetricSummary] = {}  # eval key -> over the group's succeeded runs
+
+
+class SweepSummary(SweepPublic):
+    status: str  # queued | running | finished | cancelled (app.services.sweeps.sweep_status)
+    counts: dict[str, int]  # runs per status (every status, zeros included)
+    runs: int
+
+
+class SweepView(SweepSummary):
+    groups: list[SweepGroupView]
+    metric_keys: list[str]  # every eval key some run of the sweep logged, sorted
 
 
 # --- runs ---------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def auto_resume_backoff(streak: int) -> float:
 
 def resume_lost_runs(*, session: Session, now: datetime | None = None) -> list[int]:
     """lost -> queued (attempt + 1, from the last checkpoint) for each lost run whose resume_after has passed;
-    the ids re-queued, which the caller publishes (`app.services.dispatch.sweep`).
+    the ids re-queued, which the caller publishes (`app.services.dispatch.reap`).
 
     The limit is read again (the setting may have been lowered since the loss), and a run without a
     checkpoint is left for a person, as a manual resume would refuse it. Two reapers cannot both re-queue

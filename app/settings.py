@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         le=86_400,
         description="Wait before the first automatic resume of a lost run; doubles for each further one in a row.",
     )
+    sweep_max_runs: int = Field(
+        1000, ge=1, le=100_000, description="Most runs one sweep may ask for (settings x seeds); more is a 422."
+    )
     metrics_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged metric waits before its DB write.")
     db_retry_seconds: float = Field(
         180.0,

@@ -6,8 +6,9 @@ module imports no web, database or queue code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -120,21 +121,35 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion.", min=1)] = 256,
     temperature: Annotated[
         float | None,
-        typer.Option(help="0 = greedy; > 0 = sample at this temperature (default: 1 with the countdown metric, else 0).",
-                     min=0.0),
+        typer.Option(help="Temperature of the sampled completions; 0 = greedy only (default: 1 with the countdown "
+                          "metric, else 0).", min=0.0),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampled completions.")] = 0,
-    samples: Annotated[int, typer.Option(help="Sample completions to show.", min=0)] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    samples_per_prompt: Annotated[
+        int, typer.Option(help="Sampled completions per row and seed (when --temperature > 0).", min=1)
+    ] = 4,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds of the sampled completions, one draw each.")] = "0",
+    show: Annotated[int, typer.Option("--show", "--samples", help="Completions to print (one per row, first seed).",
+                                      min=0)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, with per-prompt results, instead of the table.")] = False,
 ) -> None:
-    """Task accuracy of greedy completions, divergence to the teacher and sample completions of one model."""
+    """Task accuracy of one model's greedy completions (one per prompt) and, at --temperature > 0, of
+    --samples-per-prompt completions per row sampled from each of --seeds; the prompt-clustered standard
+    error of each, distinct correct completions per prompt and the task's diversity measure
+    (countdown: log-likelihood of correct walks under the task's generating process); the divergence
+    to --teacher on the reference completions; a few completions. The headline 'accuracy' (also in
+    --json) is the sampled one at --temperature > 0, else the greedy one."""
     import json
 
     from core_distill.model_eval import EvalError, evaluate_model, report_text
 
     try:
+        seed_list = [int(part) for part in seeds.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    try:
         report = evaluate_model(model, data, teacher=teacher or None, limit=limit, metric=metric,
-                                max_new_tokens=max_new_tokens, n_samples=samples, temperature=temperature, seed=seed)  # fmt: skip
+                                max_new_tokens=max_new_tokens, n_samples=show, temperature=temperature,
+                                samples_per_prompt=samples_per_prompt, seeds=seed_list)  # fmt: skip
     except (EvalError, OSError) as exc:  # a model that cannot load (core_distill.models): one line, no traceback
         typer.secho(f"error: {_first_line(exc)}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -146,52 +161,104 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# The `distill` entry point (app/cli.py) sets this: (server, token, workers=, echo=, reuse=) -> a runner that
+# trains on a running service, or None for the local pool. The engine itself imports no service code.
+compare_runner_hook: Callable[..., Any] | None = None
+
+
 @engine_cli.command("compare")
 def compare_command(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files, one per method (examples/*.yaml).")],
     steps: Annotated[int, typer.Option(help="Optimizer steps of every run (overrides max_steps).", min=1)] = 200,
-    seeds: Annotated[int, typer.Option(help="Seeds of each method's chosen setting: 0, 1, ... N-1.", min=1)] = 3,
+    seeds: Annotated[
+        int, typer.Option(help="Fresh training seeds of each chosen setting, scored on test: S+1 .. S+N.", min=1)
+    ] = 5,
+    selection_seed: Annotated[int, typer.Option(help="Training seed S of the sweep (selection on eval).", min=0)] = 0,
     learning_rates: Annotated[
         str, typer.Option(help="Comma-separated learning rates every method is swept over ('' = each spec's own).")
-    ] = "1e-4,3e-4,1e-3",
+    ] = "1e-4,3e-4,1e-3,3e-3",
     temperatures: Annotated[
-        str, typer.Option(help="Comma-separated sampling temperatures for methods that sample ('' = the spec's own).")
+        str, typer.Option(help="Sampling temperatures for methods that sample, not MiniLLM ('' = the spec's own).")
     ] = "0.3,1.0",
+    betas: Annotated[
+        str, typer.Option(help="beta values for generalized-JSD methods, 0 < beta < 1 in the spec ('' = its own).")
+    ] = "0.1,0.5,0.9",
+    extend_edges: Annotated[
+        bool, typer.Option(help="A chosen learning rate at a grid edge: sweep one more step past it (once).")
+    ] = False,
+    samples_per_prompt: Annotated[int, typer.Option(help="Sampled completions per row and eval seed.", min=1)] = 4,
+    eval_seeds: Annotated[str, typer.Option(help="Comma-separated evaluation seeds (sampling draws).")] = "0,1,2",
+    decode_temperatures: Annotated[
+        str, typer.Option(help="Temperatures the untrained student is decoded at; its best on eval is a baseline.")
+    ] = "0.3,0.5,0.7,1.0",
     eval_every: Annotated[int, typer.Option(help="Learning-curve point every N steps.", min=1)] = 40,
     curve_examples: Annotated[int, typer.Option(help="Eval-split rows per learning-curve point.", min=1)] = 100,
+    selection_examples: Annotated[int, typer.Option(help="Eval-split rows scored for selection (0 = all).", min=0)] = 0,
     test_examples: Annotated[int, typer.Option(help="Test rows scored at the end (0 = all).", min=0)] = 0,
-    teacher: Annotated[str, typer.Option(help="Reference teacher of the divergence columns.")] = "toy:teacher",
+    teacher: Annotated[str, typer.Option(help="Teacher of the baseline rows and the divergence columns.")] = "toy:teacher",
     test_data: Annotated[str, typer.Option(help="Held-out data of the final test: test (the toy split) or a file.")] = "test",
     workers: Annotated[int, typer.Option(help="Runs at a time, one thread each (0 = one per CPU core).", min=0)] = 0,
+    allow_unequal_budgets: Annotated[
+        bool, typer.Option(help="Compare specs with different rows per step (batch_size x grad_accum); the page says so.")
+    ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the runs and results.json.")] = Path(
         "runs/compare"
     ),
     doc: Annotated[Path, typer.Option(help="Markdown page to write.")] = Path("docs/results.md"),
-    plot: Annotated[Path, typer.Option(help="PNG of accuracy against steps and wall time.")] = Path(
+    plot: Annotated[Path, typer.Option(help="PNG of eval score against steps, teacher tokens and wall time.")] = Path(
         "docs/results_accuracy.png"
     ),
     reuse: Annotated[
-        bool, typer.Option(help="Keep finished runs of an earlier comparison with the same spec (resume).")
+        bool, typer.Option(help="Keep finished runs and evaluations of an earlier comparison (resume).")
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(help="A running service's URL: train there, as sweeps on its queue, and score here (default: "
+                          "$DISTILL_SERVER when it answers, else the local pool)."),
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="API token of --server (default: $DISTILL_TOKEN).")] = None,
 ) -> None:
-    """Sweep every method over the same grid, choose on eval, score on test over seeds; write a page and a plot."""
+    """Sweep every method over the same grid and select on eval (with intervals); train the chosen settings with
+    fresh seeds and score them on test against the student and teacher (greedy, T 1, the student's best T); claim
+    only what Bonferroni-adjusted bootstrap intervals support. Writes a page, a plot and results.json. Runs train
+    in a local pool, or on a running service (--server, or DISTILL_SERVER) as a sweep on its queue."""
     import shlex
     import sys
 
     from core_distill.compare import CompareError, CompareSettings, compare
     from core_distill.model_eval import EvalError
 
-    settings = CompareSettings(steps=steps, seeds=tuple(range(seeds)), learning_rates=_floats(learning_rates, "--learning-rates"),
-                               temperatures=_floats(temperatures, "--temperatures"), eval_every=eval_every,
-                               curve_examples=curve_examples, test_examples=test_examples, teacher=teacher,
-                               test_data=test_data, workers=workers)  # fmt: skip
+    settings = CompareSettings(
+        steps=steps, seeds=tuple(range(selection_seed + 1, selection_seed + 1 + seeds)), selection_seed=selection_seed,
+        learning_rates=_floats(learning_rates, "--learning-rates"), temperatures=_floats(temperatures, "--temperatures"),
+        betas=_floats(betas, "--betas"), extend_edges=extend_edges, samples_per_prompt=samples_per_prompt,
+        eval_seeds=_ints(eval_seeds, "--eval-seeds"), decode_temperatures=_floats(decode_temperatures, "--decode-temperatures"),
+        eval_every=eval_every, curve_examples=curve_examples, selection_examples=selection_examples,
+        test_examples=test_examples, teacher=teacher, test_data=test_data, workers=workers,
+        allow_unequal_budgets=allow_unequal_budgets,
+    )  # fmt: skip
     command = shlex.join(["distill", *sys.argv[1:]])
+    runner = None
     try:
+        if compare_runner_hook is not None:
+            runner = compare_runner_hook(server, token, workers=workers, echo=typer.echo, reuse=reuse)
+        elif server:
+            raise CompareError("--server needs the service: run `distill compare` (the service package's command)")
         compare(spec_files, settings, output_dir=output, doc_path=doc, plot_path=plot, command=command,
-                echo=typer.echo, reuse=reuse)  # fmt: skip
+                echo=typer.echo, reuse=reuse, runner=runner)  # fmt: skip
     except (CompareError, EvalError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    finally:
+        if runner is not None and hasattr(runner, "close"):
+            runner.close()
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

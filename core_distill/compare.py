@@ -1,18 +1,24 @@
-"""`distill compare`: a fair comparison of methods, one spec file per method.
+"""`distill compare`: a comparison of methods that survives review, one spec file per method.
 
-Fair means:
-- the same budget in optimizer steps for every method, and the compute each one spent beside it
-  (wall time, tokens generated, tokens the teacher scored);
-- the same small sweep for every method: each learning rate of `learning_rates`, and for methods
-  that sample (lmbda > 0 or seq_kd) each sampling temperature of `temperatures`;
-- the setting is chosen on the eval split (seed 0's accuracy at the last step), and only the
-  chosen setting is scored on the test split, over every seed (mean ± sample standard deviation);
-- the teacher and the untrained student are rows of the table, and every curve starts at step 0.
+- Equal budgets: every spec must train on the same rows per optimizer step (batch_size x grad_accum),
+  and every run gets the same `steps`; a spec that differs is refused unless `allow_unequal_budgets`
+  (then the page says so first). Wall time, generated and teacher tokens are reported beside steps.
+- The same grid for every method, wide enough to hold the optimum: each learning rate, each
+  sampling temperature for methods that sample (not MiniLLM, whose estimator fixes it), each beta
+  for methods whose objective is a generalized JSD (0 < beta < 1; beta 0 / 1 name the method:
+  forward / reverse KL). A chosen learning rate at an edge of the grid is said on the page, or with
+  `extend_edges` the grid grows by one step past that edge, once.
+- Selection on the eval split with its uncertainty: the selection seed's final model of every
+  setting is scored by the evaluator (n samples per row x several eval seeds), and
+  `stats.selection_uncertainty` gives each setting's interval and whether the best is distinguishable.
+- The chosen setting is trained again with fresh seeds (never the selection seed) and only those
+  runs are scored on the test split, greedy and sampled at the task's grading temperature.
+- Baselines that decoding alone cannot beat: the student and the teacher, greedy, at T 1 and at the
+  student's best temperature on the eval split. Claims come from `stats.compare_all` / `stats.claims`
+  (compare_report.py).
 
-Runs go to a pool of worker processes (one per core by default), each with one torch thread, so
-a run computes the same numbers whatever the machine's core count or load. The page (Markdown,
-headline first) and a plot of accuracy against steps and wall time are written at the end; a
-hand-written discussion between the `<!-- discussion -->` markers of an existing page is kept.
+Jobs go to a `Runner` (`run_jobs(jobs) -> records`); `LocalPool` runs them in worker processes, one
+torch thread each, so a run computes the same numbers whatever the machine's cores or load.
 """
 
 from __future__ import annotations
@@ -20,27 +26,22 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
-import re
 import shutil
-import statistics
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core_distill.metric_keys import COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS, EVAL_EXACT_MATCH
-from core_distill.model_eval import ModelReport, evaluate_model
-from core_distill.paths import toy_dir
 from core_distill.reporting import NullReporter
 from core_distill.spec import DistillSpec, SpecError
 
-DISCUSSION_START, DISCUSSION_END = "<!-- discussion -->", "<!-- /discussion -->"
-# The GKD paper's claim, checked on held-out accuracy: on-policy GKD >= supervised KD >= SFT.
-PAPER_ORDER = ("gkd_on_policy", "supervised_kd", "sft")
+if TYPE_CHECKING:
+    from core_distill.compare_report import CompareResult
+
 RUN_RECORD = "compare_run.json"
 
 
@@ -51,64 +52,60 @@ class CompareError(ValueError):
 @dataclass
 class CompareSettings:
     steps: int = 200
-    seeds: tuple[int, ...] = (0, 1, 2)
-    learning_rates: tuple[float, ...] = ()  # empty: each spec's own
-    temperatures: tuple[float, ...] = ()  # for methods that sample; empty: each spec's own
-    eval_every: int = 40  # learning-curve points (on the eval split)
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # fresh training seeds of the chosen settings, scored on test
+    selection_seed: int = 0  # the sweep's training seed; never one of `seeds`
+    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)  # empty: each spec's own
+    temperatures: tuple[float, ...] = (0.3, 1.0)  # sampling, for methods that sample; empty: the spec's own
+    betas: tuple[float, ...] = (0.1, 0.5, 0.9)  # for generalized-JSD methods; empty: the spec's own
+    extend_edges: bool = False  # a chosen rate at a grid edge: one more step past it, once
+    samples_per_prompt: int = 4  # sampled completions per row and eval seed
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
+    decode_temperatures: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)  # the student's best-T baseline grid
+    eval_every: int = 40  # learning-curve points (on the eval split, the run's own evaluation)
     curve_examples: int = 100
+    selection_examples: int = 0  # eval-split rows scored for selection; 0 = all
     test_examples: int = 0  # 0 = the whole test split
-    teacher: str = "toy:teacher"  # the reference every model's divergence is measured against
+    teacher: str = "toy:teacher"  # the reference of the divergence columns and the teacher rows
     test_data: str = "test"
     workers: int = 0  # processes running at once; 0 = one per CPU core
+    allow_unequal_budgets: bool = False
+    confidence: float = 0.95
 
 
-@dataclass
-class SeedRun:
-    seed: int
+@dataclass(frozen=True)
+class Setting:
+    """One point of a method's grid (None: the dimension does not apply to the method)."""
+
     learning_rate: float
-    temperature: float | None  # None: the method does not sample
-    curve: list[tuple[int, float, float]]  # (step, seconds since the run started, eval accuracy)
-    seconds: float  # training wall time
-    generated_tokens: int
-    teacher_tokens: int
-    test: dict[str, Any] | None = None  # ModelReport.to_json() without samples; chosen settings only
-    model_dir: str = ""
+    temperature: float | None = None
+    beta: float | None = None
 
     @property
-    def eval_accuracy(self) -> float:
-        return self.curve[-1][2] if self.curve else 0.0
-
-
-@dataclass
-class MethodResult:
-    name: str  # the spec file's stem
-    spec_file: str
-    samples: bool  # whether its sweep includes the sampling temperature
-    sweep: list[SeedRun] = field(default_factory=list)  # the first seed of every setting
-    runs: list[SeedRun] = field(default_factory=list)  # the chosen setting, every seed, scored on test
-
-    def values(self, key: str) -> list[float]:
-        if key == "accuracy":
-            return [r.test["accuracy"] for r in self.runs]
-        return [r.test["divergence"][key] for r in self.runs]
+    def label(self) -> str:
+        parts = [f"lr {self.learning_rate:g}"]
+        if self.temperature is not None:
+            parts.append(f"T {self.temperature:g}")
+        if self.beta is not None:
+            parts.append(f"β {self.beta:g}")
+        return ", ".join(parts)
 
     @property
-    def chosen(self) -> SeedRun:
-        return self.runs[0]
+    def folder(self) -> str:
+        name = f"lr{self.learning_rate:g}"
+        name += f"_T{self.temperature:g}" if self.temperature is not None else ""
+        return name + (f"_b{self.beta:g}" if self.beta is not None else "")
+
+    def apply(self, spec: DistillSpec, seed: int) -> DistillSpec:
+        overrides: dict[str, Any] = {"learning_rate": self.learning_rate, "seed": seed}
+        if self.temperature is not None:
+            overrides["temperature"] = self.temperature
+        if self.beta is not None:
+            overrides["beta"] = self.beta
+        return spec.with_overrides(overrides)
 
 
-@dataclass
-class CompareResult:
-    settings: CompareSettings
-    baselines: dict[str, ModelReport]  # "teacher", "student (before)"
-    teacher_eval_accuracy: float  # on the eval split: the curves' reference line
-    methods: list[MethodResult]
-    table: str  # the Markdown table, exactly as printed
-    wall_seconds: float
-
-
-# --- specs and the grid ----------------------------------------------------------------------------
-def load_specs(spec_files: list[Path], settings: CompareSettings) -> list[tuple[str, DistillSpec]]:
+# --- specs, budgets and the grid ---------------------------------------------------------------------
+def load_specs(spec_files: list[Path], settings: CompareSettings) -> list[tuple[str, Path, DistillSpec]]:
     """Parse every spec up front, so a typo in the last one fails before hours of training."""
     if not spec_files:
         raise CompareError("give at least one spec file (for example examples/*.yaml)")
@@ -119,8 +116,12 @@ def load_specs(spec_files: list[Path], settings: CompareSettings) -> list[tuple[
     for path in spec_files:
         try:
             spec = DistillSpec.from_yaml(path).with_overrides(
-                {"max_steps": settings.steps, "eval_every": settings.eval_every, "save_every": 0,
-                 "eval_examples": settings.curve_examples}  # fmt: skip
+                {
+                    "max_steps": settings.steps,
+                    "eval_every": settings.eval_every,
+                    "save_every": 0,
+                    "eval_examples": settings.curve_examples,
+                }  # fmt: skip
             )
         except SpecError as exc:
             raise CompareError(f"{path}: {exc}") from None
@@ -128,80 +129,148 @@ def load_specs(spec_files: list[Path], settings: CompareSettings) -> list[tuple[
             raise CompareError(f"{path}: cannot read it ({exc.strerror})") from None
         if not spec.eval_data:
             raise CompareError(f"{path}: eval_data is empty; the comparison chooses settings on the eval split")
-        specs.append((path.stem, spec))
-    metrics = {spec.eval_metric for _, spec in specs}
-    if len(metrics) > 1:
-        raise CompareError(f"every spec must grade with the same eval_metric to be compared, got {sorted(metrics)}")
+        specs.append((path.stem, path, spec))
+    for name in ("eval_metric", "eval_temperature", "eval_data", "student"):
+        values = {getattr(spec, name) for _, _, spec in specs}
+        if len(values) > 1:
+            odd = _odd_ones([(p, getattr(s, name)) for _, p, s in specs])
+            raise CompareError(
+                f"{odd}: every spec must have the same {name} to be compared, got {sorted(map(str, values))}"
+            )
     return specs
 
 
+def rows_per_step(spec: DistillSpec) -> int:
+    return spec.batch_size * spec.grad_accum
+
+
+def check_budgets(specs: list[tuple[str, Path, DistillSpec]], *, allow_unequal: bool) -> bool:
+    """True when every spec trains on the same rows per optimizer step (steps are set for all by --steps);
+    a CompareError naming the files that differ from the others, unless `allow_unequal`."""
+    rows = [(path, rows_per_step(spec)) for _, path, spec in specs]
+    if len({r for _, r in rows}) == 1:
+        return True
+    if allow_unequal:
+        return False
+    common = Counter(r for _, r in rows).most_common(1)[0][0]
+    odd = [(p, s) for (p, r), (_, _, s) in zip(rows, specs, strict=True) if r != common]
+    described = "; ".join(f"{p}: {rows_per_step(s)} rows per optimizer step (batch_size {s.batch_size} × grad_accum "
+                          f"{s.grad_accum})" for p, s in odd)  # fmt: skip
+    raise CompareError(
+        f"{described}; the other specs train on {common}. Every method must see the same rows per step "
+        "(or pass --allow-unequal-budgets, and the page says so)"
+    )
+
+
+def _odd_ones(values: list[tuple[Path, Any]]) -> str:
+    common = Counter(v for _, v in values).most_common(1)[0][0]
+    return ", ".join(str(p) for p, v in values if v != common)
+
+
 def samples(spec: DistillSpec) -> bool:
+    """Whether the method generates its training completions (on-policy or seq-KD)."""
     return spec.lmbda > 0 or spec.seq_kd
 
 
-def grid(spec: DistillSpec, settings: CompareSettings) -> list[tuple[float, float | None]]:
-    """(learning rate, sampling temperature or None) settings of one method's sweep."""
-    rates = settings.learning_rates or (spec.learning_rate,)
-    if not samples(spec):
-        return [(lr, None) for lr in rates]
-    temperatures = settings.temperatures or (spec.temperature,)
-    if spec.objective == "minillm":  # its estimator needs samples at kd_temperature (the spec refuses others)
-        temperatures = (spec.kd_temperature,)
-    return [(lr, t) for lr in rates for t in temperatures]
+def sweeps_temperature(spec: DistillSpec) -> bool:
+    # MiniLLM's estimator needs samples from the student's own distribution at kd_temperature
+    return samples(spec) and spec.objective != "minillm"
 
 
-def setting_spec(spec: DistillSpec, learning_rate: float, temperature: float | None, seed: int) -> DistillSpec:
-    overrides: dict[str, Any] = {"learning_rate": learning_rate, "seed": seed}
-    if temperature is not None:
-        overrides["temperature"] = temperature
-    return spec.with_overrides(overrides)
+def uses_beta(spec: DistillSpec) -> bool:
+    """A generalized JSD (gkd objective, 0 < beta < 1): beta is a free parameter. At 0 or 1 it names the
+    method (forward / reverse KL); sft ignores it, and minillm fixes it to 1 (train.py)."""
+    return spec.objective == "gkd" and 0.0 < spec.beta < 1.0
 
 
-def setting_label(learning_rate: float, temperature: float | None) -> str:
-    return f"lr {learning_rate:g}" + (f", T {temperature:g}" if temperature is not None else "")
+def grid(spec: DistillSpec, settings: CompareSettings, learning_rates: Sequence[float] | None = None) -> list[Setting]:
+    rates = tuple(learning_rates or settings.learning_rates or (spec.learning_rate,))
+    temperatures = (settings.temperatures or (spec.temperature,)) if sweeps_temperature(spec) else (None,)
+    betas = (settings.betas or (spec.beta,)) if uses_beta(spec) else (None,)
+    return [Setting(lr, t, b) for lr in rates for t in temperatures for b in betas]
 
 
-def choose(sweep: list[SeedRun]) -> SeedRun:
-    """Best eval accuracy at the last step; ties go to the better mean over the curve, then the lower rate."""
-    return max(sweep, key=lambda r: (r.eval_accuracy, statistics.mean(p[2] for p in r.curve), -r.learning_rate))
+def edge_of(rates: Sequence[float], chosen: float) -> str | None:
+    """'lowest' / 'highest' when `chosen` is at that end of a grid of two or more rates."""
+    ordered = sorted(set(rates))
+    if len(ordered) < 2:
+        return None
+    return "lowest" if chosen == ordered[0] else "highest" if chosen == ordered[-1] else None
 
 
-# --- one run (in a worker process) ------------------------------------------------------------------
+def extended_rate(rates: Sequence[float], edge: str) -> float | None:
+    """One step past `edge`, at the ratio of the two rates at that end (None past 1, the spec's bound)."""
+    ordered = sorted(set(rates))
+    if edge == "highest":
+        rate = ordered[-1] * ordered[-1] / ordered[-2]
+        return rate if rate <= 1.0 else None
+    return ordered[0] * ordered[0] / ordered[1]
+
+
+# --- jobs and the runner -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalRequest:
+    """One call of the evaluator (`model_eval.evaluate_model`) on a model."""
+
+    name: str  # its key in the record: 'selection', 'test', 'test T 0.3', ...
+    data: str
+    temperature: float
+    samples_per_prompt: int
+    seeds: tuple[int, ...]
+    limit: int
+    teacher: str
+    metric: str
+    max_new_tokens: int
+
+    def key(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
 @dataclass(frozen=True)
 class Job:
-    method: str
-    spec: DistillSpec
+    """Train `spec` into `run_dir` (or, with spec None, take `model` as it is), then run `evals` on it."""
+
+    label: str
     run_dir: Path
-    train: bool  # False: only score an earlier run's final model on the test split
-    test: bool
-    teacher: str
-    test_data: str
-    test_examples: int
+    spec: DistillSpec | None
+    model: str = ""
+    evals: tuple[EvalRequest, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the caller's, unused here
+
+
+class Runner(Protocol):
+    """Runs jobs and returns each one's record, in order: the local pool here; a sweep submitted to a
+    running service can implement the same call."""
+
+    def run_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]: ...
 
 
 class _RunRecorder(NullReporter):
-    """The eval curve (with wall time) and the compute counters of one run."""
+    """The eval curve (with wall time and the compute so far) and the compute counters of one run."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.curve: list[tuple[int, float, float]] = []
+        self.curve: list[tuple[int, float, float, int, int]] = []  # step, s, accuracy, teacher, generated tokens
         self.generated_tokens = 0
         self.teacher_tokens = 0
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if EVAL_EXACT_MATCH in metrics:
-            self.curve.append((step, round(time.perf_counter() - self.start, 2), metrics[EVAL_EXACT_MATCH]))
         self.generated_tokens += int(metrics.get(COUNT_GENERATED_TOKENS, 0))
         self.teacher_tokens += int(metrics.get(COUNT_TEACHER_TOKENS, 0))
+        if EVAL_EXACT_MATCH in metrics:
+            self.curve.append((step, round(time.perf_counter() - self.start, 2), metrics[EVAL_EXACT_MATCH],
+                               self.teacher_tokens, self.generated_tokens))  # fmt: skip
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train (unless job.train is False) and score on test (if job.test); the run's record as a dict."""
+def run_job(job: Job, reuse: bool = False) -> dict[str, Any]:
+    """Train (unless reused or spec is None), then every evaluation not already in the record."""
     import torch
 
     torch.set_num_threads(1)  # the same numbers on every machine, whatever its cores or load
     record_path = job.run_dir / RUN_RECORD
-    if job.train:
+    wanted = {"spec": job.spec.model_dump() if job.spec else None, "model": job.model}
+    record = _reusable(job, wanted) if reuse else None
+    if record is None and job.spec is not None:
         from core_distill.reporting import FanoutReporter, JsonlReporter
         from core_distill.train import run
 
@@ -210,41 +279,46 @@ def run_job(job: Job) -> dict[str, Any]:
         recorder = _RunRecorder()
         result = run(job.spec, output_dir=job.run_dir, reporter=FanoutReporter(JsonlReporter(job.run_dir), recorder),
                      resume=False)  # fmt: skip
-        record = {
-            "spec": job.spec.model_dump(), "curve": recorder.curve, "seconds": round(time.perf_counter() - recorder.start, 2),
-            "generated_tokens": recorder.generated_tokens, "teacher_tokens": recorder.teacher_tokens,
-            "model_dir": str(result.model_dir), "test": None,
-        }  # fmt: skip
-    else:
-        record = json.loads(record_path.read_text())
-    if job.test and record["test"] is None:
-        report = evaluate_model(record["model_dir"], job.test_data, teacher=job.teacher, limit=job.test_examples,
-                                metric=job.spec.eval_metric, max_new_tokens=job.spec.max_new_tokens, n_samples=0)  # fmt: skip
-        record["test"] = {k: v for k, v in report.to_json().items() if k != "samples"}
-    record_path.write_text(json.dumps(record, indent=2))
+        record = {**wanted, "curve": recorder.curve, "seconds": round(time.perf_counter() - recorder.start, 2),
+                  "generated_tokens": recorder.generated_tokens, "teacher_tokens": recorder.teacher_tokens,
+                  "model_dir": str(result.model_dir), "evals": {}}  # fmt: skip
+    elif record is None:
+        record = {**wanted, "curve": [], "seconds": 0.0, "generated_tokens": 0, "teacher_tokens": 0,
+                  "model_dir": job.model, "evals": {}}  # fmt: skip
+    for request in job.evals:
+        done = record["evals"].get(request.name)
+        if done is None or done["request"] != request.key():
+            record["evals"][request.name] = {
+                "request": request.key(),
+                "report": _evaluate(record["model_dir"], request),
+            }
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record))
     return record
 
 
-def _seed_run(spec: DistillSpec, record: dict[str, Any], with_temperature: bool) -> SeedRun:
-    return SeedRun(
-        seed=spec.seed, learning_rate=spec.learning_rate, temperature=spec.temperature if with_temperature else None,
-        curve=[tuple(p) for p in record["curve"]], seconds=record["seconds"],
-        generated_tokens=record["generated_tokens"], teacher_tokens=record["teacher_tokens"], test=record["test"],
-        model_dir=record["model_dir"],
-    )  # fmt: skip
+def _evaluate(model: str, request: EvalRequest) -> dict[str, Any]:
+    from core_distill.model_eval import evaluate_model
+
+    report = evaluate_model(model, request.data, teacher=request.teacher or None, limit=request.limit,
+                            metric=request.metric, max_new_tokens=request.max_new_tokens, n_samples=0,
+                            temperature=request.temperature, samples_per_prompt=request.samples_per_prompt,
+                            seeds=list(request.seeds))  # fmt: skip
+    return {k: v for k, v in report.to_json().items() if k != "samples"}
 
 
-def _reusable(job: Job) -> dict[str, Any] | None:
-    """An earlier comparison's finished run of exactly this spec, if its record is there."""
+def _reusable(job: Job, wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier comparison's record of exactly this training (or model), if it is there."""
     path = job.run_dir / RUN_RECORD
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("spec") == job.spec.model_dump() else None
+    same = all(record.get(k) == v for k, v in wanted.items()) and "evals" in record
+    return record if same else None
 
 
-class _Pool:
-    """Runs jobs in `workers` processes (in this process when workers == 1) and reports each as it ends."""
+class LocalPool:
+    """The Runner of this machine: `workers` processes (this process when workers == 1), reporting each job."""
 
     def __init__(self, workers: int, echo: Callable[[str], None], reuse: bool) -> None:
         self.workers, self.echo, self.reuse = workers, echo, reuse
@@ -252,35 +326,36 @@ class _Pool:
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
         )
 
-    def run(self, jobs: list[Job], describe: Callable[[Job, dict], str]) -> list[dict[str, Any]]:
+    def run_jobs(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
         records: list[dict[str, Any] | None] = [None] * len(jobs)
-        pending = []
-        for i, job in enumerate(jobs):
-            # a job that does not train names a run of this comparison; others reuse only when asked to
-            earlier = _reusable(job) if self.reuse or not job.train else None
-            if earlier is not None and (earlier["test"] is not None or not job.test):
-                records[i] = earlier
-                where = "reused from an earlier comparison" if self.reuse else "from the sweep"
-                self.echo(f"  {describe(job, earlier)} ({where})")
-            else:
-                if earlier is not None:  # trained already, only its test score is missing
-                    job = replace(job, train=False)
-                pending.append((i, job))
         if self.executor is None:
-            for done, (i, job) in enumerate(pending, 1):
-                records[i] = run_job(job)
-                self.echo(f"  [{done}/{len(pending)}] {describe(job, records[i])}")
+            for i, job in enumerate(jobs):
+                records[i] = run_job(job, self.reuse)
+                self.echo(f"  [{i + 1}/{len(jobs)}] {describe(job, records[i])}")
         else:
-            futures = {self.executor.submit(run_job, job): (i, job) for i, job in pending}
+            futures = {self.executor.submit(run_job, job, self.reuse): i for i, job in enumerate(jobs)}
             for done, future in enumerate(as_completed(futures), 1):
-                i, job = futures[future]
+                i = futures[future]
                 records[i] = future.result()
-                self.echo(f"  [{done}/{len(pending)}] {describe(job, records[i])}")
+                self.echo(f"  [{done}/{len(jobs)}] {describe(jobs[i], records[i])}")
         return records  # type: ignore[return-value]
 
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe(job: Job, record: dict[str, Any]) -> str:
+    parts = [f"{name} {100 * (e['report']['accuracy'] or 0):.1f} %" for name, e in record["evals"].items()
+             if name in {r.name for r in job.evals}]  # fmt: skip
+    took = f", trained {record['seconds']:.0f} s" if job.spec is not None else ""
+    return f"{job.label}: " + ", ".join(parts) + took
 
 
 # --- the comparison ---------------------------------------------------------------------------------
@@ -294,349 +369,164 @@ def compare(
     command: str = "",
     echo: Callable[[str], None] = print,
     reuse: bool = False,
+    runner: Runner | None = None,
 ) -> CompareResult:
-    """Sweep, choose on eval, score the chosen settings on test over every seed; write the page and the plot.
+    """Sweep and select on eval, train the chosen settings with fresh seeds, score them and the baselines on
+    test; write results.json, the page and the plot. Returns a compare_report.CompareResult.
 
-    With `reuse`, a run whose folder holds the record of a finished run of the same spec from an
-    earlier comparison is not trained again: an interrupted comparison resumes where it stopped.
+    With `reuse`, a run whose folder holds the record of the same spec (or model) from an earlier
+    comparison is not trained again, and its evaluations with the same request are kept.
     """
-    start = time.time()
-    load_before = os.getloadavg()
+    from core_distill import compare_report as report
+
+    start, load_before = time.time(), os.getloadavg()
     specs = load_specs(spec_files, settings)
-    if settings.steps < 1 or not settings.seeds:
-        raise CompareError("--steps must be >= 1 and --seeds must name at least one seed")
-    if not settings.teacher:
-        raise CompareError("--teacher is empty; the divergence columns need a reference teacher")
-    if any(lr <= 0 for lr in settings.learning_rates) or any(t <= 0 for t in settings.temperatures):
-        raise CompareError("--learning-rates and --temperatures must be positive")
-    for name, spec in specs:
+    _check_settings(settings)
+    equal_budgets = check_budgets(specs, allow_unequal=settings.allow_unequal_budgets)
+    for _name, path, spec in specs:
         try:
             spec.preflight()
-            for lr, temperature in grid(spec, settings):
-                setting_spec(spec, lr, temperature, settings.seeds[0])
+            for setting in grid(spec, settings):
+                setting.apply(spec, settings.selection_seed)
         except SpecError as exc:
-            raise CompareError(f"{name}.yaml: {exc}") from None
-
-    first = specs[0][1]
-    echo(f"baselines: {settings.teacher} and {first.student} on {settings.test_data}")
-    baselines = {
-        "teacher": _evaluate(settings.teacher, settings, first),
-        "student (before)": _evaluate(first.student, settings, first),
-    }
-    for label, report in baselines.items():
-        echo(f"  {label}: test accuracy {report.accuracy:.1%}, forward KL {report.divergence['fkl']:.4f}")
-    teacher_eval = evaluate_model(settings.teacher, first.eval_data, teacher=None, limit=settings.curve_examples,
-                                  metric=first.eval_metric, max_new_tokens=first.max_new_tokens, n_samples=0).accuracy  # fmt: skip
-
+            raise CompareError(f"{path}: {exc}") from None
+    first = specs[0][2]
+    grading = first.eval_temperature
+    requests = _Requests(settings, first)
     workers = settings.workers or os.cpu_count() or 1
-    pool = _Pool(workers, echo, reuse)
-    methods = [MethodResult(name, str(next(p for p in spec_files if p.stem == name)), samples(spec))
-               for name, spec in specs]  # fmt: skip
+    pool = None if runner is not None else LocalPool(workers, echo, reuse)
+    runner = runner or pool
+    assert runner is not None
     try:
-        # 1. the sweep: every setting of every method, first seed, eval split only
-        sweep_jobs = [
-            _job(name, setting_spec(spec, lr, t, settings.seeds[0]), output_dir, settings, test=len(grid(spec, settings)) == 1)
-            for name, spec in specs
-            for lr, t in grid(spec, settings)
-        ]  # fmt: skip
-        n_settings = len(sweep_jobs)
-        echo(f"sweep: {n_settings} settings of {len(specs)} methods, {settings.steps} steps each, {workers} at a time")
-        for job, record in zip(sweep_jobs, pool.run(sweep_jobs, _describe), strict=True):
-            method = next(m for m in methods if m.name == job.method)
-            method.sweep.append(_seed_run(job.spec, record, method.samples))
-        # 2. the chosen setting: test score of its first seed, then the other seeds
-        seed_jobs = []
-        for method, (name, spec) in zip(methods, specs, strict=True):
-            best = choose(method.sweep)
-            echo(f"  {name}: chose {setting_label(best.learning_rate, best.temperature)} "
-                 f"(eval accuracy {best.eval_accuracy:.1%})")  # fmt: skip
-            for seed in settings.seeds:
-                seed_spec = setting_spec(spec, best.learning_rate, best.temperature, seed)
-                job = _job(name, seed_spec, output_dir, settings, test=True)
-                # the first seed was trained by the sweep: it only needs its test score
-                seed_jobs.append(replace(job, train=False) if seed == settings.seeds[0] else job)
-        echo(f"seeds: the chosen settings over seeds {', '.join(map(str, settings.seeds))}")
-        for job, record in zip(seed_jobs, pool.run(seed_jobs, _describe), strict=True):
-            method = next(m for m in methods if m.name == job.method)
-            method.runs.append(_seed_run(job.spec, record, method.samples))
-    finally:
-        pool.close()
+        # 1. the sweep on the eval split (selection seed) and the student's decoding temperatures
+        echo(f"eval split: the student at T {', '.join(f'{t:g}' for t in settings.decode_temperatures)}, and "
+             f"every setting of {len(specs)} methods trained with seed {settings.selection_seed}")  # fmt: skip
+        student_jobs = [Job(f"student T {t:g}", output_dir / "baselines" / "student" / f"eval_T{t:g}", None,
+                            first.student, (requests.selection(t),)) for t in settings.decode_temperatures]  # fmt: skip
+        sweep_jobs = [_train_job(name, spec, setting, settings.selection_seed, output_dir, (requests.selection(grading),))
+                      for name, _, spec in specs for setting in grid(spec, settings)]  # fmt: skip
+        records = runner.run_jobs(student_jobs + sweep_jobs)
+        student_eval = {t: r["evals"]["selection"]["report"]
+                        for t, r in zip(settings.decode_temperatures, records, strict=False)}  # fmt: skip
+        sweeps: dict[str, list[tuple[Setting, dict[str, Any]]]] = {name: [] for name, _, _ in specs}
+        for job, record in zip(sweep_jobs, records[len(student_jobs) :], strict=True):
+            sweeps[job.meta["method"]].append((job.meta["setting"], record))
+        student_choice = report.choose_temperature(student_eval, settings.confidence, grading)
+        best_t = student_choice.temperature
+        echo(f"  student: best T on the eval split {best_t:g}")
 
-    table = results_table(baselines, methods)
+        # 2. edges: a chosen rate at an end of the grid, one more step past it (once)
+        extended: dict[str, float] = {}
+        if settings.extend_edges:
+            extra_jobs = []
+            for name, _, spec in specs:
+                rates = [s.learning_rate for s, _ in sweeps[name]]
+                chosen = report.select(sweeps[name], grading, settings.confidence)[0]
+                edge = edge_of(rates, chosen.learning_rate)
+                rate = extended_rate(rates, edge) if edge else None
+                if rate is not None:
+                    extended[name] = rate
+                    extra_jobs += [_train_job(name, spec, s, settings.selection_seed, output_dir,
+                                              (requests.selection(grading),)) for s in grid(spec, settings, [rate])]  # fmt: skip
+            if extra_jobs:
+                echo(f"extending {len(extended)} grids past their edge: "
+                     + ", ".join(f"{n} lr {r:g}" for n, r in extended.items()))  # fmt: skip
+                for job, record in zip(extra_jobs, runner.run_jobs(extra_jobs), strict=True):
+                    sweeps[job.meta["method"]].append((job.meta["setting"], record))
+
+        # 3. the chosen settings with fresh seeds, and the baselines, on the test split
+        chosen = {name: report.select(sweeps[name], grading, settings.confidence) for name, _, _ in specs}
+        for name, (setting, selection) in chosen.items():
+            how = "distinguishable from" if selection.distinguishable else "not distinguishable from"
+            echo(f"  {name}: chose {setting.label} ({how} the runner-up)")
+        temperatures = report.baseline_temperatures(grading, best_t)
+        baseline_jobs = [Job(f"{who} test T {t:g}", output_dir / "baselines" / who / f"test_T{t:g}", None, model,
+                             (requests.test(t),), {"who": who, "temperature": t})
+                         for who, model in (("student", first.student), ("teacher", settings.teacher))
+                         for t in temperatures]  # fmt: skip
+        seed_jobs = [_train_job(name, spec, chosen[name][0], seed, output_dir, (requests.test(grading),))
+                     for name, _, spec in specs for seed in settings.seeds]  # fmt: skip
+        echo(f"test split: baselines at {', '.join('greedy' if t == 0 else f'T {t:g}' for t in temperatures)}; "
+             f"the chosen settings with fresh seeds {', '.join(map(str, settings.seeds))}")  # fmt: skip
+        records = runner.run_jobs(baseline_jobs + seed_jobs)
+    finally:
+        if pool is not None:
+            pool.close()
+
+    baselines = {(j.meta["who"], j.meta["temperature"]): r["evals"]["test"]["report"]
+                 for j, r in zip(baseline_jobs, records, strict=False)}  # fmt: skip
+    runs: dict[str, list[tuple[int, dict[str, Any]]]] = {name: [] for name, _, _ in specs}
+    for job, record in zip(seed_jobs, records[len(baseline_jobs) :], strict=True):
+        runs[job.meta["method"]].append((job.meta["seed"], record))
+    methods = [
+        report.MethodResult(
+            name=name, spec_file=str(path), rows_per_step=rows_per_step(spec), grid=grid(spec, settings),
+            extended_rate=extended.get(name), sweep=sweeps[name], chosen=chosen[name][0], selection=chosen[name][1],
+            runs=runs[name],
+        )
+        for name, path, spec in specs
+    ]  # fmt: skip
+    result = report.build_result(settings, methods, baselines, student_choice, grading=grading, metric=first.eval_metric,
+                                 student=first.student, train_data=first.train_data, equal_budgets=equal_budgets,
+                                 wall_seconds=time.time() - start)  # fmt: skip
     echo("")
-    echo(table)
-    result = CompareResult(settings, baselines, teacher_eval, methods, table, time.time() - start)
+    echo(result.table)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(result_json(result), indent=2))
+    (output_dir / "results.json").write_text(json.dumps(report.result_json(result)))
     if plot_path is not None:
-        plot_curves(result, plot_path)
+        report.plot_curves(result, plot_path)
     if doc_path is not None:
         doc_path.parent.mkdir(parents=True, exist_ok=True)
         previous = doc_path.read_text() if doc_path.exists() else ""
-        doc_path.write_text(results_page(result, command, load_before, os.getloadavg(), plot_path, doc_path, previous))
-        echo(f"\nwrote {doc_path}" + (f" and {plot_path}" if plot_path else "") + f" in {result.wall_seconds / 60:.1f} min")
+        page = report.results_page(result, command=command, load=(load_before, os.getloadavg()), plot_path=plot_path,
+                                   doc_path=doc_path, previous=previous, workers=workers)  # fmt: skip
+        doc_path.write_text(page)
+        echo(
+            f"\nwrote {doc_path}"
+            + (f" and {plot_path}" if plot_path else "")
+            + f" in {result.wall_seconds / 60:.1f} min"
+        )
     return result
 
 
-def _job(method: str, spec: DistillSpec, output_dir: Path, settings: CompareSettings, test: bool) -> Job:
-    label = f"lr{spec.learning_rate:g}" + (f"_T{spec.temperature:g}" if samples(spec) else "")
-    return Job(method, spec, output_dir / method / label / f"seed{spec.seed}", True, test, settings.teacher,
-               settings.test_data, settings.test_examples)  # fmt: skip
+def _check_settings(s: CompareSettings) -> None:
+    if s.steps < 1 or not s.seeds:
+        raise CompareError("--steps must be >= 1 and --seeds must name at least one seed")
+    if s.selection_seed in s.seeds:
+        raise CompareError(f"--selection-seed {s.selection_seed} is one of the test seeds {list(s.seeds)}; "
+                           "the chosen setting is scored with fresh seeds, not the run it was chosen on")  # fmt: skip
+    if len(set(s.seeds)) != len(s.seeds):
+        raise CompareError(f"--seeds must differ, got {list(s.seeds)}")
+    if not s.teacher:
+        raise CompareError("--teacher is empty; the divergence columns and the teacher rows need a teacher")
+    if any(x <= 0 for x in (*s.learning_rates, *s.temperatures)):
+        raise CompareError("--learning-rates and --temperatures must be positive")
+    if any(not 0 <= b <= 1 for b in s.betas):
+        raise CompareError("--betas must be between 0 and 1")
+    if not s.decode_temperatures or any(t <= 0 for t in s.decode_temperatures):
+        raise CompareError("--decode-temperatures must name at least one temperature, each above 0")
+    if s.samples_per_prompt < 1 or not s.eval_seeds or len(set(s.eval_seeds)) != len(s.eval_seeds):
+        raise CompareError("--samples-per-prompt must be >= 1 and --eval-seeds distinct seeds, at least one")
 
 
-def _describe(job: Job, record: dict[str, Any]) -> str:
-    text = (f"{job.method} {setting_label(job.spec.learning_rate, job.spec.temperature if samples(job.spec) else None)} "
-            f"seed {job.spec.seed}: eval accuracy {record['curve'][-1][2]:.1%}")  # fmt: skip
-    if record["test"] is not None:
-        text += f", test accuracy {record['test']['accuracy']:.1%}"
-    return text + f", {record['seconds']:.0f} s"
+class _Requests:
+    """The evaluator calls of this comparison: selection on the eval split, scores on the test split."""
+
+    def __init__(self, s: CompareSettings, spec: DistillSpec) -> None:
+        self.s, self.spec = s, spec
+
+    def _request(self, name: str, data: str, temperature: float, limit: int) -> EvalRequest:
+        return EvalRequest(name, data, temperature, self.s.samples_per_prompt, tuple(self.s.eval_seeds), limit,
+                           self.s.teacher, self.spec.eval_metric, self.spec.max_new_tokens)  # fmt: skip
+
+    def selection(self, temperature: float) -> EvalRequest:
+        return self._request("selection", self.spec.eval_data, temperature, self.s.selection_examples)
+
+    def test(self, temperature: float) -> EvalRequest:
+        return self._request("test", self.s.test_data, temperature, self.s.test_examples)
 
 
-def _evaluate(model: str, settings: CompareSettings, spec: DistillSpec) -> ModelReport:
-    return evaluate_model(model, settings.test_data, teacher=settings.teacher, limit=settings.test_examples,
-                          metric=spec.eval_metric, max_new_tokens=spec.max_new_tokens, n_samples=0)  # fmt: skip
-
-
-# --- the table, the page and the plot -----------------------------------------------------------------
-def _decoding(result: CompareResult) -> str:
-    temperature = result.baselines["teacher"].temperature
-    return "decoded greedily" if temperature == 0 else f"sampled at temperature {temperature:g}"
-
-
-def _mean_sd(values: list[float], fmt: str) -> str:
-    if len(values) == 1:
-        return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
-
-
-def results_table(baselines: dict[str, ModelReport], methods: list[MethodResult]) -> str:
-    """Test accuracy, divergences to the teacher and compute; mean ± sample standard deviation over seeds."""
-    lines = [
-        "| model | chosen setting | seeds | test accuracy | min – max | forward KL (T‖S) | reverse KL (S‖T) "
-        "| s / run | generated tokens / run | teacher tokens / run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, report in baselines.items():
-        lines.append(f"| {label} | – | – | {100 * report.accuracy:.1f} % | – | {report.divergence['fkl']:.4f} | "
-                     f"{report.divergence['rkl']:.4f} | – | – | – |")  # fmt: skip
-    for method in methods:
-        accuracy = [100 * v for v in method.values("accuracy")]
-        runs = method.runs
-        lines.append(
-            f"| {method.name} | {setting_label(method.chosen.learning_rate, method.chosen.temperature)} | {len(runs)} "
-            f"| {_mean_sd(accuracy, '.1f')} % | {min(accuracy):.1f} – {max(accuracy):.1f} % "
-            f"| {_mean_sd(method.values('fkl'), '.4f')} | {_mean_sd(method.values('rkl'), '.4f')} "
-            f"| {statistics.mean(r.seconds for r in runs):.0f} | {statistics.mean(r.generated_tokens for r in runs):,.0f} "
-            f"| {statistics.mean(r.teacher_tokens for r in runs):,.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def sweep_table(methods: list[MethodResult]) -> str:
-    """Eval-split accuracy at the last step of every setting's first seed; the chosen one in bold."""
-    lines = ["| method | setting | eval accuracy | s |", "|---|---|---|---|"]
-    for method in methods:
-        best = choose(method.sweep)
-        for r in method.sweep:
-            cell = f"{100 * r.eval_accuracy:.1f} %"
-            lines.append(f"| {method.name} | {setting_label(r.learning_rate, r.temperature)} | "
-                         f"{f'**{cell}**' if r is best else cell} | {r.seconds:.0f} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def paper_order_check(methods: list[MethodResult]) -> str:
-    """Whether on-policy GKD >= supervised KD >= SFT holds on mean test accuracy (when all three ran),
-    and which of the two gaps are smaller than the spread over seeds."""
-    by_name = {m.name: m.values("accuracy") for m in methods}
-    if not all(name in by_name for name in PAPER_ORDER):
-        return f"Not checked: the comparison needs the specs {', '.join(n + '.yaml' for n in PAPER_ORDER)}."
-    means = [statistics.mean(by_name[name]) for name in PAPER_ORDER]
-    verdict = "holds" if means[0] >= means[1] >= means[2] else "does not hold"
-    text = (
-        f"Mean test accuracy: on-policy GKD {means[0]:.1%}, supervised KD {means[1]:.1%}, SFT {means[2]:.1%}. "
-        f"The paper's ordering (on-policy GKD ≥ supervised KD ≥ SFT) **{verdict}** in this run."
-    )
-    labels = ("on-policy GKD", "supervised KD", "SFT")
-    for i in (0, 1):
-        pair = (by_name[PAPER_ORDER[i]], by_name[PAPER_ORDER[i + 1]])
-        if min(len(v) for v in pair) < 2:
-            continue
-        spread = max(statistics.stdev(v) for v in pair)
-        if abs(means[i] - means[i + 1]) <= spread:
-            text += (
-                f" The gap between {labels[i]} and {labels[i + 1]} ({100 * abs(means[i] - means[i + 1]):.1f} points) "
-                f"is within the spread over seeds (standard deviation up to {100 * spread:.1f} points)."
-            )
-    return text
-
-
-def headline(result: CompareResult) -> str:
-    """The finding in one paragraph: the ranking by mean test accuracy, against the baselines."""
-    ranked = sorted(result.methods, key=lambda m: statistics.mean(m.values("accuracy")), reverse=True)
-    before = result.baselines["student (before)"].accuracy
-    teacher = result.baselines["teacher"].accuracy
-    parts = [f"{m.name} {100 * statistics.mean(m.values('accuracy')):.1f} %" for m in ranked]
-    return (
-        f"From a student at {100 * before:.1f} % and a teacher at {100 * teacher:.1f} % test accuracy, "
-        f"{result.settings.steps} steps of each method (best setting on the eval split, "
-        f"{len(result.settings.seeds)} seeds) rank: {', '.join(parts)}."
-    )
-
-
-def result_json(result: CompareResult) -> dict[str, Any]:
-    return {
-        "settings": {**result.settings.__dict__, "seeds": list(result.settings.seeds)},
-        "baselines": {k: {**v.to_json(), "samples": []} for k, v in result.baselines.items()},
-        "teacher_eval_accuracy": result.teacher_eval_accuracy,
-        "methods": [
-            {"name": m.name, "spec_file": m.spec_file, "sweep": [asdict(r) for r in m.sweep],
-             "runs": [asdict(r) for r in m.runs]}
-            for m in result.methods
-        ],  # fmt: skip
-        "wall_seconds": result.wall_seconds,
-    }
-
-
-def _machine(workers: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    import torch
-
-    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {workers} runs at a time, 1 thread each"
-
-
-def results_page(result: CompareResult, command: str, load_before, load_after, plot_path: Path | None,
-                 doc_path: Path, previous: str) -> str:  # fmt: skip
-    s = result.settings
-    manifest_path = toy_dir() / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    workers = s.workers or os.cpu_count() or 1
-    lines = [
-        "# Results: distillation methods on the built-in countdown task",
-        "",
-        "<!-- Written by `distill compare`; everything outside the discussion markers is regenerated. -->",
-        "",
-        f"**Finding.** {headline(result)} {paper_order_check(result.methods)}",
-        "",
-        f"Reproduce: `{command or 'distill compare'}` — run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on "
-        f"{_machine(workers)}; wall time {result.wall_seconds / 60:.1f} min. Load average (1/5/15 min) "
-        f"{'/'.join(f'{x:.2f}' for x in load_before)} at the start and {'/'.join(f'{x:.2f}' for x in load_after)} "
-        "at the end (wall times vary with other jobs on a shared machine; accuracies do not: every run uses "
-        "one thread and seeded sampling).",
-        "",
-        "## Setup",
-        "",
-    ]
-    if manifest is not None:
-        models = manifest["models"]
-        lines += [
-            f"- Task: countdown (`core_distill/toy/task.py`, seed {manifest['seed']}); splits of "
-            f"{', '.join(f'{k} {v}' for k, v in manifest['sizes'].items())} rows; no prompt is in two splits.",
-            f"- Teacher: Llama {models['teacher']['hidden_size']} × {models['teacher']['layers']}, "
-            f"{models['teacher']['parameters']:,} parameters. Student: {models['student']['hidden_size']} × "
-            f"{models['student']['layers']}, {models['student']['parameters']:,} parameters. Both trained from "
-            f"scratch ({_steps(models)}) by `distill toy build` until eval loss and eval validity were flat, and "
-            "shipped in the package (`toy:teacher`, `toy:student`).",
-        ]
-    lines += [
-        f"- Every method: its spec in `examples/` with `max_steps` {s.steps}; learning rates "
-        f"{', '.join(f'{x:g}' for x in s.learning_rates) or 'as in the spec'}"
-        + (f"; sampling temperatures {', '.join(f'{x:g}' for x in s.temperatures)} for methods that sample"
-           if s.temperatures else "") + " (MiniLLM samples at its kd_temperature, 1, as its estimator requires).",  # fmt: skip
-        f"- The setting is chosen on seed {s.seeds[0]}'s accuracy on the first {s.curve_examples} eval-split rows "
-        f"at the last step; the chosen setting alone is scored on {'all' if not s.test_examples else f'the first {s.test_examples}'} "
-        f"rows of the held-out test split (`{s.test_data}`) over seeds {', '.join(map(str, s.seeds))}.",
-        f"- Test accuracy: the share of completions {_decoding(result)} that are valid walks (any valid walk counts; "
-        "one seed, so every model is scored on the same random numbers). Divergences: "
-        f"per-token forward KL(teacher ‖ model) and reverse KL(model ‖ teacher) on the test split's reference "
-        f"completions, against `{s.teacher}`. Mean ± sample standard deviation over seeds; min – max beside it.",
-        "- Compute per run: training wall time, tokens generated (on-policy or seq-KD samples) and tokens the "
-        "teacher scored (prompt + completion).",
-        "",
-        "## Test accuracy, divergence to the teacher and compute",
-        "",
-        result.table,
-        "",
-    ]
-    if plot_path is not None:
-        relative = os.path.relpath(plot_path, doc_path.parent)
-        lines += [
-            "## Accuracy during training",
-            "",
-            f"Eval-split accuracy every {s.eval_every} steps for each method's chosen setting (mean over seeds, "
-            "band = min to max), against steps and against wall time; step 0 is the student before training, "
-            "the dashed line the teacher.",
-            "",
-            f"![accuracy against steps and wall time]({relative})",
-            "",
-        ]
-    lines += ["## The sweep (eval split, first seed)", "", sweep_table(result.methods), ""]
-    lines += ["## Per seed (chosen settings)", "", "| method | " + " | ".join(f"seed {x}" for x in s.seeds) + " |",
-              "|---|" + "---|" * len(s.seeds)]  # fmt: skip
-    for method in result.methods:
-        cells = [f"{r.test['accuracy']:.1%} / {r.test['divergence']['fkl']:.4f}" for r in method.runs]
-        lines.append(f"| {method.name} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: test accuracy / forward KL. Raw numbers: `results.json` in the output folder.", ""]
-    lines += ["## Discussion", "", _kept_discussion(previous), ""]
-    return "\n".join(lines)
-
-
-def _steps(models: dict) -> str:
-    teacher, student = models["teacher"]["steps"], models["student"]["steps"]
-    return f"{teacher:,} steps each" if teacher == student else f"{teacher:,} and {student:,} steps"
-
-
-def _kept_discussion(previous: str) -> str:
-    # the markers count only on lines of their own: a page may mention them in its prose
-    found = re.search(rf"^{re.escape(DISCUSSION_START)}$(.*?)^{re.escape(DISCUSSION_END)}$", previous, re.M | re.S)
-    if found:
-        return f"{DISCUSSION_START}{found.group(1)}{DISCUSSION_END}"
-    return f"{DISCUSSION_START}\n_Not written yet: the numbers above are all this run shows._\n{DISCUSSION_END}"
-
-
-def _mean_curve(runs: list[SeedRun], index: int) -> tuple[list[float], list[float], list[float], list[float]]:
-    """x (step or mean seconds), mean, min and max accuracy (in %) over the seeds, at each eval step."""
-    steps = sorted({p[0] for r in runs for p in r.curve})
-    xs, mean, low, high = [], [], [], []
-    for step in steps:
-        points = [p for r in runs for p in r.curve if p[0] == step]
-        xs.append(statistics.mean(p[index] for p in points))
-        values = [100 * p[2] for p in points]
-        mean.append(statistics.mean(values))
-        low.append(min(values))
-        high.append(max(values))
-    return xs, mean, low, high
-
-
-def plot_curves(result: CompareResult, path: Path) -> None:
-    """Eval accuracy against steps and against wall time, one line per method's chosen setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=110, sharey=True)
-    colors = plt.get_cmap("tab10")
-    for ax, index, xlabel in ((axes[0], 0, "optimizer step"), (axes[1], 1, "wall time of the run (s)")):
-        for i, method in enumerate(result.methods):
-            xs, mean, low, high = _mean_curve(method.runs, index)
-            ax.plot(xs, mean, marker="o", markersize=3, color=colors(i % 10), label=method.name)
-            ax.fill_between(xs, low, high, color=colors(i % 10), alpha=0.12)
-        ax.axhline(100 * result.teacher_eval_accuracy, color="black", linestyle="--", linewidth=1, label="teacher")
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("eval accuracy (% valid walks)")
-    axes[0].set_ylim(-2, 102)
-    axes[0].xaxis.get_major_locator().set_params(integer=True)
-    n_seeds = len(result.settings.seeds)
-    fig.suptitle(f"Accuracy during training, chosen setting per method ({n_seeds} seed{'s' if n_seeds > 1 else ''})")
-    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+def _train_job(method: str, spec: DistillSpec, setting: Setting, seed: int, output_dir: Path,
+               evals: tuple[EvalRequest, ...]) -> Job:  # fmt: skip
+    return Job(f"{method} {setting.label} seed {seed}", output_dir / method / setting.folder / f"seed{seed}",
+               setting.apply(spec, seed), "", evals, {"method": method, "setting": setting, "seed": seed})  # fmt: skip

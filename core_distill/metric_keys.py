@@ -36,6 +36,9 @@ COUNT_TEACHER_TOKENS = "count/teacher_tokens"  # tokens the teacher scored this 
 EVAL_PREFIX = "eval/"
 EVAL_EXACT_MATCH = "eval/exact_match"  # share of eval prompts answered correctly
 EVAL_COMPLETION_LENGTH = "eval/completion_length"  # mean tokens per eval completion
+EVAL_GREEDY_EXACT_MATCH = "eval/greedy_exact_match"  # ... of greedy completions (only when eval_temperature > 0)
+EVAL_DISTINCT_VALID = "eval/distinct_valid"  # distinct correct completions per eval prompt
+EVAL_TRUE_LOG_LIKELIHOOD = "eval/true_log_likelihood"  # log P(correct completion) under the task's own process
 
 
 def eval_key(key: str) -> str:
@@ -84,8 +87,20 @@ FAMILIES = (
         "eval_accuracy",
         "Eval accuracy (exact match)",
         "accuracy (%)",
-        (EVAL_EXACT_MATCH,),
+        (EVAL_EXACT_MATCH, EVAL_GREEDY_EXACT_MATCH),
         percent=True,
+    ),
+    Family(
+        "eval_distinct_valid",
+        "Distinct correct completions per eval prompt",
+        "completions per prompt",
+        (EVAL_DISTINCT_VALID,),
+    ),
+    Family(
+        "eval_true_log_likelihood",
+        "Log-likelihood of correct eval completions under the task's generating process",
+        "log-likelihood (nats/completion)",
+        (EVAL_TRUE_LOG_LIKELIHOOD,),
     ),
     Family(
         "eval_divergence",

@@ -1,12 +1,15 @@
 """`distill eval`: score a saved model on a data split.
 
-Task accuracy on greedy completions, the mean per-token divergence to a teacher on the split's
-reference completions, and a few sample completions. A model is named like in a spec (a path,
-`toy:NAME`, a hub id) or by a run folder, whose `final/` model is used.
+Task accuracy of greedy completions (one per prompt) and, at a temperature above 0, of
+`samples_per_prompt` completions per row sampled from each of `seeds`; per prompt the scores, the
+distinct correct completions and the task's diversity measure; the mean per-token divergence to a
+teacher on the split's reference completions; a few sample completions. A model is named like in a
+spec (a path, `toy:NAME`, a hub id) or by a run folder, whose `final/` model is used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,14 @@ from typing import Any
 import torch
 
 from core_distill.data import DataError, encode_rows, read_rows
-from core_distill.evaluation import EvalContext, answer_matcher, evaluate
+from core_distill.evaluation import (
+    DecodingScore,
+    EvalContext,
+    PromptResult,
+    answer_matcher,
+    diversity_measure,
+    evaluate_detailed,
+)
 from core_distill.generation import eos_token_ids
 from core_distill.models import load_model, load_tokenizer, vocab_size
 from core_distill.paths import (
@@ -41,15 +51,26 @@ class ModelReport:
     data: str
     examples: int
     metric: str
-    temperature: float  # 0 = greedy completions, else sampled at this temperature
-    accuracy: float
-    completion_length: float  # mean greedy completion length in tokens
+    temperature: float  # the headline decoding: 0 = greedy, else sampled at this temperature
+    accuracy: float  # at `temperature`: sampled.accuracy when > 0, else greedy.accuracy
+    completion_length: float  # mean tokens per completion at `temperature`
     teacher: str | None = None
     divergence: dict[str, float] | None = None  # fkl, rkl, jsd per token on reference completions
     samples: list[dict[str, Any]] = field(default_factory=list)
+    greedy: DecodingScore | None = None  # always set by evaluate_model
+    sampled: DecodingScore | None = None  # None at temperature 0
+    prompts: list[PromptResult] = field(default_factory=list)  # one per distinct prompt text, in data order
+    diversity: str | None = None  # the name of the task's diversity measure (DecodingScore.diversity)
+    diversity_about: str | None = None
+    reference_diversity: float | None = None  # the measure over the data's reference completions
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelReport:
+        decoded = {k: DecodingScore(**data[k]) if data.get(k) else None for k in ("greedy", "sampled")}
+        return cls(**{**data, **decoded, "prompts": [PromptResult(**p) for p in data.get("prompts", [])]})
 
 
 def resolve_model_name(name: str) -> str:
@@ -85,9 +106,17 @@ def evaluate_model(
     n_samples: int = 3,
     batch_size: int = 64,
     temperature: float | None = None,
+    samples_per_prompt: int = 1,
+    seeds: Sequence[int] | None = None,
     seed: int = 0,
 ) -> ModelReport:
-    """Evaluate `model` on the first `limit` rows of `data` (0 = all), against `teacher` (None/'' = no divergence)."""
+    """Evaluate `model` on the first `limit` rows of `data` (0 = all), against `teacher` (None/'' = no divergence).
+
+    Greedy completions are always scored; at `temperature` > 0 (default: 1 with the countdown metric,
+    else 0) also `samples_per_prompt` sampled completions per row for each of `seeds` (default
+    `(seed,)`). `n_samples` is how many completions the report shows. With the defaults the headline
+    `accuracy` is one draw per row from seed 0, as before per-prompt results existed.
+    """
     model = resolve_model_name(model)
     data = resolve_data_name(data)
     if teacher:
@@ -100,7 +129,12 @@ def evaluate_model(
     if temperature is None:  # the built-in task grades samples at temperature 1 (many answers are valid)
         temperature = 1.0 if metric == "countdown" else 0.0
     if temperature < 0:
-        raise EvalError("--temperature", f"must be >= 0 (0 = greedy), got {temperature}")
+        raise EvalError("--temperature", f"must be >= 0 (0 = greedy only), got {temperature}")
+    seeds = [seed] if seeds is None else list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise EvalError("--seeds", f"must name at least one seed, each once; got {seeds}")
+    if samples_per_prompt < 1:
+        raise EvalError("--samples-per-prompt", f"must be >= 1, got {samples_per_prompt}")
     try:
         matcher = answer_matcher(metric)
     except ValueError as exc:
@@ -130,33 +164,49 @@ def evaluate_model(
                 f"vocabulary size {vocab_size(teacher_model)} differs from the model's {vocab_size(student)}",
             )
         local_teacher = LocalTeacher(teacher_model)
+    diversity = diversity_measure(metric)
     ctx = EvalContext(
         student, local_teacher, tokenizer, eos_token_ids(student, tokenizer), beta=0.5, temperature=1.0, top_k=0,
         max_new_tokens=max_new_tokens, batch_size=batch_size, matcher=matcher, decode_temperature=temperature,
+        diversity=diversity,
     )  # fmt: skip
-    metrics, samples = evaluate(ctx, examples, n_samples, seed=seed)
+    result = evaluate_detailed(ctx, examples, temperature=temperature, samples_per_prompt=samples_per_prompt,
+                               seeds=seeds, n_logged=n_samples)  # fmt: skip
     divergence = None
     if local_teacher is not None:
-        divergence = {name: metrics[f"eval/div/{name}"] for name in ("fkl", "rkl", "jsd")}
-    for sample in samples:  # the per-token view belongs to the dashboard, not to a report
+        divergence = {name: result.metrics[f"eval/div/{name}"] for name in ("fkl", "rkl", "jsd")}
+    for sample in result.samples:  # the per-token view belongs to the dashboard, not to a report
         sample.pop("tokens", None)
         sample.pop("token_div", None)
+    headline = result.sampled or result.greedy
     return ModelReport(
-        model=model, data=data, examples=len(examples), metric=metric, temperature=temperature, accuracy=metrics["eval/exact_match"],
-        completion_length=metrics["eval/completion_length"], teacher=teacher or None, divergence=divergence,
-        samples=samples,
+        model=model, data=data, examples=len(examples), metric=metric, temperature=temperature,
+        accuracy=headline.accuracy, completion_length=headline.completion_length,  # type: ignore[arg-type]
+        teacher=teacher or None, divergence=divergence, samples=result.samples, greedy=result.greedy,
+        sampled=result.sampled, prompts=result.prompts, diversity=diversity.name if diversity else None,
+        diversity_about=diversity.about if diversity else None, reference_diversity=result.reference_diversity,
     )  # fmt: skip
 
 
 def report_text(report: ModelReport) -> str:
     """The report as a readable block (what `distill eval` prints without --json)."""
+    prompts = len(report.prompts)
     lines = [
         f"model      {report.model}",
-        f"data       {report.data} ({report.examples} rows)",
+        f"data       {report.data} ({report.examples} rows, {prompts} distinct prompts graded)",
         f"accuracy   {report.accuracy:.1%}  ({report.metric}, "
         + ("greedy)" if report.temperature == 0 else f"sampled at temperature {report.temperature:g})"),
-        f"length     {report.completion_length:.1f} tokens per completion",
     ]
+    for label, score in (("greedy", report.greedy), ("sampled", report.sampled)):
+        if score is not None:
+            lines.append(f"  {label:<8} {_score_line(score, report)}")
+    lines.append("  (± one standard error, clustered by prompt; distinct: distinct correct completions per prompt)")
+    if report.diversity is not None:
+        lines.append(f"diversity  {report.diversity}: {report.diversity_about}")
+        parts = [f"{label} {_value(score.diversity)}" for label, score in (("greedy", report.greedy),
+                 ("sampled", report.sampled)) if score is not None]  # fmt: skip
+        lines.append(f"  {', '.join(parts)}; references {_value(report.reference_diversity)}")
+    lines.append(f"length     {report.completion_length:.1f} tokens per completion")
     if report.divergence is not None:
         lines.append(f"teacher    {report.teacher}  (per token, on the reference completions)")
         lines.append(f"  forward KL(teacher || model)  {report.divergence['fkl']:.4f}")
@@ -166,3 +216,19 @@ def report_text(report: ModelReport) -> str:
         mark = {True: "right", False: "wrong", None: "-"}[sample["correct"]]
         lines.append(f"sample     [{mark}] {sample['prompt']!r} -> {sample['completion']!r}")
     return "\n".join(lines)
+
+
+def _score_line(score: DecodingScore, report: ModelReport) -> str:
+    stderr = "" if score.stderr is None else f" ± {100 * score.stderr:.1f}"
+    if score.temperature == 0:
+        how = "1 completion per prompt"
+    else:
+        per_row = score.samples_per_prompt * len(score.seeds)
+        seeds = ",".join(str(s) for s in score.seeds)
+        how = (f"T {score.temperature:g}, {score.samples_per_prompt} per row x seeds {seeds} = {per_row} per row, "
+               f"{sum(len(p.scores) for p in report.prompts)} completions")  # fmt: skip
+    return f"{100 * (score.accuracy or 0.0):5.1f}%{stderr}  ({how}); distinct {_value(score.distinct_valid, '.2f')}"
+
+
+def _value(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)

@@ -44,7 +44,7 @@ from core_distill.data import (
     make_batch,
     read_rows,
 )
-from core_distill.evaluation import EvalContext, answer_matcher, evaluate
+from core_distill.evaluation import EvalContext, answer_matcher, diversity_measure, evaluate
 from core_distill.generation import HFSampler, eos_token_ids, make_student_sampler
 from core_distill.losses import (
     STAT_KEYS,
@@ -137,6 +137,7 @@ def run(
         student, teacher, tokenizer, eos_ids, beta=spec.beta, temperature=spec.kd_temperature, top_k=spec.loss_top_k,
         max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, matcher=answer_matcher(spec.eval_metric),
         privileged_teacher=spec.opsd != "off", decode_temperature=spec.eval_temperature,
+        diversity=diversity_measure(spec.eval_metric),
     )  # fmt: skip
 
     start = 0

@@ -2,7 +2,8 @@
 
 Tabs: Runs (table, filters, tags/notes, cancel/re-run/resume), Launch (form generated from the
 spec, presets, YAML), Live (charts and eval heat map of one run), Compare (overlaid runs, spec
-diff, final metrics). `/ui/?run=5` opens a run, `/ui/?compare=3,7` a comparison.
+diff, final metrics), Sweeps (launch one from YAML, the list, one sweep's groups, scores and curves).
+`/ui/?run=5` opens a run, `/ui/?compare=3,7` a comparison, `/ui/?sweep=2` a sweep.
 
 Refresh handlers run on every tick of every open page, so they are cheap fingerprints
 (`concurrency_limit=None`, hidden progress); the real queries run only when a fingerprint moved.
@@ -27,8 +28,9 @@ from app.services import experiments as experiment_service
 from app.services.errors import ServiceError
 from app.settings import get_settings
 from core_distill.spec import SpecError
-from ui import charts, form, heatmap, hosts, live, runs
+from ui import charts, form, heatmap, hosts, live, runs, sweep_launch
 from ui import compare as compare_view
+from ui import sweeps as sweep_view
 
 LIVE_TICK_SECONDS = 2.0
 TABLE_TICK_SECONDS = 5.0
@@ -231,6 +233,43 @@ def build_dashboard() -> gr.Blocks:
                 gr.Markdown("#### Final metrics")
                 finals_table = gr.Dataframe(interactive=False, elem_id="final-metrics")
 
+            with gr.Tab("Sweeps", id="sweeps") as sweeps_tab:
+                with gr.Accordion("Launch a sweep", open=False):
+                    with gr.Row():
+                        sweep_example = gr.Dropdown([*sweep_launch.examples()], value=None, scale=1,
+                                                    label="example (examples/sweeps/)")  # fmt: skip
+                    sweep_yaml = gr.Code(sweep_launch.TEMPLATE, language="yaml", interactive=True, lines=12,
+                                         label="sweep.yaml (the POST /api/sweeps body, as `distill sweep submit` reads it)",
+                                         elem_id="sweep-yaml")  # fmt: skip
+                    with gr.Row():
+                        sweep_check = gr.Button("Validate sweep")
+                        sweep_launch_btn = gr.Button("Launch sweep", variant="primary", elem_id="sweep-launch")
+                    sweep_form_msg = gr.Markdown(elem_id="sweep-form-message")
+                with gr.Row():
+                    sweep_owner = gr.Textbox(label="owner", placeholder="empty: everyone's", scale=1)
+                    sweep_page = gr.Number(0, label="page", precision=0, minimum=0, scale=0)
+                    sweep_refresh = gr.Button("Refresh", scale=0)
+                sweeps_caption = gr.Markdown()
+                sweeps_list = gr.Dataframe(headers=list(sweep_view.SWEEP_COLUMNS), interactive=False,
+                                           elem_id="sweeps-table", max_height=260, wrap=False)  # fmt: skip
+                with gr.Row():
+                    sweep_id = gr.Number(label="sweep", precision=0, scale=0, elem_id="sweep-id")
+                    sweep_metric = gr.Dropdown([sweep_view.DEFAULT_METRIC], value=sweep_view.DEFAULT_METRIC,
+                                               allow_custom_value=True, label="metric", scale=2,
+                                               elem_id="sweep-metric")  # fmt: skip
+                    sweep_band = gr.Radio([("95% CI of the mean", "ci"), ("± 1 sd", "sd")], value="ci",
+                                          label="bands and error bars over seeds", scale=2)  # fmt: skip
+                    sweep_x = gr.Dropdown([], value=None, label="setting plot: x axis", scale=1, elem_id="sweep-x")
+                    sweep_cancel = gr.Button("Cancel sweep", variant="stop", scale=0)
+                sweep_header = gr.Markdown(elem_id="sweep-header")
+                sweep_msg = gr.Markdown(elem_id="sweep-action-message")
+                sweep_groups = gr.Dataframe(interactive=False, elem_id="sweep-groups", wrap=True)
+                with gr.Row():
+                    sweep_curves = gr.Plot(show_label=False, elem_id="sweep-curves")
+                    sweep_setting_plot = gr.Plot(show_label=False, elem_id="sweep-setting-plot")
+                sweeps_version = gr.State("")
+                sweep_version = gr.State("")
+
         # --- runs tab events
         table_inputs = [status, tag_filter, field_filter, page]
         # the selected-run panel follows the table: every redraw of the table re-reads its status lines
@@ -353,18 +392,68 @@ def build_dashboard() -> gr.Blocks:
             trigger(compare_outputs, compare_inputs, compare_all, show_progress="hidden")
         compare_tab.select(lambda text: gr.Dropdown(choices=known_metric_keys(text)), compare_runs, compare_keys)
 
-        # --- deep links: /ui/?run=5 and /ui/?compare=3,7
+        # --- sweeps tab events
+        sweeps_inputs = [sweep_owner, sweep_page]
+        for trigger in (sweep_refresh.click, sweep_owner.submit, sweep_page.submit, sweeps_tab.select,
+                        sweeps_version.change):  # fmt: skip
+            trigger(sweep_view.sweeps_table, sweeps_inputs, [sweeps_list, sweeps_caption], **REDRAW)
+
+        def sweeps_tick(current_list: str, current_view: str, shown: int | None):
+            latest_list, latest_view = sweep_view.list_fingerprint(), sweep_view.view_fingerprint(shown)
+            return (gr.skip() if latest_list == current_list else latest_list,
+                    gr.skip() if latest_view == current_view else latest_view)  # fmt: skip
+
+        table_timer.tick(sweeps_tick, [sweeps_version, sweep_version, sweep_id], [sweeps_version, sweep_version],
+                         **CHEAP)  # fmt: skip
+
+        def pick_sweep(evt: gr.SelectData):
+            return int(evt.row_value[0]) if evt.row_value else gr.skip()
+
+        sweeps_list.select(pick_sweep, None, sweep_id, show_progress="hidden")
+
+        def show_sweep(sweep_id_, key, band, x_field):
+            head, groups, curves, setting, keys, fields, x_now = sweep_view.sweep_outputs(sweep_id_, key, band, x_field)
+            return (head, groups, curves, setting, gr.Dropdown(choices=keys), gr.Dropdown(choices=fields, value=x_now))
+
+        sweep_inputs = [sweep_id, sweep_metric, sweep_band, sweep_x]
+        sweep_all = [sweep_header, sweep_groups, sweep_curves, sweep_setting_plot, sweep_metric, sweep_x]
+        # .input for the dropdowns: show_sweep rewrites their choices, which must not trigger it again
+        for trigger in (sweep_id.change, sweep_metric.input, sweep_band.change, sweep_x.input, sweep_version.change):
+            trigger(show_sweep, sweep_inputs, sweep_all, trigger_mode="always_last", **REDRAW)
+
+        def cancel_sweep_as_user(request: gr.Request, sweep_id_) -> str:
+            return sweep_view.cancel(sweep_id_, user=acting_user(request))
+
+        sweep_cancel.click(cancel_sweep_as_user, sweep_id, sweep_msg, api_name="cancel_sweep").then(
+            show_sweep, sweep_inputs, sweep_all, show_progress="hidden"
+        )
+
+        def load_sweep_example(name_: str):
+            return sweep_launch.example_yaml(name_) if name_ else gr.skip()
+
+        sweep_example.input(load_sweep_example, sweep_example, sweep_yaml)
+        sweep_check.click(sweep_launch.validate, sweep_yaml, sweep_form_msg)
+
+        def launch_sweep_as_user(request: gr.Request, text: str):
+            message, new_id = sweep_launch.launch(text, owner=acting_user(request))
+            return message, new_id if new_id is not None else gr.skip()
+
+        sweep_launch_btn.click(launch_sweep_as_user, sweep_yaml, [sweep_form_msg, sweep_id], api_name="launch_sweep")
+
+        # --- deep links: /ui/?run=5, /ui/?compare=3,7 and /ui/?sweep=2
         def on_load(request: gr.Request):
             params = dict(request.query_params) if request else {}
             unchanged = [gr.skip()] * len(compare_all)
             if params.get("compare"):  # one round trip: the comparison is computed in the load event itself
                 shown = compare_outputs(params["compare"], compare_view.DEFAULT_KEYS, 0.0, "step")
-                return [params["compare"], gr.skip(), gr.Tabs(selected="compare"), *shown]
+                return [params["compare"], gr.skip(), gr.skip(), gr.Tabs(selected="compare"), *shown]
             if params.get("run", "").isdigit():
-                return [gr.skip(), int(params["run"]), gr.Tabs(selected="live"), *unchanged]
-            return [gr.skip(), gr.skip(), gr.skip(), *unchanged]
+                return [gr.skip(), int(params["run"]), gr.skip(), gr.Tabs(selected="live"), *unchanged]
+            if params.get("sweep", "").isdigit():  # the id's change event draws the sweep
+                return [gr.skip(), gr.skip(), int(params["sweep"]), gr.Tabs(selected="sweeps"), *unchanged]
+            return [gr.skip(), gr.skip(), gr.skip(), gr.skip(), *unchanged]
 
-        demo.load(on_load, None, [compare_runs, live_run, tabs, *compare_all])
+        demo.load(on_load, None, [compare_runs, live_run, sweep_id, tabs, *compare_all])
         demo.load(runs.runs_table, table_inputs, [table, caption], **REDRAW)
     return demo
 

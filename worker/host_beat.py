@@ -26,7 +26,7 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
     from sqlmodel import Session
 
     from app.db import get_engine
-    from app.db_retry import Reachability, is_db_unavailable
+    from app.db_retry import Reachability
     from app.services import booking, dispatch
     from app.settings import get_settings
     from worker.celery_app import host_queue
@@ -44,9 +44,7 @@ def beat_forever(host: str, labels: list[str], parent_pid: int, stop: threading.
                     dispatch.dispatch_waiting(session=session)
             reach.reached()
         except Exception as exc:  # a database hiccup must not end the heartbeat
-            if is_db_unavailable(exc):
-                reach.failed(exc)  # one line per outage, not one per beat
-            else:
+            if not reach.noted(exc):  # an outage: one line per outage, not one per beat
                 log.warning("host heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
 
 

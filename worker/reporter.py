@@ -228,9 +228,7 @@ class DatabaseReporter:
                     self._beat()
                     self.reach.reached()
             except Exception as exc:  # keep beating: a transient DB or Redis error must not end the run
-                if is_db_unavailable(exc):
-                    self.reach.failed(exc)  # logged once per outage
-                else:
+                if not self.reach.noted(exc):  # an outage is logged once
                     log.exception("run %s: background flush/heartbeat failed; retrying", self.run_id)
 
     def _beat(self) -> None:

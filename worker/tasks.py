@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app.db import get_engine
-from app.db_retry import with_db_retry
+from app.db_retry import first_line, with_db_retry
 from app.events import redis_client
 from app.lifeline import die_with_parent
 from app.models import Run, RunStatus
@@ -63,7 +63,7 @@ def run_experiment(self, run_id: int) -> str:
             taken = dispatch.take(session=session, run_id=run_id, host=host, message_id=self.request.id,
                                   output_dir=str(default_dir))  # fmt: skip
     except DBAPIError as exc:  # nothing claimed, no folder made: the reconciler publishes the run again
-        log.warning("run %s not taken: the database did not answer (%s)", run_id, _first_line(exc))
+        log.warning("run %s not taken: the database did not answer (%s)", run_id, first_line(exc))
         return "not taken"
     if isinstance(taken, str):
         log.info("run %s: %s", run_id, taken)
@@ -82,10 +82,6 @@ def run_experiment(self, run_id: int) -> str:
         with contextlib.suppress(Exception), Session(engine) as session:
             dispatch.ended(session=session)  # its GPUs are free now: book the next runs
     return outcome
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 # --- one process -----------------------------------------------------------------------------------

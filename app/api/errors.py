@@ -15,6 +15,7 @@ from app.services.errors import (
     ForbiddenError,
     NotFoundError,
     QueueUnavailableError,
+    SweepError,
 )
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
 
@@ -29,6 +30,17 @@ class RequestInvalid(Exception):
 
 def invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> RequestInvalid:
     return RequestInvalid([{"loc": loc, "msg": msg, "type": kind}])
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; a 422 at `body` naming what it is instead."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(["body"], f"invalid JSON: {exc}", "json_invalid") from None
+    if not isinstance(data, dict):
+        raise invalid(["body"], f"must be a JSON object, got {type(data).__name__}", "type_error")
+    return data
 
 
 def spec_error_detail(exc: SpecError, prefix: tuple[str, ...] = ("body", "spec")) -> list[dict[str, Any]]:
@@ -67,6 +79,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestInvalid)
     async def _invalid(_: Request, exc: RequestInvalid) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(SweepError)  # before SpecError: the more specific class is looked up first
+    async def _sweep(_: Request, exc: SweepError) -> JSONResponse:
+        detail = [{"loc": ["body", *loc], "msg": msg, "type": "sweep_error"} for loc, msg in exc.problems.items()]
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from app.models import ExperimentPublic, HostPublic, RunEventPublic, RunPublic
+from app.models import ExperimentPublic, HostPublic, RunEventPublic, RunPublic, SweepSummary
 
 
 class ErrorMessage(SQLModel):
@@ -37,6 +37,11 @@ class ExperimentCreated(SQLModel):
 
 class ExperimentsPublic(SQLModel):
     data: list[ExperimentPublic]
+    count: int
+
+
+class SweepsPublic(SQLModel):
+    data: list[SweepSummary]
     count: int
 
 

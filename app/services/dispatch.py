@@ -2,10 +2,11 @@
 
     queue_run  a run was queued (created, re-run, resumed, handed back): book it if GPUs are free and
                publish it on that host's queue, else on the shared queue
+    queue_runs the same for many runs at once (a sweep): one scheduling pass, then each published
     take       a worker took a message: book the run here if it waits (or pass it on to the host it is
                booked on) and claim it; a `Claim` to train, or why there is nothing to do
     ended      a run left its GPUs: book the next runs and publish them
-    sweep      the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, lost runs resumed
+    reap       the reaper's pass (`start_reaper`, in `distill api`): silent runs lost, lost runs resumed
                (app.run_state.resume_lost_runs), waiting runs booked and published, queued runs the broker
                lost published again
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import update
 from sqlmodel import Session
 
 from app import broker, run_state
-from app.db_retry import Reachability, is_db_unavailable
+from app.db_retry import Reachability
 from app.models import Experiment, Run, RunStatus
 from app.services import booking
 from app.services.booking import CPU_LABEL
@@ -57,12 +59,50 @@ def queue_run(*, session: Session, run_id: int) -> str:
         raise
 
 
-def dispatch_waiting(*, session: Session, keep: int | None = None) -> Plan:
+class PartlyQueuedError(QueueUnavailableError):
+    """The broker went away during `queue_runs`: the first `published` runs were published, the others are
+    queued in the database and booked on nothing (the reaper's reconciler publishes them)."""
+
+    def __init__(self, message: str, published: int):
+        super().__init__(message)
+        self.published = published
+
+
+def queue_runs(*, session: Session, run_ids: Sequence[int]) -> list[str]:
+    """`queue_run` for many committed runs: one scheduling pass books what fits, then each run is published
+    in order (booked ones on their host's queue, the others on the shared queue); their message ids.
+
+    If the broker fails at run k, runs k.. are unbooked again (their GPUs freed) and PartlyQueuedError
+    says that k were published; with k == 0 nothing was booked or published (QueueUnavailableError)."""
+    wanted = set(run_ids)
+    try:
+        booked = {p.run_id for p in dispatch_waiting(session=session, keep=wanted).placements} & wanted
+    except Exception as exc:  # the runs stay queued: the next pass (reaper loop, a run ending) books them
+        session.rollback()
+        log.warning("scheduling pass after queueing %d runs failed: %s", len(wanted), exc)
+        booked = set()
+    messages = []
+    for n, run_id in enumerate(run_ids):
+        try:
+            if run_id in booked:
+                messages.append(broker.publish_booked(session=session, run_id=run_id))
+            else:
+                messages.append(broker.publish(session=session, run_id=run_id))
+        except QueueUnavailableError as exc:
+            for left in run_ids[n:]:
+                if left in booked:
+                    booking.unbook_run(session=session, run_id=left)
+            raise PartlyQueuedError(str(exc), published=n) from exc
+    return messages
+
+
+def dispatch_waiting(*, session: Session, keep: int | Collection[int] | None = None) -> Plan:
     """One scheduling pass: book what the policy places, then publish each booking on its host's queue (a
-    broker error is logged: the reconciler re-publishes booked runs), except run `keep`, which the caller
-    publishes or trains itself."""
+    broker error is logged: the reconciler re-publishes booked runs), except the run(s) `keep`, which the
+    caller publishes or trains itself."""
+    kept = {keep} if isinstance(keep, int) else set(keep or ())
     result = booking.book_waiting(session=session)
-    for placement in (p for p in result.placements if p.run_id != keep):
+    for placement in (p for p in result.placements if p.run_id not in kept):
         try:
             broker.publish_booked(session=session, run_id=placement.run_id)
         except Exception as exc:  # still booked in the database: the reconciler publishes it again
@@ -136,7 +176,7 @@ def hand_back(*, session: Session, run_id: int, attempt: int, last_step: int, ho
     return True
 
 
-def sweep(*, session: Session, reach: Reachability | None = None) -> None:
+def reap(*, session: Session, reach: Reachability | None = None) -> None:
     """The reaper's pass: silent runs lost, lost runs whose backoff passed queued again (healing), GPUs freed
     by them and hosts that came or went used by booking waiting runs, queued runs the broker does not hold
     published again. `reach`: the reaper's record of database outages (runs get lost_after_seconds of grace
@@ -153,7 +193,7 @@ def sweep(*, session: Session, reach: Reachability | None = None) -> None:
 
 
 def start_reaper(stop_event: threading.Event, interval_seconds: float | None = None) -> threading.Thread:
-    """A daemon thread that runs `sweep` every few seconds until stop_event is set (`distill api`)."""
+    """A daemon thread that runs `reap` every few seconds until stop_event is set (`distill api`)."""
     from app.db import get_engine
 
     interval = interval_seconds or max(0.5, min(5.0, get_settings().lost_after_seconds / 4))
@@ -163,12 +203,10 @@ def start_reaper(stop_event: threading.Event, interval_seconds: float | None = N
         while not stop_event.wait(interval):
             try:
                 with Session(get_engine()) as session:
-                    sweep(session=session, reach=reach)
+                    reap(session=session, reach=reach)
                 reach.reached()
             except Exception as exc:  # a database or broker hiccup must not end the reaper
-                if is_db_unavailable(exc):
-                    reach.failed(exc)  # logged once per outage; heartbeats could not land meanwhile
-                else:
+                if not reach.noted(exc):  # an outage is logged once; heartbeats could not land meanwhile
                     log.warning("reaper pass failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, interval)
 
     thread = threading.Thread(target=loop, name="distill-reaper", daemon=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core_distill.spec import SpecError
+
 RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503: the database or the broker is away for now
 
 
@@ -23,3 +25,12 @@ class ConflictError(ServiceError):
 
 class QueueUnavailableError(ServiceError):
     """The broker could not be reached; nothing was written (503)."""
+
+
+class SweepError(SpecError):
+    """A sweep that cannot run (422); `problems` maps each place in the request, e.g. ("grid", "beta") or
+    ("settings", 2, "lmbda"), to what is wrong there. A SpecError, so whoever shows spec errors shows these."""
+
+    def __init__(self, problems: dict[tuple[str | int, ...], str]):
+        self.problems = problems
+        super().__init__({".".join(map(str, loc)): msg for loc, msg in problems.items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -124,3 +125,42 @@ def test_a_cached_hub_model_loads_without_retrying_an_unreachable_hub(tmp_path):
     done = subprocess.run([sys.executable, "-c", LOAD_CACHED], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0 and "loaded" in done.stdout, done.stderr
     assert "Retrying" not in done.stderr and "127.0.0.1:9" not in done.stderr, done.stderr
+
+
+def test_eval_reports_greedy_and_sampled_scores_with_per_prompt_json(tmp_path):
+    """On the hand-set bigram model (tests/helpers/bigram.py): greedy writes "-3=0", valid on 2 of 4 rows."""
+    from tests.helpers.bigram import build_bigram_model, countdown_rows
+
+    model = build_bigram_model(tmp_path / "model")
+    data = countdown_rows(tmp_path / "rows.jsonl", [("S=3 m=3", "-3=0"), ("S=3 m=3", "-2=1\n-1=0"),
+                                                    ("S=3 m=2", "-2=1\n-1=0"), ("S=1 m=2", "-1=0")])  # fmt: skip
+    args = ["eval", str(model), "--data", str(data), "--teacher", "", "--metric", "countdown", "--max-new-tokens", "8",
+            "--temperature", "1", "--seeds", "0,1", "--samples-per-prompt", "3"]  # fmt: skip
+    done = _distill([*args, "--json", "--show", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["greedy"]["accuracy"] == 0.5 and report["greedy"]["temperature"] == 0.0
+    sampled = report["sampled"]
+    assert (sampled["temperature"], sampled["samples_per_prompt"], sampled["seeds"]) == (1.0, 3, [0, 1])
+    assert report["accuracy"] == sampled["accuracy"]
+    assert [(p["prompt"], p["rows"], len(p["scores"])) for p in report["prompts"]] == [
+        ("S=3 m=3", 2, 12), ("S=3 m=2", 1, 6), ("S=1 m=2", 1, 6)]  # fmt: skip
+    assert sampled["accuracy"] == sum(sum(p["scores"]) for p in report["prompts"]) / 24
+    assert report["diversity"] == "walk_log_likelihood" and len(report["samples"]) == 1
+
+    readable = _distill(args, tmp_path)
+    assert readable.returncode == 0, readable.stderr
+    out = readable.stdout
+    assert "(4 rows, 3 distinct prompts graded)" in out
+    assert re.search(r"^  greedy +50\.0% ± 37\.5 +\(1 completion per prompt\); distinct 0\.33$", out, re.M), out
+    assert re.search(r"^  sampled +\d+\.\d% ± \d+\.\d +\(T 1, 3 per row x seeds 0,1 = 6 per row, 24 completions\)", out, re.M), out
+    assert "walk_log_likelihood" in out and "greedy -1.099" in out and "references" in out
+
+
+def test_eval_help_says_what_it_scores_and_bad_seeds_are_refused(tmp_path):
+    done = _distill(["eval", "--help"], tmp_path, COLUMNS="200")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "greedy completions (one per prompt)" in text and "--samples-per-prompt" in text and "--seeds" in text
+    bad = _distill(["eval", "toy:student", "--seeds", "0,x"], tmp_path)
+    assert bad.returncode == 2 and "--seeds" in bad.stderr

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from app import run_state
 from app.auth import create_token
 from app.db import get_engine
-from app.models import Experiment, ExperimentCreate, Run, RunStatus
+from app.models import Experiment, ExperimentCreate, Run, RunStatus, Sweep
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
 from app.settings import get_settings
@@ -141,3 +141,24 @@ def test_bob_in_a_browser_is_told_he_cannot_change_alices_run(team):
         finally:
             browser.close()
     assert state() == before
+
+
+@pytest.mark.slow
+def test_a_sweep_launched_from_the_dashboard_is_its_users_and_only_they_cancel_it(team):
+    import json
+
+    url, tokens = team
+    text = f"name: alice's grid\nspec: {json.dumps(tiny_spec())}\ngrid: {{beta: [0.0, 0.5]}}\nseeds: [0]\n"
+    alice, bob = dashboard_client(url, tokens["alice"]), dashboard_client(url, tokens["bob"])
+    message, sweep_id = alice.predict(text, api_name="/launch_sweep")
+    assert message.startswith(f"Queued sweep {sweep_id} "), message
+    with Session(get_engine()) as session:
+        assert session.get(Sweep, sweep_id).owner == "alice"
+        owners = session.execute(select(Experiment.owner).where(Experiment.sweep_id == sweep_id)).scalars().all()
+    assert owners == ["alice", "alice"]
+    refused = bob.predict(sweep_id, api_name="/cancel_sweep")
+    assert "bob may not cancel sweep" in refused and "belongs to alice" in refused
+    with Session(get_engine()) as session:
+        statuses = session.execute(select(Run.status).join(Experiment).where(Experiment.sweep_id == sweep_id)).scalars()
+        assert set(statuses) == {RunStatus.queued}
+    assert alice.predict(sweep_id, api_name="/cancel_sweep") == f"Sweep {sweep_id} cancelled: 2 cancelled."

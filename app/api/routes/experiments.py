@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import PurePath
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from app import crud
 from app.api.deps import CurrentUser, SessionDep
-from app.api.errors import RequestInvalid, invalid, validation_detail
+from app.api.errors import RequestInvalid, invalid, json_object, validation_detail
 from app.api.schemas import ErrorMessage, ExperimentCreated, ExperimentDetail, ExperimentsPublic, Problems
 from app.models import Experiment, ExperimentCreate, ExperimentPublic, ExperimentUpdate, Run, RunPublic
 from app.services import experiments as experiment_service
@@ -166,12 +165,7 @@ async def _read_experiment_in(request: Request) -> ExperimentCreate:
         document = _yaml_document(_utf8(await request.body(), ["body"]), ["body"])
         data = _with_form_fields(document, dict(request.query_params), "experiment")
     elif content_type == "application/json":
-        try:
-            data = json.loads(await request.body())
-        except (ValueError, RecursionError) as exc:
-            raise invalid(["body"], f"invalid JSON: {exc}", "json_invalid") from None
-        if not isinstance(data, dict):
-            raise invalid(["body"], f"must be a JSON object, got {type(data).__name__}", "type_error")
+        data = json_object(await request.body())
     else:
         raise RequestInvalid(
             [{"loc": ["header", "content-type"], "msg": f"unsupported {content_type!r}: send JSON, YAML or multipart",

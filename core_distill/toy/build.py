@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,8 @@ from core_distill.toy.task import (
     write_splits,
 )
 from core_distill.toy.tokenizer import build_tokenizer
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -76,26 +78,32 @@ class ToyConfig:
 
     def with_overrides(self, overrides: dict[str, object]) -> ToyConfig:
         """This recipe with some fields changed (`distill toy build --set`); ValueError names a bad one."""
-        fields = {f.name: f.type for f in dataclasses.fields(self)}
-        changed = {}
-        for name, value in overrides.items():
-            if name not in fields:
-                close = difflib.get_close_matches(name, list(fields), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f" (fields: {', '.join(fields)})"
-                raise ValueError(f"{name!r} is not a toy build field{hint}")
-            kind = type(getattr(self, name))
-            if kind is float and type(value) is int:
-                value = float(value)
-            if type(value) is not kind:
-                raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
-            changed[name] = value
-        config = replace(self, **changed)
+        config = changed_recipe(self, overrides, "toy build")
         check_hint(config.hint)
         if config.start_min > config.start_max or not 1 <= config.max_step_min <= config.max_step_max:
             raise ValueError(
                 "start_min..start_max and max_step_min..max_step_max must be non-empty ranges (max_step >= 1)"
             )
         return config
+
+
+def changed_recipe(recipe: R, overrides: dict[str, object], what: str) -> R:
+    """`recipe` (a frozen dataclass) with some fields changed, each of its own type (an int is taken for a
+    float); a ValueError names an unknown field (with the closest one) or a value of the wrong type."""
+    fields = [f.name for f in dataclasses.fields(recipe)]  # type: ignore[arg-type]
+    changed = {}
+    for name, value in overrides.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (fields: {', '.join(fields)})"
+            raise ValueError(f"{name!r} is not a {what} field{hint}")
+        kind = type(getattr(recipe, name))
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
+        changed[name] = value
+    return replace(recipe, **changed)  # type: ignore[type-var]
 
 
 # A miniature build for tests: seconds, not minutes.

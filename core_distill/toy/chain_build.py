@@ -9,7 +9,6 @@ accuracy at the end. The package ships the result under `toy/assets/chain/`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import multiprocessing
 import os
@@ -22,7 +21,7 @@ import torch
 
 from core_distill.data import Example, encode_rows
 from core_distill.generation import sample_completions
-from core_distill.toy.build import new_model, train_sft
+from core_distill.toy.build import changed_recipe, new_model, train_sft
 from core_distill.toy.chain import ChainRanges, is_correct, make_splits, write_splits
 from core_distill.toy.tokenizer import build_tokenizer
 
@@ -60,20 +59,7 @@ class ChainConfig:
 
     def with_overrides(self, overrides: dict[str, object]) -> ChainConfig:
         """This recipe with some fields changed (`distill toy build --task chain --set`); ValueError names a bad one."""
-        fields = [f.name for f in dataclasses.fields(self)]
-        changed = {}
-        for name, value in overrides.items():
-            if name not in fields:
-                close = difflib.get_close_matches(name, fields, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f" (fields: {', '.join(fields)})"
-                raise ValueError(f"{name!r} is not a chain build field{hint}")
-            kind = type(getattr(self, name))
-            if kind is float and type(value) is int:
-                value = float(value)
-            if type(value) is not kind:
-                raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
-            changed[name] = value
-        config = replace(self, **changed)
+        config = changed_recipe(self, overrides, "chain build")
         r = config.ranges
         if not (r.start_min <= r.start_max <= r.value_max and 1 <= r.operand_min <= r.operand_max
                 and 1 <= r.steps_min <= r.steps_max):  # fmt: skip

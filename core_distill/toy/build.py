@@ -249,12 +249,14 @@ def completion_loss(model, rows: list[Example]) -> torch.Tensor:
 
 
 def train_sft(model, examples: list[Example], eval_examples: list[Example], config: ToyConfig, steps: int, desc: str,
-              progress: bool, measure: Callable[[Any], float] | None = None) -> tuple[list[list[float]], list[list[float]]]:  # fmt: skip
+              progress: bool, measure: Callable[[Any], float] | None = None,
+              stop_after: int | None = None) -> tuple[list[list[float]], list[list[float]]]:  # fmt: skip
     """Cross-entropy on completion tokens; AdamW with linear decay; batches from a seeded stream.
 
     Returns the eval loss and `measure(model)` (the eval validity) every tenth of the run. Both should be
     flat at the end: the loss alone is not enough, since the step choices' entropy, which no model can
     remove, makes up most of it, and validity went on rising long after the loss had levelled off.
+    `stop_after` ends the loop early on the same schedule (a rebuild test retrains the first tenth).
     """
     if steps == 0:
         return [], []
@@ -262,7 +264,7 @@ def train_sft(model, examples: list[Example], eval_examples: list[Example], conf
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     curve, measured = [], []
     model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(min(steps, stop_after or steps)), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
         rows = [
             examples[i] for i in batch_indices(len(examples), step * config.batch_size, config.batch_size, config.seed)

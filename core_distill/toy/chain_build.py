@@ -113,8 +113,10 @@ def build_chain(
     return manifest
 
 
-def train_chain_model(name: str, config: ChainConfig, out_dir: Path, progress: bool = False) -> dict:
-    """Train the teacher or the student from scratch, save it to out_dir/name; its manifest entry."""
+def train_chain_model(name: str, config: ChainConfig, out_dir: Path, progress: bool = False,
+                      stop_after: int | None = None) -> dict:  # fmt: skip
+    """Train the teacher or the student from scratch, save it to out_dir/name; its manifest entry.
+    `stop_after`: only the recipe's first steps (its schedule unchanged), for a quick rebuild check."""
     torch.set_num_threads(1)
     started, cpu_started = time.time(), time.process_time()
     offset = {"teacher": 1, "student": 2}[name]  # seeds of the initialisation and the batch order
@@ -133,7 +135,8 @@ def train_chain_model(name: str, config: ChainConfig, out_dir: Path, progress: b
         return accuracy(model, tokenizer, encoded["eval"], max_new_tokens=config.max_new_tokens)
 
     curve, accuracy_curve = train_sft(model, encoded["train"], encoded["eval"], replace(config, seed=config.seed + offset),
-                                      steps, desc=name, progress=progress, measure=eval_accuracy)  # fmt: skip
+                                      steps, desc=name, progress=progress, measure=eval_accuracy,
+                                      stop_after=stop_after)  # fmt: skip
     model.save_pretrained(out_dir / name)
     tokenizer.save_pretrained(out_dir / name)
     return {

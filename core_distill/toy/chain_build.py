@@ -44,12 +44,12 @@ class ChainConfig:
     max_new_tokens: int = 96  # the longest completion a model may write when graded
     teacher_hidden: int = 64
     teacher_layers: int = 2
-    teacher_steps: int = 3000
+    teacher_steps: int = 6000
     teacher_intermediate: int = 0  # the MLP's width; 0 = twice the hidden size
     student_hidden: int = 64
-    student_layers: int = 1
-    student_steps: int = 4000
-    student_intermediate: int = 0
+    student_layers: int = 2
+    student_steps: int = 16000
+    student_intermediate: int = 8  # a narrow MLP: what holds the student below the teacher
     batch_size: int = 64
     learning_rate: float = 3e-3
 

@@ -28,7 +28,7 @@ TIME_TEACHER = "time/teacher"  # ... scoring them with the teacher
 TIME_UPDATE = "time/update"  # ... in the student's forward, backward and optimizer step
 DATA_ON_POLICY = "data/on_policy"  # share of the step's completions the student sampled
 COMPLETION_LENGTH_MEAN = "completion/length_mean"  # tokens per training completion
-COMPLETION_EOS_RATE = "completion/eos_rate"  # share of completions that ended with EOS
+COMPLETION_EOS_RATE = "completion/eos_rate"  # share of completions that ended with a stop token (EOS or end of turn)
 COUNT_GENERATED_TOKENS = "count/generated_tokens"  # tokens sampled this step
 COUNT_TEACHER_TOKENS = "count/teacher_tokens"  # tokens the teacher scored this step
 

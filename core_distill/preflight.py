@@ -372,7 +372,8 @@ def check_data(spec, tokenizer) -> dict[str, str]:
     from core_distill.data import check_examples, encode_rows  # torch: imported only when data is checked
 
     errors: dict[str, str] = {}
-    lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length)
+    lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length,
+                   system_message=spec.system_message)  # fmt: skip
     for field in ("train_data", "eval_data"):
         name = getattr(spec, field)
         if not name:
@@ -383,7 +384,8 @@ def check_data(spec, tokenizer) -> dict[str, str]:
                 raise DataError(f"{name}: no rows")
             if tokenizer is None:
                 continue  # the student's own error is reported; nothing to tokenize with
-            examples = encode_rows(rows, tokenizer, source=name, **lengths)
+            turns = spec.assistant_turns if field == "train_data" else "last"  # eval rows score their last turn
+            examples = encode_rows(rows, tokenizer, source=name, assistant_turns=turns, **lengths)
             if field == "train_data":
                 check_examples(
                     examples, field=field, needs_completions=spec.lmbda < 1.0 and not spec.seq_kd,

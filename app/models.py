@@ -292,10 +292,12 @@ class RunEventKind(StrEnum):
     auto_resumed = "auto_resumed"  # note: "attempt k of n, after S s"
     resumed = "resumed"  # by a person; note: who
     gave_up = "gave_up"  # no more automatic resumes; note: why
+    header = "header"  # an attempt's engine header, one line each (e.g. "vocabulary cut from ..."); note: the lines
 
 
 class RunEvent(SQLModel, table=True):
-    """A transition of a run worth remembering (its history): lost and why, resumed by whom, healing given up."""
+    """A transition of a run worth remembering (its history): lost and why, resumed by whom, healing given up,
+    and what the engine said when an attempt started (its header)."""
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)

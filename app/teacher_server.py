@@ -7,7 +7,8 @@ forward pass over all their sequences together, then answers each request at its
 temperature. The forward pass runs in a single worker thread, so the event loop keeps accepting.
 
     GET  /health   liveness
-    GET  /info     model, identity, vocabulary fingerprint and size, limits (the client's handshake)
+    GET  /info     model, identity, vocabulary (fingerprint, ids, bos, eos, head rows), limits (the client's handshake)
+    GET  /vocab    the tokenizer's token at each id (the client asks when the fingerprints differ, to say how)
     GET  /stats    requests, forward batches, tokens served
     POST /score    binary request -> binary response; 400 bad request, 409 other vocabulary, 413 too big
 """
@@ -37,6 +38,7 @@ from core_distill.teacher_protocol import (
     vocab_fingerprint,
 )
 from core_distill.teachers import sparse_targets
+from core_distill.vocab import Vocabulary, token_list
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,15 +52,17 @@ class ServedTeacher:
     name: str
     identity: str  # changes when the weights or the dtype change (keys the client's log-prob cache)
     fingerprint: str
-    vocab_size: int
+    vocab_size: int  # rows of the lm_head
     device: torch.device
     max_top_k: int = 1024
     max_request_tokens: int = 1 << 20
+    vocabulary: Vocabulary | None = None  # what a client compares with its student's (core_distill/vocab.py)
+    tokens: list[str | None] = field(default_factory=list)  # the tokenizer's token at each id (GET /vocab)
 
     @classmethod
     def load(cls, name: str, *, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False,
              max_top_k: int = 1024) -> ServedTeacher:  # fmt: skip
-        from core_distill.models import head_of, load_model, load_tokenizer, vocab_size
+        from core_distill.models import head_of, load_model, load_tokenizer, model_vocabulary, vocab_size
         from core_distill.paths import looks_like_local_path, resolve_model_path
         from core_distill.teacher_cache import model_identity
 
@@ -71,7 +75,8 @@ class ServedTeacher:
         model = model.to(target).requires_grad_(False).eval()
         tokenizer = load_tokenizer(name, trust_remote_code)
         return cls(model, head_of(model), name, model_identity(name, dtype), vocab_fingerprint(tokenizer),
-                   vocab_size(model), target, max_top_k=max_top_k)  # fmt: skip
+                   vocab_size(model), target, max_top_k=max_top_k, vocabulary=model_vocabulary(model, tokenizer),
+                   tokens=token_list(tokenizer))  # fmt: skip
 
     def info(self) -> dict:
         return {
@@ -79,7 +84,14 @@ class ServedTeacher:
             "fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "max_top_k": self.max_top_k,
             "max_request_tokens": self.max_request_tokens, "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-        }  # fmt: skip
+        } | ({"vocab": self.vocabulary.to_json()} if self.vocabulary else {})  # fmt: skip
+
+    def head_for(self, width: int | None) -> Head:
+        """The head cut to a request's width (its first `width` rows), or whole."""
+        if width is None or width == self.vocab_size:
+            return self.head
+        head = self.head
+        return Head(head.weight[:width], None if head.bias is None else head.bias[:width], head.logit_scale, head.softcap)
 
     @torch.no_grad()
     def score_many(self, requests: list[ScoreRequest], max_batch_tokens: int) -> list[ScoreResponse]:
@@ -95,7 +107,7 @@ class ServedTeacher:
             next_ids = torch.cat([tokens[s + p : s + n] for s, p, n in
                                   zip(starts, request.prompt_lengths, request.lengths, strict=True)]) if b else tokens  # fmt: skip
             extra = None if request.extra_ids is None else torch.from_numpy(request.extra_ids.astype(np.int64)).to(self.device)
-            targets, extra_logp = sparse_targets(h, self.head, next_ids, top_k=request.top_k,
+            targets, extra_logp = sparse_targets(h, self.head_for(request.width), next_ids, top_k=request.top_k,
                                                  temperature=request.temperature, extra_ids=extra)  # fmt: skip
             as_numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
             responses.append(ScoreResponse(
@@ -240,6 +252,10 @@ def create_app(teacher: ServedTeacher, *, max_batch_tokens: int = 16384, batch_w
     @app.get("/info")
     async def info() -> dict:
         return teacher.info()
+
+    @app.get("/vocab")
+    async def vocab() -> dict:
+        return {"tokens": teacher.tokens}
 
     @app.get("/stats")
     async def stats() -> dict:

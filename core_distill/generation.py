@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core_distill.chat_turns import end_of_turn_id
-from core_distill.models import causal_lm
+from core_distill.models import causal_lm, vocab_size, vocab_width
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +51,7 @@ def sample_completions(
     lm = causal_lm(model)
     device = next(lm.parameters()).device
     completions: list[list[int]] = []
+    padding_rows = list(range(vocab_width(lm), vocab_size(lm)))
     # transformers turns the KV cache off for a training-mode model with gradient checkpointing
     was_training = lm.training
     if getattr(lm, "is_gradient_checkpointing", False):
@@ -58,6 +59,8 @@ def sample_completions(
     for start in range(0, len(prompts), max_batch):
         ids, mask = left_pad(prompts[start : start + max_batch], pad_id)
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if padding_rows:  # a cut head: the rows beyond the tokenizer's ids are never tokens, never sampled
+            sampling["suppress_tokens"] = padding_rows
         sequences = lm.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

@@ -26,7 +26,7 @@ from core_distill.evaluation import (
     evaluate_detailed,
 )
 from core_distill.generation import eos_token_ids
-from core_distill.models import load_model, load_tokenizer, vocab_size
+from core_distill.models import load_model, load_tokenizer
 from core_distill.paths import (
     TOY_DATA_FILES,
     TOY_SCHEME,
@@ -34,7 +34,9 @@ from core_distill.paths import (
     missing_model_message,
     resolve_model_path,
 )
-from core_distill.teachers import LocalTeacher
+from core_distill.preflight import check_teacher_vocabulary
+from core_distill.teachers import LocalTeacher, share_vocabulary
+from core_distill.vocab import id_count
 
 
 class EvalError(ValueError):
@@ -157,13 +159,11 @@ def evaluate_model(
     student = load_model(model, dtype=torch.float32).eval()
     local_teacher = None
     if teacher:
-        teacher_model = load_model(teacher, dtype=torch.float32).requires_grad_(False).eval()
-        if vocab_size(teacher_model) != vocab_size(student):
-            raise EvalError(
-                "--teacher",
-                f"vocabulary size {vocab_size(teacher_model)} differs from the model's {vocab_size(student)}",
-            )
-        local_teacher = LocalTeacher(teacher_model)
+        problem = check_teacher_vocabulary(model, teacher, trust_remote_code=False)
+        if problem:
+            raise EvalError("--teacher", problem)
+        local_teacher = LocalTeacher(load_model(teacher, dtype=torch.float32).requires_grad_(False).eval())
+        share_vocabulary(student, local_teacher, id_count(tokenizer))  # padded heads of two sizes: cut to the tokenizer
     diversity = diversity_measure(metric)
     ctx = EvalContext(
         student, local_teacher, tokenizer, eos_token_ids(student, tokenizer), beta=0.5, temperature=1.0, top_k=0,

@@ -133,12 +133,15 @@ def causal_lm(model: nn.Module) -> nn.Module:
 
 
 def head_of(model: nn.Module) -> Head:
+    """The lm_head as the loss uses it: its first `vocab_width(model)` rows (all of them unless cut)."""
     lm = causal_lm(model)
     output = lm.get_output_embeddings()
     config = lm.config.get_text_config()
+    width = getattr(lm, _WIDTH_ATTR, None)
+    bias = getattr(output, "bias", None)
     return Head(
-        weight=output.weight,
-        bias=getattr(output, "bias", None),
+        weight=output.weight if width is None else output.weight[:width],  # a view: gradients reach the rows kept
+        bias=bias if width is None or bias is None else bias[:width],
         logit_scale=float(getattr(config, "logit_scale", None) or 1.0),  # Cohere
         softcap=getattr(config, "final_logit_softcapping", None),  # Gemma 2/3
     )
@@ -164,4 +167,33 @@ def completion_hidden(model: nn.Module, batch: SequenceBatch) -> Tensor:
 
 
 def vocab_size(model: nn.Module) -> int:
+    """Rows of the model's lm_head (padding rows included)."""
     return causal_lm(model).get_output_embeddings().weight.shape[0]
+
+
+def model_vocabulary(model: nn.Module, tokenizer):
+    """The `core_distill.vocab.Vocabulary` of a loaded model and its tokenizer (the whole head's rows)."""
+    from core_distill.vocab import vocabulary_of
+
+    lm = causal_lm(model)
+    generation = getattr(lm, "generation_config", None)
+    return vocabulary_of(tokenizer, head=vocab_size(lm), generation_eos=getattr(generation, "eos_token_id", None))
+
+
+# A model whose head is cut carries the width on its CausalLM module, so the loss, top-K, evaluation
+# and sampling all read the same one (core_distill/vocab.py says when heads are cut).
+_WIDTH_ATTR = "distill_vocab_width"
+
+
+def cut_vocabulary(model: nn.Module, width: int | None) -> None:
+    """Use only the first `width` rows of the model's lm_head from now on (None: all of them)."""
+    lm = causal_lm(model)
+    if width is not None and not 0 < width <= vocab_size(lm):
+        raise ValueError(f"cannot cut an lm_head of {vocab_size(lm)} rows to {width}")
+    setattr(lm, _WIDTH_ATTR, None if width is None or width == vocab_size(lm) else width)
+
+
+def vocab_width(model: nn.Module) -> int:
+    """The ids the model predicts: its head's rows, or fewer once cut."""
+    lm = causal_lm(model)
+    return getattr(lm, _WIDTH_ATTR, None) or vocab_size(lm)

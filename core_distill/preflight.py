@@ -398,6 +398,71 @@ def check_data(spec, tokenizer) -> dict[str, str]:
     return errors
 
 
+def check_teacher_vocabulary(student: str, teacher: str, trust_remote_code: bool) -> str | None:
+    """Why `teacher` cannot distil into `student` token by token (core_distill/vocab.py: the tokens at
+    every id, bos and eos, heads that cannot be cut to the tokenizer), or None. A model that cannot be
+    read here is left to the model checks and the run."""
+    from core_distill.vocab import mismatch, token_list
+
+    try:
+        tokenizers = [_plain_tokenizer(name, trust_remote_code) for name in (student, teacher)]
+        heads = [_head_rows(name, trust_remote_code) for name in (student, teacher)]
+    except Exception:  # noqa: BLE001  (a broken folder or an unreachable hub id: reported elsewhere)
+        return None
+    if tokenizers[1] is None:  # a teacher folder without tokenizer files: its head's size is all there is
+        if heads[0] == heads[1]:
+            return None
+        return (
+            f"{teacher!r} has no tokenizer files, so its vocabulary cannot be compared with the student's, and "
+            f"its lm_head has {heads[1]:,} rows, the student's {heads[0]:,}: add the teacher's tokenizer files"
+        )
+    if tokenizers[0] is None:
+        return None  # the data checks report a student without a tokenizer
+    student_vocab = _vocabulary(student, tokenizers[0], heads[0], trust_remote_code)
+    teacher_vocab = _vocabulary(teacher, tokenizers[1], heads[1], trust_remote_code)
+    return mismatch(student_vocab, teacher_vocab, teacher_tokens=lambda: token_list(tokenizers[1]),
+                    student_tokens=lambda: token_list(tokenizers[0]))  # fmt: skip
+
+
+def _plain_tokenizer(name: str, trust_remote_code: bool):
+    """The tokenizer saved with a model as it is (no pad added), or None if the folder has none."""
+    from transformers import AutoTokenizer
+
+    from core_distill.models import model_source
+
+    source, local_only = model_source(name, trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _head_rows(name: str, trust_remote_code: bool) -> int | None:
+    """Rows of the model's lm_head, from its config (no weights are read)."""
+    from transformers import AutoConfig
+
+    from core_distill.models import model_source
+
+    source, local_only = model_source(name, trust_remote_code)
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    return getattr(config.get_text_config(), "vocab_size", None)
+
+
+def _vocabulary(name: str, tokenizer, head: int | None, trust_remote_code: bool):
+    """The model's `Vocabulary`, with the eos ids of its generation config when it has one."""
+    from transformers import GenerationConfig
+
+    from core_distill.models import model_source
+    from core_distill.vocab import vocabulary_of
+
+    source, local_only = model_source(name, trust_remote_code)
+    try:
+        eos = GenerationConfig.from_pretrained(source, local_files_only=local_only).eos_token_id
+    except (OSError, ValueError):
+        eos = None
+    return vocabulary_of(tokenizer, head=head, generation_eos=eos)
+
+
 def load_preflight_tokenizer(student: str, trust_remote_code: bool):
     """The student's tokenizer, or None when it cannot be loaded here (the model check says why)."""
     from core_distill.models import load_tokenizer

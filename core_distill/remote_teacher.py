@@ -1,7 +1,7 @@
 """A teacher on another machine: the client of `distill teacher serve` and the engine's `Teacher` over it.
 
     client = TeacherClient("http://gpu-box:8600")
-    client.check_compatible(vocab_fingerprint(tokenizer), vocab_size)   # refuses another vocabulary
+    width = client.check_compatible(student_vocabulary, token_list(tokenizer))   # refuses another vocabulary
     response = client.score(ScoreRequest.from_sequences(...))
 
 Transport failures (refused connection, dropped connection, timeouts, 502/503/504) are retried with
@@ -25,6 +25,7 @@ from core_distill.data import SequenceBatch
 from core_distill.losses import SparseTeacher
 from core_distill.teacher_protocol import CONTENT_TYPE, PROTOCOL_VERSION, ScoreRequest, ScoreResponse
 from core_distill.teachers import batch_rows
+from core_distill.vocab import Vocabulary, mismatch, shared_width
 
 _RETRY_STATUS = {502, 503, 504}
 
@@ -59,7 +60,8 @@ class TeacherClient:
         self._http.close()
 
     def info(self) -> dict[str, Any]:
-        """The server's /info: model, identity, fingerprint, vocab_size, max_top_k, max_request_tokens."""
+        """The server's /info: model, identity, fingerprint, vocab_size (its head's rows), vocab (its
+        `Vocabulary`: ids, special tokens, head), max_top_k, max_request_tokens."""
         if self._info is None:
             self._info = self._call("GET", "/info").json()
             if self._info.get("protocol") != PROTOCOL_VERSION:
@@ -67,20 +69,37 @@ class TeacherClient:
                                          f"this client {PROTOCOL_VERSION}: upgrade the older side")  # fmt: skip
         return self._info
 
-    def check_compatible(self, fingerprint: str, vocab_size: int) -> None:
-        """Refuse a teacher whose ids mean other tokens than the student's, naming both."""
+    def check_compatible(self, student: Vocabulary, student_tokens: list[str | None]) -> int | None:
+        """The width both heads are cut to (None: no cut), after the rules of core_distill/vocab.py;
+        TeacherMismatchError naming what differs when the teacher's ids mean other tokens than the student's."""
         info = self.info()
-        if info["fingerprint"] != fingerprint:
+        where = f"the teacher at {self.url} ({info['model']})"
+        if "vocab" not in info:  # a server from before vocabularies were compared: fingerprint and size only
+            return self._check_old_server(where, info, student)
+        teacher = Vocabulary.from_json(info["vocab"])
+        problem = mismatch(student, teacher, teacher_tokens=self.tokens, student_tokens=lambda: student_tokens)
+        if problem:
+            raise TeacherMismatchError(f"{where}: {problem} (vocabulary fingerprints: teacher {teacher.fingerprint}, "
+                                       f"student {student.fingerprint})")  # fmt: skip
+        return shared_width(student.head, teacher.head, student.ids)[0]
+
+    def tokens(self) -> list[str | None]:
+        """The server tokenizer's token at each id (GET /vocab), for saying what differs."""
+        return list(self._call("GET", "/vocab").json()["tokens"])
+
+    @staticmethod
+    def _check_old_server(where: str, info: dict[str, Any], student: Vocabulary) -> None:
+        if info["fingerprint"] != student.fingerprint:
             raise TeacherMismatchError(
-                f"the teacher at {self.url} ({info['model']}) has another tokenizer vocabulary than the student: "
-                f"teacher {info['fingerprint']}, student {fingerprint}. Token-level distillation needs the same "
-                f"token ids on both sides."
+                f"{where} has another tokenizer vocabulary than the student: teacher {info['fingerprint']}, "
+                f"student {student.fingerprint}. Token-level distillation needs the same token ids on both sides."
             )
-        if info["vocab_size"] != vocab_size:
+        if info["vocab_size"] != student.head:
             raise TeacherMismatchError(
-                f"the teacher at {self.url} ({info['model']}) predicts {info['vocab_size']} tokens, the student "
-                f"{vocab_size}: the output vocabularies must have the same size"
+                f"{where} predicts {info['vocab_size']} tokens, the student {student.head}, and the server is too old "
+                f"to cut its head to the shared vocabulary: upgrade it (distill teacher serve)"
             )
+        return None
 
     def score(self, request: ScoreRequest) -> ScoreResponse:
         """Score a request, split into several when it exceeds the server's per-request token limit."""
@@ -128,11 +147,22 @@ class TeacherClient:
 class RemoteTeacher:
     """The engine's `Teacher` backed by a teacher server: top-K + tail targets at the loss temperature."""
 
-    def __init__(self, client: TeacherClient, *, fingerprint: str, top_k: int, temperature: float):
+    def __init__(self, client: TeacherClient, *, fingerprint: str, top_k: int, temperature: float,
+                 width: int | None = None):  # fmt: skip
         self.client = client
         self.fingerprint = fingerprint
         self.top_k = top_k
         self.temperature = temperature
+        self.width = width  # the server's head cut to these ids (a padded head beside the student's); None: whole
+
+    @property
+    def head_rows(self) -> int:
+        """Rows of the served teacher's lm_head."""
+        return int(self.client.info()["vocab_size"])
+
+    def cut(self, width: int) -> None:
+        """Score over ids 0 .. width-1 from now on (the server cuts its head per request)."""
+        self.width = None if width == self.head_rows else width
 
     @property
     def model(self) -> nn.Module | None:
@@ -140,7 +170,8 @@ class RemoteTeacher:
 
     @property
     def identity(self) -> str:
-        return str(self.client.info()["identity"])
+        identity = str(self.client.info()["identity"])
+        return identity if self.width is None else f"{identity}-cut{self.width}"  # a cut head scores other numbers
 
     def score(self, batch: SequenceBatch, *, cacheable: bool = False) -> SparseTeacher:
         return self.score_sparse(batch, top_k=self.top_k, temperature=self.temperature)
@@ -155,6 +186,7 @@ class RemoteTeacher:
         request = ScoreRequest.from_sequences(
             [p + c for p, c in rows], [len(p) for p, _ in rows], top_k=top_k, temperature=temperature,
             fingerprint=self.fingerprint, extra_ids=None if extra_ids is None else extra_ids.cpu().numpy(),
+            width=self.width,
         )  # fmt: skip
         return to_sparse_teacher(self.client.score(request), batch.input_ids.device)
 
@@ -181,7 +213,7 @@ def _split(request: ScoreRequest, max_tokens: int) -> list[ScoreRequest]:
         extra = None if request.extra_ids is None else request.extra_ids[row_start:row_stop]
         parts.append(ScoreRequest(request.tokens[seq_start : ends[stop - 1]], request.lengths[start:stop],
                                   request.prompt_lengths[start:stop], request.top_k, request.temperature,
-                                  request.fingerprint, extra))  # fmt: skip
+                                  request.fingerprint, extra, request.width))  # fmt: skip
         start, seq_start, row_start = stop, int(ends[stop - 1]), row_stop
     return parts
 
@@ -200,15 +232,18 @@ def _detail(reply: httpx.Response) -> str:
 
 
 def connect_teacher(spec, student: nn.Module) -> RemoteTeacher:
-    """The spec's teacher server, after checking that it shares the student's vocabulary."""
-    from core_distill.models import load_tokenizer, vocab_size
-    from core_distill.teacher_protocol import vocab_fingerprint
+    """The spec's teacher server, after checking that it shares the student's vocabulary (core_distill/vocab.py);
+    a head of another size is cut to the shared vocabulary by `teachers.share_vocabulary`."""
+    from core_distill.models import load_tokenizer, model_vocabulary
+    from core_distill.vocab import token_list
 
-    fingerprint = vocab_fingerprint(load_tokenizer(spec.student, spec.trust_remote_code))
+    tokenizer = load_tokenizer(spec.student, spec.trust_remote_code)
+    vocabulary = model_vocabulary(student, tokenizer)
     client = TeacherClient(spec.teacher_server_url)
-    client.check_compatible(fingerprint, vocab_size(student))
+    client.check_compatible(vocabulary, token_list(tokenizer))
     max_top_k = int(client.info()["max_top_k"])
     if spec.loss_top_k > max_top_k:
         raise TeacherServerError(f"loss_top_k={spec.loss_top_k} exceeds the teacher server's max_top_k={max_top_k} "
                                  f"({spec.teacher_server_url}); lower loss_top_k or restart the server with --max-top-k")  # fmt: skip
-    return RemoteTeacher(client, fingerprint=fingerprint, top_k=spec.loss_top_k, temperature=spec.kd_temperature)
+    return RemoteTeacher(client, fingerprint=vocabulary.fingerprint, top_k=spec.loss_top_k,
+                         temperature=spec.kd_temperature)  # fmt: skip

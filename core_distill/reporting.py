@@ -3,6 +3,10 @@
 The engine calls a `Reporter`; the CLI writes JSON lines, the worker writes database rows and
 publishes them for the live stream. Metric keys are snake_case with slash prefixes
 (`loss/kd`, `div/fkl`, `eval/exact_match`) so charts group by prefix.
+
+A reporter may also have `header(lines)`: called once per attempt, before the first step, with what
+the run decided while loading that its numbers depend on ("vocabulary cut from 960 (student head) and
+1152 (teacher head) to 896 ..."). The engine calls it only where it exists.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class JsonlReporter:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.samples_path = self.output_dir / "samples.jsonl"
+        self.header_path = self.output_dir / "header.txt"
+
+    def header(self, lines: list[str]) -> None:
+        """The run's header, one line each, in `header.txt` (this attempt's: a resume writes it again)."""
+        self.header_path.write_text("".join(line + "\n" for line in lines))
 
     def resumed(self, step: int) -> None:
         """Drop lines logged after `step`, so a resumed run does not log a step twice."""
@@ -89,6 +98,11 @@ class FanoutReporter:
 
     def should_stop(self) -> bool:
         return any(r.should_stop() for r in self.reporters)
+
+    def header(self, lines: list[str]) -> None:
+        for r in self.reporters:
+            if hasattr(r, "header"):
+                r.header(lines)
 
     def resumed(self, step: int) -> None:
         for r in self.reporters:

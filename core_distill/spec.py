@@ -436,6 +436,7 @@ class DistillSpec(BaseModel):
             check_data,
             check_folder,
             check_hub_model,
+            check_teacher_vocabulary,
             import_checkers,
             load_preflight_tokenizer,
         )
@@ -460,8 +461,10 @@ class DistillSpec(BaseModel):
             value = getattr(self, name)
             if value and not resolve_data_path(value).exists():
                 errors[name] = f"no data at {value!r} (resolved to {resolve_data_path(value)})"
-        if "student" not in errors and "teacher" not in errors and self.teacher and self.teacher != self.student:
-            vocab_error = _vocab_mismatch(self.student, self.teacher, self.trust_remote_code)
+        # a teacher_server_url's teacher is compared in its handshake, when the run connects
+        local_teacher = self.teacher and self.teacher != self.student and not self.teacher_server_url
+        if "student" not in errors and "teacher" not in errors and local_teacher:
+            vocab_error = check_teacher_vocabulary(self.student, self.teacher, self.trust_remote_code)
             if vocab_error:
                 errors["teacher"] = vocab_error
         if "train_data" not in errors and "eval_data" not in errors:
@@ -634,20 +637,3 @@ def validation_errors(exc: ValidationError) -> dict[str, str]:
         errors.setdefault(field, msg)
     return errors
 
-
-def _vocab_mismatch(student: str, teacher: str, trust_remote_code: bool) -> str | None:
-    from transformers import AutoConfig  # config.json only: no weights are read
-
-    try:
-        s_cfg = AutoConfig.from_pretrained(str(resolve_model_path(student)), trust_remote_code=trust_remote_code)
-        t_cfg = AutoConfig.from_pretrained(str(resolve_model_path(teacher)), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        return None  # unreachable hub ids are reported when the models load
-    s_vocab = s_cfg.get_text_config().vocab_size
-    t_vocab = t_cfg.get_text_config().vocab_size
-    if s_vocab != t_vocab:
-        return (
-            f"vocabulary size {t_vocab} differs from the student's {s_vocab}: token-level distillation "
-            f"needs the same tokenizer (got teacher={teacher!r}, student={student!r})"
-        )
-    return None

@@ -122,6 +122,10 @@ class CachedTeacher:
     def model(self) -> nn.Module | None:
         return self.inner.model
 
+    @property
+    def head_rows(self) -> int | None:
+        return getattr(self.inner, "head_rows", None)
+
     def score(self, batch: SequenceBatch, *, cacheable: bool = False):
         if not cacheable:
             return self.inner.score(batch, cacheable=False)

@@ -8,7 +8,8 @@ no per-token Python objects on either side (TRL's client turns every array into 
 
 Request (client -> POST /score), sequences concatenated without padding:
     tokens (T,) int32 | lengths (B,) int32 | prompt_lengths (B,) int32 | extra_ids (N, M) int32, optional
-    meta: top_k, temperature, fingerprint
+    meta: top_k, temperature, fingerprint, and width (optional): score over ids 0 .. width-1 only, the
+    teacher's head cut to the vocabulary it shares with the student (core_distill/vocab.py)
 Positions prompt_length .. length-1 of each sequence are scored (position 0 has no prediction, so
 prompt_length >= 1); N = sum(lengths - prompt_lengths) rows come back in sequence order.
 
@@ -106,16 +107,17 @@ class ScoreRequest:
     temperature: float
     fingerprint: str
     extra_ids: np.ndarray | None = None  # (N, M) int32: caller-chosen ids to score at every position
+    width: int | None = None  # score over ids 0 .. width-1 only (a cut head); None = every row of the head
 
     @classmethod
     def from_sequences(
         cls, sequences: list[list[int]] | list[np.ndarray], prompt_lengths: list[int], *, top_k: int,
-        temperature: float, fingerprint: str, extra_ids: np.ndarray | None = None,
+        temperature: float, fingerprint: str, extra_ids: np.ndarray | None = None, width: int | None = None,
     ) -> ScoreRequest:  # fmt: skip
         lengths = np.array([len(s) for s in sequences], dtype=np.int32)
         tokens = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences]) if sequences else np.zeros(0, np.int32)
         return cls(tokens, lengths, np.asarray(prompt_lengths, dtype=np.int32), top_k, temperature, fingerprint,
-                   None if extra_ids is None else np.asarray(extra_ids, dtype=np.int32))  # fmt: skip
+                   None if extra_ids is None else np.asarray(extra_ids, dtype=np.int32), width)  # fmt: skip
 
     @property
     def n_scored(self) -> int:
@@ -127,6 +129,8 @@ class ScoreRequest:
             arrays["extra_ids"] = _compact_ids(self.extra_ids)
         meta = {"top_k": self.top_k, "temperature": self.temperature, "fingerprint": self.fingerprint,
                 "protocol": PROTOCOL_VERSION}  # fmt: skip
+        if self.width is not None:
+            meta["width"] = self.width
         return encode(arrays, meta)
 
     @classmethod
@@ -137,14 +141,19 @@ class ScoreRequest:
             raise ProtocolError(f"request lacks the arrays {sorted(missing)}")
         try:
             top_k, temperature, fingerprint = int(meta["top_k"]), float(meta["temperature"]), str(meta["fingerprint"])
+            width = None if meta.get("width") is None else int(meta["width"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"request meta needs top_k, temperature and fingerprint ({exc!r})") from None
+            raise ProtocolError(f"request meta needs top_k, temperature, fingerprint; width is an integer ({exc!r})") from None
         return cls(arrays["tokens"], arrays["lengths"], arrays["prompt_lengths"], top_k, temperature, fingerprint,
-                   arrays.get("extra_ids"))  # fmt: skip
+                   arrays.get("extra_ids"), width)  # fmt: skip
 
     def validate(self, *, vocab_size: int, max_top_k: int, max_tokens: int) -> None:
-        """Raise ProtocolError naming the first thing a server cannot score."""
+        """Raise ProtocolError naming the first thing a server cannot score; `vocab_size` is its head's rows."""
         tokens, lengths, prompts = self.tokens, self.lengths, self.prompt_lengths
+        if self.width is not None:
+            if not 1 <= self.width <= vocab_size:
+                raise ProtocolError(f"width must be between 1 and the head's {vocab_size} rows, got {self.width}")
+            vocab_size = self.width
         if tokens.ndim != 1 or lengths.ndim != 1 or prompts.shape != lengths.shape:
             raise ProtocolError(f"tokens must be (T,), lengths and prompt_lengths (B,); got {tokens.shape}, "
                                 f"{lengths.shape}, {prompts.shape}")  # fmt: skip
@@ -216,8 +225,8 @@ def _compact_ids(ids: np.ndarray) -> np.ndarray:
 def vocab_fingerprint(tokenizer) -> str:
     """Hash of the token -> id mapping (added tokens included).
 
-    Only ids travel between student and teacher, so two tokenizers are interchangeable exactly when
-    every id names the same token string; chat templates and special-token roles may differ.
+    Only ids travel between student and teacher, so the vocabularies agree exactly when every id
+    names the same token string; the special tokens that matter are compared beside it (core_distill/vocab.py).
     """
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()

@@ -16,7 +16,17 @@ from torch import Tensor, nn
 
 from core_distill.data import SequenceBatch
 from core_distill.losses import DenseTeacher, Head, SparseTeacher, auto_chunk_size, log_softmax_fp32, outside_logmass
-from core_distill.models import causal_lm, completion_hidden, head_of, load_model, unwrap_parallel
+from core_distill.models import (
+    causal_lm,
+    completion_hidden,
+    cut_vocabulary,
+    head_of,
+    load_model,
+    unwrap_parallel,
+    vocab_size,
+    vocab_width,
+)
+from core_distill.vocab import cut_line, shared_width
 
 
 class Teacher(Protocol):
@@ -45,6 +55,17 @@ class LocalTeacher:
     @property
     def model(self) -> nn.Module:
         return self._model
+
+    @property
+    def head_rows(self) -> int:
+        """Rows of the teacher's lm_head, before any cut."""
+        return vocab_size(self._model)
+
+    def cut(self, width: int) -> None:
+        """Score over ids 0 .. width-1 only (core_distill/vocab.py); the cache names the cut weights apart."""
+        cut_vocabulary(self._model, width)
+        if self.identity and width != self.head_rows:
+            self.identity = f"{self.identity}-cut{width}"
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch, *, cacheable: bool = False) -> DenseTeacher:
@@ -121,15 +142,45 @@ def batch_rows(batch: SequenceBatch) -> list[tuple[list[int], list[int]]]:
     ]
 
 
-def build_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: torch.device) -> Teacher:
-    """The teacher a spec asks for. The student must already carry its LoRA adapters, if any."""
+def build_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: torch.device,
+                  token_ids: int | None = None) -> Teacher:  # fmt: skip
+    """The teacher a spec asks for. The student must already carry its LoRA adapters, if any.
+
+    `token_ids` (the student tokenizer's ids): heads of different sizes are cut to them, on both
+    models (`share_vocabulary`).
+    """
     teacher = _uncached_teacher(spec, student, dtype=dtype, device=device)
+    if token_ids is not None:
+        share_vocabulary(student, teacher, token_ids)
     if spec.teacher_cache:
         from core_distill.teacher_cache import CachedTeacher, TeacherCache
 
         teacher = CachedTeacher(teacher, TeacherCache(), identity=teacher.identity, top_k=spec.loss_top_k,
                                 temperature=spec.kd_temperature)  # fmt: skip
     return teacher
+
+
+def share_vocabulary(student: nn.Module, teacher, token_ids: int) -> None:
+    """Cut the student's and the teacher's heads to the tokenizer's `token_ids` ids when their sizes
+    differ (core_distill/vocab.py); `vocabulary_note` says so in the run's header.
+
+    A teacher that does not say its head's rows (a vLLM server checks the vocabulary itself) is left as is.
+    """
+    teacher_rows = getattr(teacher, "head_rows", None)
+    width, problem = shared_width(vocab_size(student), teacher_rows, token_ids)
+    if problem:
+        raise ValueError(problem)
+    if width is not None:
+        cut_vocabulary(student, width)
+        teacher.cut(width)
+
+
+def vocabulary_note(student: nn.Module, teacher) -> str | None:
+    """The header line of a cut made by `share_vocabulary` (None: both heads whole)."""
+    teacher_rows = getattr(teacher, "head_rows", None)
+    if teacher_rows is None or teacher_rows == vocab_size(student):
+        return None
+    return cut_line(vocab_size(student), teacher_rows, vocab_width(student))
 
 
 def _uncached_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: torch.device):

@@ -23,6 +23,7 @@ the gradient is that of the one-process run (up to float summation order).
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from contextlib import nullcontext
@@ -64,7 +65,8 @@ from core_distill.models import (
 )
 from core_distill.reporting import NullReporter, Reporter
 from core_distill.spec import DistillSpec, SpecError
-from core_distill.teachers import build_teacher
+from core_distill.teachers import build_teacher, vocabulary_note
+from core_distill.vocab import id_count
 
 STUDENT, TEACHER, DATASET = "student", "teacher", "dataset"
 
@@ -122,7 +124,10 @@ def run(
         causal_lm(student).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.to(device).train()
     needs_teacher = spec.objective != "sft" or spec.seq_kd
-    teacher = build_teacher(spec, student, dtype=dtype, device=device) if needs_teacher else None
+    teacher = None
+    if needs_teacher:  # heads of two sizes are cut to the tokenizer's ids here (core_distill/vocab.py)
+        teacher = build_teacher(spec, student, dtype=dtype, device=device, token_ids=id_count(tokenizer))
+    announce(run_header(student, teacher), reporter, printed=progress and dist.is_main())
     if fsdp:  # sharded in place before the optimizer sees the parameters; not wrapped again by Accelerate
         dist.shard(student, param_dtype=None if dtype == torch.float32 else dtype)
     optimizer, scheduler = make_optimizer(spec, student)
@@ -223,6 +228,23 @@ def run(
     if world > 1:
         return RunResult(last_step, save_final_model_from_ranks(spec, student, tokenizer, output_dir, dtype), False, metrics)
     return RunResult(last_step, save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir), False, metrics)
+
+
+def run_header(student: nn.Module, teacher) -> list[str]:
+    """What the run decided while loading that its numbers depend on (e.g. a vocabulary cut), one line each."""
+    return [line for line in (vocabulary_note(student, teacher) if teacher is not None else None,) if line]
+
+
+def announce(header: list[str], reporter: Reporter, *, printed: bool) -> None:
+    """The header to the log, to the reporter (a run folder's header.txt, the dashboard's run view) and,
+    from the CLI, to the terminal."""
+    for line in header:
+        logging.getLogger(__name__).info(line)
+        if printed:
+            print(line, flush=True)
+    note = getattr(reporter, "header", None)  # optional in the Reporter protocol
+    if header and note is not None:
+        note(header)
 
 
 def check_world(spec: DistillSpec) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from core_distill.generation import cut_at_eos
-from core_distill.models import causal_lm, unwrap_parallel
+from core_distill.models import causal_lm, unwrap_parallel, vocab_size, vocab_width
 
 # the engine core must share this process for weights to be handed over as tensors
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -111,12 +111,17 @@ class VLLMSampler:
         params = [
             SamplingParams(
                 n=1, temperature=0.0 if greedy else temperature, top_p=1.0, max_tokens=max_new_tokens,
-                stop_token_ids=sorted(eos_ids), detokenize=False, seed=seed,
+                stop_token_ids=sorted(eos_ids), detokenize=False, seed=seed, allowed_token_ids=self._allowed_ids(),
             )  # fmt: skip
             for seed in seeds
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [cut_at_eos(list(out.outputs[0].token_ids), eos_ids) for out in outputs]
+
+    def _allowed_ids(self) -> list[int] | None:
+        """A cut head (core_distill/vocab.py): only the ids below the cut; None (every id) otherwise."""
+        width = vocab_width(self.model)
+        return list(range(width)) if width < vocab_size(self.model) else None
 
     def sample_with_logprobs(
         self, prompts: list[list[int]], *, eos_ids: set[int], max_new_tokens: int, temperature: float = 1.0,

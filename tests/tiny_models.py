@@ -26,19 +26,19 @@ def build_tokenizer(path: Path | None = None, extra_chars: str = ""):
 
 def build_model(
     path: Path, tokenizer, *, hidden: int = 64, layers: int = 2, seed: int = 0, arch: str = "llama",
-    head_dim: int = 32, max_positions: int = 256, logit_scale: float = 1.0,
+    head_dim: int = 32, max_positions: int = 256, logit_scale: float = 1.0, vocab_size: int | None = None,
 ):  # fmt: skip
     """A randomly initialised causal LM saved with save_pretrained.
 
     vLLM's CPU attention needs head_dim 32 or more; `logit_scale` sharpens the lm_head so that samples
-    are not near-uniform.
+    are not near-uniform; `vocab_size` above len(tokenizer) pads the embeddings and the head (as Qwen's are).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,

@@ -55,12 +55,13 @@ def run_header(run_id: int) -> str:
         experiment = session.get(Experiment, run.experiment_id)
         name = experiment.name if experiment else "?"
         queue = run_service.queue_position(session=session, run_id=run.id)
-        healing = run_service.healing_line(run, experiment.spec if experiment else {}, run_service.run_history(
-            session=session, run_id=run.id))  # fmt: skip
+        history = run_service.run_history(session=session, run_id=run.id)
+        healing = run_service.healing_line(run, experiment.spec if experiment else {}, history)
     status = status_text(run, queue).replace(" (cancelling)", " (cancel requested)")
     lines = [
         f"### Run {run.id} · {name} · **{status}** · step {run.last_step}/{run.max_steps} · attempt {run.attempt}",
         *([f"*{healing}*"] if healing else []),
+        *run_service.header_lines(history),  # what the engine decided at start (a vocabulary cut, ...)
         f"Downloads: [metrics.csv](/api/runs/{run.id}/metrics.csv) · [metrics.json](/api/runs/{run.id}/metrics.json)"
         f" · [spec.yaml](/api/runs/{run.id}/spec.yaml)",
         f"Model: `{run.model_dir}`" if run.model_dir else f"Output folder: `{run.output_dir or 'not started'}`",

@@ -27,11 +27,11 @@ from typing import Any
 import redis
 from sqlalchemy import delete, insert, tuple_, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from app import events
 from app.db_retry import Reachability, is_db_unavailable, with_db_retry
-from app.models import EvalSamples, MetricPoint, Run, RunStatus
+from app.models import EvalSamples, MetricPoint, Run, RunEvent, RunEventKind, RunStatus
 from app.run_state import heartbeat
 from app.settings import get_settings
 
@@ -135,6 +135,26 @@ class DatabaseReporter:
         with_db_retry(forget, what=f"run {self.run_id}: forgetting the steps after {step}")
         self.last_step = step
         self._publish("resumed", {"step": step})
+
+    def header(self, lines: list[str]) -> None:
+        """The engine's header of this attempt, as a `header` event of the run's history (the run views show
+        it); not repeated when a resumed attempt says the same as the last one."""
+        note = "\n".join(lines)[:500]
+
+        def write() -> None:
+            with Session(self.engine) as session:
+                last = session.execute(
+                    select(RunEvent.note).where(RunEvent.run_id == self.run_id, RunEvent.kind == RunEventKind.header)
+                    .order_by(col(RunEvent.id).desc()).limit(1)
+                ).scalar()  # fmt: skip
+                run = session.get(Run, self.run_id)
+                if last == note or run is None:
+                    return
+                session.add(RunEvent(run_id=self.run_id, kind=RunEventKind.header, attempt=run.attempt,
+                                     step=run.last_step, note=note))  # fmt: skip
+                session.commit()
+
+        with_db_retry(write, what=f"run {self.run_id}: its header")
 
     # --- batching ---------------------------------------------------------------------------------
     def flush(self) -> int:

@@ -65,7 +65,9 @@ class RunsPublic(SQLModel):
 
 class RunDetail(RunSummary):
     spec: dict[str, Any]
-    history: list[RunEventPublic] = Field(default_factory=list, description="Lost, resumed, healing given up.")
+    history: list[RunEventPublic] = Field(
+        default_factory=list, description="Lost, resumed, healing given up, and the engine's header of an attempt."
+    )
     auto_resumes: int = 0  # resumed automatically after being lost (app.run_state.resume_lost_runs)
     manual_resumes: int = 0  # resumed by a person
     healing: str | None = Field(default=None, description="One line on losing and healing, as the run page says it.")

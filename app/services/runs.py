@@ -91,6 +91,12 @@ def run_history(*, session: Session, run_id: int) -> list[RunEvent]:
     return list(session.execute(query).scalars())
 
 
+def header_lines(history: list[RunEvent]) -> list[str]:
+    """The engine's header of the run's latest attempt that had one (e.g. "vocabulary cut from ..."), one line each."""
+    headers = [event.note for event in history if event.kind == RunEventKind.header]
+    return headers[-1].splitlines() if headers else []
+
+
 def resume_counts(history: list[RunEvent]) -> tuple[int, int]:
     """(automatic resumes, resumes by a person) in a run's history."""
     kinds = [event.kind for event in history]

@@ -17,10 +17,11 @@ START_TIMEOUT_SECONDS = 60.0
 
 
 @contextmanager
-def serve_in_thread(app, log_level: str = "warning") -> Iterator[str]:
-    """Serve `app` on a free local port; yields its base URL ("http://127.0.0.1:PORT")."""
+def serve_in_thread(app, log_level: str = "warning", lifespan: str = "off") -> Iterator[str]:
+    """Serve `app` on a free local port; yields its base URL ("http://127.0.0.1:PORT"). `lifespan="on"`
+    runs the app's startup (the teacher server's batching loop lives there)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan=lifespan))
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_SECONDS

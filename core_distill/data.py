@@ -11,19 +11,16 @@ text prompt) in the teacher's view, or a full list of messages.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from core_distill.paths import resolve_data_path
-
-
-class DataError(ValueError):
-    """Bad data; the message names the file, the row and the problem."""
+from core_distill.data_sources import DataError, read_rows  # noqa: F401  (files, folders, hub ids: data_sources.py)
+from core_distill.truncation import TruncationCounts, fit_completion, fit_prompt, special_token_ids
 
 
 @dataclass
@@ -32,38 +29,8 @@ class Example:
     completion_ids: list[int] | None  # None for prompt-only rows
     teacher_prompt_ids: list[int] | None  # OPSD privileged prompt, None if the row has none
     completion_text: str | None  # reference answer for exact-match evaluation
-
-
-# --- reading files --------------------------------------------------------------------------------
-def read_rows(name: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL/JSON/Parquet file or a saved `datasets` directory."""
-    path = resolve_data_path(name)
-    if not path.exists():
-        raise DataError(f"no data at {name!r} (resolved to {path})")
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        dataset = load_from_disk(str(path))
-        if hasattr(dataset, "keys"):  # a DatasetDict: take its train split, else the first
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
-        return list(dataset)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix in (".jsonl", ".json"):
-        text = path.read_text()
-        if path.suffix == ".json" and text.lstrip().startswith("["):
-            return json.loads(text)
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        return rows
-    raise DataError(f"{path}: unknown data format {path.suffix!r} (use .jsonl, .json, .parquet or a datasets folder)")
+    prompt_cut: bool = False  # the prompt (or teacher prompt) was over max_prompt_length and was shortened
+    completion_cut: bool = False  # the dataset completion was over max_completion_length and was shortened
 
 
 # --- rows -> token ids ------------------------------------------------------------------------------
@@ -124,26 +91,41 @@ def completion_text(completion: Any) -> str | None:
 
 
 def encode_rows(
-    rows: list[dict[str, Any]], tokenizer, *, max_prompt_length: int, max_completion_length: int, source: str
-) -> list[Example]:
+    rows: list[dict[str, Any]], tokenizer, *, max_prompt_length: int, max_completion_length: int, source: str,
+    truncation: str = "middle",
+) -> list[Example]:  # fmt: skip
+    """Token ids of every row, fitted into the length limits as `truncation` says (core_distill/truncation.py)."""
+    encode = partial(encode_prompt, tokenizer)
+    specials = special_token_ids(tokenizer)
     examples = []
     for number, row in enumerate(rows, 1):
         try:
             prompt, completion, teacher_prompt = split_row(row)
-            prompt_ids = encode_prompt(tokenizer, prompt)[-max_prompt_length:]  # keep the prompt's end
+            full_prompt = encode_prompt(tokenizer, prompt)
+            prompt_ids = fit_prompt(prompt, full_prompt, max_prompt_length, encode, truncation)
+            prompt_cut = len(prompt_ids) < len(full_prompt)
             completion_ids = None
             if completion is not None:
-                completion_ids = encode_completion(tokenizer, prompt, completion, encode_prompt(tokenizer, prompt))
-                completion_ids = completion_ids[:max_completion_length]
+                full = encode_completion(tokenizer, prompt, completion, full_prompt)
+                completion_ids = fit_completion(full, max_completion_length, specials, truncation)
             teacher_ids = None
             if teacher_prompt is not None:
-                teacher_ids = encode_prompt(tokenizer, teacher_view(prompt, teacher_prompt))[-max_prompt_length:]
+                view = teacher_view(prompt, teacher_prompt)
+                full_teacher = encode_prompt(tokenizer, view)
+                teacher_ids = fit_prompt(view, full_teacher, max_prompt_length, encode, truncation)
+                prompt_cut = prompt_cut or len(teacher_ids) < len(full_teacher)
         except (DataError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{source}, row {number}: {exc}") from None
-        examples.append(Example(prompt_ids, completion_ids, teacher_ids, completion_text(completion)))
+        completion_cut = completion_ids is not None and len(completion_ids) < len(full)
+        text = completion_text(completion)
+        examples.append(Example(prompt_ids, completion_ids, teacher_ids, text, prompt_cut, completion_cut))
     if not examples:
         raise DataError(f"{source}: no rows")
     return examples
+
+
+def truncation_counts(examples: list[Example]) -> TruncationCounts:
+    return TruncationCounts(len(examples), sum(e.prompt_cut for e in examples), sum(e.completion_cut for e in examples))
 
 
 def check_examples(examples: list[Example], *, needs_completions: bool, needs_teacher_prompt: bool, field: str) -> None:

@@ -190,6 +190,10 @@ def compare_command(
     extend_edges: Annotated[
         bool, typer.Option(help="A chosen learning rate at a grid edge: sweep one more step past it (once).")
     ] = False,
+    search: Annotated[
+        str, typer.Option(help="'staged': every rate at the spec's own T and beta, then T x beta at the chosen "
+                               "rate; 'grid': every combination (about twice the runs).")
+    ] = "staged",
     samples_per_prompt: Annotated[int, typer.Option(help="Sampled completions per row and eval seed.", min=1)] = 4,
     eval_seeds: Annotated[str, typer.Option(help="Comma-separated evaluation seeds (sampling draws).")] = "0,1,2",
     decode_temperatures: Annotated[
@@ -235,7 +239,7 @@ def compare_command(
     settings = CompareSettings(
         steps=steps, seeds=tuple(range(selection_seed + 1, selection_seed + 1 + seeds)), selection_seed=selection_seed,
         learning_rates=_floats(learning_rates, "--learning-rates"), temperatures=_floats(temperatures, "--temperatures"),
-        betas=_floats(betas, "--betas"), extend_edges=extend_edges, samples_per_prompt=samples_per_prompt,
+        betas=_floats(betas, "--betas"), extend_edges=extend_edges, search=search, samples_per_prompt=samples_per_prompt,
         eval_seeds=_ints(eval_seeds, "--eval-seeds"), decode_temperatures=_floats(decode_temperatures, "--decode-temperatures"),
         eval_every=eval_every, curve_examples=curve_examples, selection_examples=selection_examples,
         test_examples=test_examples, teacher=teacher, test_data=test_data, workers=workers,

@@ -58,6 +58,7 @@ class CompareSettings:
     temperatures: tuple[float, ...] = (0.3, 1.0)  # sampling, for methods that sample; empty: the spec's own
     betas: tuple[float, ...] = (0.1, 0.5, 0.9)  # for generalized-JSD methods; empty: the spec's own
     extend_edges: bool = False  # a chosen rate at a grid edge: one more step past it, once
+    search: str = "staged"  # "staged": rates first, then T x beta at the chosen rate; "grid": every combination
     samples_per_prompt: int = 4  # sampled completions per row and eval seed
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     decode_temperatures: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)  # the student's best-T baseline grid
@@ -188,6 +189,24 @@ def grid(spec: DistillSpec, settings: CompareSettings, learning_rates: Sequence[
     temperatures = (settings.temperatures or (spec.temperature,)) if sweeps_temperature(spec) else (None,)
     betas = (settings.betas or (spec.beta,)) if uses_beta(spec) else (None,)
     return [Setting(lr, t, b) for lr in rates for t in temperatures for b in betas]
+
+
+def first_stage(spec: DistillSpec, settings: CompareSettings, learning_rates: Sequence[float] | None = None
+                ) -> list[Setting]:  # fmt: skip
+    """The settings trained before any is chosen: the whole grid, or with the staged search every rate at the
+    spec's own temperature and beta (the second stage then sweeps those at the chosen rate)."""
+    if settings.search == "grid":
+        return grid(spec, settings, learning_rates)
+    rates = tuple(learning_rates or settings.learning_rates or (spec.learning_rate,))
+    temperature = spec.temperature if sweeps_temperature(spec) else None
+    return [Setting(lr, temperature, spec.beta if uses_beta(spec) else None) for lr in rates]
+
+
+def second_stage(spec: DistillSpec, settings: CompareSettings, rate: float, done: Sequence[Setting]) -> list[Setting]:
+    """The staged search's second stage: every temperature x beta of the grid at the chosen rate, less what ran."""
+    if settings.search == "grid":
+        return []
+    return [s for s in grid(spec, settings, [rate]) if s not in done]
 
 
 def edge_of(rates: Sequence[float], chosen: float) -> str | None:
@@ -404,7 +423,7 @@ def compare(
         student_jobs = [Job(f"student T {t:g}", output_dir / "baselines" / "student" / f"eval_T{t:g}", None,
                             first.student, (requests.selection(t),)) for t in settings.decode_temperatures]  # fmt: skip
         sweep_jobs = [_train_job(name, spec, setting, settings.selection_seed, output_dir, (requests.selection(grading),))
-                      for name, _, spec in specs for setting in grid(spec, settings)]  # fmt: skip
+                      for name, _, spec in specs for setting in first_stage(spec, settings)]  # fmt: skip
         records = runner.run_jobs(student_jobs + sweep_jobs)
         student_eval = {t: r["evals"]["selection"]["report"]
                         for t, r in zip(settings.decode_temperatures, records, strict=False)}  # fmt: skip
@@ -427,14 +446,26 @@ def compare(
                 if rate is not None:
                     extended[name] = rate
                     extra_jobs += [_train_job(name, spec, s, settings.selection_seed, output_dir,
-                                              (requests.selection(grading),)) for s in grid(spec, settings, [rate])]  # fmt: skip
+                                              (requests.selection(grading),))
+                                   for s in first_stage(spec, settings, [rate])]  # fmt: skip
             if extra_jobs:
                 echo(f"extending {len(extended)} grids past their edge: "
                      + ", ".join(f"{n} lr {r:g}" for n, r in extended.items()))  # fmt: skip
                 for job, record in zip(extra_jobs, runner.run_jobs(extra_jobs), strict=True):
                     sweeps[job.meta["method"]].append((job.meta["setting"], record))
 
-        # 3. the chosen settings with fresh seeds, and the baselines, on the test split
+        # 3. the staged search's second stage: temperature and beta at each method's chosen rate
+        stage_jobs = []
+        for name, _, spec in specs:
+            rate = report.select(sweeps[name], grading, settings.confidence)[0].learning_rate
+            stage_jobs += [_train_job(name, spec, s, settings.selection_seed, output_dir, (requests.selection(grading),))
+                           for s in second_stage(spec, settings, rate, [s for s, _ in sweeps[name]])]  # fmt: skip
+        if stage_jobs:
+            echo(f"second stage: {len(stage_jobs)} settings of temperature and beta at each method's chosen rate")
+            for job, record in zip(stage_jobs, runner.run_jobs(stage_jobs), strict=True):
+                sweeps[job.meta["method"]].append((job.meta["setting"], record))
+
+        # 4. the chosen settings with fresh seeds, and the baselines, on the test split
         chosen = {name: report.select(sweeps[name], grading, settings.confidence) for name, _, _ in specs}
         for name, (setting, selection) in chosen.items():
             how = "distinguishable from" if selection.distinguishable else "not distinguishable from"
@@ -460,7 +491,7 @@ def compare(
         runs[job.meta["method"]].append((job.meta["seed"], record))
     methods = [
         report.MethodResult(
-            name=name, spec_file=str(path), rows_per_step=rows_per_step(spec), grid=grid(spec, settings),
+            name=name, spec_file=str(path), rows_per_step=rows_per_step(spec), grid=[s for s, _ in sweeps[name]],
             extended_rate=extended.get(name), sweep=sweeps[name], chosen=chosen[name][0], selection=chosen[name][1],
             runs=runs[name],
         )
@@ -497,6 +528,8 @@ def _check_settings(s: CompareSettings) -> None:
                            "the chosen setting is scored with fresh seeds, not the run it was chosen on")  # fmt: skip
     if len(set(s.seeds)) != len(s.seeds):
         raise CompareError(f"--seeds must differ, got {list(s.seeds)}")
+    if s.search not in ("staged", "grid"):
+        raise CompareError(f"--search must be 'staged' or 'grid', got {s.search!r}")
     if not s.teacher:
         raise CompareError("--teacher is empty; the divergence columns and the teacher rows need a teacher")
     if any(x <= 0 for x in (*s.learning_rates, *s.temperatures)):

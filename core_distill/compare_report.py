@@ -468,7 +468,11 @@ def results_page(result: CompareResult, *, command: str, load, plot_path: Path |
         f"- Grids: learning rates {_floats(s.learning_rates)}; sampling temperatures {_floats(s.temperatures)} for "
         "methods that sample (not MiniLLM: its estimator samples at kd_temperature); β "
         f"{_floats(s.betas)} for generalized-JSD methods (0 < β < 1; β 0 or 1 is the method's identity, forward or "
-        "reverse KL, and is kept). Grid sizes: "
+        "reverse KL, and is kept). "
+        + ("Staged search (`--search staged`): every learning rate at the spec's own temperature and β, then "
+           "every temperature × β at the chosen rate; a better rate at another β is not looked for. "
+           if s.search == "staged" else "Every combination (`--search grid`). ")
+        + "Settings trained: "
         + ", ".join(f"{m.name} {len(m.sweep)}" for m in result.methods)
         + ("" if len(sizes) == 1 else " (they differ: a method with more settings had more chances on the eval split)")
         + ".",

@@ -7,6 +7,10 @@ Accepted row formats (TRL's names):
     {"prompt": str | messages}                                    prompt only
 plus an optional "teacher_prompt" (OPSD): a string that replaces the last user message (or the
 text prompt) in the teacher's view, or a full list of messages.
+
+Every completion ends with the student's end-of-turn token (chat_turns.end_of_turn_id), the one
+generation stops at; what a template writes after it is not trained. A chat template that raises on a
+row (Gemma-2 on a system message, Mistral on roles that do not alternate) is a DataError naming the row.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 from torch import Tensor
 
+from core_distill.chat_turns import (
+    end_completion,
+    end_of_turn_id,
+    fold_system_messages,
+    has_system_message,
+    split_turns,
+    template_refusal,
+)
 from core_distill.data_sources import DataError, read_rows  # noqa: F401  (files, folders, hub ids: data_sources.py)
-from core_distill.truncation import TruncationCounts, fit_completion, fit_prompt, special_token_ids
+from core_distill.truncation import TruncationCounts, fit_completion, fit_prompt
 
 
 @dataclass
@@ -61,15 +74,16 @@ def encode_prompt(tokenizer, prompt: Any) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
-def encode_completion(tokenizer, prompt: Any, completion: Any, prompt_ids: list[int]) -> list[int]:
-    """Completion ids as the model would produce them after `prompt_ids`, ending in EOS."""
+def encode_completion(tokenizer, prompt: Any, completion: Any, prompt_ids: list[int], end_id: int) -> list[int]:
+    """Completion ids as the model would produce them after `prompt_ids`, ending at the end of turn `end_id`."""
     if isinstance(prompt, list) and isinstance(completion, list):
         full = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
         if full[: len(prompt_ids)] == prompt_ids:  # templates that re-render the prompt differently fall through
-            return full[len(prompt_ids) :]
+            return end_completion(full[len(prompt_ids) :], end_id)
         completion = completion[-1]["content"]
     text = completion if isinstance(completion, str) else completion[-1]["content"]
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    # a text completion ends where the template ends an assistant turn, not with the tokenizer's EOS
+    return end_completion(list(tokenizer(text, add_special_tokens=False)["input_ids"]), end_id)
 
 
 def teacher_view(prompt: Any, teacher_prompt: Any) -> Any:
@@ -90,42 +104,82 @@ def completion_text(completion: Any) -> str | None:
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
+def row_turns(row: dict[str, Any], *, system_message: str, assistant_turns: str) -> list[tuple[Any, Any, Any]]:
+    """(prompt, completion or None, teacher's prompt or None) of each example a row gives, as the template sees them.
+
+    assistant_turns="all": one per assistant turn of a conversation, each a reply to the conversation
+    before it as the template renders that history at inference (Qwen3 drops the thinking of past
+    turns), rather than one rendering of the whole conversation with the user turns masked out.
+    """
+    prompt, completion, teacher_prompt = split_row(row)
+    turns = [(prompt, completion, teacher_prompt)]
+    if assistant_turns == "all":
+        turns = split_turns(prompt, completion, teacher_prompt)
+    out = []
+    for p, c, t in turns:
+        t = None if t is None else teacher_view(p, t)  # before folding, so the teacher keeps the system text too
+        if system_message == "fold":
+            p, c, t = (fold_system_messages(x) if isinstance(x, list) else x for x in (p, c, t))
+        out.append((p, c, t))
+    return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The length limits of a spec, how rows over them are fitted, and the student's end-of-turn token."""
+
+    prompt: int
+    completion: int
+    truncation: str  # "middle" | "refuse"
+    end_id: int
+
+
+def encode_turn(tokenizer, prompt: Any, completion: Any, teacher_prompt: Any, limits: Limits) -> Example:
+    """One example: its prompt (and OPSD teacher prompt) and completion fitted into the limits."""
+    encode = partial(encode_prompt, tokenizer)
+    full_prompt = encode(prompt)
+    prompt_ids = fit_prompt(prompt, full_prompt, limits.prompt, encode, limits.truncation)
+    prompt_cut = len(prompt_ids) < len(full_prompt)
+    completion_ids, completion_cut = None, False
+    if completion is not None:
+        full = encode_completion(tokenizer, prompt, completion, full_prompt, limits.end_id)
+        completion_ids = fit_completion(full, limits.completion, limits.end_id, limits.truncation)
+        completion_cut = len(completion_ids) < len(full)
+    teacher_ids = None
+    if teacher_prompt is not None:  # already the teacher's view (row_turns)
+        full_teacher = encode(teacher_prompt)
+        teacher_ids = fit_prompt(teacher_prompt, full_teacher, limits.prompt, encode, limits.truncation)
+        prompt_cut = prompt_cut or len(teacher_ids) < len(full_teacher)
+    return Example(prompt_ids, completion_ids, teacher_ids, completion_text(completion), prompt_cut, completion_cut)
+
+
 def encode_rows(
     rows: list[dict[str, Any]], tokenizer, *, max_prompt_length: int, max_completion_length: int, source: str,
-    truncation: str = "middle",
+    system_message: str = "keep", assistant_turns: str = "last", truncation: str = "middle",
 ) -> list[Example]:  # fmt: skip
-    """Token ids of every row, fitted into the length limits as `truncation` says (core_distill/truncation.py)."""
-    encode = partial(encode_prompt, tokenizer)
-    specials = special_token_ids(tokenizer)
+    """Token ids of every row; `system_message`, `assistant_turns` and `truncation` as the spec fields of those
+    names (the length limits: core_distill/truncation.py)."""
+    limits = Limits(max_prompt_length, max_completion_length, truncation, end_of_turn_id(tokenizer))
     examples = []
     for number, row in enumerate(rows, 1):
         try:
-            prompt, completion, teacher_prompt = split_row(row)
-            full_prompt = encode_prompt(tokenizer, prompt)
-            prompt_ids = fit_prompt(prompt, full_prompt, max_prompt_length, encode, truncation)
-            prompt_cut = len(prompt_ids) < len(full_prompt)
-            completion_ids = None
-            if completion is not None:
-                full = encode_completion(tokenizer, prompt, completion, full_prompt)
-                completion_ids = fit_completion(full, max_completion_length, specials, truncation)
-            teacher_ids = None
-            if teacher_prompt is not None:
-                view = teacher_view(prompt, teacher_prompt)
-                full_teacher = encode_prompt(tokenizer, view)
-                teacher_ids = fit_prompt(view, full_teacher, max_prompt_length, encode, truncation)
-                prompt_cut = prompt_cut or len(teacher_ids) < len(full_teacher)
+            for turn in row_turns(row, system_message=system_message, assistant_turns=assistant_turns):
+                examples.append(encode_turn(tokenizer, *turn, limits))
+        except TemplateError as exc:  # jinja's errors (raise_exception in a template) are none of the classes below
+            has_system = has_system_message(*split_row(row))
+            refusal = template_refusal(exc, has_system=has_system, system_message=system_message)
+            raise DataError(f"{source}, row {number}: {refusal}") from None
         except (DataError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{source}, row {number}: {exc}") from None
-        completion_cut = completion_ids is not None and len(completion_ids) < len(full)
-        text = completion_text(completion)
-        examples.append(Example(prompt_ids, completion_ids, teacher_ids, text, prompt_cut, completion_cut))
     if not examples:
         raise DataError(f"{source}: no rows")
     return examples
 
 
-def truncation_counts(examples: list[Example]) -> TruncationCounts:
-    return TruncationCounts(len(examples), sum(e.prompt_cut for e in examples), sum(e.completion_cut for e in examples))
+def truncation_counts(examples: list[Example], rows: int) -> TruncationCounts:
+    """How many of the examples `rows` rows gave were shortened to the length limits."""
+    cut_prompts, cut_completions = sum(e.prompt_cut for e in examples), sum(e.completion_cut for e in examples)
+    return TruncationCounts(rows, len(examples), cut_prompts, cut_completions)
 
 
 def check_examples(examples: list[Example], *, needs_completions: bool, needs_teacher_prompt: bool, field: str) -> None:

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from core_distill.chat_turns import end_of_turn_id
 from core_distill.models import causal_lm
 
 
@@ -76,8 +77,10 @@ def sample_completions(
 
 
 def eos_token_ids(model: nn.Module, tokenizer) -> set[int]:
-    """The tokenizer's EOS plus any the generation config lists (Llama 3 has several)."""
-    ids = {tokenizer.eos_token_id}
+    """The stop tokens: the tokenizer's EOS, any the generation config lists (Llama 3 has several) and the
+    chat template's end of turn, which dataset completions end with; a base student whose EOS is
+    `<|endoftext|>` alone stops at `<|im_end|>` on chat data this way."""
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
     configured = getattr(causal_lm(model).generation_config, "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)

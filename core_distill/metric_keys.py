@@ -30,7 +30,7 @@ DATA_ON_POLICY = "data/on_policy"  # share of the step's completions the student
 DATA_TRUNCATED_PROMPTS = "data/truncated_prompts"  # rows of the step whose prompt was over max_prompt_length
 DATA_TRUNCATED_COMPLETIONS = "data/truncated_completions"  # ... whose dataset completion was over max_completion_length
 COMPLETION_LENGTH_MEAN = "completion/length_mean"  # tokens per training completion
-COMPLETION_EOS_RATE = "completion/eos_rate"  # share of completions that ended with EOS
+COMPLETION_EOS_RATE = "completion/eos_rate"  # share of completions that ended with a stop token (EOS or end of turn)
 COUNT_GENERATED_TOKENS = "count/generated_tokens"  # tokens sampled this step
 COUNT_TEACHER_TOKENS = "count/teacher_tokens"  # tokens the teacher scored this step
 

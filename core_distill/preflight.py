@@ -390,7 +390,7 @@ def check_data(spec, tokenizer, notes: dict[str, str] | None = None) -> dict[str
 
     errors: dict[str, str] = {}
     lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length,
-                   truncation=spec.truncation)  # fmt: skip
+                   system_message=spec.system_message, truncation=spec.truncation)  # fmt: skip
     for field in ("train_data", "eval_data"):
         name = getattr(spec, field)
         if not name:
@@ -403,13 +403,14 @@ def check_data(spec, tokenizer, notes: dict[str, str] | None = None) -> dict[str
                 raise DataError(f"{name}: no rows")
             if tokenizer is None:
                 continue  # the student's own error is reported; nothing to tokenize with
-            examples = encode_rows(rows, tokenizer, source=name, **lengths)
+            turns = spec.assistant_turns if field == "train_data" else "last"  # eval rows score their last turn
+            examples = encode_rows(rows, tokenizer, source=name, assistant_turns=turns, **lengths)
             if field == "train_data":
                 check_examples(
                     examples, field=field, needs_completions=spec.lmbda < 1.0 and not spec.seq_kd,
                     needs_teacher_prompt=spec.opsd != "off",
                 )  # fmt: skip
-            cut = truncation_counts(examples).describe(spec.max_prompt_length, spec.max_completion_length, "the first")
+            cut = truncation_counts(examples, len(rows)).describe(spec.max_prompt_length, spec.max_completion_length)
             if cut and notes is not None:
                 notes[field] = cut
         except FieldDataError as exc:

@@ -264,6 +264,20 @@ class DistillSpec(BaseModel):
         "a data error naming it.",
         "data",
     )
+    system_message: Literal["keep", "fold"] = _field(
+        "keep",
+        "System messages of chat rows: keep = given to the student's chat template as they are; fold = merged "
+        "into the next user message (a blank line between), for templates without a system role that refuse "
+        "them (Gemma-2, Mistral).",
+        "data",
+    )
+    assistant_turns: Literal["last", "all"] = _field(
+        "last",
+        "Which assistant turns of a multi-turn train_data conversation are trained: last = the final one (TRL's "
+        "choice); all = every one, each as its own example, a reply to the conversation before it. Eval rows "
+        "score their last turn.",
+        "data",
+    )
     eval_examples: int = _field(64, "How many eval rows to score at each evaluation.", "data", ge=1, le=100000)
     eval_metric: Literal["exact_match", "final_answer", "countdown"] = _field(
         "exact_match",
@@ -425,6 +439,8 @@ class DistillSpec(BaseModel):
                 errors["rkl_advantage"] = (
                     "objective='minillm' needs rkl_advantage or single_step_decomposition (both are off)"
                 )
+        if self.assistant_turns == "all" and self.opsd != "off":
+            errors["assistant_turns"] = "'all' trains turns a row's teacher_prompt (OPSD) does not belong to; with opsd use 'last'"
         if self.teacher_cache and self.loss_top_k == 0:
             errors["teacher_cache"] = "caches the teacher's top K log-probs; set loss_top_k > 0"
         elif self.teacher_cache and self.opsd == "dynamic":

@@ -411,9 +411,10 @@ def _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch) -> 
 # --- setup helpers ----------------------------------------------------------------------------------
 def load_examples(spec: DistillSpec, tokenizer) -> tuple[list[Example], list[Example]]:
     lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length,
-                   truncation=spec.truncation)  # fmt: skip
+                   system_message=spec.system_message, truncation=spec.truncation)  # fmt: skip
     try:
-        train = encode_rows(read_rows(request_for(spec, "train_data")), tokenizer, source=spec.train_data, **lengths)
+        train = encode_rows(read_rows(request_for(spec, "train_data")), tokenizer, source=spec.train_data,
+                            assistant_turns=spec.assistant_turns, **lengths)  # fmt: skip
         check_examples(
             train, field="train_data", needs_completions=spec.lmbda < 1.0 and not spec.seq_kd,
             needs_teacher_prompt=spec.opsd != "off",

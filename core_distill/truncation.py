@@ -7,9 +7,9 @@
   the middle: the head (BOS, the system turn, the last user turn's header: everything up to that turn's
   text) and the tail (the end of that text and the assistant header) are kept. A text prompt keeps its
   BOS (what the tokenizer puts before any text) and its end. The head kept is at most half the limit.
-- a completion keeps its end: the closing special token (an end-of-turn or EOS) and what the template
-  writes after it (Qwen's '\\n'), at most `END_TAIL` tokens; the tokens before it are cut from the right.
-  The student is then taught to close a turn that was cut: raise the limit, or refuse, when that matters.
+- a completion keeps its end: the end-of-turn token every completion ends with (core_distill/chat_turns.py,
+  the token generation stops at); the tokens before it are cut from the right. The student is then taught
+  to close a turn that was cut: raise the limit, or refuse, when that matters.
 
 `truncation: refuse`: a row over either limit is a data error naming it.
 """
@@ -23,7 +23,6 @@ from typing import Any
 
 from core_distill.data_sources import DataError
 
-END_TAIL = 4  # the most tokens from a completion's last special token to its end that count as its ending
 SYSTEM_ROLES = ("system", "developer")
 
 Encode = Callable[[Any], list[int]]  # a prompt (text or messages) -> its token ids
@@ -31,22 +30,21 @@ Encode = Callable[[Any], list[int]]  # a prompt (text or messages) -> its token 
 
 @dataclass
 class TruncationCounts:
-    """How many rows a limit shortened, of how many."""
+    """How many examples the length limits shortened, of how many, from how many rows."""
 
-    rows: int = 0
-    prompts: int = 0  # rows whose prompt (or OPSD teacher prompt) was cut
-    completions: int = 0  # rows whose dataset completion was cut
+    rows: int  # rows read
+    examples: int  # examples they gave (more than rows with assistant_turns: all)
+    prompts: int  # examples whose prompt (or OPSD teacher prompt) was cut
+    completions: int  # examples whose dataset completion was cut
 
-    def add(self, other: TruncationCounts) -> None:
-        self.rows += other.rows
-        self.prompts += other.prompts
-        self.completions += other.completions
-
-    def describe(self, max_prompt_length: int, max_completion_length: int, scope: str) -> str:
+    def describe(self, max_prompt_length: int, max_completion_length: int) -> str:
         """'2 of the first 32 rows have a prompt over max_prompt_length 512, ...' ('' when nothing was cut)."""
         if not (self.prompts or self.completions):
             return ""
-        return (f"{self.prompts} of {scope} {self.rows} rows have a prompt over max_prompt_length {max_prompt_length}, "
+        of = f"the first {self.rows} rows"
+        if self.examples != self.rows:
+            of = f"the {self.examples} examples (assistant turns) of {of}"
+        return (f"{self.prompts} of {of} have a prompt over max_prompt_length {max_prompt_length}, "
                 f"{self.completions} a completion over max_completion_length {max_completion_length}: they are cut "
                 "keeping their start and end (truncation: middle)")  # fmt: skip
 
@@ -67,19 +65,13 @@ def fit_prompt(prompt: Any, ids: list[int], limit: int, encode: Encode, mode: st
     return middle_cut(ids, head, limit)
 
 
-def fit_completion(ids: list[int], limit: int, special_ids: set[int], mode: str) -> list[int]:
-    """`ids` in at most `limit` tokens, its ending (last special token onward) kept."""
+def fit_completion(ids: list[int], limit: int, end_id: int, mode: str) -> list[int]:
+    """`ids` in at most `limit` tokens, its closing end-of-turn token `end_id` kept."""
     if len(ids) <= limit:
         return ids
     if mode == "refuse":
         raise DataError(f"the completion is {len(ids)} tokens, over max_completion_length {limit} (truncation: refuse)")
-    end: list[int] = []
-    for back in range(1, min(END_TAIL, len(ids)) + 1):
-        if ids[-back] in special_ids:
-            end = ids[-back:]
-            break
-    if len(end) >= limit:
-        return end[:limit]
+    end = ids[-1:] if ids[-1] == end_id else []
     return ids[: limit - len(end)] + end
 
 
@@ -87,13 +79,6 @@ def middle_cut(ids: list[int], head: int, limit: int) -> list[int]:
     """The first `head` tokens (at most half the limit) and the last ones, `limit` in all."""
     head = min(head, limit // 2)
     return ids[:head] + ids[len(ids) - (limit - head) :]
-
-
-def special_token_ids(tokenizer) -> set[int]:
-    """Ids of the tokenizer's special tokens, added ones flagged special included (Llama-3's <|eot_id|>)."""
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
-    return ids
 
 
 def _drop_oldest_turns(

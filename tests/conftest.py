@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.families import FamilyPairs
 from tests.tiny_models import TinyWorkspace, build_workspace
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -16,6 +17,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> TinyWorkspace:
     """A tiny student, a bigger teacher (same char-level tokenizer) and addition data, on disk."""
     return build_workspace(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def family_pairs(tmp_path_factory: pytest.TempPathFactory) -> FamilyPairs:
+    """`family_pairs("gemma2")`: a family's tiny tokenizer, student, teacher and chat data (tests/helpers/families.py),
+    built on first use (about a second) and kept for the session."""
+    return FamilyPairs(tmp_path_factory.mktemp("families"))
 
 
 # --- the service: real database and Redis -----------------------------------------------------------

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from core_distill.cli import engine_cli
 from core_distill.compare import CompareError, CompareSettings, compare
-from core_distill.compare_report import DISCUSSION_END, DISCUSSION_START, STUDENT
+from core_distill.compare_report import DISCUSSION_END, DISCUSSION_START, STUDENT, select
 
 runner = CliRunner()
 SETTINGS = CompareSettings(steps=2, seeds=(1, 2), selection_seed=0, learning_rates=(1e-3, 1e-2), temperatures=(1.0,),
@@ -41,8 +41,10 @@ def test_compare_selects_on_eval_scores_fresh_seeds_on_test_and_writes_the_page(
 
     sft, on_policy = result.methods
     assert [s.label for s, _ in sft.sweep] == ["lr 0.001", "lr 0.01"]
-    assert [s.label for s, _ in on_policy.sweep] == ["lr 0.001, T 1, β 0.3", "lr 0.001, T 1, β 0.7",
-                                                     "lr 0.01, T 1, β 0.3", "lr 0.01, T 1, β 0.7"]  # fmt: skip
+    # the staged search: both rates at the spec's own T and beta, then the grid's betas at the chosen rate
+    rate = select(on_policy.sweep[:2], 1.0, 0.95)[0].learning_rate  # the first stage's winner
+    assert [s.label for s, _ in on_policy.sweep] == ["lr 0.001, T 1, β 0.5", "lr 0.01, T 1, β 0.5",
+                                                     f"lr {rate:g}, T 1, β 0.3", f"lr {rate:g}, T 1, β 0.7"]  # fmt: skip
     for m in result.methods:
         # selection: the selection seed's runs, scored by the evaluator on the whole eval split, never on test
         assert {r["spec"]["seed"] for _, r in m.sweep} == {0}
@@ -81,7 +83,7 @@ def test_compare_selects_on_eval_scores_fresh_seeds_on_test_and_writes_the_page(
     assert result.table in page and result.table in "\n".join(printed)
     assert all(c in page for c in result.claims) and "distill compare sft.yaml gkd_on_policy.yaml" in page
     assert f"{DISCUSSION_START}\nhand-written words\n{DISCUSSION_END}" in page and "old tail" not in page
-    assert "The GKD paper's order was not checked" in page and "Grid sizes: sft 2, gkd_on_policy 4" in page
+    assert "The GKD paper's order was not checked" in page and "Settings trained: sft 2, gkd_on_policy 4" in page
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # resume: finished runs and evaluations of the same spec are kept, not trained again
@@ -91,6 +93,26 @@ def test_compare_selects_on_eval_scores_fresh_seeds_on_test_and_writes_the_page(
                     reuse=True)  # fmt: skip
     assert os.path.getmtime(os.path.join(final, "config.json")) == stamp
     assert again.claims == result.claims and again.table == result.table
+
+
+def test_the_staged_search_sweeps_rates_first_then_temperature_and_beta_at_the_chosen_rate(tmp_path):
+    from core_distill.compare import first_stage, grid, second_stage
+    from core_distill.spec import DistillSpec
+
+    spec = DistillSpec(student="s", teacher="t", train_data="d.jsonl", lmbda=0.5, beta=0.5, temperature=1.0)
+    settings = CompareSettings(learning_rates=(1e-4, 1e-3, 1e-2), temperatures=(0.3, 1.0), betas=(0.1, 0.5, 0.9))
+    first = first_stage(spec, settings)
+    assert [(s.learning_rate, s.temperature, s.beta) for s in first] == [(1e-4, 1.0, 0.5), (1e-3, 1.0, 0.5),
+                                                                         (1e-2, 1.0, 0.5)]  # fmt: skip
+    second = second_stage(spec, settings, 1e-3, first)
+    assert len(second) == 5 and all(s.learning_rate == 1e-3 for s in second) and first[1] not in second
+    assert set(second) | {first[1]} == set(grid(spec, settings, [1e-3]))
+    # 3 + 5 runs instead of the grid's 18; --search grid trains every combination in one stage
+    full = replace(settings, search="grid")
+    assert first_stage(spec, full) == grid(spec, full) and len(grid(spec, full)) == 18
+    assert second_stage(spec, full, 1e-3, first) == []
+    sft = DistillSpec(student="s", train_data="d.jsonl", objective="sft", lmbda=0.0)
+    assert second_stage(sft, settings, 1e-3, first_stage(sft, settings)) == []  # nothing else to sweep
 
 
 def test_compare_runs_in_worker_processes_with_the_same_numbers(toy_env, tmp_path):

@@ -11,6 +11,7 @@ from core_distill import metric_keys as mk
 from core_distill.data import DataError, encode_rows
 from core_distill.reporting import NullReporter
 from core_distill.spec import DistillSpec
+from tests.helpers.chat_templates import FAMILIES, build_family_tokenizer
 from tests.tiny_models import build_model
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
@@ -99,6 +100,24 @@ def test_a_long_completion_keeps_its_end_of_turn():
     (e,) = encode([row], max_completion_length=10)
     assert text(e.completion_ids) == "y" * 9 + EOT
     assert e.completion_cut
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_cut_completions_end_with_the_familys_end_of_turn_every_turn(name):
+    """Qwen, Gemma and Phi-3 write '\n' after their end of turn: the cut keeps the end-of-turn token
+    (the one generation stops at), not what the template writes after it."""
+    family_tokenizer = build_family_tokenizer(name)
+    talk = [
+        {"role": "user", "content": "First?"}, {"role": "assistant", "content": "a" * 40},
+        {"role": "user", "content": "Second?"}, {"role": "assistant", "content": "b" * 40},
+    ]  # fmt: skip
+    rows = [{"messages": talk}, {"prompt": "Third?", "completion": "c" * 40}]
+    examples = encode_rows(rows, family_tokenizer, max_prompt_length=512, max_completion_length=8, source="rows.jsonl",
+                           assistant_turns="all")  # fmt: skip
+    end = family_tokenizer.convert_tokens_to_ids(FAMILIES[name].end_of_turn)
+    # the kept start may hold a template's opening (Qwen3's empty <think> block); the text runs up to the cut
+    assert [family_tokenizer.decode(e.completion_ids[:-1])[-1] for e in examples] == ["a", "b", "c"]
+    assert all(len(e.completion_ids) == 8 and e.completion_ids[-1] == end and e.completion_cut for e in examples)
 
 
 def test_refuse_names_the_file_the_row_and_the_limit():

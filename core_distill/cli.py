@@ -6,6 +6,7 @@ module imports no web, database or queue code.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,11 +45,14 @@ def run_command(
 
     try:
         spec = DistillSpec.from_yaml(spec_file).with_overrides(_parse_overrides(set_))
-        spec.preflight()
+        notes = spec.preflight()
     except SpecError as exc:
         for field, msg in exc.errors.items():
             typer.secho(f"error: {field}: {msg}", fg="red", err=True)
         raise typer.Exit(2) from None
+    if "RANK" not in os.environ:  # said once: not again by each process torchrun starts
+        for field, msg in notes.items():
+            typer.secho(f"note: {field}: {msg}", fg="yellow", err=True)
 
     from core_distill import distributed
     from core_distill.reporting import JsonlReporter, NullReporter

@@ -15,8 +15,8 @@ row (Gemma-2 on a system message, Mistral on roles that do not alternate) is a D
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,11 +32,8 @@ from core_distill.chat_turns import (
     split_turns,
     template_refusal,
 )
-from core_distill.paths import resolve_data_path
-
-
-class DataError(ValueError):
-    """Bad data; the message names the file, the row and the problem."""
+from core_distill.data_sources import DataError, read_rows  # noqa: F401  (files, folders, hub ids: data_sources.py)
+from core_distill.truncation import TruncationCounts, fit_completion, fit_prompt
 
 
 @dataclass
@@ -45,38 +42,8 @@ class Example:
     completion_ids: list[int] | None  # None for prompt-only rows
     teacher_prompt_ids: list[int] | None  # OPSD privileged prompt, None if the row has none
     completion_text: str | None  # reference answer for exact-match evaluation
-
-
-# --- reading files --------------------------------------------------------------------------------
-def read_rows(name: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL/JSON/Parquet file or a saved `datasets` directory."""
-    path = resolve_data_path(name)
-    if not path.exists():
-        raise DataError(f"no data at {name!r} (resolved to {path})")
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        dataset = load_from_disk(str(path))
-        if hasattr(dataset, "keys"):  # a DatasetDict: take its train split, else the first
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
-        return list(dataset)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix in (".jsonl", ".json"):
-        text = path.read_text()
-        if path.suffix == ".json" and text.lstrip().startswith("["):
-            return json.loads(text)
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        return rows
-    raise DataError(f"{path}: unknown data format {path.suffix!r} (use .jsonl, .json, .parquet or a datasets folder)")
+    prompt_cut: bool = False  # the prompt (or teacher prompt) was over max_prompt_length and was shortened
+    completion_cut: bool = False  # the dataset completion was over max_completion_length and was shortened
 
 
 # --- rows -> token ids ------------------------------------------------------------------------------
@@ -157,27 +124,47 @@ def row_turns(row: dict[str, Any], *, system_message: str, assistant_turns: str)
     return out
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The length limits of a spec, how rows over them are fitted, and the student's end-of-turn token."""
+
+    prompt: int
+    completion: int
+    truncation: str  # "middle" | "refuse"
+    end_id: int
+
+
+def encode_turn(tokenizer, prompt: Any, completion: Any, teacher_prompt: Any, limits: Limits) -> Example:
+    """One example: its prompt (and OPSD teacher prompt) and completion fitted into the limits."""
+    encode = partial(encode_prompt, tokenizer)
+    full_prompt = encode(prompt)
+    prompt_ids = fit_prompt(prompt, full_prompt, limits.prompt, encode, limits.truncation)
+    prompt_cut = len(prompt_ids) < len(full_prompt)
+    completion_ids, completion_cut = None, False
+    if completion is not None:
+        full = encode_completion(tokenizer, prompt, completion, full_prompt, limits.end_id)
+        completion_ids = fit_completion(full, limits.completion, limits.end_id, limits.truncation)
+        completion_cut = len(completion_ids) < len(full)
+    teacher_ids = None
+    if teacher_prompt is not None:  # already the teacher's view (row_turns)
+        full_teacher = encode(teacher_prompt)
+        teacher_ids = fit_prompt(teacher_prompt, full_teacher, limits.prompt, encode, limits.truncation)
+        prompt_cut = prompt_cut or len(teacher_ids) < len(full_teacher)
+    return Example(prompt_ids, completion_ids, teacher_ids, completion_text(completion), prompt_cut, completion_cut)
+
+
 def encode_rows(
     rows: list[dict[str, Any]], tokenizer, *, max_prompt_length: int, max_completion_length: int, source: str,
-    system_message: str = "keep", assistant_turns: str = "last",
+    system_message: str = "keep", assistant_turns: str = "last", truncation: str = "middle",
 ) -> list[Example]:  # fmt: skip
-    """Token ids of every row; `system_message` and `assistant_turns` as the spec fields of those names."""
-    end_id = end_of_turn_id(tokenizer)
+    """Token ids of every row; `system_message`, `assistant_turns` and `truncation` as the spec fields of those
+    names (the length limits: core_distill/truncation.py)."""
+    limits = Limits(max_prompt_length, max_completion_length, truncation, end_of_turn_id(tokenizer))
     examples = []
     for number, row in enumerate(rows, 1):
         try:
-            for prompt, completion, teacher_prompt in row_turns(row, system_message=system_message,
-                                                                assistant_turns=assistant_turns):  # fmt: skip
-                prompt_ids = encode_prompt(tokenizer, prompt)[-max_prompt_length:]  # keep the prompt's end
-                completion_ids = None
-                if completion is not None:
-                    full_prompt_ids = encode_prompt(tokenizer, prompt)
-                    completion_ids = encode_completion(tokenizer, prompt, completion, full_prompt_ids, end_id)
-                    completion_ids = completion_ids[:max_completion_length]
-                teacher_ids = None
-                if teacher_prompt is not None:
-                    teacher_ids = encode_prompt(tokenizer, teacher_prompt)[-max_prompt_length:]
-                examples.append(Example(prompt_ids, completion_ids, teacher_ids, completion_text(completion)))
+            for turn in row_turns(row, system_message=system_message, assistant_turns=assistant_turns):
+                examples.append(encode_turn(tokenizer, *turn, limits))
         except TemplateError as exc:  # jinja's errors (raise_exception in a template) are none of the classes below
             has_system = has_system_message(*split_row(row))
             refusal = template_refusal(exc, has_system=has_system, system_message=system_message)
@@ -187,6 +174,12 @@ def encode_rows(
     if not examples:
         raise DataError(f"{source}: no rows")
     return examples
+
+
+def truncation_counts(examples: list[Example], rows: int) -> TruncationCounts:
+    """How many of the examples `rows` rows gave were shortened to the length limits."""
+    cut_prompts, cut_completions = sum(e.prompt_cut for e in examples), sum(e.completion_cut for e in examples)
+    return TruncationCounts(rows, len(examples), cut_prompts, cut_completions)
 
 
 def check_examples(examples: list[Example], *, needs_completions: bool, needs_teacher_prompt: bool, field: str) -> None:

@@ -27,6 +27,8 @@ TIME_GENERATE = "time/generate"  # seconds of the step spent sampling completion
 TIME_TEACHER = "time/teacher"  # ... scoring them with the teacher
 TIME_UPDATE = "time/update"  # ... in the student's forward, backward and optimizer step
 DATA_ON_POLICY = "data/on_policy"  # share of the step's completions the student sampled
+DATA_TRUNCATED_PROMPTS = "data/truncated_prompts"  # rows of the step whose prompt was over max_prompt_length
+DATA_TRUNCATED_COMPLETIONS = "data/truncated_completions"  # ... whose dataset completion was over max_completion_length
 COMPLETION_LENGTH_MEAN = "completion/length_mean"  # tokens per training completion
 COMPLETION_EOS_RATE = "completion/eos_rate"  # share of completions that ended with a stop token (EOS or end of turn)
 COUNT_GENERATED_TOKENS = "count/generated_tokens"  # tokens sampled this step
@@ -130,6 +132,12 @@ FAMILIES = (
         percent=True,
     ),
     Family("tokens", "Tokens per step", "tokens", (COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS)),
+    Family(
+        "truncated",
+        "Rows shortened to the length limits (truncation)",
+        "rows per step",
+        (DATA_TRUNCATED_PROMPTS, DATA_TRUNCATED_COMPLETIONS),
+    ),
 )
 
 

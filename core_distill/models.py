@@ -5,17 +5,14 @@ A local path and a hub id go through the same `from_pretrained` call; only the n
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor, nn
 
 from core_distill.data import SequenceBatch
 from core_distill.losses import Head
-from core_distill.paths import missing_model_message, resolve_model_path
+from core_distill.paths import hub_reachable, missing_model_message, resolve_model_path
 from core_distill.spec import DistillSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,7 +32,6 @@ class ModelUnavailableError(OSError):
 
 
 _HUB_STATE: dict[str, str] = {}  # an unreachable hub is asked once per process, not once per load
-HUB_TIMEOUT = 4.0
 
 
 def model_source(name: str, trust_remote_code: bool = False) -> tuple[str, bool]:
@@ -56,20 +52,7 @@ def model_source(name: str, trust_remote_code: bool = False) -> tuple[str, bool]
     problem = check_hub_model(name, trust_remote_code, _HUB_STATE)
     if problem:
         raise ModelUnavailableError(problem)
-    return name, hub_offline() or not _hub_reachable()
-
-
-def _hub_reachable() -> bool:
-    """One TCP connect to the hub's host per process (a cached model's load would otherwise retry it)."""
-    if "reachable" not in _HUB_STATE:
-        endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-        try:
-            socket.create_connection((endpoint.hostname or "", port), timeout=HUB_TIMEOUT).close()
-            _HUB_STATE["reachable"] = "yes"
-        except OSError:
-            _HUB_STATE["reachable"] = ""
-    return bool(_HUB_STATE["reachable"])
+    return name, hub_offline() or not hub_reachable()
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -84,17 +67,53 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(name: str, *, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+def load_model(
+    name: str, *, dtype: torch.dtype, trust_remote_code: bool = False, attn_implementation: str = "auto"
+) -> nn.Module:
+    """The model `name` in `dtype`, with the attention kernel its family needs (`attn_implementation`, a spec field)."""
     from transformers import AutoModelForCausalLM
 
     source, local_only = model_source(name, trust_remote_code)
+    chosen = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     # adapter_kwargs: transformers looks for a PEFT adapter config without the local_files_only it was given
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, local_files_only=local_only, trust_remote_code=trust_remote_code,
-        adapter_kwargs={"local_files_only": True} if local_only else None,
+        adapter_kwargs={"local_files_only": True} if local_only else None, **chosen,
     )  # fmt: skip
+    if attention_softcap(model.config) and model.config._attn_implementation in SOFTCAP_BLIND:
+        if attn_implementation != "auto":
+            raise ValueError(_softcap_message(name, attention_softcap(model.config)))
+        model.set_attn_implementation("eager")  # auto: the family's own distribution (Gemma-2)
     disable_dropout(model)
     return model
+
+
+# sdpa has no score modifier: transformers passes it `softcap` and it is dropped (eager, flex and flash apply it)
+SOFTCAP_BLIND = frozenset({"sdpa", "paged|sdpa"})
+
+
+def attention_softcap(config) -> float | None:
+    """The config's attention-logit softcapping (Gemma-2: 50.0), None when it has none."""
+    return getattr(config.get_text_config(), "attn_logit_softcapping", None) or None
+
+
+def attention_problem(name: str, attn_implementation: str, trust_remote_code: bool = False) -> str | None:
+    """Why `attn_implementation` cannot compute model `name`'s distribution (config.json only), else None."""
+    from transformers import AutoConfig
+
+    if attn_implementation not in SOFTCAP_BLIND:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(str(resolve_model_path(name)), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the model checks say why it cannot load
+    softcap = attention_softcap(config)
+    return _softcap_message(name, softcap) if softcap else None
+
+
+def _softcap_message(name: str, softcap: float) -> str:
+    return (f"sdpa skips the attention-logit softcapping ({softcap}) of {name!r}, so its log-probs would not be the "
+            "model's: use auto (eager here), eager, flex_attention or flash_attention_2")  # fmt: skip
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -142,9 +161,23 @@ def head_of(model: nn.Module) -> Head:
     return Head(
         weight=output.weight if width is None else output.weight[:width],  # a view: gradients reach the rows kept
         bias=bias if width is None or bias is None else bias[:width],
-        logit_scale=float(getattr(config, "logit_scale", None) or 1.0),  # Cohere
+        logit_scale=logit_scale(lm),
         softcap=getattr(config, "final_logit_softcapping", None),  # Gemma 2/3
     )
+
+
+def logit_scale(lm: nn.Module) -> float:
+    """The factor a family's forward applies to lm_head's output (1 for most): a distribution scored from
+    hidden states must apply it too."""
+    config = lm.config.get_text_config()
+    kind = getattr(config, "model_type", "")
+    if kind.startswith("granite"):  # Granite, GraniteMoE...: logits / logits_scaling
+        return 1.0 / float(getattr(config, "logits_scaling", None) or 1.0)
+    if kind == "hyperclovax":  # MuP: logits * logits_scaling
+        return float(getattr(config, "logits_scaling", None) or 1.0)
+    if kind == "falcon_h1":
+        return float(getattr(config, "lm_head_multiplier", None) or 1.0)
+    return float(getattr(config, "logit_scale", None) or 1.0)  # Cohere
 
 
 def completion_hidden(model: nn.Module, batch: SequenceBatch) -> Tensor:

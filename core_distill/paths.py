@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 TOY_SCHEME = "toy:"
 TOY_DATA_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "test": "test.jsonl"}
@@ -39,6 +42,23 @@ def default_toy_build_dir() -> Path:
     return distill_home() / "toy-build"
 
 
+HUB_TIMEOUT = 4.0  # seconds for the one TCP connect that tells whether the hub can be reached
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable() -> bool:
+    """One TCP connect to the hub's host per process (cached models and datasets would otherwise retry it)."""
+    if "hub" not in _REACHABLE:
+        endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        try:
+            socket.create_connection((endpoint.hostname or "", port), timeout=HUB_TIMEOUT).close()
+            _REACHABLE["hub"] = True
+        except OSError:
+            _REACHABLE["hub"] = False
+    return _REACHABLE["hub"]
+
+
 def resolve_model_path(name: str) -> Path | str:
     """'toy:student' -> the toy folder's student; a path stays a path; a hub id stays a string."""
     if name.startswith(TOY_SCHEME):
@@ -54,6 +74,18 @@ def resolve_data_path(name: str) -> Path:
         task, _, split = name[len(TOY_SCHEME) :].rpartition("/")  # task is '' for countdown
         return toy_dir() / task / "data" / TOY_DATA_FILES.get(split, split)
     return Path(name).expanduser()
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def is_hub_dataset(name: str) -> bool:
+    """'org/name' that is not here (no such file or folder, not a data file's name): a hub dataset id.
+
+    A missing 'runs/train.jsonl' stays a path (its error says no data there), as does anything
+    `looks_like_local_path` calls local."""
+    return bool(_HUB_REPO_ID.match(name)) and not name.endswith(DATA_SUFFIXES) and not looks_like_local_path(name)
 
 
 def looks_like_local_path(name: str) -> bool:

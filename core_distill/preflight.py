@@ -28,8 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core_distill.data import DataError
-from core_distill.paths import resolve_data_path
+from core_distill.data_sources import (
+    DataError,
+    DataRequest,
+    FieldDataError,
+    open_hub_dataset,
+    open_saved_folder,
+    refuse_split,
+    request_for,
+)
+from core_distill.paths import is_hub_dataset, resolve_data_path
 
 HUB_TIMEOUT = 4.0  # seconds for the one hub request that tells "exists" from "unreachable"
 PREVIEW_ROWS = 32  # rows judged per data file
@@ -180,12 +188,21 @@ class PreviewLimitError(DataError):
     """The preflight's byte limit for one file was reached (rows read before it still count)."""
 
 
-def preview_rows(name: str, limit: int = PREVIEW_ROWS) -> list[dict[str, Any]]:
-    """The first `limit` rows of a data file or `datasets` folder, reading no more of it than needed."""
-    path = resolve_data_path(name)
+def preview_rows(source: str | DataRequest, limit: int = PREVIEW_ROWS) -> list[dict[str, Any]] | None:
+    """The first `limit` rows of a data file, `datasets` folder (its split) or hub dataset, reading no more of
+    it than needed; None for a hub dataset that is not cached on a machine that can download it (the hub
+    said it exists; its rows are checked when the run loads it)."""
+    request = DataRequest(source) if isinstance(source, str) else source
+    if is_hub_dataset(request.name):
+        with _IMPORT_LOCK:
+            import datasets  # noqa: F401  (its first import, one thread at a time)
+        dataset = open_hub_dataset(request, download=False)
+        return None if dataset is None else list(dataset.select(range(min(limit, len(dataset)))))
+    path = resolve_data_path(request.name)
     kind = file_kind(os.stat(path).st_mode)
     if kind == "directory":
-        return _datasets_head(path, limit)
+        return _datasets_head(path, limit, request)
+    refuse_split(request, str(path))
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise DataError(
             f"{path}: unknown data format {path.suffix!r} (use .jsonl, .json, .parquet or a datasets folder)"
@@ -222,18 +239,16 @@ def check_folder(path: Path, depth: int = 1) -> None:
                     raise DataError(f"{entry.path} is a {kind}, not a regular file")
 
 
-def _datasets_head(path: Path, limit: int) -> list[dict[str, Any]]:
+def _datasets_head(path: Path, limit: int, request: DataRequest) -> list[dict[str, Any]]:
     if not any((path / marker).is_file() for marker in ("state.json", "dataset_dict.json")):
         raise DataError(
             f"{path} is a directory, but not a saved `datasets` folder (no state.json or dataset_dict.json)"
         )
     check_folder(path, depth=1)  # a DatasetDict keeps one folder per split
     with _IMPORT_LOCK:
-        from datasets import load_from_disk
+        import datasets  # noqa: F401  (its first import, one thread at a time)
 
-    dataset = load_from_disk(str(path))
-    if hasattr(dataset, "keys"):  # a DatasetDict: its train split, else the first (as read_rows)
-        dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+    dataset = open_saved_folder(path, request)  # a DatasetDict: the requested split, as read_rows
     return list(dataset.select(range(min(limit, len(dataset)))))
 
 
@@ -367,19 +382,23 @@ def _json_array_head(file: BoundedFile, first: bytes, limit: int) -> list[dict[s
     return rows
 
 
-def check_data(spec, tokenizer) -> dict[str, str]:
-    """{field: problem} for train_data and eval_data, judged on their first rows (as the engine loads them)."""
-    from core_distill.data import check_examples, encode_rows  # torch: imported only when data is checked
+def check_data(spec, tokenizer, notes: dict[str, str] | None = None) -> dict[str, str]:
+    """{field: problem} for train_data and eval_data, judged on their first rows (as the engine loads them).
+
+    `notes` gets, per data field, how many of those rows the length limits shorten (truncation)."""
+    from core_distill.data import check_examples, encode_rows, truncation_counts  # torch: only when data is checked
 
     errors: dict[str, str] = {}
     lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length,
-                   system_message=spec.system_message)  # fmt: skip
+                   system_message=spec.system_message, truncation=spec.truncation)  # fmt: skip
     for field in ("train_data", "eval_data"):
         name = getattr(spec, field)
         if not name:
             continue
         try:
-            rows = preview_rows(name)
+            rows = preview_rows(request_for(spec, field))
+            if rows is None:
+                continue  # a hub dataset the run downloads: its rows are checked then
             if not rows:
                 raise DataError(f"{name}: no rows")
             if tokenizer is None:
@@ -391,6 +410,11 @@ def check_data(spec, tokenizer) -> dict[str, str]:
                     examples, field=field, needs_completions=spec.lmbda < 1.0 and not spec.seq_kd,
                     needs_teacher_prompt=spec.opsd != "off",
                 )  # fmt: skip
+            cut = truncation_counts(examples, len(rows)).describe(spec.max_prompt_length, spec.max_completion_length)
+            if cut and notes is not None:
+                notes[field] = cut
+        except FieldDataError as exc:
+            errors.setdefault(exc.field, str(exc).removeprefix(f"{exc.field}: "))
         except DataError as exc:
             errors[field] = str(exc).removeprefix(f"{field}: ")
         except (OSError, UnicodeError, ValueError) as exc:

@@ -22,9 +22,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from core_distill.paths import looks_like_local_path, missing_model_message, resolve_data_path, resolve_model_path
+from core_distill.paths import (
+    is_hub_dataset,
+    looks_like_local_path,
+    missing_model_message,
+    resolve_data_path,
+    resolve_model_path,
+)
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+AttnImplementation = Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]
+SPLIT_PATTERN = r"^[A-Za-z0-9_.\-]*$"  # split and config names as `datasets` writes them
 PATH_FIELDS = frozenset({"student", "teacher", "train_data", "eval_data"})  # models and data: hub ids or paths
 MAX_PATH_COMPONENT = 255  # the longest file name Linux (NAME_MAX) and most file systems allow
 
@@ -94,6 +102,14 @@ class DistillSpec(BaseModel):
     dtype: Dtype = _field(
         "auto",
         "Compute precision: auto = bfloat16 on GPUs that support it, float32 on CPU.",
+        "models",
+    )
+    attn_implementation: AttnImplementation = _field(
+        "auto",
+        "Attention kernel of the student and a local teacher: auto = what the model family needs to compute its own "
+        "distribution (eager when its config sets attn_logit_softcapping, as Gemma-2's does, which sdpa skips; else "
+        "transformers' default, sdpa); any other value is passed to from_pretrained (sdpa is refused for a model with "
+        "attention softcapping).",
         "models",
     )
 
@@ -196,12 +212,57 @@ class DistillSpec(BaseModel):
         min_length=1,
         max_length=1024,
     )
-    eval_data: str = _field("toy:eval", "Evaluation data, same formats; empty = no evaluation.", "data", max_length=1024)
+    eval_data: str = _field(
+        "toy:eval",
+        "Evaluation data, same formats (or a hub dataset id, as train_data); empty = no evaluation.",
+        "data",
+        max_length=1024,
+    )
+    train_split: str = _field(
+        "",
+        "Split of train_data when it holds several (a `save_to_disk` DatasetDict, a hub dataset); empty = 'train', "
+        "or its only split.",
+        "data",
+        max_length=128,
+        pattern=SPLIT_PATTERN,
+    )
+    eval_split: str = _field(
+        "",
+        "Split of eval_data when it holds several; empty = 'test', else 'validation' (never the training split "
+        "unless named here).",
+        "data",
+        max_length=128,
+        pattern=SPLIT_PATTERN,
+    )
+    dataset_config: str = _field(
+        "",
+        "Configuration (subset) of the hub datasets named in train_data / eval_data; empty = the default one.",
+        "data",
+        max_length=128,
+        pattern=SPLIT_PATTERN,
+    )
+    dataset_revision: str = _field(
+        "",
+        "Branch, tag or commit of the hub datasets named in train_data / eval_data; empty = main (offline, only a "
+        "commit can be matched to the cache).",
+        "data",
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_.\-/]*$",
+    )
     max_prompt_length: int = _field(
-        512, "Prompts longer than this many tokens are cut from the left.", "data", ge=1, le=131072
+        512, "Prompts longer than this many tokens are shortened as `truncation` says.", "data", ge=1, le=131072
     )
     max_completion_length: int = _field(
-        512, "Dataset completions longer than this many tokens are cut.", "data", ge=1, le=131072
+        512, "Dataset completions longer than this many tokens are shortened as `truncation` says.", "data", ge=1,
+        le=131072,
+    )  # fmt: skip
+    truncation: Literal["middle", "refuse"] = _field(
+        "middle",
+        "Rows over max_prompt_length / max_completion_length: middle = a prompt keeps its start (BOS, the system "
+        "turn) and its end (the last user turn, the assistant header), losing its oldest turns, then tokens in the "
+        "middle; a completion keeps its end-of-turn tokens and loses the tokens before them; refuse = such a row is "
+        "a data error naming it.",
+        "data",
     )
     system_message: Literal["keep", "fold"] = _field(
         "keep",
@@ -425,9 +486,11 @@ class DistillSpec(BaseModel):
         return errors
 
     # --- resources (filesystem and model configs), checked before any weights load -------------
-    def preflight(self) -> None:
+    def preflight(self) -> dict[str, str]:
         """Check what the spec points at: paths exist, vocabularies match, data has the columns.
 
+        Returns:
+            notes: {field: what the run will do that its author should know} (rows the length limits shorten).
         Raises:
             SpecError: naming every bad field and its bad value.
         """
@@ -459,19 +522,33 @@ class DistillSpec(BaseModel):
                     errors[name] = hub_error
         for name in ("train_data", "eval_data"):
             value = getattr(self, name)
-            if value and not resolve_data_path(value).exists():
+            if value and not is_hub_dataset(value) and not resolve_data_path(value).exists():
                 errors[name] = f"no data at {value!r} (resolved to {resolve_data_path(value)})"
+        errors.update(self._hub_dataset_field_errors())
+        errors.update(_attention_errors(self))
         # a teacher_server_url's teacher is compared in its handshake, when the run connects
         local_teacher = self.teacher and self.teacher != self.student and not self.teacher_server_url
         if "student" not in errors and "teacher" not in errors and local_teacher:
             vocab_error = check_teacher_vocabulary(self.student, self.teacher, self.trust_remote_code)
             if vocab_error:
                 errors["teacher"] = vocab_error
+        notes: dict[str, str] = {}
         if "train_data" not in errors and "eval_data" not in errors:
             tokenizer = None if "student" in errors else load_preflight_tokenizer(self.student, self.trust_remote_code)
-            errors.update(check_data(self, tokenizer))
+            errors.update(check_data(self, tokenizer, notes))
         if errors:
             raise SpecError(errors)
+        return notes
+
+    def _hub_dataset_field_errors(self) -> dict[str, str]:
+        """dataset_config / dataset_revision describe hub datasets: set without one, they would be ignored."""
+        if any(is_hub_dataset(getattr(self, name)) for name in ("train_data", "eval_data")):
+            return {}
+        return {
+            name: "applies to hub dataset ids ('org/name'), and neither train_data nor eval_data is one; leave it empty"
+            for name in ("dataset_config", "dataset_revision")
+            if getattr(self, name)
+        }
 
     # --- I/O ------------------------------------------------------------------------------------
     @classmethod
@@ -636,4 +713,18 @@ def validation_errors(exc: ValidationError) -> dict[str, str]:
             msg = f"{msg}, got {json.dumps(err['input'], default=str)[:200]}"
         errors.setdefault(field, msg)
     return errors
+
+
+def _attention_errors(spec: DistillSpec) -> dict[str, str]:
+    """attn_implementation against the models it loads: sdpa would drop attention softcapping."""
+    if spec.attn_implementation != "sdpa":
+        return {}
+    from core_distill.models import attention_problem
+
+    local_teacher = spec.teacher and not spec.teacher_server_url
+    for name in dict.fromkeys([spec.student, *([spec.teacher] if local_teacher else [])]):
+        problem = attention_problem(name, spec.attn_implementation, spec.trust_remote_code)
+        if problem:
+            return {"attn_implementation": problem}
+    return {}
 

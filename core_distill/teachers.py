@@ -193,6 +193,8 @@ def _uncached_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: t
 
         return connect_teacher(spec, student)
     dtype_name = str(dtype).removeprefix("torch.")
+    if spec.attn_implementation != "auto":  # another kernel, other log-probs (in the last bits): its own cache entries
+        dtype_name += f"+{spec.attn_implementation}"
     if spec.opsd == "dynamic":
         return LocalTeacher(student)  # the live student, scored without gradients
     if spec.opsd == "fixed":
@@ -201,7 +203,8 @@ def _uncached_teacher(spec, student: nn.Module, *, dtype: torch.dtype, device: t
             return LocalTeacher(student, adapter_off=True, identity=identity)  # no second copy of the weights
         frozen = copy.deepcopy(causal_lm(student)).requires_grad_(False).eval()
         return _placed(frozen, spec.teacher_placement, device, identity)
-    model = load_model(spec.teacher, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    model = load_model(spec.teacher, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+                       attn_implementation=spec.attn_implementation)  # fmt: skip
     return _placed(model.requires_grad_(False).eval(), spec.teacher_placement, device, _identity(spec.teacher, dtype_name))
 
 

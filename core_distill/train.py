@@ -45,6 +45,7 @@ from core_distill.data import (
     make_batch,
     read_rows,
 )
+from core_distill.data_sources import FieldDataError, request_for
 from core_distill.evaluation import EvalContext, answer_matcher, diversity_measure, evaluate
 from core_distill.generation import HFSampler, eos_token_ids, make_student_sampler
 from core_distill.losses import (
@@ -116,7 +117,7 @@ def run(
     device = accelerator.device
     tokenizer = load_tokenizer(spec.student, spec.trust_remote_code)
     train_examples, eval_examples = load_examples(spec, tokenizer)
-    student = load_model(spec.student, dtype=dtype if spec.lora else torch.float32, trust_remote_code=spec.trust_remote_code)
+    student = load_student(spec, dtype)
     if spec.lora:
         torch.manual_seed(spec.seed)  # the adapters' initial weights: the same in every process and every run
         student = add_lora(student, spec)
@@ -177,8 +178,11 @@ def run(
 
         n_tokens = sum(len(c) for mb in completions for c in mb)
         n_generated = sum(len(c) for mb, src in zip(completions, sources, strict=True) if src != DATASET for c in mb)
+        cut_prompts, cut_completions = truncated_rows(micro_batches, sources)
         if world > 1:  # the loss is normalised by the step's tokens over all ranks
-            n_tokens, n_generated = (int(v) for v in dist.sum_over_ranks([n_tokens, n_generated], device))
+            n_tokens, n_generated, cut_prompts, cut_completions = (
+                int(v) for v in dist.sum_over_ranks([n_tokens, n_generated, cut_prompts, cut_completions], device)
+            )
         sums = StepSums()
         for k, (examples, source, comps) in enumerate(zip(micro_batches, sources, completions, strict=True)):
             no_sync = accelerator.no_sync(student) if k < spec.grad_accum - 1 and not fsdp else nullcontext()
@@ -204,6 +208,7 @@ def run(
             mk.LR: scheduler.get_last_lr()[0], mk.GRAD_NORM: grad_norm, mk.PERF_STEP_SECONDS: step_seconds,
             mk.PERF_TOKENS_PER_SEC: n_tokens / step_seconds, mk.TIME_GENERATE: time_generate,
             mk.COUNT_GENERATED_TOKENS: n_generated, mk.COUNT_TEACHER_TOKENS: sums.teacher_tokens,
+            mk.DATA_TRUNCATED_PROMPTS: cut_prompts, mk.DATA_TRUNCATED_COMPLETIONS: cut_completions,
         })  # fmt: skip
         reporter.log(step, metrics)
         bar.update(1)
@@ -428,9 +433,9 @@ def _minillm_advantages(spec, hidden, head, teacher_targets, targets, batch) -> 
 # --- setup helpers ----------------------------------------------------------------------------------
 def load_examples(spec: DistillSpec, tokenizer) -> tuple[list[Example], list[Example]]:
     lengths = dict(max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length,
-                   system_message=spec.system_message)  # fmt: skip
+                   system_message=spec.system_message, truncation=spec.truncation)  # fmt: skip
     try:
-        train = encode_rows(read_rows(spec.train_data), tokenizer, source=spec.train_data,
+        train = encode_rows(read_rows(request_for(spec, "train_data")), tokenizer, source=spec.train_data,
                             assistant_turns=spec.assistant_turns, **lengths)  # fmt: skip
         check_examples(
             train, field="train_data", needs_completions=spec.lmbda < 1.0 and not spec.seq_kd,
@@ -438,12 +443,31 @@ def load_examples(spec: DistillSpec, tokenizer) -> tuple[list[Example], list[Exa
         )  # fmt: skip
         evals = []
         if spec.eval_data:
-            evals = encode_rows(read_rows(spec.eval_data)[: spec.eval_examples], tokenizer, source=spec.eval_data, **lengths)
+            rows = read_rows(request_for(spec, "eval_data"))[: spec.eval_examples]
+            evals = encode_rows(rows, tokenizer, source=spec.eval_data, **lengths)
+    except FieldDataError as exc:
+        raise SpecError({exc.field: str(exc).removeprefix(f"{exc.field}: ")}) from None
     except DataError as exc:
         field_name = str(exc).split(":", 1)[0]
         known = field_name if field_name in ("train_data", "eval_data") else "train_data"
         raise SpecError({known: str(exc)}) from None
     return train, evals
+
+
+def truncated_rows(micro_batches: list[list[Example]], sources: list[str]) -> tuple[int, int]:
+    """This step's rows (of this rank) whose prompt was shortened, and those whose dataset completion was used
+    shortened (a sampled completion replaces the dataset's)."""
+    prompts = sum(e.prompt_cut for mb in micro_batches for e in mb)
+    used = [mb for mb, src in zip(micro_batches, sources, strict=True) if src == DATASET]
+    completions = sum(e.completion_cut for mb in used for e in mb)
+    return prompts, completions
+
+
+def load_student(spec: DistillSpec, dtype: torch.dtype) -> nn.Module:
+    """The student in fp32 master weights (LoRA: its frozen base in the compute dtype)."""
+    dtype = dtype if spec.lora else torch.float32
+    return load_model(spec.student, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+                      attn_implementation=spec.attn_implementation)  # fmt: skip
 
 
 def make_optimizer(spec: DistillSpec, model: nn.Module):
@@ -477,7 +501,7 @@ def save_final_model_from_ranks(spec: DistillSpec, student: nn.Module, tokenizer
     full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.is_main():
         # the dtype the one-process path trains in: fp32 master weights, LoRA's frozen base in compute dtype
-        model = load_model(spec.student, dtype=dtype if spec.lora else torch.float32, trust_remote_code=spec.trust_remote_code)
+        model = load_student(spec, dtype)
         if spec.lora:
             model = add_lora(model, spec)
         model.load_state_dict(full)

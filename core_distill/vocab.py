@@ -40,6 +40,7 @@ class Vocabulary:
     eos: str | None
     stops: tuple[str, ...]  # tokens the model ends on or writes as turn structure (sorted)
     head: int | None  # rows of the lm_head (None: not known)
+    turn_end: str | None = None  # the token the chat template closes an assistant turn with (chat_turns)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -47,7 +48,8 @@ class Vocabulary:
     @classmethod
     def from_json(cls, data: dict) -> Vocabulary:
         return cls(str(data["fingerprint"]), int(data["ids"]), data.get("bos"), data.get("eos"),
-                   tuple(data.get("stops", ())), None if data.get("head") is None else int(data["head"]))  # fmt: skip
+                   tuple(data.get("stops", ())), None if data.get("head") is None else int(data["head"]),
+                   data.get("turn_end"))  # fmt: skip
 
 
 def token_list(tokenizer) -> list[str | None]:
@@ -72,8 +74,11 @@ def vocabulary_of(tokenizer, *, head: int | None, generation_eos: int | Iterable
     stops |= _template_tokens(tokenizer)
     if tokenizer.eos_token:
         stops.add(tokenizer.eos_token)
+    from core_distill.chat_turns import end_of_turn_id
+
+    turn_end = tokens[end_of_turn_id(tokenizer)] if tokenizer.chat_template else None
     return Vocabulary(vocab_fingerprint(tokenizer), len(tokens), tokenizer.bos_token, tokenizer.eos_token,
-                      tuple(sorted(stops)), head)  # fmt: skip
+                      tuple(sorted(stops)), head, turn_end)  # fmt: skip
 
 
 def _template_tokens(tokenizer) -> set[str]:
@@ -113,10 +118,12 @@ def special_difference(student: Vocabulary, teacher: Vocabulary) -> str | None:
             f"bos differs: {student.bos!r} in the student, {teacher.bos!r} in the teacher (same vocabulary): the "
             f"teacher would score prompts that do not start the way it was trained; {HOW_TO_FIX} and its special tokens"
         )
-    if student.eos is not None and student.eos not in teacher.stops:
+    # a chat student's completions end on its template's end of turn (chat_turns), often not its eos (base models)
+    ends_on = student.eos if student.turn_end is None else student.turn_end
+    if ends_on is not None and ends_on not in teacher.stops:
         ends = ", ".join(repr(t) for t in teacher.stops) or "none"
         return (
-            f"eos differs: the student ends on {student.eos!r}, a token the teacher never ends on (its eos is "
+            f"eos differs: the student ends on {ends_on!r}, a token the teacher never ends on (its eos is "
             f"{teacher.eos!r}; tokens it ends on or writes in turns: {ends}), so the teacher would score every "
             f"completion's end as wrong; {HOW_TO_FIX} and its special tokens, or give the student one of those as eos"
         )

@@ -53,7 +53,7 @@ def test_info_and_vocab_describe_the_teachers_vocabulary(padded_server, pair):
     client = TeacherClient(padded_server)
     vocab = client.info()["vocab"]
     assert vocab == {"fingerprint": vocab_fingerprint(tokenizer), "ids": 81, "bos": None, "eos": "<|eos|>",
-                     "stops": ["<|assistant|>", "<|eos|>", "<|system|>", "<|user|>"], "head": 209}  # fmt: skip
+                     "stops": ["<|assistant|>", "<|eos|>", "<|system|>", "<|user|>"], "head": 209, "turn_end": "<|eos|>"}  # fmt: skip
     assert client.tokens() == token_list(tokenizer) and len(client.tokens()) == 81
 
 

@@ -128,7 +128,7 @@ def test_the_page_renders_finding_first_and_says_what_it_rests_on(tmp_path):
     lines = page.splitlines()
     assert lines[4].startswith("**Unequal budgets") and lines[5].startswith("**Finding.** On 40 test prompts")
     assert "What SFT continues from" in page and "40 distinct prompts" in page and "fresh seeds 1, 2" in page
-    assert "Grid sizes: good 3, sft 3" in page and "**not equal**" in page and "good 32, sft 16" in page
+    assert "Settings trained: good 3, sft 3." in page and "Staged search" in page and "**not equal**" in page and "good 32, sft 16" in page
     assert r.table in page and "| good | T 1 | lr 0.001 | 2 | 87.5 %" in page
     assert "over the runner-up lr 0.0001 +12.5 points" in page and "): distinguishable on 40 prompts" in page
     assert "**The chosen learning rate" not in page  # 1e-3 is inside the grid 1e-4 .. 3e-3

@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.settings import get_settings
+from core_distill.checks.preflight import teacher_url_allowed
 from core_distill.paths import TOY_SCHEME, looks_like_local_path, resolve_data_path, resolve_model_path, toy_dir
-from core_distill.preflight import teacher_url_allowed
 from core_distill.spec import DistillSpec, SpecError
 
 MODEL_FIELDS = ("student", "teacher")

@@ -1,6 +1,6 @@
 """`distill compare` against a running service: its training runs go on the service's queue as one sweep.
 
-`ServiceRunner` is a `core_distill.compare.Runner`: given the comparison's jobs, it submits those that
+`ServiceRunner` is a `core_distill.compare.runner.Runner`: given the comparison's jobs, it submits those that
 train as one sweep through the REST API (an explicit `settings` list: one setting per method and
 setting, the fields where the jobs differ, so each group is "method + setting"; `seeds` as the jobs
 say), waits with a progress line per finished run, and writes each run's record (the shape the local
@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from core_distill.compare import RUN_RECORD, CompareError
+from core_distill.compare.runner import RUN_RECORD
+from core_distill.compare.settings import CompareError
 from core_distill.metric_keys import COUNT_GENERATED_TOKENS, COUNT_TEACHER_TOKENS, EVAL_EXACT_MATCH
 from core_distill.paths import TOY_SCHEME, looks_like_local_path
 from core_distill.spec import DistillSpec
@@ -158,7 +159,7 @@ def _timestamp(text: str) -> float:
 
 
 def run_record(detail: dict[str, Any], points: list[dict[str, Any]], spec: DistillSpec) -> dict[str, Any]:
-    """A finished run as the local pool records it (core_distill.compare.run_job): the eval curve as (step,
+    """A finished run as the local pool records it (core_distill.compare.runner.run_job): the eval curve as (step,
     seconds since the run started, eval accuracy, teacher tokens so far, generated tokens so far), the
     training wall time, the summed token counters and the model folder. The start is the run's start or
     its first point, whichever is earlier (a run resumed after a loss started again; its gap counts)."""
@@ -226,7 +227,7 @@ def _same_record(job: Any) -> bool:
 
 class ServiceRunner:
     """Trains a comparison's jobs on a service as one sweep, then hands the scoring to `local` (a runner
-    that reuses the records written here: `core_distill.compare.LocalPool(..., reuse=True)`).
+    that reuses the records written here: `core_distill.compare.runner.LocalPool(..., reuse=True)`).
 
     `reuse`: like the local pool's, a job whose folder holds a finished record of the same spec is not
     submitted again. `interval`: seconds between polls of the sweep."""
@@ -359,7 +360,7 @@ def service_runner(server: str | None, token: str | None, *, workers: int, echo:
                    reuse: bool, interval: float = 2.0) -> ServiceRunner | None:  # fmt: skip
     """The runner of `distill compare`: a ServiceRunner when --server is given (it must answer) or when
     DISTILL_SERVER is set and answers /api/health; None (the local pool) otherwise."""
-    from core_distill.compare import LocalPool
+    from core_distill.compare.runner import LocalPool
 
     url = server or os.environ.get("DISTILL_SERVER")
     if not url:

@@ -1,6 +1,6 @@
 """The teacher server: `distill teacher serve MODEL --port 8600`.
 
-One process holds the teacher and answers score requests (core_distill.teacher_protocol) from any
+One process holds the teacher and answers score requests (core_distill.teachers.protocol) from any
 number of training runs. Requests wait in one queue; a batching loop takes everything queued (up to
 `max_batch_tokens`, waiting at most `batch_wait_ms` for more after the first), runs the teacher's
 forward pass over all their sequences together, then answers each request at its own top_k and
@@ -27,18 +27,17 @@ import torch
 from fastapi import FastAPI, HTTPException, Request, Response
 from torch import nn
 
+from core_distill.data.vocab import Vocabulary, token_list, vocab_fingerprint
 from core_distill.losses import Head
-from core_distill.teacher_protocol import (
+from core_distill.teachers.local import sparse_targets
+from core_distill.teachers.protocol import (
     CONTENT_TYPE,
     PROTOCOL_VERSION,
     ProtocolError,
     ScoreRequest,
     ScoreResponse,
     ids_dtype,
-    vocab_fingerprint,
 )
-from core_distill.teachers import sparse_targets
-from core_distill.vocab import Vocabulary, token_list
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,7 +55,7 @@ class ServedTeacher:
     device: torch.device
     max_top_k: int = 1024
     max_request_tokens: int = 1 << 20
-    vocabulary: Vocabulary | None = None  # what a client compares with its student's (core_distill/vocab.py)
+    vocabulary: Vocabulary | None = None  # what a client compares with its student's (core_distill/data/vocab.py)
     tokens: list[str | None] = field(default_factory=list)  # the tokenizer's token at each id (GET /vocab)
 
     @classmethod
@@ -64,7 +63,7 @@ class ServedTeacher:
              max_top_k: int = 1024) -> ServedTeacher:  # fmt: skip
         from core_distill.models import head_of, load_model, load_tokenizer, model_vocabulary, vocab_size
         from core_distill.paths import looks_like_local_path, resolve_model_path
-        from core_distill.teacher_cache import model_identity
+        from core_distill.teachers.cache import model_identity
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

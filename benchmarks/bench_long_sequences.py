@@ -60,7 +60,7 @@ def measure(root: Path, length: int, checkpointing: bool, device_name: str, dtyp
     import torch
     from transformers import LlamaForCausalLM
 
-    from core_distill.data import make_batch
+    from core_distill.data.batches import make_batch
     from core_distill.losses import DenseTeacher, fused_distill_loss
     from core_distill.models import completion_hidden, head_of
 

@@ -32,8 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core_distill.remote_teacher import TeacherClient  # noqa: E402
-from core_distill.teacher_protocol import ScoreRequest  # noqa: E402
+from core_distill.teachers.protocol import ScoreRequest  # noqa: E402
+from core_distill.teachers.remote import TeacherClient  # noqa: E402
 
 PROMPT, COMPLETION, ROWS = 64, 64, 4
 

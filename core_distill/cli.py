@@ -13,24 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
+from core_distill.overrides import parse_overrides
+
 engine_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Distill large language models into small ones.")
 
 
 @engine_cli.callback()
 def _root() -> None:
     """Distill large language models into small ones: run experiments locally or as a service."""
-
-
-def _parse_overrides(pairs: list[str]) -> dict[str, object]:
-    import yaml
-
-    overrides: dict[str, object] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"expected FIELD=VALUE, got {pair!r}", param_hint="--set")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 @engine_cli.command("run")
@@ -44,7 +34,7 @@ def run_command(
     from core_distill.spec import DistillSpec, SpecError
 
     try:
-        spec = DistillSpec.from_yaml(spec_file).with_overrides(_parse_overrides(set_))
+        spec = DistillSpec.from_yaml(spec_file).with_overrides(parse_overrides(set_))
         notes = spec.preflight()
     except SpecError as exc:
         for field, msg in exc.errors.items():
@@ -233,7 +223,8 @@ def compare_command(
     import shlex
     import sys
 
-    from core_distill.compare import CompareError, CompareSettings, compare
+    from core_distill.compare.runner import compare
+    from core_distill.compare.settings import CompareError, CompareSettings
     from core_distill.model_eval import EvalError
 
     settings = CompareSettings(

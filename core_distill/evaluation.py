@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from core_distill import metric_keys as mk
-from core_distill.data import Example, make_batch
-from core_distill.generation import sample_completions
+from core_distill.data.batches import Example, make_batch
+from core_distill.generation.sampling import sample_completions
 from core_distill.losses import STAT_KEYS, Head, fused_distill_loss
 from core_distill.models import completion_hidden, head_of
-from core_distill.teachers import Teacher
+from core_distill.teachers.base import Teacher
 
 # (prediction, reference completion, prompt text) -> correct? A task's own rule check needs the prompt.
 AnswerMatcher = Callable[[str, str, str], bool]

@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 
-from core_distill.data import DataError, encode_rows, read_rows
+from core_distill.checks.preflight import check_teacher_vocabulary
+from core_distill.data.batches import encode_rows
+from core_distill.data.sources import DataError, read_rows
+from core_distill.data.vocab import id_count
 from core_distill.evaluation import (
     DecodingScore,
     EvalContext,
@@ -25,7 +28,7 @@ from core_distill.evaluation import (
     diversity_measure,
     evaluate_detailed,
 )
-from core_distill.generation import eos_token_ids
+from core_distill.generation.stops import eos_token_ids
 from core_distill.models import load_model, load_tokenizer
 from core_distill.paths import (
     TOY_DATA_FILES,
@@ -34,9 +37,8 @@ from core_distill.paths import (
     missing_model_message,
     resolve_model_path,
 )
-from core_distill.preflight import check_teacher_vocabulary
-from core_distill.teachers import LocalTeacher, share_vocabulary
-from core_distill.vocab import id_count
+from core_distill.teachers.factory import share_vocabulary
+from core_distill.teachers.local import LocalTeacher
 
 
 class EvalError(ValueError):

@@ -5,23 +5,23 @@ A local path and a hub id go through the same `from_pretrained` call; only the n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from core_distill.data import SequenceBatch
+from core_distill.data.batches import SequenceBatch
 from core_distill.losses import Head
 from core_distill.paths import hub_reachable, missing_model_message, resolve_model_path
-from core_distill.spec import DistillSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def compute_dtype(spec: DistillSpec, device: torch.device) -> torch.dtype:
-    """auto = bfloat16 on GPUs that support it, float32 otherwise."""
-    if spec.dtype != "auto":
-        return _DTYPES[spec.dtype]
+def compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """A spec's `dtype`: auto = bfloat16 on GPUs that support it, float32 otherwise."""
+    if dtype != "auto":
+        return _DTYPES[dtype]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -32,6 +32,7 @@ class ModelUnavailableError(OSError):
 
 
 _HUB_STATE: dict[str, str] = {}  # an unreachable hub is asked once per process, not once per load
+HUB_TIMEOUT = 4.0  # seconds for the one hub request that tells "exists" from "unreachable"
 
 
 def model_source(name: str, trust_remote_code: bool = False) -> tuple[str, bool]:
@@ -42,8 +43,6 @@ def model_source(name: str, trust_remote_code: bool = False) -> tuple[str, bool]
     (HF_HUB_OFFLINE or no network fails at once instead of after huggingface_hub's five retries). A cached
     hub id on a machine that cannot reach the hub loads from the cache without trying it.
     """
-    from core_distill.preflight import check_hub_model, hub_offline
-
     path = resolve_model_path(name)
     if isinstance(path, Path):
         if not path.is_dir():
@@ -53,6 +52,57 @@ def model_source(name: str, trust_remote_code: bool = False) -> tuple[str, bool]
     if problem:
         raise ModelUnavailableError(problem)
     return name, hub_offline() or not hub_reachable()
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as the environment says now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def check_hub_model(name: str, trust_remote_code: bool, hub_state: dict[str, str] | None = None) -> str | None:
+    """None if the hub id `name` is cached here or exists on a reachable hub; else what is wrong.
+
+    `hub_state` (one dict per preflight) remembers an unreachable hub, so a second model does not wait again.
+    """
+    from transformers import AutoConfig
+
+    hub_state = {} if hub_state is None else hub_state
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+        return None  # in the local cache: the run needs no network
+    except (OSError, ValueError):
+        pass
+    if hub_offline():
+        return (
+            f"{name!r} is not a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE is set: "
+            "download it first or name a local directory"
+        )
+    down = hub_state.get("down")
+    if down is None:  # the hub has not failed yet in this preflight: ask it
+        answer = _ask_hub(name)
+        if answer is None or answer.startswith("no model"):
+            return answer
+        down = hub_state["down"] = answer
+    return (
+        f"{name!r} is not a local directory and the Hugging Face hub is unreachable ({down}); "
+        "download it first or name a local directory"
+    )
+
+
+def _ask_hub(name: str) -> str | None:
+    """One request to the hub: None if `name` exists, "no model ..." if not, else why the hub did not answer."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(name, timeout=HUB_TIMEOUT)
+    except GatedRepoError:
+        return None  # it exists; the worker's token decides
+    except RepositoryNotFoundError:
+        return f"no model {name!r} on the Hugging Face hub (and it is not a local directory)"
+    except Exception as exc:  # noqa: BLE001  (httpx, OSError, HTTP errors: all mean "cannot reach it")
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -123,7 +173,8 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
-def add_lora(model: nn.Module, spec: DistillSpec) -> nn.Module:
+def add_lora(model: nn.Module, spec) -> nn.Module:
+    """LoRA adapters as the spec's `lora_*` fields say (a DistillSpec; duck-typed, so models stays below spec)."""
     from peft import LoraConfig, get_peft_model
 
     targets = "all-linear" if spec.lora_target_modules == "all-linear" else [
@@ -205,8 +256,8 @@ def vocab_size(model: nn.Module) -> int:
 
 
 def model_vocabulary(model: nn.Module, tokenizer):
-    """The `core_distill.vocab.Vocabulary` of a loaded model and its tokenizer (the whole head's rows)."""
-    from core_distill.vocab import vocabulary_of
+    """The `core_distill.data.vocab.Vocabulary` of a loaded model and its tokenizer (the whole head's rows)."""
+    from core_distill.data.vocab import vocabulary_of
 
     lm = causal_lm(model)
     generation = getattr(lm, "generation_config", None)
@@ -214,7 +265,7 @@ def model_vocabulary(model: nn.Module, tokenizer):
 
 
 # A model whose head is cut carries the width on its CausalLM module, so the loss, top-K, evaluation
-# and sampling all read the same one (core_distill/vocab.py says when heads are cut).
+# and sampling all read the same one (core_distill/data/vocab.py says when heads are cut).
 _WIDTH_ATTR = "distill_vocab_width"
 
 

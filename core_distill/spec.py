@@ -494,15 +494,15 @@ class DistillSpec(BaseModel):
         Raises:
             SpecError: naming every bad field and its bad value.
         """
-        from core_distill.data import DataError
-        from core_distill.preflight import (
+        from core_distill.checks.files import check_folder
+        from core_distill.checks.preflight import (
             check_data,
-            check_folder,
-            check_hub_model,
             check_teacher_vocabulary,
             import_checkers,
             load_preflight_tokenizer,
         )
+        from core_distill.data.sources import DataError
+        from core_distill.models import check_hub_model
 
         import_checkers()
         errors: dict[str, str] = {}

@@ -36,18 +36,12 @@ from torch import nn
 from core_distill import distributed as dist
 from core_distill import metric_keys as mk
 from core_distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded_checkpoint
-from core_distill.data import (
-    DataError,
-    Example,
-    batch_indices,
-    check_examples,
-    encode_rows,
-    make_batch,
-    read_rows,
-)
-from core_distill.data_sources import FieldDataError, request_for
+from core_distill.data.batches import Example, batch_indices, check_examples, encode_rows, make_batch
+from core_distill.data.sources import DataError, FieldDataError, read_rows, request_for
+from core_distill.data.vocab import id_count
 from core_distill.evaluation import EvalContext, answer_matcher, diversity_measure, evaluate
-from core_distill.generation import HFSampler, eos_token_ids, make_student_sampler
+from core_distill.generation.sampling import HFSampler, make_student_sampler
+from core_distill.generation.stops import eos_token_ids
 from core_distill.losses import (
     STAT_KEYS,
     SparseTeacher,
@@ -66,8 +60,7 @@ from core_distill.models import (
 )
 from core_distill.reporting import NullReporter, Reporter
 from core_distill.spec import DistillSpec, SpecError
-from core_distill.teachers import build_teacher, vocabulary_note
-from core_distill.vocab import id_count
+from core_distill.teachers.factory import build_teacher, vocabulary_note
 
 STUDENT, TEACHER, DATASET = "student", "teacher", "dataset"
 
@@ -108,7 +101,7 @@ def run(
     world, fsdp = dist.world_size(), spec.sharding == "fsdp"
 
     # --- setup: precision, models, data, optimizer --------------------------------------------
-    dtype = compute_dtype(spec, torch.device("cpu" if cpu else "cuda"))
+    dtype = compute_dtype(spec.dtype, torch.device("cpu" if cpu else "cuda"))
     # fp32 master weights; bf16/fp16 compute through autocast (FSDP: its mixed-precision policy)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     # split_batches: the scheduler steps once per optimizer step whatever the number of processes
@@ -126,7 +119,7 @@ def run(
     student.to(device).train()
     needs_teacher = spec.objective != "sft" or spec.seq_kd
     teacher = None
-    if needs_teacher:  # heads of two sizes are cut to the tokenizer's ids here (core_distill/vocab.py)
+    if needs_teacher:  # heads of two sizes are cut to the tokenizer's ids here (core_distill/data/vocab.py)
         teacher = build_teacher(spec, student, dtype=dtype, device=device, token_ids=id_count(tokenizer))
     announce(run_header(student, teacher), reporter, printed=progress and dist.is_main())
     if fsdp:  # sharded in place before the optimizer sees the parameters; not wrapped again by Accelerate

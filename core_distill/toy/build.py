@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from core_distill.data import Example, batch_indices, encode_rows, make_batch
-from core_distill.generation import sample_completions
+from core_distill.data.batches import Example, batch_indices, encode_rows, make_batch
+from core_distill.generation.sampling import sample_completions
 from core_distill.paths import default_toy_build_dir
 from core_distill.toy.task import (
     all_prompts,

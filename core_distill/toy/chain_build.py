@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from core_distill.data import Example, encode_rows
-from core_distill.generation import sample_completions
+from core_distill.data.batches import Example, encode_rows
+from core_distill.generation.sampling import sample_completions
 from core_distill.toy.build import changed_recipe, new_model, train_sft
 from core_distill.toy.chain import ChainRanges, is_correct, make_splits, write_splits
 from core_distill.toy.tokenizer import build_tokenizer

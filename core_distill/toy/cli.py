@@ -54,7 +54,7 @@ def build_command(
     """
     from dataclasses import replace
 
-    from core_distill.cli import _parse_overrides
+    from core_distill.overrides import parse_overrides
     from core_distill.paths import SHIPPED_TOY_DIR, default_toy_build_dir
     from core_distill.toy.build import QUICK, ToyConfig, build_toy
     from core_distill.toy.chain_build import CHAIN_QUICK, ChainConfig, build_chain
@@ -65,7 +65,7 @@ def build_command(
     chain = task == "chain"
     try:
         base = (CHAIN_QUICK if quick else ChainConfig()) if chain else (QUICK if quick else ToyConfig())
-        config = base.with_overrides(_parse_overrides(set_))
+        config = base.with_overrides(parse_overrides(set_))
     except ValueError as exc:
         typer.secho(f"error: --set {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

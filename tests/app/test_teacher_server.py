@@ -14,9 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.teacher_server import ServedTeacher, create_app
+from core_distill.data.vocab import vocab_fingerprint
 from core_distill.models import load_tokenizer
-from core_distill.remote_teacher import TeacherClient
-from core_distill.teacher_protocol import CONTENT_TYPE, ScoreRequest, ScoreResponse, vocab_fingerprint
+from core_distill.teachers.protocol import CONTENT_TYPE, ScoreRequest, ScoreResponse
+from core_distill.teachers.remote import TeacherClient
 from tests.core_distill.test_remote_teacher import ServerProcess
 
 

@@ -15,7 +15,7 @@ from app.db import get_engine
 from app.main import create_app
 from app.models import Run
 from app.settings import get_settings
-from core_distill.preflight import teacher_url_allowed
+from core_distill.checks.preflight import teacher_url_allowed
 from tests.helpers.factories import row_counts
 from tests.helpers.specs import tiny_spec
 

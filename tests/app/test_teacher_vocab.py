@@ -1,4 +1,4 @@
-"""The served teacher's handshake applies the vocabulary rules of core_distill/vocab.py.
+"""The served teacher's handshake applies the vocabulary rules of core_distill/data/vocab.py.
 
 `/info` carries the teacher's vocabulary (fingerprint, ids, bos, eos, the tokens it ends on, its head's
 rows) and `/vocab` its tokens; the client cuts a padded head of another size to the tokenizer's ids
@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from app.teacher_server import ServedTeacher, create_app
-from core_distill.data import make_batch
+from core_distill.data.batches import make_batch
+from core_distill.data.vocab import vocab_fingerprint
 from core_distill.models import load_model, load_tokenizer
-from core_distill.remote_teacher import RemoteTeacher, TeacherClient, TeacherMismatchError, connect_teacher
 from core_distill.reporting import JsonlReporter
-from core_distill.teacher_protocol import vocab_fingerprint
-from core_distill.teachers import LocalTeacher, build_teacher
+from core_distill.teachers.factory import build_teacher
+from core_distill.teachers.local import LocalTeacher
+from core_distill.teachers.remote import RemoteTeacher, TeacherClient, TeacherMismatchError, connect_teacher
 from core_distill.train import run
 from tests.helpers.servers import serve_in_thread
 from tests.helpers.vocabularies import build_padded_pair, one_token_different, remapped_eos, save_teacher
@@ -47,7 +48,7 @@ def padded_server(pair):
 
 
 def test_info_and_vocab_describe_the_teachers_vocabulary(padded_server, pair):
-    from core_distill.vocab import token_list
+    from core_distill.data.vocab import token_list
 
     tokenizer = load_tokenizer(str(pair.teacher))
     client = TeacherClient(padded_server)

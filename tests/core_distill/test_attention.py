@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core_distill.data import make_batch
+from core_distill.data.batches import make_batch
 from core_distill.models import completion_hidden, head_of, load_model
 from core_distill.spec import SpecError
-from core_distill.teachers import build_teacher
+from core_distill.teachers.factory import build_teacher
 from tests.tiny_models import build_tokenizer
 
 tokenizer = build_tokenizer()

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from core_distill import metric_keys as mk
-from core_distill.data import DataError, encode_rows, make_batch
-from core_distill.generation import eos_token_ids
+from core_distill.data.batches import encode_rows, make_batch
+from core_distill.data.sources import DataError
+from core_distill.generation.stops import eos_token_ids
 from core_distill.models import load_model, load_tokenizer
 from core_distill.reporting import JsonlReporter
 from core_distill.spec import DistillSpec, SpecError
@@ -54,14 +55,14 @@ def tiny_spec(student: Path, teacher: Path, data: Path, **overrides) -> DistillS
 # --- end of turn ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_the_end_of_turn_is_read_from_each_familys_template(name, tmp_path):
-    from core_distill.chat_turns import end_of_turn_id
+    from core_distill.data.chat_turns import end_of_turn_id
 
     tokenizer = saved_tokenizer(name, tmp_path)
     assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == FAMILIES[name].end_of_turn
 
 
 def test_without_a_template_or_a_special_token_after_the_answer_the_end_of_turn_is_eos():
-    from core_distill.chat_turns import end_of_turn_id
+    from core_distill.data.chat_turns import end_of_turn_id
 
     bare = byte_level_tokenizer(["<|endoftext|>"], eos="<|endoftext|>")
     plain = byte_level_tokenizer(["<|endoftext|>"], eos="<|endoftext|>",
@@ -175,7 +176,7 @@ def test_a_template_that_refuses_a_row_is_a_one_line_preflight_error(name, row, 
 
 
 def test_folding_the_system_message_lets_gemma2_and_mistral_take_the_row(tmp_path):
-    from core_distill.chat_turns import fold_system_messages
+    from core_distill.data.chat_turns import fold_system_messages
 
     assert fold_system_messages(SYSTEM_ROW["messages"])[0] == {"role": "user", "content": "Be brief.\n\nHi"}
     rendered = {

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core_distill.compare import CompareError, CompareSettings, Setting, check_budgets, edge_of, extended_rate, grid
-from core_distill.compare_report import (
+from core_distill.compare.report import (
     STUDENT,
     MethodResult,
     build_result,
@@ -16,6 +15,15 @@ from core_distill.compare_report import (
     finding,
     results_page,
     select,
+)
+from core_distill.compare.settings import (
+    CompareError,
+    CompareSettings,
+    Setting,
+    check_budgets,
+    edge_of,
+    extended_rate,
+    grid,
 )
 from core_distill.spec import DistillSpec
 
@@ -168,7 +176,7 @@ def test_grids_sweep_beta_only_for_generalized_jsd_and_temperature_only_for_samp
 
 
 def test_the_discussion_survives_a_rewrite_and_inline_mentions_do_not_count():
-    from core_distill.compare_report import _kept_discussion
+    from core_distill.compare.report import _kept_discussion
 
     page = "Text naming `<!-- discussion -->` inline.\n\n<!-- discussion -->\nWhy it differs.\n<!-- /discussion -->\n"
     assert _kept_discussion(page) == "<!-- discussion -->\nWhy it differs.\n<!-- /discussion -->"

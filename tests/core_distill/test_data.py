@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from core_distill.data import DataError, batch_indices, check_examples, encode_rows, make_batch, read_rows
+from core_distill.data.batches import batch_indices, check_examples, encode_rows, make_batch
+from core_distill.data.sources import DataError, read_rows
 from tests.tiny_models import build_tokenizer
 
 tokenizer = build_tokenizer()

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from core_distill import metric_keys as mk
-from core_distill.data import encode_rows, read_rows
+from core_distill.data.batches import encode_rows
+from core_distill.data.sources import read_rows
 from core_distill.evaluation import EvalContext, answer_matcher, clustered_stderr, diversity_measure, evaluate
-from core_distill.generation import eos_token_ids
+from core_distill.generation.stops import eos_token_ids
 from core_distill.model_eval import EvalError, ModelReport, evaluate_model
 from core_distill.models import load_model, load_tokenizer
 from tests.helpers.bigram import build_bigram_model, countdown_rows, p_three

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core_distill import preflight
-from core_distill.data import DataError
+from core_distill.checks import files
+from core_distill.data.sources import DataError
 from core_distill.spec import SpecError
 
 HANG_SECONDS = 60  # a check that has not answered by then is taken to block forever
@@ -80,7 +80,7 @@ def test_fifos_devices_sockets_and_plain_folders_are_refused_at_once(special_fil
     for case, (path, words) in special_files.items():
         started = time.monotonic()
         with pytest.raises(DataError) as caught:
-            answer_within(lambda path=path: preflight.preview_rows(str(path)), release_fifo(path))
+            answer_within(lambda path=path: files.preview_rows(str(path)), release_fifo(path))
         assert words in str(caught.value) and str(path) in str(caught.value), (case, caught.value)
         assert time.monotonic() - started < 5, case
 
@@ -106,15 +106,15 @@ def test_a_huge_single_line_is_refused_quickly_naming_the_limit_with_bounded_mem
     started = time.monotonic()
     try:
         with pytest.raises(DataError) as caught:
-            answer_within(lambda: preflight.preview_rows(str(huge)))
+            answer_within(lambda: files.preview_rows(str(huge)))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     seconds = time.monotonic() - started
     print(f"\n512 MiB line refused in {seconds:.2f} s, peak {peak / 2**20:.1f} MiB allocated")
-    assert f"longer than {preflight.MAX_ROW_BYTES // 2**20} MiB" in str(caught.value), caught.value
+    assert f"longer than {files.MAX_ROW_BYTES // 2**20} MiB" in str(caught.value), caught.value
     assert seconds < 10
-    assert peak < 4 * preflight.MAX_ROW_BYTES, peak
+    assert peak < 4 * files.MAX_ROW_BYTES, peak
 
 
 def test_a_json_array_is_read_element_by_element(tmp_path):
@@ -125,30 +125,30 @@ def test_a_json_array_is_read_element_by_element(tmp_path):
         f.truncate(2**30)  # then a sparse GiB (the engine would choke on it; the preview never gets there)
     tracemalloc.start()
     try:
-        head = answer_within(lambda: preflight.preview_rows(str(big)))
+        head = answer_within(lambda: files.preview_rows(str(big)))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert head == rows[: preflight.PREVIEW_ROWS]
-    assert peak < 4 * preflight.READ_CHUNK, peak
+    assert head == rows[: files.PREVIEW_ROWS]
+    assert peak < 4 * files.READ_CHUNK, peak
 
     broken = tmp_path / "broken.json"
     broken.write_text('[{"prompt": "1+1="} {"prompt": "2+2="}]')
     with pytest.raises(DataError, match="element 2: not valid JSON"):
-        preflight.preview_rows(str(broken))
+        files.preview_rows(str(broken))
     not_rows = tmp_path / "numbers.json"
     not_rows.write_text('[{"prompt": "1+1="}, 5]')
     with pytest.raises(DataError, match="element 2: a row must be a JSON object, got int"):
-        preflight.preview_rows(str(not_rows))
+        files.preview_rows(str(not_rows))
 
 
 def test_a_parquet_file_is_read_at_most_the_byte_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "MAX_PREVIEW_BYTES", 2**20)  # the limit made small, the file kept small
+    monkeypatch.setattr(files, "MAX_PREVIEW_BYTES", 2**20)  # the limit made small, the file kept small
     table = pa.Table.from_pylist([{"prompt": os.urandom(500).hex()} for _ in range(3000)])
     path = tmp_path / "rows.parquet"
     pq.write_table(table, path, row_group_size=len(table), compression="none")  # one 3 MB row group
     with pytest.raises(DataError, match="reads at most 1 MiB of a data file"):
-        preflight.preview_rows(str(path))
+        files.preview_rows(str(path))
     small = tmp_path / "small.parquet"
     pq.write_table(table.slice(0, 40), small, compression="none")
-    assert len(preflight.preview_rows(str(small))) == preflight.PREVIEW_ROWS
+    assert len(files.preview_rows(str(small))) == files.PREVIEW_ROWS

@@ -20,10 +20,14 @@ import pytest
 import torch
 
 from core_distill.checkpoint import latest_checkpoint
-from core_distill.data import make_batch
+from core_distill.data.batches import make_batch
+from core_distill.data.vocab import vocab_fingerprint
 from core_distill.losses import fused_distill_loss, log_softmax_fp32
 from core_distill.models import completion_hidden, head_of, load_model, load_tokenizer
-from core_distill.remote_teacher import (
+from core_distill.reporting import JsonlReporter
+from core_distill.teachers.local import LocalTeacher
+from core_distill.teachers.protocol import ProtocolError, ScoreRequest, decode, encode
+from core_distill.teachers.remote import (
     RemoteTeacher,
     TeacherClient,
     TeacherMismatchError,
@@ -31,9 +35,6 @@ from core_distill.remote_teacher import (
     _split,
     connect_teacher,
 )
-from core_distill.reporting import JsonlReporter
-from core_distill.teacher_protocol import ProtocolError, ScoreRequest, decode, encode, vocab_fingerprint
-from core_distill.teachers import LocalTeacher
 from core_distill.train import run
 from tests.services import free_port
 from tests.tiny_models import build_model, build_tokenizer
@@ -218,7 +219,7 @@ def test_caller_chosen_ids_are_scored_and_join_the_support(server, local_teacher
 
 
 def _split_rows(batch):
-    from core_distill.teachers import batch_rows
+    from core_distill.teachers.base import batch_rows
 
     rows = batch_rows(batch)
     return [p for p, _ in rows], [c for _, c in rows]

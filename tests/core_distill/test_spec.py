@@ -65,7 +65,7 @@ def test_preflight_refuses_missing_paths_and_different_vocabularies(tmp_path):
     assert "missing" in exc.value.errors["teacher"] and "nope.jsonl" in exc.value.errors["eval_data"]
     with pytest.raises(SpecError) as exc:
         spec.with_overrides({"teacher": str(tmp_path / "teacher"), "eval_data": ""}).preflight()
-    # compared by tokens (core_distill/vocab.py): the six extra characters shift the ids after them
+    # compared by tokens (core_distill/data/vocab.py): the six extra characters shift the ids after them
     assert re.search(r"\d+ of 87 token ids differ \(the student's tokenizer has 81 ids, the teacher's 87\)",
                      exc.value.errors["teacher"])  # fmt: skip
 

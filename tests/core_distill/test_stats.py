@@ -1,4 +1,4 @@
-"""core_distill.stats against independent computations: the closed-form bootstrap variance, and the exact
+"""core_distill.compare.stats against independent computations: the closed-form bootstrap variance, and the exact
 bootstrap distribution of tiny tables enumerated over every one of the n**n equally likely resamples."""
 
 import itertools
@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from core_distill.stats import (
+from core_distill.compare.stats import (
     MIN_TAIL_RESAMPLES,
     Interval,
     SeedSpread,

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from core_distill.data import make_batch
+from core_distill.data.batches import make_batch
 from core_distill.losses import fused_distill_loss
 from core_distill.models import completion_hidden, head_of, load_model
 from core_distill.reporting import JsonlReporter
-from core_distill.teacher_cache import CachedTeacher, RowTargets, TeacherCache, model_identity
-from core_distill.teachers import LocalTeacher, build_teacher
+from core_distill.teachers.cache import CachedTeacher, RowTargets, TeacherCache, model_identity
+from core_distill.teachers.factory import build_teacher
+from core_distill.teachers.local import LocalTeacher
 from core_distill.train import run
 from tests.core_distill.test_remote_teacher import ServerProcess
 

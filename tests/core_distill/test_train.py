@@ -7,12 +7,14 @@ import json
 import pytest
 import torch
 
-from core_distill.data import encode_rows, make_batch, read_rows
+from core_distill.data.batches import encode_rows, make_batch
+from core_distill.data.sources import read_rows
 from core_distill.evaluation import EvalContext, evaluate
-from core_distill.generation import HFSampler, eos_token_ids, sample_completions
+from core_distill.generation.sampling import HFSampler, sample_completions
+from core_distill.generation.stops import eos_token_ids
 from core_distill.models import load_model, load_tokenizer
 from core_distill.reporting import JsonlReporter, NullReporter
-from core_distill.teachers import build_teacher
+from core_distill.teachers.factory import build_teacher
 from core_distill.train import DATASET, STUDENT, TEACHER, draw_sources, fill_completions, run
 
 

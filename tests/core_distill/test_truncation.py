@@ -8,7 +8,8 @@ import json
 import pytest
 
 from core_distill import metric_keys as mk
-from core_distill.data import DataError, encode_rows
+from core_distill.data.batches import encode_rows
+from core_distill.data.sources import DataError
 from core_distill.reporting import NullReporter
 from core_distill.spec import DistillSpec
 from tests.helpers.chat_templates import FAMILIES, build_family_tokenizer

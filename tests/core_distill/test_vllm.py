@@ -24,13 +24,15 @@ import httpx
 import pytest
 import torch
 
-from core_distill.data import encode_rows, make_batch, read_rows
-from core_distill.generation import HFSampler, cut_at_eos, eos_token_ids, make_student_sampler, sample_completions
+from core_distill.data.batches import encode_rows, make_batch
+from core_distill.data.sources import read_rows
+from core_distill.generation.sampling import HFSampler, make_student_sampler, sample_completions
+from core_distill.generation.stops import cut_at_eos, eos_token_ids
 from core_distill.losses import log_softmax_fp32, outside_logmass
 from core_distill.models import load_model, load_tokenizer
 from core_distill.spec import DistillSpec
-from core_distill.teachers import LocalTeacher
-from core_distill.vllm_teacher import VLLMTeacher, VLLMTeacherError, temper
+from core_distill.teachers.local import LocalTeacher
+from core_distill.teachers.vllm import VLLMTeacher, VLLMTeacherError, temper
 from tests.services import free_port, signal_group, stop_group
 from tests.tiny_models import addition_rows, build_model, build_tokenizer, write_jsonl
 
@@ -266,7 +268,7 @@ def test_a_student_with_another_tokenizer_is_refused(workspace, vllm_server):
 
 @pytest.mark.vllm
 def test_the_teacher_cache_answers_repeated_dataset_rows_without_the_server(workspace, vllm_server, tmp_path):
-    from core_distill.teacher_cache import CachedTeacher, TeacherCache
+    from core_distill.teachers.cache import CachedTeacher, TeacherCache
 
     tokenizer = load_tokenizer(str(workspace["student"]))
     remote = VLLMTeacher(vllm_server["url"], top_k=5, temperature=1.0, tokenizer=tokenizer, vocab_size=workspace["vocab"])
@@ -296,7 +298,7 @@ def test_a_killed_vllm_server_fails_the_next_score_clearly(workspace, vllm_serve
 @pytest.fixture(scope="module")
 def sampler(workspace):
     pytest.importorskip("vllm")
-    from core_distill.vllm_sampler import VLLMSampler
+    from core_distill.generation.vllm import VLLMSampler
 
     model = load_model(str(workspace["student"]), dtype=torch.float32)
     return VLLMSampler(model, str(workspace["student"]), dtype=torch.float32, max_model_len=128, seed=0)
@@ -405,8 +407,8 @@ def test_an_on_policy_run_with_the_vllm_backend(workspace, tmp_path):
     (tmp_path / "spec.yaml").write_text(spec.to_yaml())
     script = (
         "import sys; from core_distill.spec import DistillSpec; from core_distill.train import run; "
-        "from core_distill.reporting import JsonlReporter; from core_distill import generation; "
-        "made = []; original = generation.make_student_sampler\n"
+        "from core_distill.reporting import JsonlReporter; from core_distill.generation import sampling; "
+        "made = []; original = sampling.make_student_sampler\n"
         "def spy(spec, student):\n    s = original(spec, student); made.append(s); return s\n"
         "import core_distill.train as train; train.make_student_sampler = spy\n"
         f"run(DistillSpec.from_yaml({str(tmp_path / 'spec.yaml')!r}), output_dir={str(tmp_path / 'run')!r}, "

@@ -1,4 +1,4 @@
-"""Vocabularies compared by their tokens and special tokens, not their size (core_distill/vocab.py).
+"""Vocabularies compared by their tokens and special tokens, not their size (core_distill/data/vocab.py).
 
 A pair with one tokenizer and padded heads of two sizes (Qwen2.5-7B into 0.5B) distils on the
 tokenizer's ids, exactly as the same pair cut by hand; tokenizers of one size that differ in a token,
@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
-from core_distill.generation import HFSampler, sample_completions
+from core_distill.generation.sampling import HFSampler, sample_completions
 from core_distill.model_eval import evaluate_model
 from core_distill.models import load_model, load_tokenizer
 from core_distill.reporting import JsonlReporter
 from core_distill.spec import SpecError
-from core_distill.teachers import LocalTeacher
+from core_distill.teachers.local import LocalTeacher
 from core_distill.train import run
 from tests.helpers.vocabularies import (
     build_padded_pair,
@@ -81,7 +81,7 @@ def test_distill_run_says_the_cut_in_its_header(pair, tmp_path):
 def test_sampling_never_emits_a_padding_id(pair):
     """The padding rows are loud (logits near +100): whole heads sample them almost always, cut heads never."""
     from core_distill.models import vocab_width
-    from core_distill.teachers import share_vocabulary
+    from core_distill.teachers.factory import share_vocabulary
 
     tokenizer = load_tokenizer(str(pair.student))
     student = load_model(str(pair.student), dtype=torch.float32)
@@ -109,7 +109,7 @@ def test_distill_eval_divergences_use_the_shared_vocabulary(pair):
 
 
 def test_heads_are_cut_only_when_their_sizes_differ():
-    from core_distill.vocab import shared_width
+    from core_distill.data.vocab import shared_width
 
     assert shared_width(145, 145, 81) == (None, None)  # equal heads stay whole (as TRL uses them)
     assert shared_width(145, 209, 81) == (81, None)

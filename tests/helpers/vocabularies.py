@@ -1,4 +1,4 @@
-"""Model pairs for the vocabulary rules (core_distill/vocab.py), built at test time.
+"""Model pairs for the vocabulary rules (core_distill/data/vocab.py), built at test time.
 
 - a padded pair: one tokenizer (81 ids), a student whose embeddings and head have 64 padding rows
   and a teacher with 128, as Qwen2.5-0.5B (151,936 rows) and 7B (152,064) have over 151,665 ids;

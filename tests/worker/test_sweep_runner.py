@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.sweep_runner import ServiceClient, ServiceRunError, ServiceRunner, plan_sweeps, resolve_paths
-from core_distill.compare import RUN_RECORD, EvalRequest, Job, LocalPool
+from core_distill.compare.runner import RUN_RECORD, EvalRequest, Job, LocalPool
 from core_distill.spec import DistillSpec
 from tests.helpers.specs import tiny_spec
 

@@ -12,8 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from core_distill.cli import engine_cli
-from core_distill.compare import CompareError, CompareSettings, compare
-from core_distill.compare_report import DISCUSSION_END, DISCUSSION_START, STUDENT, select
+from core_distill.compare.report import DISCUSSION_END, DISCUSSION_START, STUDENT, select
+from core_distill.compare.runner import compare
+from core_distill.compare.settings import CompareError, CompareSettings
 
 runner = CliRunner()
 SETTINGS = CompareSettings(steps=2, seeds=(1, 2), selection_seed=0, learning_rates=(1e-3, 1e-2), temperatures=(1.0,),
@@ -96,7 +97,7 @@ def test_compare_selects_on_eval_scores_fresh_seeds_on_test_and_writes_the_page(
 
 
 def test_the_staged_search_sweeps_rates_first_then_temperature_and_beta_at_the_chosen_rate(tmp_path):
-    from core_distill.compare import first_stage, grid, second_stage
+    from core_distill.compare.settings import first_stage, grid, second_stage
     from core_distill.spec import DistillSpec
 
     spec = DistillSpec(student="s", teacher="t", train_data="d.jsonl", lmbda=0.5, beta=0.5, temperature=1.0)

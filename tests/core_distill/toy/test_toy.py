@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from core_distill.data import encode_rows
+from core_distill.data.batches import encode_rows
 from core_distill.evaluation import countdown_valid
 from core_distill.toy.build import QUICK, ToyConfig, mixed_training_examples
 from core_distill.toy.task import (

@@ -4,8 +4,8 @@ messages for templates that have no system role, and the assistant turns of a co
 One notion of "end of turn" serves the whole engine: the token the template writes right after an
 assistant message's content (`<|im_end|>` Qwen, `<|eot_id|>` Llama-3, `<end_of_turn>` Gemma,
 `<|end|>` Phi-3, `</s>` Mistral), or the tokenizer's EOS when there is no template or it writes no
-special token there. Dataset completions end with it (data.py), generation stops at it beside EOS
-(generation.eos_token_ids, base students included), and `completion/eos_rate` counts it.
+special token there. Dataset completions end with it (batches.py), generation stops at it beside EOS
+(generation/stops.py's eos_token_ids, base students included), and `completion/eos_rate` counts it.
 """
 
 from __future__ import annotations

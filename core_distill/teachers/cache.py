@@ -6,7 +6,7 @@ keyed by the teacher's identity (its weights and dtype), the row's token ids, K 
 so batches composed differently (other seeds, batch sizes) still hit.
 
     $DISTILL_TEACHER_CACHE  or  $DISTILL_HOME/teacher-cache        (deleting it is always safe)
-        <teacher identity>/<2 hex>/<row key>.dtp                      (core_distill.teacher_protocol)
+        <teacher identity>/<2 hex>/<row key>.dtp                      (core_distill.teachers.protocol)
 
 Runs on one machine share it: an entry is written to a temporary file and renamed into place, so a
 reader sees a whole entry or none, and two runs writing the same row write the same bytes.
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core_distill.data import SequenceBatch, make_batch
+from core_distill.data.batches import SequenceBatch, make_batch
 from core_distill.losses import SparseTeacher
 from core_distill.paths import distill_home, resolve_model_path
-from core_distill.teacher_protocol import ProtocolError, decode, encode
-from core_distill.teachers import batch_rows
+from core_distill.teachers.base import batch_rows
+from core_distill.teachers.protocol import ProtocolError, decode, encode
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".json", ".model"}
 

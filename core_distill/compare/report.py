@@ -1,6 +1,6 @@
 """What `distill compare` concludes and how it shows it: selection with its uncertainty, the table of
 test scores with the baselines, the claims (only where a Bonferroni-adjusted interval excludes 0), the
-page and the plot. Everything here reads records (compare.py's jobs); nothing trains or evaluates.
+page and the plot. Everything here reads records (runner.py's jobs); nothing trains or evaluates.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core_distill.compare import CompareSettings, Setting
-from core_distill.paths import toy_dir
-from core_distill.stats import (
+from core_distill.compare.settings import CompareSettings, Setting, edge_of
+from core_distill.compare.stats import (
     Comparison,
     Interval,
     SeedSpread,
@@ -29,6 +28,7 @@ from core_distill.stats import (
     seed_spread,
     selection_uncertainty,
 )
+from core_distill.paths import toy_dir
 
 DISCUSSION_START, DISCUSSION_END = "<!-- discussion -->", "<!-- /discussion -->"
 # The GKD paper's claim, checked on held-out scores: on-policy GKD > supervised KD > SFT.
@@ -107,8 +107,6 @@ class MethodResult:
         return [r["evals"]["test"]["report"] for _, r in self.runs]
 
     def edge(self) -> str | None:
-        from core_distill.compare import edge_of
-
         return edge_of([s.learning_rate for s, _ in self.sweep], self.chosen.learning_rate)
 
 
@@ -486,7 +484,7 @@ def results_page(result: CompareResult, *, command: str, load, plot_path: Path |
         f"eval_temperature {result.grading:g}). Baselines: the teacher and the student before training, greedy, at "
         f"T 1 and at the student's best temperature on the eval split (of {_floats(s.decode_temperatures)}: "
         f"{result.student_choice.selection.text()}).",
-        "- Intervals: prompt-clustered percentile bootstrap (`core_distill/stats.py`); a method's score merges its "
+        "- Intervals: prompt-clustered percentile bootstrap (`core_distill/compare/stats.py`); a method's score merges its "
         "seeds (the seed spread is beside it). "
         + (f"Claims: {family.n_comparisons} pairwise comparisons of the {len(result.models)} models "
            f"({', '.join(result.models)}), Bonferroni-adjusted (each at {100 * family.adjusted_confidence:.3g} %), "

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from core_distill.generation import cut_at_eos
+from core_distill.generation.stops import cut_at_eos
 from core_distill.models import causal_lm, unwrap_parallel, vocab_size, vocab_width
 
 # the engine core must share this process for weights to be handed over as tensors
@@ -119,7 +119,7 @@ class VLLMSampler:
         return [cut_at_eos(list(out.outputs[0].token_ids), eos_ids) for out in outputs]
 
     def _allowed_ids(self) -> list[int] | None:
-        """A cut head (core_distill/vocab.py): only the ids below the cut; None (every id) otherwise."""
+        """A cut head (core_distill/data/vocab.py): only the ids below the cut; None (every id) otherwise."""
         width = vocab_width(self.model)
         return list(range(width)) if width < vocab_size(self.model) else None
 

@@ -24,7 +24,7 @@ import torch
 from jinja2 import TemplateError
 from torch import Tensor
 
-from core_distill.chat_turns import (
+from core_distill.data.chat_turns import (
     end_completion,
     end_of_turn_id,
     fold_system_messages,
@@ -32,8 +32,8 @@ from core_distill.chat_turns import (
     split_turns,
     template_refusal,
 )
-from core_distill.data_sources import DataError, read_rows  # noqa: F401  (files, folders, hub ids: data_sources.py)
-from core_distill.truncation import TruncationCounts, fit_completion, fit_prompt
+from core_distill.data.sources import DataError  # rows come from files, folders, hub ids: sources.py
+from core_distill.data.truncation import TruncationCounts, fit_completion, fit_prompt
 
 
 @dataclass
@@ -158,7 +158,7 @@ def encode_rows(
     system_message: str = "keep", assistant_turns: str = "last", truncation: str = "middle",
 ) -> list[Example]:  # fmt: skip
     """Token ids of every row; `system_message`, `assistant_turns` and `truncation` as the spec fields of those
-    names (the length limits: core_distill/truncation.py)."""
+    names (the length limits: core_distill/data/truncation.py)."""
     limits = Limits(max_prompt_length, max_completion_length, truncation, end_of_turn_id(tokenizer))
     examples = []
     for number, row in enumerate(rows, 1):

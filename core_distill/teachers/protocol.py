@@ -1,4 +1,4 @@
-"""The teacher server's wire format: NumPy arrays in one binary body, and the vocabulary fingerprint.
+"""The teacher server's wire format: NumPy arrays in one binary body.
 
 A message is
     b"DTP1" | u32 little-endian header length | header (UTF-8 JSON) | array buffers
@@ -8,8 +8,9 @@ no per-token Python objects on either side (TRL's client turns every array into 
 
 Request (client -> POST /score), sequences concatenated without padding:
     tokens (T,) int32 | lengths (B,) int32 | prompt_lengths (B,) int32 | extra_ids (N, M) int32, optional
-    meta: top_k, temperature, fingerprint, and width (optional): score over ids 0 .. width-1 only, the
-    teacher's head cut to the vocabulary it shares with the student (core_distill/vocab.py)
+    meta: top_k, temperature, fingerprint (core_distill/data/vocab.py's `vocab_fingerprint`), and width
+    (optional): score over ids 0 .. width-1 only, the teacher's head cut to the vocabulary it shares
+    with the student (core_distill/data/vocab.py)
 Positions prompt_length .. length-1 of each sequence are scored (position 0 has no prediction, so
 prompt_length >= 1); N = sum(lengths - prompt_lengths) rows come back in sequence order.
 
@@ -24,7 +25,6 @@ This module imports NumPy only: the engine, the client and the server all use it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -222,12 +222,3 @@ def _compact_ids(ids: np.ndarray) -> np.ndarray:
 
 
 # --- compatibility -------------------------------------------------------------------------------------
-def vocab_fingerprint(tokenizer) -> str:
-    """Hash of the token -> id mapping (added tokens included).
-
-    Only ids travel between student and teacher, so the vocabularies agree exactly when every id
-    names the same token string; the special tokens that matter are compared beside it (core_distill/vocab.py).
-    """
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
-    return f"vocab-sha256:{digest[:32]}"

@@ -1,6 +1,8 @@
 """Loading students and teachers, and reaching their hidden states and lm_head.
 
-A local path and a hub id go through the same `from_pretrained` call; only the name differs.
+A local path and a hub id go through the same `from_pretrained` call; only the name differs. A hub id
+is checked first, in seconds (`check_hub_model`, which the preflight asks too). This module imports
+neither the spec nor the checks: functions that read spec fields take the spec as a plain argument.
 """
 
 from __future__ import annotations

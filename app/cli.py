@@ -131,11 +131,12 @@ def worker_command(
     gpu: Annotated[str | None, typer.Option(help="One GPU index (the same as --gpus N).", hidden=True)] = None,
     name: Annotated[str | None, typer.Option(help="Host name (default: gpu0-1@machine, cpu@machine).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    quiet: Annotated[bool, typer.Option(help="No Celery start banner (what `distill up` uses).")] = False,
 ) -> None:
     """Run this machine's worker host: it announces its GPUs, and runs get booked on them (one pool process per GPU)."""
     from worker.launch import run_worker
 
-    run_worker(gpus=gpus if gpus is not None else gpu, name=name, loglevel=loglevel)
+    run_worker(gpus=gpus if gpus is not None else gpu, name=name, loglevel=loglevel, quiet=quiet)
 
 
 token_cli = typer.Typer(no_args_is_help=True, help="API tokens for DISTILL_AUTH=on.")

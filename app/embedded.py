@@ -257,7 +257,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
         # accepts only JSON messages, so the risk it warns about (pickle) does not apply here
         worker_cli = [sys.executable, "-W", f"ignore:{CELERY_ROOT_WARNING}", "-m", "app.cli"]
         worker = f"worker ({gpu_list})"
-        supervisor.start(worker, [*worker_cli, "worker", "--gpus", gpu_list], env, WORKER_STOP_SECONDS)
+        supervisor.start(worker, [*worker_cli, "worker", "--gpus", gpu_list, "--quiet"], env, WORKER_STOP_SECONDS)
         watch = (worker, settings.home, supervisor.stopping, started)
         threading.Thread(target=_watch_worker, args=watch, name="watch-worker", daemon=True).start()
 

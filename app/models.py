@@ -293,11 +293,12 @@ class RunEventKind(StrEnum):
     resumed = "resumed"  # by a person; note: who
     gave_up = "gave_up"  # no more automatic resumes; note: why
     header = "header"  # an attempt's engine header, one line each (e.g. "vocabulary cut from ..."); note: the lines
+    warning = "warning"  # the engine's warning about the run's course (e.g. eval fell below step 0); note: its text
 
 
 class RunEvent(SQLModel, table=True):
     """A transition of a run worth remembering (its history): lost and why, resumed by whom, healing given up,
-    and what the engine said when an attempt started (its header)."""
+    and what the engine said when an attempt started (its header) or warned of while it ran."""
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)

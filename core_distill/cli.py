@@ -143,7 +143,7 @@ def eval_command(
     try:
         report = evaluate_model(model, data, teacher=teacher or None, limit=limit, metric=metric,
                                 max_new_tokens=max_new_tokens, n_samples=show, temperature=temperature,
-                                samples_per_prompt=samples_per_prompt, seeds=seed_list)  # fmt: skip
+                                samples_per_prompt=samples_per_prompt, seeds=seed_list, progress=True)  # fmt: skip
     except (EvalError, OSError) as exc:  # a model that cannot load (core_distill.models): one line, no traceback
         typer.secho(f"error: {_first_line(exc)}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -161,14 +161,16 @@ class Evaluation:
 
 
 def evaluate(
-    ctx: EvalContext, examples: list[Example], n_samples: int = 4, seed: int = 0
+    ctx: EvalContext, examples: list[Example], n_samples: int = 4, seed: int = 0, *, progress: bool = False,
+    desc: str = "eval",
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """A run's evaluation: metrics (`eval/...`) and up to `n_samples` completions with per-token divergences.
 
     One completion per row at `ctx.decode_temperature` from `seed` (eval/exact_match), and at a
     temperature above 0 also one greedy completion per prompt (eval/greedy_exact_match).
     """
-    result = evaluate_detailed(ctx, examples, temperature=ctx.decode_temperature, seeds=(seed,), n_logged=n_samples)
+    result = evaluate_detailed(ctx, examples, temperature=ctx.decode_temperature, seeds=(seed,), n_logged=n_samples,
+                               progress=progress, desc=desc)  # fmt: skip
     return result.metrics, result.samples
 
 
@@ -180,6 +182,8 @@ def evaluate_detailed(
     samples_per_prompt: int = 1,
     seeds: Sequence[int] = (0,),
     n_logged: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
 ) -> Evaluation:
     """Greedy completions (one per distinct prompt) and, at `temperature` > 0, `samples_per_prompt`
     sampled completions per row for each of `seeds`, graded by `ctx.matcher` and kept per prompt.
@@ -189,21 +193,25 @@ def evaluate_detailed(
     one seed share their random numbers. The headline metrics (eval/exact_match, eval/completion_length,
     eval/distinct_valid, the diversity key) are of the sampled decoding at `temperature` > 0, else of
     the greedy one; eval/greedy_exact_match is logged beside them only when they are sampled.
+    `progress`: a bar over the rows scored and the completions generated (it does not change the numbers).
     """
     if temperature < 0 or samples_per_prompt < 1 or not seeds:
         raise ValueError(f"temperature must be >= 0, samples_per_prompt >= 1 and seeds non-empty; got "
                          f"{temperature}, {samples_per_prompt}, {list(seeds)}")  # fmt: skip
     metrics: dict[str, float] = {}
-    with_reference = [e for e in examples if e.completion_ids]
-    if ctx.teacher is not None and with_reference:
+    with_reference = [e for e in examples if e.completion_ids] if ctx.teacher is not None else []
+    draws = seeds if temperature > 0 else []
+    bar = _bar(progress, desc, len(with_reference) + len({tuple(e.prompt_ids) for e in examples})
+               + len(examples) * samples_per_prompt * len(draws))  # fmt: skip
+    if with_reference:
         stats, _ = _score(ctx, [e.prompt_ids for e in with_reference], [e.completion_ids for e in with_reference],
-                          [ctx.teacher_prompt(e) for e in with_reference], cacheable=True)  # fmt: skip
+                          [ctx.teacher_prompt(e) for e in with_reference], cacheable=True, tick=bar.update)  # fmt: skip
         metrics.update({mk.eval_key(k): v for k, v in stats.items()})
     device = next(ctx.student.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        greedy_ids = _greedy(ctx, examples)  # [row] -> completion ids
-        draws = seeds if temperature > 0 else []
-        sampled_ids = [_sampled(ctx, examples, temperature, samples_per_prompt, s) for s in draws]
+        greedy_ids = _greedy(ctx, examples, bar.update)  # [row] -> completion ids
+        sampled_ids = [_sampled(ctx, examples, temperature, samples_per_prompt, s, bar.update) for s in draws]
+    bar.close()
     # [row][seed * n + k] -> completion ids
     per_row = [[ids for draw in sampled_ids for ids in draw[i]] for i in range(len(examples))] if sampled_ids else None
     graded = Grading(ctx, examples, greedy_ids, per_row)
@@ -224,22 +232,31 @@ def evaluate_detailed(
     return Evaluation(metrics, samples, greedy, sampled, graded.prompt_results(), graded.reference_diversity())
 
 
-def _generate(ctx: EvalContext, prompts: list[list[int]], temperature: float) -> list[list[int]]:
+def _bar(enabled: bool, desc: str, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="row", leave=False, dynamic_ncols=True)
+
+
+def _generate(ctx: EvalContext, prompts: list[list[int]], temperature: float,
+              tick: Callable[[int], None] | None = None) -> list[list[int]]:  # fmt: skip
     return sample_completions(ctx.student, prompts, pad_id=ctx.tokenizer.pad_token_id, eos_ids=ctx.eos_ids,
-                              max_new_tokens=ctx.max_new_tokens, greedy=temperature == 0, temperature=temperature or 1.0)  # fmt: skip
+                              max_new_tokens=ctx.max_new_tokens, greedy=temperature == 0, temperature=temperature or 1.0,
+                              on_batch=tick)  # fmt: skip
 
 
-def _greedy(ctx: EvalContext, examples: list[Example]) -> list[list[int]]:
+def _greedy(ctx: EvalContext, examples: list[Example], tick: Callable[[int], None] | None = None) -> list[list[int]]:
     """One greedy completion per distinct prompt, given to every row that has it."""
     distinct = list(dict.fromkeys(tuple(e.prompt_ids) for e in examples))
-    completions = dict(zip(distinct, _generate(ctx, [list(p) for p in distinct], 0.0), strict=True))
+    completions = dict(zip(distinct, _generate(ctx, [list(p) for p in distinct], 0.0, tick), strict=True))
     return [completions[tuple(e.prompt_ids)] for e in examples]
 
 
-def _sampled(ctx: EvalContext, examples: list[Example], temperature: float, n: int, seed: int) -> list[list[list[int]]]:
+def _sampled(ctx: EvalContext, examples: list[Example], temperature: float, n: int, seed: int,
+             tick: Callable[[int], None] | None = None) -> list[list[list[int]]]:  # fmt: skip
     """[row][k] -> the k-th of n completions sampled for the row, from `seed` (the caller forks the RNG)."""
     torch.manual_seed(seed)
-    flat = _generate(ctx, [e.prompt_ids for e in examples for _ in range(n)], temperature)
+    flat = _generate(ctx, [e.prompt_ids for e in examples for _ in range(n)], temperature, tick)
     return [flat[i * n : (i + 1) * n] for i in range(len(examples))]
 
 
@@ -362,7 +379,8 @@ def _samples(ctx: EvalContext, examples: list[Example], predictions: list[list[i
 
 
 @torch.no_grad()
-def _score(ctx: EvalContext, prompts, completions, teacher_prompts, cacheable: bool = False) -> tuple[dict[str, float], list[list[float]]]:
+def _score(ctx: EvalContext, prompts, completions, teacher_prompts, cacheable: bool = False,
+           tick: Callable[[int], None] | None = None) -> tuple[dict[str, float], list[list[float]]]:  # fmt: skip
     """Mean divergence stats over all completion tokens and the per-token divergence of each row."""
     sums = dict.fromkeys(("loss", *STAT_KEYS), 0.0)
     n_total, per_row = 0, []
@@ -385,6 +403,8 @@ def _score(ctx: EvalContext, prompts, completions, teacher_prompts, cacheable: b
             sums[key] += terms.stat_sums[key]
         lengths = batch.completion_mask.sum(-1).tolist()
         per_row.extend(v.tolist() for v in terms.kd_per_token.split(lengths))
+        if tick is not None:
+            tick(len(lengths))
     stats = {_stat_name(k): v / max(n_total, 1) for k, v in sums.items()}
     return stats, per_row
 

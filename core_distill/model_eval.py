@@ -113,6 +113,7 @@ def evaluate_model(
     samples_per_prompt: int = 1,
     seeds: Sequence[int] | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> ModelReport:
     """Evaluate `model` on the first `limit` rows of `data` (0 = all), against `teacher` (None/'' = no divergence).
 
@@ -173,7 +174,7 @@ def evaluate_model(
         diversity=diversity,
     )  # fmt: skip
     result = evaluate_detailed(ctx, examples, temperature=temperature, samples_per_prompt=samples_per_prompt,
-                               seeds=seeds, n_logged=n_samples)  # fmt: skip
+                               seeds=seeds, n_logged=n_samples, progress=progress, desc="distill eval")  # fmt: skip
     divergence = None
     if local_teacher is not None:
         divergence = {name: result.metrics[f"eval/div/{name}"] for name in ("fkl", "rkl", "jsd")}

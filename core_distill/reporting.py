@@ -6,7 +6,9 @@ publishes them for the live stream. Metric keys are snake_case with slash prefix
 
 A reporter may also have `header(lines)`: called once per attempt, before the first step, with what
 the run decided while loading that its numbers depend on ("vocabulary cut from 960 (student head) and
-1152 (teacher head) to 896 ..."). The engine calls it only where it exists.
+1152 (teacher head) to 896 ..."). Likewise `warning(text)`: the run's course looks wrong (its first
+evaluations fell well below step 0, core_distill/eval_watch.py); the run goes on. The engine calls
+them only where they exist.
 """
 
 from __future__ import annotations
@@ -55,10 +57,16 @@ class JsonlReporter:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.samples_path = self.output_dir / "samples.jsonl"
         self.header_path = self.output_dir / "header.txt"
+        self.warnings_path = self.output_dir / "warnings.txt"
 
     def header(self, lines: list[str]) -> None:
         """The run's header, one line each, in `header.txt` (this attempt's: a resume writes it again)."""
         self.header_path.write_text("".join(line + "\n" for line in lines))
+
+    def warning(self, text: str) -> None:
+        """A warning about the run's course, one line in `warnings.txt`."""
+        with self.warnings_path.open("a") as f:
+            f.write(text + "\n")
 
     def resumed(self, step: int) -> None:
         """Drop lines logged after `step`, so a resumed run does not log a step twice."""
@@ -103,6 +111,11 @@ class FanoutReporter:
         for r in self.reporters:
             if hasattr(r, "header"):
                 r.header(lines)
+
+    def warning(self, text: str) -> None:
+        for r in self.reporters:
+            if hasattr(r, "warning"):
+                r.warning(text)
 
     def resumed(self, step: int) -> None:
         for r in self.reporters:

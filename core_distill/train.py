@@ -39,6 +39,7 @@ from core_distill.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from core_distill.data.batches import Example, batch_indices, check_examples, encode_rows, make_batch
 from core_distill.data.sources import DataError, FieldDataError, read_rows, request_for
 from core_distill.data.vocab import id_count
+from core_distill.eval_watch import EvalDropWatch
 from core_distill.evaluation import EvalContext, answer_matcher, diversity_measure, evaluate
 from core_distill.generation.sampling import HFSampler, make_student_sampler
 from core_distill.generation.stops import eos_token_ids
@@ -144,8 +145,11 @@ def run(
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, accelerator.unwrap_model(student), optimizer, scheduler, wrapped=student)
     reporter.resumed(start)
+    watch = EvalDropWatch(len(eval_examples), spec.learning_rate, spec.batch_size * spec.grad_accum, spec.max_steps)
+    printed = progress and dist.is_main()
     if eval_examples and start == 0:  # the baseline: the student before its first update
-        _evaluate(eval_ctx, eval_examples, spec, reporter, step=0, models=(student, teacher_module))
+        watch.check(0, _evaluate(eval_ctx, eval_examples, spec, reporter, step=0, models=(student, teacher_module),
+                                 progress=printed))  # fmt: skip
         student.train()
 
     # --- the loop ------------------------------------------------------------------------------
@@ -208,7 +212,10 @@ def run(
         bar.set_postfix(loss=f"{metrics[mk.LOSS]:.4f}", kd=f"{metrics[mk.LOSS_KD]:.4f}")
 
         if eval_examples and ((spec.eval_every and step % spec.eval_every == 0) or step == spec.max_steps):
-            _evaluate(eval_ctx, eval_examples, spec, reporter, step, models=(student, teacher_module))
+            scores = _evaluate(eval_ctx, eval_examples, spec, reporter, step, models=(student, teacher_module),
+                               progress=printed)  # fmt: skip
+            if (text := watch.check(step, scores)) is not None:
+                warn(text, reporter, printed=printed)
             student.train()
         stopped = dist.any_rank(reporter.should_stop(), device)  # rank 0 asks; every rank stops here
         if stopped or step == spec.max_steps or (spec.save_every and step % spec.save_every == 0):
@@ -245,6 +252,19 @@ def announce(header: list[str], reporter: Reporter, *, printed: bool) -> None:
         note(header)
 
 
+def warn(text: str, reporter: Reporter, *, printed: bool) -> None:
+    """A warning about the run's course to the log, to the reporter (optional `warning` in the Reporter
+    protocol: the run's history on the dashboard) and, from the CLI, to the terminal above the bar."""
+    logging.getLogger(__name__).warning(text)
+    if printed:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text)
+    note = getattr(reporter, "warning", None)
+    if note is not None:
+        note(text)
+
+
 def check_world(spec: DistillSpec) -> None:
     """The processes torchrun started are the ones the spec asks for."""
     world = dist.world_size()
@@ -255,16 +275,20 @@ def check_world(spec: DistillSpec) -> None:
 
 
 def _evaluate(eval_ctx: EvalContext, eval_examples: list[Example], spec: DistillSpec, reporter: Reporter, step: int,
-              models: tuple = ()) -> None:  # fmt: skip
+              models: tuple = (), progress: bool = False) -> dict[str, float]:  # fmt: skip
+    """Evaluate and report; the eval metrics (empty on ranks other than 0)."""
     # one sampling seed at every step, and for every run of a seed: the eval curve moves only when the
     # model does, and two methods are compared on the same random numbers.
     # Several processes: rank 0 alone evaluates, with the weights gathered (no collective inside)
+    eval_metrics: dict[str, float] = {}
     with dist.full_parameters(*models):
         if dist.is_main():
-            eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged, seed=spec.seed)
+            eval_metrics, samples = evaluate(eval_ctx, eval_examples, spec.eval_completions_logged, seed=spec.seed,
+                                             progress=progress, desc=f"eval at step {step}")  # fmt: skip
             reporter.log(step, eval_metrics)
             reporter.log_samples(step, samples)
     dist.barrier()
+    return eval_metrics
 
 
 # --- data sources ------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def run_header(run_id: int) -> str:
         f"### Run {run.id} · {name} · **{status}** · step {run.last_step}/{run.max_steps} · attempt {run.attempt}",
         *([f"*{healing}*"] if healing else []),
         *run_service.header_lines(history),  # what the engine decided at start (a vocabulary cut, ...)
+        *(f"**{line}**" for line in run_service.warning_lines(history)),
         f"Downloads: [metrics.csv](/api/runs/{run.id}/metrics.csv) · [metrics.json](/api/runs/{run.id}/metrics.json)"
         f" · [spec.yaml](/api/runs/{run.id}/spec.yaml)",
         f"Model: `{run.model_dir}`" if run.model_dir else f"Output folder: `{run.output_dir or 'not started'}`",

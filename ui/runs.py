@@ -166,6 +166,7 @@ def run_summary(run_id: int | None) -> str:
     if healing := run_service.healing_line(run, experiment.spec, history):
         summary += f"\n\n*{healing}*"
     summary += "".join(f"\n\n{line}" for line in run_service.header_lines(history))
+    summary += "".join(f"\n\n**{line}**" for line in run_service.warning_lines(history))
     return summary + ("\n\n" + error_block(run.error) if run.error else "")
 
 

@@ -74,15 +74,15 @@ def worker_name(labels: list[str], name: str | None = None) -> str:
     return node if "@" in node else f"{node}@{socket.gethostname()}"
 
 
-def worker_argv(labels: list[str], name: str, loglevel: str = "INFO") -> list[str]:
-    """The argument list of `celery worker` for one host (without the program name)."""
-    return [
+def worker_argv(labels: list[str], name: str, loglevel: str = "INFO", quiet: bool = False) -> list[str]:
+    """The argument list of `celery worker` for one host (without the program name); `quiet`: no start banner."""
+    return ["--quiet"] * quiet + [
         "worker", "-Q", f"{GPU_QUEUE},{host_queue(name)}", "-c", str(len(labels)), "-P", "prefork",
         "--max-tasks-per-child", "1", "-n", name, "-E", "--loglevel", loglevel, "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
 
-def run_worker(gpus: str | None = None, name: str | None = None, loglevel: str = "INFO") -> None:
+def run_worker(gpus: str | None = None, name: str | None = None, loglevel: str = "INFO", quiet: bool = False) -> None:
     """Become the Celery worker of this host's GPUs (this process never touches CUDA; the tasks' children do)."""
     from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
@@ -125,7 +125,7 @@ def run_worker(gpus: str | None = None, name: str | None = None, loglevel: str =
             booking.stop_host(session=session, name=host)
 
     try:
-        app.worker_main(worker_argv(labels, host, loglevel))
+        app.worker_main(worker_argv(labels, host, loglevel, quiet))
     finally:
         stop_host_heartbeat(beat)
         with contextlib.suppress(Exception), _parent_session() as session:

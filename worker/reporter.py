@@ -156,6 +156,20 @@ class DatabaseReporter:
 
         with_db_retry(write, what=f"run {self.run_id}: its header")
 
+    def warning(self, text: str) -> None:
+        """The engine's warning about the run's course, as a `warning` event of the run's history."""
+
+        def write() -> None:
+            with Session(self.engine) as session:
+                run = session.get(Run, self.run_id)
+                if run is None:
+                    return
+                session.add(RunEvent(run_id=self.run_id, kind=RunEventKind.warning, attempt=run.attempt,
+                                     step=run.last_step, note=text[:500]))  # fmt: skip
+                session.commit()
+
+        with_db_retry(write, what=f"run {self.run_id}: a warning")
+
     # --- batching ---------------------------------------------------------------------------------
     def flush(self) -> int:
         """Write buffered points (with Run.last_step) and samples, then publish them; the points written.

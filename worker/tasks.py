@@ -93,6 +93,7 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
         _on_sigterm(lambda: setattr(reporter, "interrupted", True))
         from core_distill.train import run as train
 
+        quiet_model_loading()
         log.info("run %s attempt %s: training into %s", run_id, attempt, output_dir)
         result = train(spec, output_dir=output_dir, reporter=reporter, resume=True, progress=False)
         reporter.close()
@@ -109,6 +110,16 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
         log.exception("run %s failed", run_id)
         return "failed"
     return record_outcome(run_id, attempt=attempt, result=result, reporter=reporter, engine=engine, host=host)
+
+
+def quiet_model_loading() -> None:
+    """No transformers or hub progress bars in this child: Celery turns its stderr into log lines (one
+    WARNING/ForkPoolWorker-N per bar refresh), and the run's own progress is on the dashboard."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def prepare(run_id: int, *, attempt: int, spec_data: dict, engine: Engine):

@@ -97,6 +97,12 @@ def header_lines(history: list[RunEvent]) -> list[str]:
     return headers[-1].splitlines() if headers else []
 
 
+def warning_lines(history: list[RunEvent]) -> list[str]:
+    """The engine's warnings about the run's latest attempt (e.g. its evaluations fell below step 0)."""
+    latest = max((event.attempt for event in history), default=0)
+    return [event.note for event in history if event.kind == RunEventKind.warning and event.attempt == latest]
+
+
 def resume_counts(history: list[RunEvent]) -> tuple[int, int]:
     """(automatic resumes, resumes by a person) in a run's history."""
     kinds = [event.kind for event in history]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -38,8 +39,10 @@ def sample_completions(
     temperature: float = 1.0,
     greedy: bool = False,
     max_batch: int = 64,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """Completion ids for each prompt, each ending at its first EOS (or at max_new_tokens)."""
+    """Completion ids for each prompt, each ending at its first EOS (or at max_new_tokens);
+    `on_batch(n)` after each generate call of n prompts (a progress bar)."""
     lm = causal_lm(model)
     device = next(lm.parameters()).device
     completions: list[list[int]] = []
@@ -67,6 +70,8 @@ def sample_completions(
         )
         for row in sequences[:, ids.shape[1] :].tolist():
             completions.append(cut_at_eos(row, eos_ids))
+        if on_batch is not None:
+            on_batch(ids.shape[0])
     lm.train(was_training)
     return completions
 

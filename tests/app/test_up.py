@@ -1,5 +1,6 @@
 """`distill up` answers at once: the port and the URL come before the app is built, and the terminal
-keeps only what matters (no access line per poll, no Celery root warning, no revoke warning)."""
+keeps only what matters (no access line per poll, no Celery root warning or banner, no revoke warning, no
+loading bars)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ NOISE = (
     '"GET /api/health',  # an access-log line per poll
     '"GET /api/runs',
     "gradio_api",  # the dashboard's own polls
+    "[queues]",  # Celery's start banner
+    ".> transport:",
+    "Loading weights",  # transformers' loading bars, as log lines of the pool child
 )
 
 

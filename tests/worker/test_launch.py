@@ -25,3 +25,4 @@ def test_a_host_reads_the_shared_queue_and_its_own_with_a_pool_process_per_gpu()
     argv = worker_argv(["0", "1"], "box@m")
     assert argv[argv.index("-Q") + 1] == "gpu,gpu.box@m" and argv[argv.index("-c") + 1] == "2"
     assert argv[argv.index("--max-tasks-per-child") + 1] == "1"
+    assert "--quiet" not in argv and worker_argv(["0"], "box@m", quiet=True)[:2] == ["--quiet", "worker"]

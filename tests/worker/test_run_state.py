@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from app import events, run_state
 from app.db import get_engine
-from app.models import Experiment, MetricPoint, Run, RunStatus, utcnow
+from app.models import Experiment, MetricPoint, Run, RunEvent, RunEventKind, RunStatus, utcnow
 from worker.reporter import DatabaseReporter
 
 
@@ -137,6 +137,28 @@ def test_reporter_batches_and_resume_drops_what_came_after_the_checkpoint(sessio
     assert sorted(steps) == [1, 2, 3, 4, 5]
     kinds = [kind for _, kind, _ in events.read(client, run_id)]
     assert kinds.count("resumed") == 1 and kinds.count("metrics") >= 3
+
+
+def test_an_engine_warning_lands_in_the_runs_history_and_on_its_pages(session):
+    from app.services import runs as run_service
+    from ui.live import run_header
+    from ui.runs import run_summary
+
+    run_id = new_run(session)
+    run_state.claim_run(session=session, run_id=run_id, worker="w", gpu="0")
+    reporter = DatabaseReporter(run_id, engine=get_engine(), redis_client=events.redis_client(), flush_seconds=60,
+                                heartbeat_seconds=60)  # fmt: skip
+    text = "warning: eval/exact_match fell from 61.7% at step 0 to 12.0% at step 20 (...)"
+    reporter.warning(text)
+    reporter.close()
+    history = run_service.run_history(session=session, run_id=run_id)
+    assert [(e.kind, e.note, e.attempt) for e in history if e.kind == "warning"] == [("warning", text, 1)]
+    assert run_service.warning_lines(history) == [text]
+    assert f"**{text}**" in run_header(run_id) and f"**{text}**" in run_summary(run_id)
+    # a later attempt has not warned (yet): the pages show only the latest attempt's warnings
+    session.add(RunEvent(run_id=run_id, kind=RunEventKind.resumed, attempt=2, step=0, note="a person"))
+    session.commit()
+    assert run_service.warning_lines(run_service.run_history(session=session, run_id=run_id)) == []
 
 
 # --- lost runs heal themselves ---------------------------------------------------------------------

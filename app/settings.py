@@ -33,13 +33,19 @@ class SettingsFileError(ValueError):
 
 
 class FileVariablesSource(PydanticBaseSettingsSource):
-    """`DISTILL_<NAME>_FILE`: the setting's value is the named file's text (Docker and compose secrets)."""
+    """`DISTILL_<NAME>_FILE`: the setting's value is the named file's text (Docker and compose secrets).
+    The variable is read from the environment, else from `.env` (the variables of `dotenv`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.dotenv_vars = dict(getattr(dotenv, "env_vars", {}))
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         raise NotImplementedError  # unused: __call__ reads every field at once
 
     def __call__(self) -> dict[str, Any]:
-        environ = {key.upper(): value for key, value in os.environ.items()}  # names are case-insensitive here
+        # names are case-insensitive here, as for the other sources; the environment wins over .env
+        environ = {key.upper(): value for key, value in [*self.dotenv_vars.items(), *os.environ.items()] if value}
         values: dict[str, Any] = {}
         for name in self.settings_cls.model_fields:
             variable = f"{ENV_PREFIX}{name.upper()}"
@@ -71,7 +77,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # a _FILE variable ranks with the environment: above .env, below explicit arguments
-        return init_settings, env_settings, FileVariablesSource(settings_cls), dotenv_settings, file_secret_settings
+        return init_settings, env_settings, FileVariablesSource(settings_cls, dotenv_settings), dotenv_settings, file_secret_settings
 
     home: Path = Field(
         default_factory=_default_home,

@@ -77,3 +77,11 @@ def test_a_database_password_without_a_url_or_beside_one_in_the_url_is_refused(t
 def test_without_a_password_the_url_is_used_as_given(monkeypatch):
     monkeypatch.setenv("DISTILL_DATABASE_URL", "postgresql://distill:inline@postgres/distill")
     assert Settings().effective_database_url == "postgresql+psycopg://distill:inline@postgres/distill"
+
+
+def test_a_file_variable_in_dot_env_is_read_too(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(f"DISTILL_AUTH_FILE={secret(tmp_path, 'auth', 'on')}\n")  # the working directory's
+    assert Settings().auth == "on"
+    (tmp_path / ".env").write_text(f"DISTILL_AUTH=off\nDISTILL_AUTH_FILE={tmp_path / 'auth'}\n")
+    with pytest.raises(SettingsFileError, match="both DISTILL_AUTH and DISTILL_AUTH_FILE"):
+        Settings()

@@ -1,26 +1,83 @@
-"""The service's one `Settings` object, read from `DISTILL_*` environment variables (or `.env`)."""
+"""The service's one `Settings` object, read from `DISTILL_*` environment variables (or `.env`).
+
+Any setting may instead be read from a file: `DISTILL_<NAME>_FILE=/run/secrets/x` sets `<NAME>` to the
+file's text (one trailing newline dropped), as Docker secrets are passed. Setting both is an error.
+"""
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core_distill.paths import distill_home
 
 DATA_FOLDER = "data"  # under `home`: the one readable root in team mode when DISTILL_ALLOWED_PATHS is empty
 
 
+ENV_PREFIX = "DISTILL_"
+FILE_SUFFIX = "_FILE"
+
+
 def _default_home() -> Path:
     return distill_home()  # the engine's caches and rebuilds go there too (core_distill.paths)
 
 
+class SettingsFileError(ValueError):
+    """A `DISTILL_<NAME>_FILE` variable that cannot be used: unreadable file, or `DISTILL_<NAME>` set too."""
+
+
+class FileVariablesSource(PydanticBaseSettingsSource):
+    """`DISTILL_<NAME>_FILE`: the setting's value is the named file's text (Docker and compose secrets).
+    The variable is read from the environment, else from `.env` (the variables of `dotenv`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.dotenv_vars = dict(getattr(dotenv, "env_vars", {}))
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        # names are case-insensitive here, as for the other sources; the environment wins over .env
+        environ = {key.upper(): value for key, value in [*self.dotenv_vars.items(), *os.environ.items()] if value}
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            path = environ.get(variable + FILE_SUFFIX, "")
+            if not path:
+                continue
+            if environ.get(variable):
+                raise SettingsFileError(f"both {variable} and {variable}{FILE_SUFFIX} are set: set only one")
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise SettingsFileError(
+                    f"{variable}{FILE_SUFFIX}={path}: cannot read the file ({exc.strerror or exc})"
+                ) from None
+            values[name] = text.removesuffix("\n").removesuffix("\r")
+        return values
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DISTILL_", env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # a _FILE variable ranks with the environment: above .env, below explicit arguments
+        return init_settings, env_settings, FileVariablesSource(settings_cls, dotenv_settings), dotenv_settings, file_secret_settings
 
     home: Path = Field(
         default_factory=_default_home,
@@ -34,6 +91,12 @@ class Settings(BaseSettings):
         "with auth off (one user on their own machine) any URL is.",
     )
     database_url: str = Field("", description="SQLAlchemy URL; empty = a SQLite file in `home`.")
+    database_password: str = Field(
+        "",
+        repr=False,
+        description="Password for database_url when the URL has none, so that the password can come from a "
+        "secret file (DISTILL_DATABASE_PASSWORD_FILE) while the URL stays in plain configuration.",
+    )
     db_pool_size: int = Field(
         10, ge=1, le=1000, description="Database connections each API or worker process keeps open (docs/service.md)."
     )
@@ -99,6 +162,17 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
 
+    @model_validator(mode="after")
+    def _password_needs_a_url(self) -> Settings:
+        if self.database_password:
+            from sqlalchemy.engine import make_url
+
+            if not self.database_url:
+                raise ValueError("database_password is set but database_url is empty (SQLite takes no password)")
+            if make_url(self.database_url).password is not None:
+                raise ValueError("database_password is set but database_url has a password too: keep one of them")
+        return self
+
     @property
     def teacher_url_prefixes(self) -> list[str] | None:
         """The allowed teacher-server URL prefixes; None = any URL (auth off and no list set)."""
@@ -107,7 +181,14 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'distill.db'}"
+        if not self.database_url:
+            return f"sqlite:///{self.home / 'distill.db'}"
+        if not self.database_password:
+            return self.database_url
+        from sqlalchemy.engine import make_url
+
+        # make_url quotes the password, so any character in it is safe
+        return make_url(self.database_url).set(password=self.database_password).render_as_string(hide_password=False)
 
     @property
     def effective_runs_dir(self) -> Path:

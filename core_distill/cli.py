@@ -18,8 +18,31 @@ from core_distill.overrides import parse_overrides
 engine_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Distill large language models into small ones.")
 
 
+PACKAGE = "distill-service"  # the distribution's name in pyproject.toml
+
+
+def package_version() -> str:
+    """The installed distribution's version (its metadata, so a wheel and an editable install agree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        return "unknown (run from a source tree that is not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"distill {package_version()}")
+        raise typer.Exit()
+
+
 @engine_cli.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Distill large language models into small ones: run experiments locally or as a service."""
 
 

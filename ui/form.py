@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from core_distill.presets import spec_presets
 from core_distill.spec import DistillSpec, SpecError, number_type, value_schema
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 GROUP_ORDER = ("models", "method", "minillm", "data", "training")
 GROUP_TITLES = {"models": "Models", "method": "Method", "minillm": "MiniLLM", "data": "Data", "training": "Training"}
 SOURCES = ("fields", "yaml")  # which side of the form was edited last, and so is launched
@@ -172,7 +172,7 @@ def yaml_to_values(text: str) -> tuple[list[Any] | None, str]:
 
 def presets() -> dict[str, Path]:
     """The example specs shipped in examples/, by file stem."""
-    return {p.stem: p for p in sorted(EXAMPLES_DIR.glob("*.yaml"))}
+    return spec_presets()
 
 
 def preset_title(text: str) -> str:

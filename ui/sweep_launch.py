@@ -20,10 +20,11 @@ from app.db import get_engine
 from app.models import SweepCreate
 from app.services import sweeps as sweep_service
 from app.services.errors import ServiceError
+from core_distill.presets import SWEEPS_DIR, sweep_examples
 from core_distill.spec import DuplicateKeyError, SpecError, load_yaml, yaml_error_summary
-from ui.form import EXAMPLES_DIR, format_errors
+from ui.form import format_errors
 
-SWEEP_EXAMPLES = EXAMPLES_DIR / "sweeps"
+SWEEP_EXAMPLES = SWEEPS_DIR
 TEMPLATE = """\
 name: lr-beta
 spec:  # the base spec: any DistillSpec field
@@ -108,7 +109,7 @@ def launch(text: str, *, owner: str | None) -> tuple[str, int | None]:
 
 # --- the shipped examples ----------------------------------------------------------------------------
 def examples() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(SWEEP_EXAMPLES.glob("*.yaml"))}
+    return sweep_examples(SWEEP_EXAMPLES)
 
 
 def example_yaml(name: str) -> str:

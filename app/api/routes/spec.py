@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 
 from app.api.schemas import Preset
+from core_distill.presets import spec_presets
 from core_distill.spec import DistillSpec, SpecError
 
 router = APIRouter(tags=["spec"])
-
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"  # the repository's examples/
 
 
 @router.get("/spec/schema")
@@ -31,7 +29,7 @@ def presets() -> list[Preset]:
 @lru_cache(maxsize=1)
 def _load_presets() -> tuple[Preset, ...]:
     found = []
-    for path in sorted(EXAMPLES_DIR.glob("*.yaml")):
+    for path in spec_presets().values():
         text = path.read_text()
         try:
             spec = DistillSpec.from_yaml(text)

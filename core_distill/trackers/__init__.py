@@ -10,7 +10,8 @@ records the final model's location and waits (bounded) for what is still queued.
 Where each tracker sends its runs comes from `TrackerOptions`: the standard variables of each tool
 (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, WANDB_MODE, WANDB_DIR, TRACKIO_PROJECT,
 TRACKIO_DIR, ...) and the service's team-wide defaults (`DISTILL_MLFLOW_TRACKING_URI`,
-`DISTILL_TRACKER_PROJECT`, `DISTILL_TENSORBOARD_DIR`, `DISTILL_WANDB_MODE`). docs/trackers.md says how.
+`DISTILL_TRACKER_PROJECT`, `DISTILL_TENSORBOARD_DIR`, `DISTILL_WANDB_MODE`, `DISTILL_TRACKER_FINISH_SECONDS`).
+docs/trackers.md says how.
 """
 
 from __future__ import annotations
@@ -96,10 +97,22 @@ class TrackerOptions:
             mlflow_tracking_uri=env.get("DISTILL_MLFLOW_TRACKING_URI", ""),
             tensorboard_dir=env.get("DISTILL_TENSORBOARD_DIR", ""),
             wandb_mode=env.get("DISTILL_WANDB_MODE", ""),
+            finish_seconds=_seconds(env.get("DISTILL_TRACKER_FINISH_SECONDS", "")),
         )
 
     def project_for(self, variable: str) -> str:
         return self.project or os.environ.get(variable) or DEFAULT_PROJECT
+
+
+def _seconds(text: str, default: float = 120.0) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        log.warning("trackers: DISTILL_TRACKER_FINISH_SECONDS=%r is not a positive number; using %s", text, default)
+        return default
+    return value
 
 
 @dataclass

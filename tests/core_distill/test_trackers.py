@@ -184,3 +184,25 @@ def test_a_tracker_that_is_down_warns_once_and_the_run_goes_on(tiny_workspace, t
     assert (out / "final" / "config.json").exists()
     assert th.tensorboard_scalars(out / "tensorboard")["loss"].keys() == {1, 2, 3}  # the other tracker went on
     assert time.monotonic() - started < 300
+
+
+@pytest.mark.slow
+@th.needs("mlflow", "tensorboard")
+def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_drops_the_replayed_steps(
+    tiny_workspace, tmp_path, mlflow_server
+):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "cli-resume"}
+    first = tiny_workspace.spec(max_steps=2, eval_every=0, save_every=1, report_to=["mlflow", "tensorboard"])
+    done, out = distill_run(first, tmp_path, "resumed", **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = json.loads((out / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert mlflow_server.client().get_run(run_id).info.status == "FINISHED"
+    # the same folder, two more steps: it resumes from the step-2 checkpoint
+    done, _ = distill_run(first.with_overrides({"max_steps": 4}), tmp_path, "resumed", **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = mlflow_server.run("cli-resume", "resumed")  # one run, not two
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert set(mlflow_server.history(run_id, "loss")) == {1, 2, 3, 4}
+    assert run.data.tags["distill.model_dir"].endswith("resumed/final")
+    expected = jsonl_metrics(out)
+    assert th.tensorboard_scalars(out / "tensorboard")["loss"] == pytest.approx(expected["loss"], rel=1e-6)

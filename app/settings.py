@@ -152,6 +152,22 @@ class Settings(BaseSettings):
         description="How long a worker retries a database write (a run's outcome, its last metrics) "
         "while the database is unavailable, before giving up.",
     )
+    # team-wide defaults of the trackers a spec's report_to names (docs/trackers.md); each tool's own
+    # variables (MLFLOW_TRACKING_URI, WANDB_PROJECT, WANDB_MODE, TRACKIO_DIR, ...) apply when these are empty
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking server of service runs with report_to mlflow (else MLFLOW_TRACKING_URI)."
+    )
+    tracker_project: str = Field(
+        "", description="MLflow experiment, W&B project and trackio project of runs (else each tool's variable, "
+        "else 'distill').",
+    )
+    tensorboard_dir: str = Field(
+        "", description="Root of TensorBoard event folders, one per run (<root>/run-<id>); else each run's folder."
+    )
+    wandb_mode: str = Field("", description="W&B mode of runs: online, offline or disabled (else WANDB_MODE).")
+    tracker_finish_seconds: float = Field(
+        120.0, gt=0, description="Longest a finished run waits for a tracker to send what it still holds."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -75,7 +75,13 @@ def run_command(
     if spec.gpus > 1 and not distributed.inside_launcher():
         raise typer.Exit(_relaunch(spec.gpus, spec_file, output_dir, set_, resume))
     reporter = JsonlReporter(output_dir) if distributed.is_main() else NullReporter()
-    result = run(spec, output_dir=output_dir, reporter=reporter, resume=resume, progress=True)
+    if distributed.is_main():  # and the spec's report_to trackers (core_distill/trackers), from rank 0 only
+        from core_distill.trackers import run_with_trackers
+
+        result = run_with_trackers(spec, output_dir, reporter, lambda r: run(spec, output_dir=output_dir, reporter=r,
+                                                                              resume=resume, progress=True))  # fmt: skip
+    else:
+        result = run(spec, output_dir=output_dir, reporter=reporter, resume=resume, progress=True)
     distributed.shutdown()
     if distributed.is_main():
         _print_summary(result, reporter)

@@ -29,6 +29,7 @@ from core_distill.paths import (
     resolve_data_path,
     resolve_model_path,
 )
+from core_distill.trackers import TrackerName, missing_packages, normalize_report_to
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 AttnImplementation = Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]
@@ -365,6 +366,18 @@ class DistillSpec(BaseModel):
         ge=0,
         le=100,
     )
+    report_to: list[TrackerName] = _field(
+        [],
+        "Experiment trackers that also get the run (TRL's report_to): mlflow, wandb, tensorboard, trackio; "
+        "a list, or one name; none or [] = only the run folder (CLI) or the service's database. Where each "
+        "sends its runs: docs/trackers.md.",
+        "training",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> list[str]:
+        return normalize_report_to(value)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -526,6 +539,8 @@ class DistillSpec(BaseModel):
                 errors[name] = f"no data at {value!r} (resolved to {resolve_data_path(value)})"
         errors.update(self._hub_dataset_field_errors())
         errors.update(_attention_errors(self))
+        if missing := missing_packages(self.report_to):
+            errors["report_to"] = "; ".join(f"{name} {msg}" for name, msg in missing.items())
         # a teacher_server_url's teacher is compared in its handshake, when the run connects
         local_teacher = self.teacher and self.teacher != self.student and not self.teacher_server_url
         if "student" not in errors and "teacher" not in errors and local_teacher:
@@ -682,6 +697,8 @@ def value_schema(prop: dict[str, Any]) -> dict[str, Any]:
 
 def _allowed(prop: dict[str, Any]) -> str:
     prop = value_schema(prop)
+    if "enum" in prop.get("items", {}):
+        return "a list of " + " / ".join(f"`{v}`" for v in prop["items"]["enum"])
     if "enum" in prop:
         return " / ".join(f"`{v}`" for v in prop["enum"])
     bounds = []

@@ -69,6 +69,9 @@ def field_widgets() -> list[FieldWidget]:
             widgets.append(
                 FieldWidget(name, group, "dropdown", {**common, "choices": list(typing.get_args(annotation))})
             )
+        elif typing.get_origin(annotation) is list and typing.get_origin(typing.get_args(annotation)[0]) is typing.Literal:
+            choices = list(typing.get_args(typing.get_args(annotation)[0]))  # report_to: several of a few names
+            widgets.append(FieldWidget(name, group, "dropdown", {**common, "choices": choices, "multiselect": True}))
         elif annotation is bool:
             widgets.append(FieldWidget(name, group, "checkbox", common))
         elif (kind := number_type(annotation)) is not None:

@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0's stop reaches this rank through the engine
         from core_distill.train import run as train
 
-        result = train(spec, output_dir=output_dir, reporter=reporter or NullReporter(), resume=True, progress=False)
+        if reporter is not None:  # rank 0: the database and the spec's trackers
+            from worker.trackers import train_tracked
+
+            result = train_tracked(spec, run_id=args.run_id, output_dir=output_dir, reporter=reporter, resume=True,
+                                   progress=False)  # fmt: skip
+        else:
+            result = train(spec, output_dir=output_dir, reporter=NullReporter(), resume=True, progress=False)
         from core_distill.distributed import shutdown
 
         shutdown()

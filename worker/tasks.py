@@ -91,11 +91,11 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
     try:
         spec, reporter = prepare(run_id, attempt=attempt, spec_data=spec_data, engine=engine)
         _on_sigterm(lambda: setattr(reporter, "interrupted", True))
-        from core_distill.train import run as train
+        from worker.trackers import train_tracked
 
         quiet_model_loading()
         log.info("run %s attempt %s: training into %s", run_id, attempt, output_dir)
-        result = train(spec, output_dir=output_dir, reporter=reporter, resume=True, progress=False)
+        result = train_tracked(spec, run_id=run_id, output_dir=output_dir, reporter=reporter, resume=True, progress=False)
         reporter.close()
     except BaseException as exc:  # noqa: BLE001  (record every way a run can end, then let Celery log it)
         if reporter is not None:

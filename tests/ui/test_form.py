@@ -18,6 +18,8 @@ def _changed_value(name: str):
         return next(c for c in typing.get_args(info.annotation) if c != default)
     if info.annotation is bool:
         return not default
+    if typing.get_origin(info.annotation) is list:  # report_to: a list of names
+        return ["tensorboard"]
     low, high = form._bounds(DistillSpec.model_json_schema()["properties"][name])
     if info.annotation is int:
         return default + 1 if high is None or default + 1 <= high else default - 1
@@ -39,6 +41,8 @@ def test_every_field_has_one_widget_with_its_help_and_default():
     assert by_name["objective"].kind == "dropdown"
     assert set(by_name["objective"].kwargs["choices"]) == {"gkd", "minillm", "sft"}
     assert by_name["seq_kd"].kind == "checkbox" and by_name["student"].kind == "text"
+    assert by_name["report_to"].kind == "dropdown" and by_name["report_to"].kwargs["multiselect"] is True
+    assert by_name["report_to"].kwargs["choices"] == ["mlflow", "wandb", "tensorboard", "trackio"]
     # grouped in the spec's group order
     groups = [w.group for w in widgets]
     assert groups == sorted(groups, key=form.GROUP_ORDER.index)

@@ -29,7 +29,7 @@ from core_distill.paths import (
     resolve_data_path,
     resolve_model_path,
 )
-from core_distill.trackers import TrackerName, missing_packages, normalize_report_to
+from core_distill.trackers.names import TrackerName, missing_packages, normalize_report_to
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 AttnImplementation = Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]

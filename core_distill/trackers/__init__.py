@@ -16,7 +16,6 @@ docs/trackers.md says how.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -24,57 +23,25 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from core_distill.trackers.names import (  # noqa: F401  (the package's face: names the tests and callers use)
+    INSTALL_HINT,
+    MODULES,
+    TRACKERS,
+    TrackerName,
+    missing_packages,
+    normalize_report_to,
+)
 from core_distill.trackers.thread import TrackerThread
 
 if TYPE_CHECKING:
     from core_distill.reporting import Reporter
-    from core_distill.spec import DistillSpec
 
 log = logging.getLogger("core_distill.trackers")
 
-TrackerName = Literal["mlflow", "wandb", "tensorboard", "trackio"]
-TRACKERS: tuple[str, ...] = ("mlflow", "wandb", "tensorboard", "trackio")
-# the module each tracker needs (tensorboard: its event writer, through torch.utils.tensorboard)
-MODULES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio"}
-INSTALL_HINT = "pip install 'distill-service[trackers]'"
 STATE_FILE = "trackers.json"  # in the run folder: each tracker's run id, so a resumed run continues the same run
 DEFAULT_PROJECT = "distill"
-
-
-def normalize_report_to(value: Any) -> list[str]:
-    """TRL's forms of `report_to` as a list: None, "none" or [] = none; "mlflow" or "mlflow,wandb" = those.
-
-    Raises:
-        ValueError: naming the unknown tracker and the known ones.
-    """
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ValueError("must be a tracker name or a list of them")
-    names: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"tracker names are strings, not {type(item).__name__}")
-        name = item.strip().lower()
-        if name in ("", "none"):
-            continue
-        if name not in TRACKERS:
-            raise ValueError(f"unknown tracker {item!r}; choose from {', '.join(TRACKERS)} or 'none'")
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def missing_packages(names: list[str]) -> dict[str, str]:
-    """{tracker: what to install} for each named tracker whose package is not importable here."""
-    return {
-        name: f"needs the {MODULES[name]!r} package, which is not installed: {INSTALL_HINT}"
-        for name in names
-        if importlib.util.find_spec(MODULES[name]) is None
-    }
 
 
 @dataclass
@@ -194,7 +161,7 @@ def sample_rows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def open_trackers(
-    spec: DistillSpec,
+    spec,  # a DistillSpec (not imported: the spec imports trackers.names)
     output_dir: str | Path,
     *,
     run_name: str | None = None,
@@ -236,7 +203,7 @@ def open_trackers(
 
 
 def run_with_trackers(
-    spec: DistillSpec,
+    spec,  # a DistillSpec (not imported: the spec imports trackers.names)
     output_dir: str | Path,
     reporter: Reporter,
     train: Callable[[Reporter], Any],

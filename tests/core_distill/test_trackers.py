@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -21,17 +20,6 @@ from core_distill.trackers.thread import TrackerThread
 from tests.helpers import trackers as th
 
 ALL = ["mlflow", "tensorboard", "wandb", "trackio"]
-
-
-def jsonl_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    """{key: {step: value}} of a run folder's metrics.jsonl (finite values: what trackers get)."""
-    out: dict[str, dict[int, float]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key, value in record["metrics"].items():
-            if math.isfinite(value):
-                out.setdefault(key, {})[record["step"]] = value
-    return out
 
 
 def distill_run(spec: DistillSpec, tmp_path: Path, name: str, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -125,7 +113,7 @@ def test_a_cli_run_reaches_mlflow_tensorboard_wandb_and_trackio_with_its_metrics
     done, out = distill_run(spec, tmp_path, "tracked", **env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stopped reporting" not in done.stderr, done.stderr[-3000:]
-    expected = jsonl_metrics(out)
+    expected = th.jsonl_metrics(out)
     assert {0, 2, 3} <= set(expected["eval/exact_match"]) and set(expected["loss"]) == {1, 2, 3}
     model_dir = str((out / "final").resolve())
 
@@ -204,5 +192,5 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_drops_the_replay
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert set(mlflow_server.history(run_id, "loss")) == {1, 2, 3, 4}
     assert run.data.tags["distill.model_dir"].endswith("resumed/final")
-    expected = jsonl_metrics(out)
+    expected = th.jsonl_metrics(out)
     assert th.tensorboard_scalars(out / "tensorboard")["loss"] == pytest.approx(expected["loss"], rel=1e-6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import socket
 import struct
@@ -91,6 +92,17 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait(10)
+
+
+def jsonl_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
+    """{key: {step: value}} of a run folder's metrics.jsonl (finite values: what trackers get)."""
+    out: dict[str, dict[int, float]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record["metrics"].items():
+            if math.isfinite(value):
+                out.setdefault(key, {})[record["step"]] = value
+    return out
 
 
 def tensorboard_scalars(log_dir: Path) -> dict[str, dict[int, float]]:

@@ -5,11 +5,9 @@ with the same metrics."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -67,18 +65,6 @@ def stored_metrics(run_id: int) -> dict[str, dict[int, float]]:
     return out
 
 
-def cli_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    import json
-
-    out: dict[str, dict[int, float]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key, value in record["metrics"].items():
-            if math.isfinite(value):
-                out.setdefault(key, {})[record["step"]] = value
-    return out
-
-
 def test_a_service_run_and_a_cli_run_reach_mlflow_and_tensorboard_with_the_same_metrics(
     client, tracked_worker, mlflow_server, tmp_path
 ):
@@ -112,7 +98,7 @@ def test_a_service_run_and_a_cli_run_reach_mlflow_and_tensorboard_with_the_same_
     done = subprocess.run([sys.executable, "-m", "app.cli", "run", str(spec_file), "--output", str(out)],
                           capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    local = cli_metrics(out)
+    local = th.jsonl_metrics(out)
     cli_run = mlflow_server.run(PROJECT, "cli-tracked")
     cli_tb = th.tensorboard_scalars(out / "tensorboard")
     assert set(local) == set(stored)

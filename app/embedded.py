@@ -225,7 +225,7 @@ def _watch_worker(name: str, home: Path, stopping: threading.Event, started: flo
 def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> int:
     """Run the service until Ctrl-C / SIGTERM; returns the exit code."""
     from app.db import init_db
-    from app.settings import get_settings
+    from app.settings import get_settings, without_password
 
     settings = get_settings()
     if port_in_use(host, port):
@@ -242,11 +242,11 @@ def up(host: str = "127.0.0.1", port: int = 8000, gpus: int | None = None) -> in
             redis_url, where = settings.redis_url, "DISTILL_REDIS_URL"
         else:
             redis_url, where = start_redis(supervisor, settings.home), f"embedded, files in {settings.home / 'redis'}"
-        print(f"redis: {redis_url} ({where})", flush=True)
+        print(f"redis: {without_password(redis_url)} ({where})", flush=True)
         env["DISTILL_REDIS_URL"] = os.environ["DISTILL_REDIS_URL"] = redis_url
         get_settings.cache_clear()
         init_db()
-        print(f"database: {get_settings().effective_database_url}", flush=True)
+        print(f"database: {without_password(get_settings().effective_database_url)}", flush=True)
 
         n_gpus = gpu_count() if gpus is None else gpus
         cli = [sys.executable, "-m", "app.cli"]

@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -226,6 +227,16 @@ class Settings(BaseSettings):
 
 
 @lru_cache
+def without_password(url: str) -> str:
+    """`url` as it may be printed or logged: a password in it (database or Redis) shown as `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user_info, _, host = parts.netloc.rpartition("@")
+    user = user_info.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def get_settings() -> Settings:
     """The process's settings; tests change the environment and call `get_settings.cache_clear()`."""
     return Settings()

@@ -161,8 +161,11 @@ def toy_splits(config: ToyConfig) -> dict[str, list[dict]]:
     return make_splits(config.seed, sizes, prompts, {"train": config.hint_diverge}, config.hint, grid)
 
 
-def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool = False) -> dict:
-    """Train the teacher or the student from scratch, save it to out_dir/name; its manifest entry."""
+def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool = False,
+                    stop_after: int | None = None) -> dict:  # fmt: skip
+    """Train the teacher or the student from scratch, save it to out_dir/name; its manifest entry.
+    `stop_after`: only the recipe's first steps (its schedule unchanged) and no test scores, for a quick
+    rebuild check of the curves."""
     torch.set_num_threads(1)
     offset = {"teacher": 1, "student": 2}[name]  # seeds of the initialisation and the batch order
     hidden, layers, steps, intermediate = (
@@ -181,9 +184,11 @@ def train_toy_model(name: str, config: ToyConfig, out_dir: Path, progress: bool 
 
     curve, validity_curve = train_sft(model, mixed_training_examples(encoded["train"], config, tokenizer), encoded["eval"],
                                       replace(config, seed=config.seed + offset), steps, desc=name, progress=progress,
-                                      measure=eval_validity)  # fmt: skip
+                                      measure=eval_validity, stop_after=stop_after)  # fmt: skip
     model.save_pretrained(out_dir / name)
     tokenizer.save_pretrained(out_dir / name)
+    if stop_after is not None:
+        return {"steps": stop_after, "eval_loss_curve": curve, "eval_validity_curve": validity_curve}
     return {
         "hidden_size": hidden,
         "layers": layers,

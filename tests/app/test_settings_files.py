@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
-from app.settings import Settings, SettingsFileError
+from app.settings import Settings, SettingsFileError, without_password
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +85,24 @@ def test_a_file_variable_in_dot_env_is_read_too(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text(f"DISTILL_AUTH=off\nDISTILL_AUTH_FILE={tmp_path / 'auth'}\n")
     with pytest.raises(SettingsFileError, match="both DISTILL_AUTH and DISTILL_AUTH_FILE"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://distill:s3cr%40t@db:5432/distill", "postgresql+psycopg://distill:***@db:5432/distill"),
+        ("redis://:hunter2@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("postgresql://distill@db/distill", "postgresql://distill@db/distill"),  # no password: unchanged
+        ("sqlite:////srv/distill/distill.db", "sqlite:////srv/distill/distill.db"),
+    ],
+)
+def test_a_printed_url_never_shows_its_password(url, shown):
+    assert without_password(url) == shown
+
+
+def test_distill_up_prints_the_database_url_without_the_password_from_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_DATABASE_URL", "postgresql+psycopg://distill@db:5432/distill")
+    monkeypatch.setenv("DISTILL_DATABASE_PASSWORD_FILE", str(secret(tmp_path, "pw", "n0t-in-logs\n")))
+    url = Settings().effective_database_url
+    assert make_url(url).password == "n0t-in-logs"  # what the engine connects with
+    assert "n0t-in-logs" not in without_password(url) and "***" in without_password(url)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core_distill.paths import SHIPPED_TOY_DIR
-from core_distill.toy.build import ToyConfig
+from core_distill.toy.build import ToyConfig, toy_splits, train_toy_model
 from core_distill.toy.cli import REBUILD_BAND
 
 SHIPPED = json.loads((SHIPPED_TOY_DIR / "manifest.json").read_text())
@@ -54,17 +54,19 @@ def test_eval_of_the_shipped_student_works_at_once_and_prints_the_documented_acc
 
 
 @pytest.mark.slow
-def test_a_rebuild_lands_within_the_stated_band_of_the_shipped_models(tmp_path):
-    """`distill toy build` from scratch (minutes): the recipe, not the shipped weights, is what is checked."""
-    done = subprocess.run([sys.executable, "-m", "app.cli", "toy", "build", str(tmp_path / "rebuild")],
-                          env=_fresh_env(tmp_path), capture_output=True, text=True, timeout=3600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    rebuilt = json.loads((tmp_path / "rebuild" / "manifest.json").read_text())
-    # fields added to ToyConfig after the shipped build default to what it did
-    assert rebuilt["sizes"] == SHIPPED["sizes"] and ToyConfig(**rebuilt["config"]) == ToyConfig(**SHIPPED["config"])
-    for split in ("train", "eval", "test"):  # the data is a pure function of the seed
-        name = f"{split}.jsonl"
-        assert (tmp_path / "rebuild" / "data" / name).read_text() == (SHIPPED_TOY_DIR / "data" / name).read_text()
-    for name in ("teacher", "student"):
-        got, shipped = rebuilt["models"][name]["test_validity"], SHIPPED["models"][name]["test_validity"]
-        assert abs(got - shipped) <= REBUILD_BAND, (name, got, shipped)
+def test_the_first_fifth_of_a_rebuild_lands_within_the_stated_band_of_the_shipped_curves(tmp_path):
+    """The recipe, not the shipped weights: each model's first fifth retrained from scratch (same seeds, data and
+    schedule; a few minutes, where the whole `distill toy build` takes half an hour on a loaded box) against the
+    first two points of the shipped curves."""
+    config = ToyConfig(**SHIPPED["config"])
+    for split, rows in toy_splits(config).items():  # the data is a pure function of the seed
+        shipped_rows = (SHIPPED_TOY_DIR / "data" / f"{split}.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in shipped_rows] == rows, split
+    for name, shipped in SHIPPED["models"].items():
+        got = train_toy_model(name, config, tmp_path, stop_after=shipped["steps"] // 5)
+        assert [step for step, _ in got["eval_loss_curve"]] == [step for step, _ in shipped["eval_loss_curve"][:2]]
+        for (_, loss), (_, shipped_loss) in zip(got["eval_loss_curve"], shipped["eval_loss_curve"], strict=False):
+            assert abs(loss - shipped_loss) <= REBUILD_BAND * shipped_loss, (name, got["eval_loss_curve"])
+        for (_, share), (_, shipped_share) in zip(got["eval_validity_curve"], shipped["eval_validity_curve"],
+                                                  strict=False):  # fmt: skip
+            assert abs(share - shipped_share) <= REBUILD_BAND, (name, got["eval_validity_curve"])

@@ -117,6 +117,8 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token
         raise HubError(f"the hub at {base} refused the upload to {repo_id} ({status}): {_one_line(exc, 200)}") from None
     except (httpx.HTTPError, OSError) as exc:
         raise HubError(f"the upload to {base} broke off ({type(exc).__name__}: {_one_line(exc, 200)})") from None
+    except ValueError as exc:  # the hub's verdict on README.md's metadata, or an answer huggingface_hub cannot read
+        raise HubError(f"the hub at {base} did not take the upload to {repo_id}: {_one_line(exc, 200)}") from None
     return f"{base}/{url.repo_id}"
 
 
@@ -130,11 +132,12 @@ def push_run_model(spec, model_dir: Path | None, reporter=None, *, printed: bool
         return None
     try:
         url = push_folder(model_dir, spec.push_to_hub, private=spec.hub_private)
-    except HubError as exc:
+    except Exception as exc:  # noqa: BLE001  (HubError, or anything unforeseen: the trained model is kept either way)
         from core_distill.train import warn
 
+        why = str(exc) if isinstance(exc, HubError) else f"{type(exc).__name__}: {_one_line(exc, 200)}"
         run_dir = Path(model_dir).parent
-        text = (f"push_to_hub: {exc}; the model stays in {model_dir} (send it later with "
+        text = (f"push_to_hub: {why}; the model stays in {model_dir} (send it later with "
                 f"`distill push {run_dir} --repo {spec.push_to_hub}`)")  # fmt: skip
         warn(text, reporter, printed=printed)
         return None

@@ -87,7 +87,9 @@ def write_parquet(run_id: int, path: Path, keys: list[str] | None = None, engine
     except ImportError:
         raise ImportError(PARQUET_NEEDS) from None
 
-    schema = pa.schema([("step", pa.int64()), ("key", pa.string()), ("value", pa.float64()), ("wall_time", pa.float64())])
+    schema = pa.schema(
+        [("step", pa.int64()), ("key", pa.string()), ("value", pa.float64()), ("wall_time", pa.float64())]
+    )
     rows = 0
     columns: dict[str, list] = {name: [] for name in schema.names}
     with pq.ParquetWriter(path, schema) as writer:

@@ -27,7 +27,9 @@ def log_a_run(run_id: int, folder) -> JsonlReporter:
     reporter = FanoutReporter(jsonl, database)
     reporter.log(0, {mk.EVAL_EXACT_MATCH: 0.25, mk.EVAL_DIV_FKL: 1.5})
     for step in range(1, 7):
-        reporter.log(step, {mk.LOSS: 2.0 / step, mk.DIV_FKL: 1.0 / step, mk.LR: 1e-3, mk.PERF_TOKENS_PER_SEC: 100.0 + step})
+        reporter.log(
+            step, {mk.LOSS: 2.0 / step, mk.DIV_FKL: 1.0 / step, mk.LR: 1e-3, mk.PERF_TOKENS_PER_SEC: 100.0 + step}
+        )
         if step % 3 == 0:  # an evaluation: a second log call at the same step
             reporter.log(step, {mk.EVAL_EXACT_MATCH: 0.25 + step / 24, mk.EVAL_DIV_FKL: 1.5 - step / 10})
     database.close()
@@ -65,7 +67,9 @@ def test_parquet_export_holds_every_point(client, tmp_path):
     assert table.schema.names == ["step", "key", "value", "wall_time"]
     with Session(get_engine()) as session:
         stored = session.exec(select(MetricPoint).where(MetricPoint.run_id == run_id).order_by(MetricPoint.id)).all()
-    assert table.to_pylist() == [{"step": p.step, "key": p.key, "value": p.value, "wall_time": p.wall_time} for p in stored]
+    assert table.to_pylist() == [
+        {"step": p.step, "key": p.key, "value": p.value, "wall_time": p.wall_time} for p in stored
+    ]
     assert len(stored) == 2 + 6 * 4 + 2 * 2
     only = pq.read_table(io.BytesIO(client.get(f"/api/runs/{run_id}/metrics.parquet?keys=lr").content))
     assert only.column("key").to_pylist() == ["lr"] * 6

@@ -3,7 +3,8 @@ huggingface_hub's `create_repo` and `upload_folder` call, served on 127.0.0.1 fo
 
   GET  /api/whoami-v2                          the token's user (401 for another token)
   POST /api/validate-yaml                      a README's metadata: 400 unless its front matter is a YAML mapping
-  POST /api/repos/create                       {"name", "organization", "visibility" | "private", "type"}
+  POST /api/repos/create                       {"name", "organization", "visibility" | "private", "type"};
+                                               403 in a `refused` namespace
   POST /api/models/{ns}/{name}/preupload/{rev} every file "regular" (sent inside the commit, base64)
   POST /api/models/{ns}/{name}/commit/{rev}    the NDJSON commit: header, then one line per file
 
@@ -43,8 +44,9 @@ class HubRepo:
 class LocalHub:
     """Start with `with LocalHub(token) as hub:`; `hub.url` is the HF_ENDPOINT, `hub.repos` what arrived."""
 
-    def __init__(self, token: str = "hf_test_token"):
+    def __init__(self, token: str = "hf_test_token", refused: frozenset[str] = frozenset()):
         self.token = token
+        self.refused = refused  # namespaces the token may not create repos in (403, as the hub answers)
         self.repos: dict[str, HubRepo] = {}
         self.unexpected: list[str] = []
         self.requests: list[str] = []
@@ -119,6 +121,9 @@ class LocalHub:
                 if parts == ["api", "repos", "create"]:
                     payload = json.loads(body)
                     repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+                    if repo_id.split("/")[0] in hub.refused:
+                        self._reply(403, {"error": f"You don't have the rights to create a model under {repo_id}"})
+                        return
                     if repo_id in hub.repos:
                         self._reply(
                             409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}

@@ -14,21 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from core_distill.overrides import parse_overrides
+from core_distill.version import package_version
 
 engine_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Distill large language models into small ones.")
-
-
-PACKAGE = "distill-service"  # the distribution's name in pyproject.toml
-
-
-def package_version() -> str:
-    """The installed distribution's version (its metadata, so a wheel and an editable install agree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:
-        return "unknown (run from a source tree that is not installed)"
 
 
 def _print_version(value: bool) -> None:

@@ -10,10 +10,14 @@ checks the token) goes first.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 from core_distill.paths import repo_id_problem
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_SECONDS = 5.0  # the first request's limit: a hub that does not answer in this is out of reach
@@ -125,7 +129,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token
 def push_run_model(spec, model_dir: Path | None, reporter=None, *, printed: bool = False) -> str | None:
     """The spec's `push_to_hub` after a run: upload `model_dir` (final/); the URL, or None.
 
-    A failed push never loses the run: it warns (log, the reporter's `warning`, the terminal when `printed`)
+    A failed push never loses the run: it warns (the log, the reporter's `warning`, stderr when `printed`)
     saying how to push the kept folder later, and returns None.
     """
     if not spec.push_to_hub or model_dir is None:
@@ -133,17 +137,17 @@ def push_run_model(spec, model_dir: Path | None, reporter=None, *, printed: bool
     try:
         url = push_folder(model_dir, spec.push_to_hub, private=spec.hub_private)
     except Exception as exc:  # noqa: BLE001  (HubError, or anything unforeseen: the trained model is kept either way)
-        from core_distill.train import warn
-
         why = str(exc) if isinstance(exc, HubError) else f"{type(exc).__name__}: {_one_line(exc, 200)}"
         run_dir = Path(model_dir).parent
         text = (f"push_to_hub: {why}; the model stays in {model_dir} (send it later with "
                 f"`distill push {run_dir} --repo {spec.push_to_hub}`)")  # fmt: skip
-        warn(text, reporter, printed=printed)
+        log.warning(text)
+        if printed:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+        if (note := getattr(reporter, "warning", None)) is not None:  # optional in the Reporter protocol
+            note(text)
         return None
-    import logging
-
-    logging.getLogger(__name__).info("pushed %s to %s", model_dir, url)
+    log.info("pushed %s to %s", model_dir, url)
     if printed:
         print(f"pushed to {url}", flush=True)
     return url

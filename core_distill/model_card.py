@@ -180,7 +180,7 @@ def write_model_card(final_dir: Path, spec: DistillSpec, metrics: dict[str, floa
     """`final_dir/README.md` (metadata and body) and `final_dir/spec.yaml`; returns the card's path."""
     from huggingface_hub import ModelCard
 
-    from core_distill.cli import package_version
+    from core_distill.version import package_version
 
     final_dir = Path(final_dir)
     name = model_name or (spec.push_to_hub.rsplit("/", 1)[-1] if spec.push_to_hub else final_dir.resolve().parent.name)

@@ -114,8 +114,9 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
 
 def after_training(spec, result, reporter: DatabaseReporter, *, run_id: int, output_dir: str, engine: Engine) -> None:
     """What a service run does once the engine returned, before its outcome is recorded: the spec's push_to_hub
-    (a failure is a warning on the run's page; final/ stays), the reporter's last flush, then the run's metrics
-    from the database into its folder (metrics.jsonl, metrics.parquet) beside final/, as a CLI run leaves them."""
+    (a failure is a warning on the run's page and final/ stays; before `close`, so the heartbeat goes on through
+    a long upload), the reporter's last flush, then the run's metrics from the database into its folder
+    (metrics.jsonl, metrics.parquet) beside final/, as a CLI run leaves them."""
     from core_distill.hub import push_run_model
 
     push_run_model(spec, result.model_dir, reporter)

@@ -141,9 +141,10 @@ def push_run_model(spec, model_dir: Path | None, reporter=None, *, printed: bool
         run_dir = Path(model_dir).parent
         text = (f"push_to_hub: {why}; the model stays in {model_dir} (send it later with "
                 f"`distill push {run_dir} --repo {spec.push_to_hub}`)")  # fmt: skip
-        log.warning(text)
-        if printed:
+        if printed:  # the terminal (not the log as well: without handlers Python's last resort prints it again)
             print(f"warning: {text}", file=sys.stderr, flush=True)
+        else:
+            log.warning(text)
         if (note := getattr(reporter, "warning", None)) is not None:  # optional in the Reporter protocol
             note(text)
         return None

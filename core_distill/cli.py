@@ -1,4 +1,4 @@
-"""Engine commands of the `distill` CLI: `run`, `eval`, `compare` and `toy ...`.
+"""Engine commands of the `distill` CLI: `run`, `eval`, `push`, `compare` and `toy ...`.
 
 The service commands (`up`, `api`, `worker`, `token`) are added in app/cli.py, so that this
 module imports no web, database or queue code.
@@ -14,21 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from core_distill.overrides import parse_overrides
+from core_distill.version import package_version
 
 engine_cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Distill large language models into small ones.")
-
-
-PACKAGE = "distill-service"  # the distribution's name in pyproject.toml
-
-
-def package_version() -> str:
-    """The installed distribution's version (its metadata, so a wheel and an editable install agree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:
-        return "unknown (run from a source tree that is not installed)"
 
 
 def _print_version(value: bool) -> None:
@@ -84,7 +72,10 @@ def run_command(
         result = run(spec, output_dir=output_dir, reporter=reporter, resume=resume, progress=True)
     distributed.shutdown()
     if distributed.is_main():
-        _print_summary(result, reporter)
+        from core_distill.hub import push_run_model
+
+        hub_url = push_run_model(spec, result.model_dir, reporter, printed=True)  # warns and goes on if it fails
+        _print_summary(result, reporter, hub_url)
     if distributed.inside_launcher():
         distributed.exit_rank(0)
 
@@ -102,7 +93,7 @@ def _relaunch(gpus: int, spec_file: Path, output_dir: Path, overrides: list[str]
     return subprocess.run(launcher_argv(gpus, "core_distill.cli", args), check=False).returncode
 
 
-def _print_summary(result, reporter) -> None:
+def _print_summary(result, reporter, hub_url: str | None = None) -> None:
     import json
 
     last: dict[str, float] = {}
@@ -116,6 +107,8 @@ def _print_summary(result, reporter) -> None:
     typer.echo(f"  metrics: {reporter.metrics_path}")
     if result.model_dir:
         typer.echo(f"  model:   {result.model_dir}")
+    if hub_url:
+        typer.echo(f"  hub:     {hub_url}")
 
 
 @engine_cli.command("spec")
@@ -177,6 +170,43 @@ def eval_command(
         typer.secho(f"error: {_first_line(exc)}", fg="red", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report_text(report))
+
+
+@engine_cli.command("push")
+def push_command(
+    run: Annotated[Path, typer.Argument(help="A run folder (its final/ model) or a model folder.")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository: ORG/NAME, or NAME in the token's namespace.")],
+    public: Annotated[bool, typer.Option("--public", help="Create the repository public (default: private).")] = False,
+) -> None:
+    """Send a finished run's model to the Hugging Face hub: final/ with its model card and spec.yaml, into a
+    repository created private unless --public. The token is HF_TOKEN or the one `hf auth login` stored."""
+    from core_distill.hub import HubError, push_folder
+
+    try:
+        folder = _model_folder(run)
+        url = push_folder(folder, repo, private=not public)
+    except (HubError, FileNotFoundError) as exc:
+        typer.secho(f"error: {_first_line(exc)}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"pushed {folder} to {url}" + ("" if public else " (private)"))
+
+
+def _model_folder(run: Path) -> Path:
+    """The folder to upload: RUN/final, or RUN itself when it is a model folder; a card is written first when
+    the folder has none (a run from before cards: from the run folder's spec.yaml and metrics.jsonl).
+
+    Raises:
+        FileNotFoundError: no model there, or no card and nothing to write one from.
+    """
+    from core_distill.model_card import CARD_FILE, card_from_run_folder
+
+    folder = run / "final" if (run / "final").is_dir() else run
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no finished model at {run}: expected {run / 'final'} (a run folder) or a model "
+                                "folder with config.json")  # fmt: skip
+    if not (folder / CARD_FILE).is_file():
+        card_from_run_folder(folder.parent, folder)
+    return folder
 
 
 def _first_line(exc: Exception) -> str:

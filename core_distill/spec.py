@@ -26,6 +26,7 @@ from core_distill.paths import (
     is_hub_dataset,
     looks_like_local_path,
     missing_model_message,
+    repo_id_problem,
     resolve_data_path,
     resolve_model_path,
 )
@@ -374,6 +375,27 @@ class DistillSpec(BaseModel):
         "training",
     )
 
+    push_to_hub: str = _field(
+        "",
+        "Hub repository the finished model (final/: weights, tokenizer, model card, spec.yaml) is uploaded to, "
+        "'ORG/NAME' or 'NAME' (the token's own namespace); empty = none. The token is the usual one (HF_TOKEN, or "
+        "`hf auth login`) of the machine that trains; a failed upload warns and keeps final/ (docs/hub.md).",
+        "training",
+        max_length=200,
+    )
+    hub_private: bool = _field(
+        True, "push_to_hub creates the repository private (off = public); an existing one keeps its visibility.",
+        "training",
+    )  # fmt: skip
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _hub_repo_id(cls, value: str) -> str:
+        problem = repo_id_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("report_to", mode="before")
     @classmethod
     def _report_to_list(cls, value: Any) -> list[str]:
@@ -553,6 +575,11 @@ class DistillSpec(BaseModel):
             errors.update(check_data(self, tokenizer, notes))
         if errors:
             raise SpecError(errors)
+        if self.push_to_hub:  # a note, not an error: the machine that trains may have what this one lacks
+            from core_distill.hub import push_problem
+
+            if problem := push_problem():
+                notes["push_to_hub"] = f"{problem}; the run will train and keep its model in final/, unpushed"
         return notes
 
     def _hub_dataset_field_errors(self) -> dict[str, str]:

@@ -72,6 +72,7 @@ class RunResult:
     model_dir: Path | None  # final model (None when stopped early)
     stopped: bool  # the reporter asked to stop
     metrics: dict[str, float] = field(default_factory=dict)  # the last step's
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation's (this attempt's)
 
 
 def run(
@@ -147,9 +148,12 @@ def run(
     reporter.resumed(start)
     watch = EvalDropWatch(len(eval_examples), spec.learning_rate, spec.batch_size * spec.grad_accum, spec.max_steps)
     printed = progress and dist.is_main()
+    baseline: dict[str, float] = {}  # the step-0 evaluation (the model card's "before training")
+    last_eval: dict[str, float] = {}
     if eval_examples and start == 0:  # the baseline: the student before its first update
-        watch.check(0, _evaluate(eval_ctx, eval_examples, spec, reporter, step=0, models=(student, teacher_module),
-                                 progress=printed))  # fmt: skip
+        baseline = last_eval = _evaluate(eval_ctx, eval_examples, spec, reporter, step=0,
+                                         models=(student, teacher_module), progress=printed)  # fmt: skip
+        watch.check(0, baseline)
         student.train()
 
     # --- the loop ------------------------------------------------------------------------------
@@ -212,8 +216,8 @@ def run(
         bar.set_postfix(loss=f"{metrics[mk.LOSS]:.4f}", kd=f"{metrics[mk.LOSS_KD]:.4f}")
 
         if eval_examples and ((spec.eval_every and step % spec.eval_every == 0) or step == spec.max_steps):
-            scores = _evaluate(eval_ctx, eval_examples, spec, reporter, step, models=(student, teacher_module),
-                               progress=printed)  # fmt: skip
+            scores = last_eval = _evaluate(eval_ctx, eval_examples, spec, reporter, step,
+                                           models=(student, teacher_module), progress=printed)  # fmt: skip
             if (text := watch.check(step, scores)) is not None:
                 warn(text, reporter, printed=printed)
             student.train()
@@ -229,10 +233,20 @@ def run(
 
     last_step = step if spec.max_steps > start else start
     if stopped:
-        return RunResult(last_step, None, True, metrics)
+        return RunResult(last_step, None, True, metrics, last_eval)
     if world > 1:
-        return RunResult(last_step, save_final_model_from_ranks(spec, student, tokenizer, output_dir, dtype), False, metrics)
-    return RunResult(last_step, save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir), False, metrics)
+        final = save_final_model_from_ranks(spec, student, tokenizer, output_dir, dtype)
+    else:
+        final = save_final_model(accelerator.unwrap_model(student), tokenizer, output_dir)
+    if dist.is_main():  # final/ is a whole hub repository: the model card and the spec beside the weights
+        from core_distill.model_card import write_model_card
+
+        try:
+            write_model_card(final, spec, {**metrics, **last_eval}, baseline, last_step)
+        except Exception as exc:  # noqa: BLE001  (the trained model matters more than its card)
+            warn(f"model card not written ({type(exc).__name__}: {exc}); the model is in {final}", reporter,
+                 printed=printed)  # fmt: skip
+    return RunResult(last_step, final, False, metrics, last_eval)
 
 
 def run_header(student: nn.Module, teacher) -> list[str]:

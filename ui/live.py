@@ -18,6 +18,7 @@ from app.services import runs as run_service
 from core_distill import metric_keys
 from ui.runs import error_block, status_text
 
+DOWNLOADS = ("metrics.csv", "metrics.json", "metrics.jsonl", "metrics.parquet", "spec.yaml")  # /api/runs/{id}/NAME
 MAX_POINTS = 500  # per series, what the browser receives (a comparison of few runs)
 XAxis = Literal["step", "wall_time"]
 
@@ -63,8 +64,7 @@ def run_header(run_id: int) -> str:
         *([f"*{healing}*"] if healing else []),
         *run_service.header_lines(history),  # what the engine decided at start (a vocabulary cut, ...)
         *(f"**{line}**" for line in run_service.warning_lines(history)),
-        f"Downloads: [metrics.csv](/api/runs/{run.id}/metrics.csv) · [metrics.json](/api/runs/{run.id}/metrics.json)"
-        f" · [spec.yaml](/api/runs/{run.id}/spec.yaml)",
+        "Downloads: " + " · ".join(f"[{name}](/api/runs/{run.id}/{name})" for name in DOWNLOADS),
         f"Model: `{run.model_dir}`" if run.model_dir else f"Output folder: `{run.output_dir or 'not started'}`",
     ]
     if run.error:

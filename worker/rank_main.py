@@ -22,7 +22,7 @@ from app.db import get_engine
 from app.lifeline import die_with_parent
 from app.models import Experiment, Run
 from worker.launch import HOST_ENV
-from worker.tasks import close_quietly, describe_error, prepare, record_outcome
+from worker.tasks import after_training, close_quietly, describe_error, prepare, record_outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutdown()
         if reporter is not None:
-            reporter.close()
+            after_training(spec, result, reporter, run_id=args.run_id, output_dir=output_dir, engine=engine)
             host = os.environ.get(HOST_ENV, "")
             print(record_outcome(args.run_id, attempt=args.attempt, result=result, reporter=reporter,
                                  engine=engine, host=host), flush=True)  # fmt: skip

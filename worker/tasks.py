@@ -96,7 +96,7 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
         quiet_model_loading()
         log.info("run %s attempt %s: training into %s", run_id, attempt, output_dir)
         result = train_tracked(spec, run_id=run_id, output_dir=output_dir, reporter=reporter, resume=True, progress=False)
-        reporter.close()
+        after_training(spec, result, reporter, run_id=run_id, output_dir=output_dir, engine=engine)
     except BaseException as exc:  # noqa: BLE001  (record every way a run can end, then let Celery log it)
         if reporter is not None:
             close_quietly(reporter)
@@ -110,6 +110,23 @@ def run_in_process(run_id: int, *, attempt: int, spec_data: dict, output_dir: st
         log.exception("run %s failed", run_id)
         return "failed"
     return record_outcome(run_id, attempt=attempt, result=result, reporter=reporter, engine=engine, host=host)
+
+
+def after_training(spec, result, reporter: DatabaseReporter, *, run_id: int, output_dir: str, engine: Engine) -> None:
+    """What a service run does once the engine returned, before its outcome is recorded: the spec's push_to_hub
+    (a failure is a warning on the run's page and final/ stays; before `close`, so the heartbeat goes on through
+    a long upload), the reporter's last flush, then the run's metrics from the database into its folder
+    (metrics.jsonl, metrics.parquet) beside final/, as a CLI run leaves them."""
+    from core_distill.hub import push_run_model
+
+    push_run_model(spec, result.model_dir, reporter)
+    reporter.close()
+    try:
+        from app.services.metrics_export import export_to_run_folder
+
+        export_to_run_folder(run_id, output_dir, engine)
+    except Exception as exc:  # noqa: BLE001  (the database keeps them; the API exports them too)
+        log.warning("run %s: metrics not written to %s (%s)", run_id, output_dir, first_line(exc))
 
 
 def quiet_model_loading() -> None:

@@ -137,6 +137,11 @@ def test_ddp_two_processes_train_like_one_with_lora(tiny_workspace, tmp_path):
     _finish(_cli(_spec(tiny_workspace, gpus=2, **lora), out))
     _assert_same_training(one, out)
     assert not any("lora" in k for k in _weights(out))  # merged into the base weights
+    # rank 0 writes the model card and the spec beside the gathered weights, as one process does
+    from huggingface_hub import ModelCard
+
+    assert "lora" in ModelCard.load(out / "final" / "README.md").data.tags
+    assert (out / "final" / "spec.yaml").read_text() == (out / "spec.yaml").read_text()
 
 
 def test_on_policy_self_distillation_under_fsdp(tiny_workspace, tmp_path):

@@ -117,7 +117,7 @@ def test_run_header_links_downloads(service_env):
         session.commit()
         session.refresh(run)
     header = live.run_header(run.id)
-    for suffix in ("metrics.csv", "metrics.json", "spec.yaml"):
+    for suffix in ("metrics.csv", "metrics.json", "metrics.jsonl", "metrics.parquet", "spec.yaml"):
         assert f"/api/runs/{run.id}/{suffix}" in header
     assert "/models/run-1/final" in header
 

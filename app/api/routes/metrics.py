@@ -5,30 +5,30 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.responses import StreamingResponse
-from sqlmodel import Session, select
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from app import crud, events
 from app.api.deps import SessionDep
 from app.api.params import int_in_range
 from app.api.routes.experiments import split_list
 from app.api.routes.runs import run_detail
-from app.api.schemas import Comparison, MetricSeries, SpecField
-from app.db import get_engine
+from app.api.schemas import Comparison, ErrorMessage, MetricSeries, SpecField
 from app.metrics_query import MAX_POINTS_CAP, MIN_POINTS, downsample_series, metric_keys
-from app.models import MetricPoint
-from app.services import comparison
+from app.services import comparison, metrics_export
 
 router = APIRouter(tags=["metrics"])
 
 MaxPoints = Annotated[int, Query(ge=MIN_POINTS, le=MAX_POINTS_CAP, description="Points per series, at most.")]
 XAxis = Annotated[Literal["step", "wall_time"], Query(description="The axis the buckets cut.")]
 KeysQuery = Annotated[str | None, Query(max_length=4000, description="Comma-separated metric keys; default all.")]
-EXPORT_CHUNK = 5000
 
 
 StepBound = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only steps in [step_min, step_max].")]
@@ -65,21 +65,6 @@ def run_metrics(
     return MetricSeries(run_id=run_id, x=x, max_points=max_points, keys=available, series=series)
 
 
-def _points(run_id: int, keys: list[str]) -> Iterator[MetricPoint]:
-    """Every point, by (key, step), in chunks (keyset pagination): memory stays flat for any run size."""
-    with Session(get_engine()) as session:
-        last_id = 0
-        while True:
-            query = select(MetricPoint).where(MetricPoint.run_id == run_id, MetricPoint.id > last_id)
-            if keys:
-                query = query.where(MetricPoint.key.in_(keys))
-            chunk = session.exec(query.order_by(MetricPoint.id).limit(EXPORT_CHUNK)).all()
-            if not chunk:
-                return
-            yield from chunk
-            last_id = chunk[-1].id
-
-
 @router.get(
     "/runs/{run_id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
 )
@@ -91,7 +76,7 @@ def run_metrics_csv(run_id: int, session: SessionDep, keys: KeysQuery = None) ->
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["step", "key", "value", "wall_time"])
-        for n, p in enumerate(_points(run_id, split_list(keys)), start=1):
+        for n, p in enumerate(metrics_export.points(run_id, split_list(keys)), start=1):
             writer.writerow([p.step, p.key, repr(p.value), repr(p.wall_time)])
             if n % 1000 == 0:
                 yield buffer.getvalue()
@@ -110,12 +95,52 @@ def run_metrics_json(run_id: int, session: SessionDep, keys: KeysQuery = None) -
 
     def parts() -> Iterator[str]:
         yield "["
-        for n, p in enumerate(_points(run_id, split_list(keys))):
+        for n, p in enumerate(metrics_export.points(run_id, split_list(keys))):
             item = {"step": p.step, "key": p.key, "value": p.value, "wall_time": p.wall_time}
             yield ("," if n else "") + json.dumps(item)
         yield "]"
 
     return StreamingResponse(parts(), media_type="application/json")
+
+
+@router.get(
+    "/runs/{run_id}/metrics.jsonl",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/jsonl": {}}}},
+)
+def run_metrics_jsonl(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+    """Every stored point of the run as the metrics.jsonl a CLI run writes: one line per log call,
+    {"step", "time", "metrics": {key: value}}, streamed."""
+    crud.get_run(session=session, run_id=run_id)
+    headers = {"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.jsonl"'}
+    lines = metrics_export.jsonl_lines(run_id, split_list(keys))
+    return StreamingResponse(lines, media_type="application/jsonl", headers=headers)
+
+
+@router.get(
+    "/runs/{run_id}/metrics.parquet",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/vnd.apache.parquet": {}}},
+        501: {"description": "pyarrow is not installed on the server.", "model": ErrorMessage},
+    },
+)
+def run_metrics_parquet(run_id: int, session: SessionDep, keys: KeysQuery = None) -> FileResponse:
+    """Every stored point of the run as a Parquet table (step, key, value, wall_time), written to a temporary
+    file that is removed once sent. 501 when the server has no pyarrow."""
+    crud.get_run(session=session, run_id=run_id)
+    if not metrics_export.parquet_available():
+        raise HTTPException(501, metrics_export.PARQUET_NEEDS)
+    handle, name = tempfile.mkstemp(prefix=f"run-{run_id}-", suffix=".parquet")
+    os.close(handle)
+    path = Path(name)
+    try:
+        metrics_export.write_parquet(run_id, path, split_list(keys))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return FileResponse(path, media_type="application/vnd.apache.parquet", filename=f"run-{run_id}-metrics.parquet",
+                        background=BackgroundTask(path.unlink, missing_ok=True))  # fmt: skip
 
 
 @router.get("/compare", response_model=Comparison)

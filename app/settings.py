@@ -226,7 +226,6 @@ class Settings(BaseSettings):
         return roots
 
 
-@lru_cache
 def without_password(url: str) -> str:
     """`url` as it may be printed or logged: a password in it (database or Redis) shown as `***`."""
     parts = urlsplit(url)
@@ -237,6 +236,7 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+@lru_cache
 def get_settings() -> Settings:
     """The process's settings; tests change the environment and call `get_settings.cache_clear()`."""
     return Settings()

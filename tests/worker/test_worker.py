@@ -129,20 +129,22 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, work
     before = read_run(run_id)
     assert before.status == RunStatus.running and 4 <= before.last_step < 200
 
-    short_heartbeat_bound(monkeypatch, worker, "2")
+    # 8 s: 16 beats of the test worker's 0.5 s; a tighter bound let the fresh worker's own host look dead
+    # on a loaded box (its beats late by seconds), and the resumed run then waited for a live host
+    short_heartbeat_bound(monkeypatch, worker, "8")
 
     def reaped():
         with Session(get_engine()) as session:
             return run_id in run_state.reap_lost_runs(session=session)
 
-    wait_for(reaped, 30, "the reaper to mark the run lost")
+    wait_for(reaped, 90, "the reaper to mark the run lost")
     lost = read_run(run_id)
     assert lost.status == RunStatus.lost and "heartbeat" in lost.error
     checkpoint_step = int(latest_checkpoint(Path(lost.output_dir)).name.split("-")[1])
     assert checkpoint_step >= 3
     # its host beat up to a heartbeat later than the run: resumed before it looks dead, the run would be
     # booked on it (no reaper runs here to move it)
-    wait_for(lambda: not any(h["live"] for h in client.get("/api/queue").json()["hosts"]), 30, "the host dead")
+    wait_for(lambda: not any(h["live"] for h in client.get("/api/queue").json()["hosts"]), 90, "the host dead")
 
     response = client.post(f"/api/runs/{run_id}/resume")
     assert response.status_code == 200, response.text

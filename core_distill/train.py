@@ -402,7 +402,7 @@ def fill_completions(
         [e.completion_ids for e in mb] if src == DATASET else None
         for mb, src in zip(micro_batches, sources, strict=True)
     ]
-    samplers = {STUDENT: student_sampler, TEACHER: HFSampler(teacher.model) if teacher else None}
+    samplers = {STUDENT: student_sampler, TEACHER: HFSampler(teacher.model, spec.token_draw) if teacher else None}
     for source, sampler in samplers.items():
         wanted = [k for k, src in enumerate(sources) if src == source]
         if not wanted:

@@ -1,6 +1,7 @@
 """Short runs of every objective on the tiny models, and the metrics they log (the loop's pins).
 
-    PYTHONPATH=. python -m tests.core_distill.loop_pins --write   # re-pin (after a change that should move them)
+    PYTHONPATH=. python -m tests.core_distill.loop_pins --write           # re-pin every case
+    PYTHONPATH=. python -m tests.core_distill.loop_pins --write on_policy # re-pin the cases named
 
 The pins are this machine's float order (torch's CPU kernels): a reshape of the loop that keeps the math
 keeps them to the last digit; a changed sampler or loss moves them, which the change then says.
@@ -33,6 +34,9 @@ CASES: dict[str, dict[str, Any]] = {
     "sft": dict(objective="sft", lmbda=0.0, teacher=""),
     "sft_on_policy_seq_kd": dict(objective="sft", lmbda=0.0, seq_kd=True),
     "top_k_sft_alpha": dict(loss_top_k=5, beta=1.0, sft_alpha=0.5),
+    # the inverse-CDF token draw (generation/sampling.py): other tokens than on_policy's from the same seed
+    "on_policy_inverse_cdf": dict(lmbda=1.0, beta=0.5, token_draw="inverse_cdf"),
+    "seq_kd_inverse_cdf": dict(lmbda=0.0, seq_kd=True, beta=0.0, token_draw="inverse_cdf"),
 }
 
 
@@ -54,15 +58,16 @@ def run_case(workspace, name: str, folder: Path) -> list[list]:
 def main() -> None:
     from tests.tiny_models import build_workspace
 
+    names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(CASES)
     with tempfile.TemporaryDirectory() as tmp:
         workspace = build_workspace(Path(tmp) / "tiny")
-        pins = {name: run_case(workspace, name, Path(tmp) / name) for name in CASES}
-    text = json.dumps(pins, indent=1, sort_keys=True) + "\n"
+        pins = {name: run_case(workspace, name, Path(tmp) / name) for name in names}
     if "--write" in sys.argv:
-        PINS.write_text(text)
-        print(f"wrote {PINS}")
+        kept = json.loads(PINS.read_text()) if PINS.exists() and names != list(CASES) else {}
+        PINS.write_text(json.dumps(kept | pins, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {', '.join(names)} to {PINS}")
     else:
-        print(text)
+        print(json.dumps(pins, indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":

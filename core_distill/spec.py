@@ -98,8 +98,8 @@ class DistillSpec(BaseModel):
         "multinomial",
         "How each sampled token of the training rollouts (on-policy and seq_kd, HF generation) is drawn: "
         "multinomial = transformers' torch.multinomial (the documented results were sampled so); inverse_cdf = "
-        "a seeded inverse-CDF draw (cumsum + searchsorted), the same distribution but other tokens, about 20x "
-        "faster than multinomial over a large vocabulary on CPU. Evaluation always uses multinomial.",
+        "a seeded inverse-CDF draw (cumsum + searchsorted), the same distribution but other tokens, the draw "
+        "about 10x faster than multinomial over a large vocabulary on CPU. Evaluation always uses multinomial.",
         "models",
     )
     teacher_cache: bool = _field(

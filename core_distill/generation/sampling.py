@@ -6,8 +6,8 @@ one batched call per `max_batch` prompts instead of one call per micro-batch.
 Each token is drawn in one of two ways (`draw`, the spec's `token_draw`):
     multinomial   transformers' own sampling (`torch.multinomial` over the (rows, V) probabilities);
     inverse_cdf   a seeded inverse-CDF draw (cumsum + searchsorted) inside a greedy `generate`: the
-                  same distribution, other tokens, and over a large vocabulary on CPU about 20x faster
-                  than multinomial (which was 19 % of an on-policy step at V = 151,936).
+                  same distribution, other tokens; over a large vocabulary on CPU the draw is about 10x
+                  faster than multinomial (which was 19 % of an on-policy step at V = 151,936).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
     python benchmarks/bench_vs_trl.py --only ours:off_policy --steps 3
     python benchmarks/bench_vs_trl.py --device cuda --dtype bfloat16   # on a GPU (benchmarks/gpu_check.sh)
     python benchmarks/bench_vs_trl.py --frameworks ours                # without TRL installed
+    python benchmarks/bench_vs_trl.py --token-draw inverse_cdf         # ours draws rollout tokens by inverse CDF
 
 Models (built locally, saved with save_pretrained, loaded by path): Qwen2-shaped (vocabulary
 151,936, untied embeddings, MLP width 2.75 x hidden, head dimension 64); student hidden 256 x 2
@@ -168,7 +169,7 @@ def tokens_per_step(setting: str) -> int:
 
 
 # --- the two frameworks ---------------------------------------------------------------------------------
-def run_ours(root: Path, setting: str, steps: int, device: str, dtype: str) -> dict[str, float]:
+def run_ours(root: Path, setting: str, steps: int, device: str, dtype: str, token_draw: str = "multinomial") -> dict[str, float]:
     from core_distill.reporting import NullReporter
     from core_distill.spec import DistillSpec
     from core_distill.train import run
@@ -186,6 +187,7 @@ def run_ours(root: Path, setting: str, steps: int, device: str, dtype: str) -> d
         student=str(root / "student"), teacher=str(root / "teacher"), train_data=str(root / "train.jsonl"),
         eval_data="", beta=0.5, temperature=0.9, max_new_tokens=NEW_TOKENS, batch_size=4, max_steps=steps,
         learning_rate=1e-5, lr_schedule="constant", dtype=dtype, eval_every=0, save_every=0, **SETTINGS[setting],
+        token_draw=token_draw,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         run(spec, output_dir=out, reporter=Probe())
@@ -234,6 +236,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu hides any GPU from both")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--frameworks", default="trl,ours", help="comma-separated; 'ours' alone needs no TRL")
+    parser.add_argument("--token-draw", choices=["multinomial", "inverse_cdf"], default="multinomial",
+                        help="ours: how rollout tokens are drawn (spec token_draw; TRL always uses multinomial)")  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if args.device == "cpu":
@@ -245,7 +249,10 @@ def main() -> None:
     if args.only:
         framework, setting = args.only.split(":")
         steps = args.steps or (4 if setting == "off_policy" else 3)
-        result = (run_ours if framework == "ours" else run_trl)(args.assets, setting, steps, args.device, args.dtype)
+        if framework == "ours":
+            result = run_ours(args.assets, setting, steps, args.device, args.dtype, args.token_draw)
+        else:
+            result = run_trl(args.assets, setting, steps, args.device, args.dtype)
         print("RESULT " + json.dumps(result))
         return
 
@@ -254,7 +261,7 @@ def main() -> None:
         for framework in frameworks:
             load = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--only", f"{framework}:{setting}", "--assets", str(args.assets),
-                   "--device", args.device, "--dtype", args.dtype]  # fmt: skip
+                   "--device", args.device, "--dtype", args.dtype, "--token-draw", args.token_draw]  # fmt: skip
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
             done = subprocess.run(cmd, capture_output=True, text=True)

@@ -398,9 +398,10 @@ def _score(ctx: EvalContext, prompts, completions, teacher_prompts, cacheable: b
         )  # fmt: skip
         n = batch.n_tokens
         n_total += n
-        sums["loss"] += terms.kd_per_token.sum().item()
+        sums["loss"] += terms.kd_per_token.sum().item()  # host sync, one per evaluation batch as the next two
+        stat_sums = terms.stat_sums
         for key in STAT_KEYS:
-            sums[key] += terms.stat_sums[key]
+            sums[key] += stat_sums[key]
         lengths = batch.completion_mask.sum(-1).tolist()
         per_row.extend(v.tolist() for v in terms.kd_per_token.split(lengths))
         if tick is not None:

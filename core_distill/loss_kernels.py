@@ -175,15 +175,31 @@ class LossConfig:
     chunk_size: int = 64
 
 
-class ChunkTerms(NamedTuple):
-    """What one chunk yields. All detached; `grad_logits` is None without gradients."""
+class LossTerms(NamedTuple):
+    """What the loss returns, for one chunk of positions (`chunk_terms`) or for a whole fused pass
+    (`fused_distill_loss`). All detached except the fused pass's `loss`."""
 
-    loss_sum: Tensor  # () kd_weight * sum kd - sum w * log p_S(y), not yet normalised
-    grad_logits: Tensor | None  # (n, V) d loss_sum / d logits
-    kd: Tensor  # (n,)
-    student_logp: Tensor  # (n,) log p_S(y)
-    teacher_logp: Tensor  # (n,) log p_T(y)
-    stats: Tensor  # (6,) sums in STAT_KEYS order
+    loss: Tensor  # () a chunk: kd_weight * sum kd - sum w * log p_S(y), not normalised; a fused pass: that
+    #                 over all chunks / normalizer, carrying gradients to hidden / weight / bias
+    kd: Tensor  # (n,) JSD_beta per position
+    student_logp: Tensor  # (n,) log p_S(y) at the loss temperature
+    teacher_logp: Tensor  # (n,) log p_T(y) at the loss temperature
+    stats: Tensor  # (6,) summed statistics in STAT_KEYS order, on the loss's device
+    grad_logits: Tensor | None = None  # (n, V) d loss / d logits: a chunk's, with want_grad; else None
+
+    @property
+    def loss_sum(self) -> Tensor:
+        """A chunk's un-normalised loss (the name the kernel tests read)."""
+        return self.loss
+
+    @property
+    def kd_per_token(self) -> Tensor:
+        return self.kd
+
+    @property
+    def stat_sums(self) -> dict[str, float]:
+        """The statistics as floats. Host sync (`.tolist()`): read it once per pass."""
+        return dict(zip(STAT_KEYS, self.stats.tolist(), strict=True))
 
 
 def chunk_terms(
@@ -193,7 +209,7 @@ def chunk_terms(
     token_weights: Tensor,
     cfg: LossConfig,
     want_grad: bool,
-) -> ChunkTerms:
+) -> LossTerms:
     """The loss of one chunk and its gradient w.r.t. the student logits.
 
     Args:
@@ -218,7 +234,7 @@ def chunk_terms(
         p, w = s_logp.exp(), token_weights.unsqueeze(-1)
         g = p * w if g_logp is None else cfg.kd_weight * (g_logp - p * g_logp.sum(-1, keepdim=True)) + p * w
         grad_logits = (g / cfg.temperature).scatter_add_(-1, targets.unsqueeze(-1), -w / cfg.temperature)
-    return ChunkTerms(loss_sum.detach(), grad_logits, kd, s_target, t_target, stats)
+    return LossTerms(loss_sum.detach(), kd, s_target, t_target, stats, grad_logits)
 
 
 def _divergence_terms(
@@ -303,18 +319,10 @@ class FusedInputs:
     config: LossConfig
 
 
-class FusedOutputs(NamedTuple):
-    loss: Tensor  # () carries gradients to hidden / weight / bias
-    kd: Tensor  # (N,)
-    student_logp: Tensor  # (N,)
-    teacher_logp: Tensor  # (N,)
-    stats: Tensor  # (6,) sums in STAT_KEYS order
-
-
-def fused_apply(hidden: Tensor, inputs: FusedInputs) -> FusedOutputs:
+def fused_apply(hidden: Tensor, inputs: FusedInputs) -> LossTerms:
     """Run the chunked loss over hidden (N, H) through `inputs.head`, with gradients where they are needed."""
     head = inputs.head
-    return FusedOutputs(*FusedDistill.apply(hidden, head.weight, head.bias, inputs))
+    return LossTerms(*FusedDistill.apply(hidden, head.weight, head.bias, inputs))
 
 
 class FusedDistill(torch.autograd.Function):
@@ -342,7 +350,7 @@ class FusedDistill(torch.autograd.Function):
             out = kernel(logits, t_chunk, inputs.targets[start:end], inputs.token_weights[start:end], cfg, want_grad)
             kd[start:end], s_target[start:end], t_target[start:end] = out.kd, out.student_logp, out.teacher_logp
             stats += out.stats
-            total += out.loss_sum
+            total += out.loss
             if want_grad:
                 grads.add(
                     head.grad_to_raw(logits, out.grad_logits.div_(cfg.normalizer)), h, start, end

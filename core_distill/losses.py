@@ -15,9 +15,6 @@ logits and no recomputation). Peak logits memory is a few (chunk, V) buffers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-
 import torch
 from torch import Tensor
 
@@ -29,6 +26,7 @@ from core_distill.loss_kernels import (  # re-exported: the engine and the tests
     FusedInputs,
     Head,
     LossConfig,
+    LossTerms,
     SparseTeacher,
     fused_apply,
     jsd_per_token,
@@ -40,7 +38,7 @@ from core_distill.loss_kernels import (  # re-exported: the engine and the tests
 )
 
 __all__ = [
-    "COMPILE_MIN_VOCAB", "COVERAGE_K", "STAT_KEYS", "DenseTeacher", "DistillTerms", "Head", "SparseTeacher",
+    "COMPILE_MIN_VOCAB", "COVERAGE_K", "STAT_KEYS", "DenseTeacher", "Head", "LossTerms", "SparseTeacher",
     "auto_chunk_size", "fused_distill_loss", "generalized_jsd", "jsd_per_token", "kl_div", "log_softmax_fp32",
     "outside_logmass", "policy_gradient_loss", "reverse_kl_advantages", "sampled_token_logprobs", "tail_logmass",
     "topk_tail_jsd", "with_tail",
@@ -160,22 +158,6 @@ def sampled_token_logprobs(
 
 
 # --- the fused, chunked training loss -----------------------------------------------------------
-@dataclass
-class DistillTerms:
-    """What one fused pass returns. `loss` carries gradients; the rest are detached."""
-
-    loss: Tensor
-    kd_per_token: Tensor  # (N,)
-    student_logp: Tensor  # (N,) log p_S(target) at the loss temperature
-    teacher_logp: Tensor  # (N,) log p_T(target) at the loss temperature
-    stats: Tensor  # (6,) summed statistics in STAT_KEYS order, on the loss's device
-
-    @cached_property
-    def stat_sums(self) -> dict[str, float]:
-        """The statistics as floats: the one host sync of a fused pass, on first access."""
-        return dict(zip(STAT_KEYS, self.stats.tolist(), strict=True))
-
-
 def auto_chunk_size(vocab_size: int, budget: int = 1 << 23) -> int:
     """Positions per chunk so that one (chunk, V) fp32 buffer holds about `budget` values."""
     return max(8, min(1024, budget // max(vocab_size, 1)))
@@ -194,7 +176,7 @@ def fused_distill_loss(
     token_weights: Tensor | None = None,
     normalizer: float = 1.0,
     chunk_size: int = 0,
-) -> DistillTerms:
+) -> LossTerms:
     """Distillation loss over N completion positions, chunked, with analytic gradients.
 
     loss = (sum_t kd_weight * JSD_beta(S_t, T_t) - sum_t w_t * log p_S(y_t)) / normalizer
@@ -218,5 +200,4 @@ def fused_distill_loss(
         beta, temperature, top_k, kd_weight, normalizer, chunk_size or auto_chunk_size(head.weight.shape[0])
     )
     weights = torch.zeros(n, device=hidden.device) if token_weights is None else token_weights.float()
-    out = fused_apply(hidden, FusedInputs(head, teacher, targets, weights, config))
-    return DistillTerms(out.loss, out.kd, out.student_logp, out.teacher_logp, out.stats)
+    return fused_apply(hidden, FusedInputs(head, teacher, targets, weights, config))

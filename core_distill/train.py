@@ -215,7 +215,6 @@ def setup(
         start = load_checkpoint(checkpoint, accelerator.unwrap_model(student), optimizer, scheduler, wrapped=student)
     reporter.resumed(start)
     watch = EvalDropWatch(len(eval_examples), spec.learning_rate, spec.batch_size * spec.grad_accum, spec.max_steps)
-    printed = progress and dist.is_main()
     state = TrainState(
         spec, output_dir, reporter, accelerator, dtype, tokenizer, train_examples, eval_examples, student, teacher,
         teacher_module, optimizer, scheduler, make_student_sampler(spec, student), eos_ids, eval_ctx, watch,

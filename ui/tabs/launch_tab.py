@@ -1,0 +1,158 @@
+"""Launch tab: the form generated from the spec (one component per field), presets, the YAML pane,
+Validate and Launch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from sqlmodel import Session
+
+from app import crud
+from app.db import get_engine
+from app.models import ExperimentCreate
+from app.services import experiments as experiment_service
+from app.services.errors import ServiceError
+from app.settings import get_settings
+from core_distill.spec import SpecError
+from ui import form, runs
+
+
+def launch(
+    name: str, tags_text: str, notes: str, *values: Any, owner: str | None = None, spec_yaml: str | None = None
+) -> tuple[str, int | None]:
+    """Validate the form and queue a run; (message, new run id or None). Nothing is written on error.
+
+    `spec_yaml`: the YAML pane's text when it was edited after the fields; it is then what is checked
+    and launched (`form.check_form`), else the field values are.
+    """
+    source = "fields" if spec_yaml is None else "yaml"
+    spec, problems = form.check_form(source, spec_yaml or "", values, preflight=False)
+    if spec is None:
+        return problems, None
+    try:
+        experiment_in = ExperimentCreate(
+            name=(name or "").strip() or f"{spec.objective} {spec.student}", tags=runs.parse_tags(tags_text),
+            notes=notes or "", spec=spec, launch=True,
+        )  # fmt: skip
+    except ValueError as exc:
+        return f"**Cannot launch:** {exc}", None
+    with Session(get_engine()) as session:
+        try:
+            experiment, run = experiment_service.create_experiment(
+                session=session, experiment_in=experiment_in, user=owner
+            )
+        except SpecError as exc:
+            return "**Cannot launch:**\n" + form.format_errors(exc.errors), None
+        except ServiceError as exc:
+            return f"**Cannot launch:** {exc}", None
+        return f"Queued run {run.id} of experiment {experiment.id} *{experiment.name}*.", run.id
+
+
+def validate(*values: Any, spec_yaml: str | None = None) -> str:
+    """The checks Launch runs (validation, the server's path policy, the preflight), writing nothing."""
+    source = "fields" if spec_yaml is None else "yaml"
+    spec, problems = form.check_form(source, spec_yaml or "", values, preflight=False)
+    if spec is not None:
+        try:  # the policy first, as at Launch: in team mode Validate must not tell which files exist
+            crud.validate_spec(spec)
+        except SpecError as exc:
+            problems = "**Cannot launch:**\n" + form.format_errors(exc.errors)
+    if problems:
+        return problems.replace("**Cannot launch", "**Not valid", 1)
+    return "The spec is valid: every field is in range and its models and data exist."
+
+
+def spec_components() -> list[gr.components.Component]:
+    """The form: one accordion per spec group, one component per field (order = form.FIELD_NAMES)."""
+    makers = {"dropdown": gr.Dropdown, "checkbox": gr.Checkbox, "slider": gr.Slider, "number": gr.Number,
+              "text": gr.Textbox}  # fmt: skip
+    components = []
+    widgets = form.field_widgets()
+    for group in dict.fromkeys(w.group for w in widgets):
+        with gr.Accordion(form.GROUP_TITLES.get(group, group), open=group in ("models", "method")):
+            for w in (w for w in widgets if w.group == group):
+                components.append(makers[w.kind](**w.kwargs, elem_id=f"spec-{w.name}"))
+    return components
+
+
+class LaunchTab:
+    def __init__(self) -> None:
+        with gr.Tab("Launch", id="launch"):
+            with gr.Row():
+                self.preset = gr.Dropdown(form.preset_choices(), label="preset (examples/)", value=None, scale=2)
+                self.name = gr.Textbox(label="experiment name", scale=2)
+                self.tags = gr.Textbox(label="tags", placeholder="baseline, toy", scale=2)
+            self.notes = gr.Textbox(label="notes", lines=1)
+            with gr.Row():
+                with gr.Column(scale=3):
+                    self.spec_inputs = spec_components()
+                with gr.Column(scale=2):
+                    self.spec_yaml = gr.Code(form.values_to_yaml([c.value for c in self.spec_inputs]),
+                                             language="yaml",
+                                             label="spec.yaml (only fields that differ from the defaults)",
+                                             interactive=True, lines=16, elem_id="spec-yaml")  # fmt: skip
+                    self.spec_status = gr.Markdown(elem_id="spec-status")  # the YAML pane's and the fields' problems
+                    self.apply_yaml = gr.Button("Apply YAML to the form")
+                    # which side was edited last ("fields" or "yaml"): set in the browser, so it is
+                    # current when Launch is clicked even while the edit's own round trip is on its way
+                    self.spec_source = gr.Textbox("fields", visible=False, elem_id="spec-source")
+                    with gr.Row():
+                        self.check = gr.Button("Validate")
+                        self.launch = gr.Button("Launch", variant="primary", elem_id="launch-button")
+                    self.message = gr.Markdown(elem_id="form-message")
+
+    def wire(self, *, tabs: gr.Tabs, live_run: gr.Number) -> None:
+        spec_inputs, spec_yaml, spec_status, spec_source = (self.spec_inputs, self.spec_yaml, self.spec_status,
+                                                            self.spec_source)  # fmt: skip
+
+        def load_preset(name_: str):
+            if not name_:
+                return [gr.skip()] * (len(spec_inputs) + 4)
+            text = form.preset_yaml(name_)
+            values, problems = form.yaml_to_values(text)
+            if values is None:
+                return [*[gr.skip()] * len(spec_inputs), text, problems, "", gr.skip()]
+            title = form.preset_title(text)
+            return [*values, text, f"Loaded preset *{title}* (examples/{name_}.yaml).", "", title]
+
+        self.preset.input(load_preset, self.preset, [*spec_inputs, spec_yaml, self.message, spec_status, self.name])
+
+        # One source of truth: the fields rewrite the YAML pane on every change; the YAML pane fills
+        # the fields when applied (button or leaving it). Launch and Validate check the side edited
+        # last (spec_source), so they never launch a value that the screen does not show.
+        spec_yaml.input(None, None, spec_source, js="() => 'yaml'")
+        gr.on([c.input for c in spec_inputs], None, None, spec_source, js="() => 'fields'")
+
+        def apply(text: str):
+            values, problems = form.yaml_to_values(text)
+            if values is None:
+                return [*[gr.skip()] * len(spec_inputs), problems]
+            return [*values, "YAML applied to the form."]
+
+        self.apply_yaml.click(apply, spec_yaml, [*spec_inputs, spec_status])
+        spec_yaml.blur(apply, spec_yaml, [*spec_inputs, spec_status], show_progress="hidden")
+
+        def form_changed(*values):
+            spec, problems = form.check_values(values, preflight=False)
+            return form.values_to_yaml(values), problems
+
+        gr.on([c.input for c in spec_inputs], form_changed, spec_inputs, [spec_yaml, spec_status],
+              show_progress="hidden", trigger_mode="always_last")  # fmt: skip
+
+        def shown_yaml(source: str, text: str) -> str | None:
+            return text if source == "yaml" else None
+
+        self.check.click(lambda source, text, *values: validate(*values, spec_yaml=shown_yaml(source, text)),
+                         [spec_source, spec_yaml, *spec_inputs], self.message)  # fmt: skip
+
+        # Gradio injects positional requests only
+        def launch_and_open(request: gr.Request, name_, tags_, notes_, source, text, *values):
+            owner = request.username if request is not None and get_settings().auth == "on" else None
+            message, run_id = launch(name_, tags_, notes_, *values, owner=owner, spec_yaml=shown_yaml(source, text))
+            if run_id is None:
+                return message, gr.skip(), gr.skip()
+            return message, run_id, gr.Tabs(selected="live")
+
+        self.launch.click(launch_and_open, [self.name, self.tags, self.notes, spec_source, spec_yaml, *spec_inputs],
+                          [self.message, live_run, tabs])  # fmt: skip

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import gradio as gr
-from sqlalchemy import func, select
 from sqlmodel import Session
 
 from app.db import get_engine
-from app.models import Run
+from app.services import run_views
 from ui import compare as compare_view
 from ui import hosts, runs
 from ui.tabs.common import CHEAP, REDRAW, TABLE_TICK_SECONDS, acting_user
@@ -16,9 +15,7 @@ from ui.tabs.common import CHEAP, REDRAW, TABLE_TICK_SECONDS, acting_user
 def table_fingerprint() -> str:
     """Changes whenever a run is added, changes status or makes progress."""
     with Session(get_engine()) as session:
-        totals = session.execute(select(func.count(Run.id), func.max(Run.id), func.sum(Run.last_step))).one()
-        by_status = session.execute(select(Run.status, func.count(Run.id)).group_by(Run.status)).all()
-    return f"{tuple(totals)}|{sorted(tuple(r) for r in by_status)}"
+        return run_views.runs_fingerprint(session=session)
 
 
 class RunsTab:

@@ -17,7 +17,7 @@ import os
 import gradio as gr
 from fastapi import FastAPI
 
-from ui import charts, heatmap, runs
+from ui import charts, endpoints, heatmap, runs
 from ui import compare as compare_view
 from ui.tabs.common import CHEAP, LIVE_TICK_SECONDS, REDRAW, TABLE_TICK_SECONDS, acting_user
 from ui.tabs.compare_tab import CompareTab, compare_outputs, known_metric_keys
@@ -65,6 +65,8 @@ def build_dashboard() -> gr.Blocks:
 
         demo.load(on_load, None, [compare_tab.runs, live_tab.run, sweeps_tab.sweep_id, tabs, *compare_all])
         demo.load(runs.runs_table, runs_tab.inputs, [runs_tab.table, runs_tab.caption], **REDRAW)
+        endpoints.add_api_endpoints()
+    endpoints.hide_internal_events(demo)
     return demo
 
 

@@ -54,9 +54,11 @@ class RunsTab:
     def wire(self, *, tabs: gr.Tabs, live_run: gr.Number, compare_runs: gr.Textbox) -> None:
         table_out = [self.table, self.caption]
         # the selected-run panel follows the table: every redraw of the table re-reads its status lines
-        for trigger in (self.refresh.click, self.status.change, self.tag_filter.submit, self.field_filter.submit,
-                        self.page.submit, self.tab.select):  # fmt: skip
-            trigger(runs.runs_table, self.inputs, table_out, **REDRAW).then(
+        triggers = (self.refresh.click, self.status.change, self.tag_filter.submit, self.field_filter.submit,
+                    self.page.submit, self.tab.select)  # fmt: skip
+        for i, trigger in enumerate(triggers):
+            # the first one is the API's /runs_table (ui/endpoints.py); the others are the same call
+            trigger(runs.runs_table, self.inputs, table_out, api_name="runs_table" if i == 0 else None, **REDRAW).then(
                 runs.run_summary, self.selected, self.details, show_progress="hidden"
             )
 

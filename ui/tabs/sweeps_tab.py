@@ -79,8 +79,8 @@ class SweepsTab:
                         self.view_version.change):  # fmt: skip
             trigger(show_sweep, inputs, outputs, trigger_mode="always_last", **REDRAW)
 
-        def cancel_sweep_as_user(request: gr.Request, sweep_id_) -> str:
-            return sweep_view.cancel(sweep_id_, user=acting_user(request))
+        def cancel_sweep_as_user(request: gr.Request, sweep_id) -> str:
+            return sweep_view.cancel(sweep_id, user=acting_user(request))
 
         self.cancel.click(cancel_sweep_as_user, self.sweep_id, self.msg, api_name="cancel_sweep").then(
             show_sweep, inputs, outputs, show_progress="hidden"
@@ -90,7 +90,7 @@ class SweepsTab:
             return sweep_launch.example_yaml(name_) if name_ else gr.skip()
 
         self.example.input(load_sweep_example, self.example, self.yaml)
-        self.check.click(sweep_launch.validate, self.yaml, self.form_msg)
+        self.check.click(sweep_launch.validate, self.yaml, self.form_msg, api_name="validate_sweep")
 
         def launch_sweep_as_user(request: gr.Request, text: str):
             message, new_id = sweep_launch.launch(text, owner=acting_user(request))

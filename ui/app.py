@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from ui import charts, endpoints, heatmap, runs
 from ui import compare as compare_view
+from ui.tabs import launch_tab
 from ui.tabs.common import CHEAP, LIVE_TICK_SECONDS, REDRAW, TABLE_TICK_SECONDS, acting_user
 from ui.tabs.compare_tab import CompareTab, compare_outputs, known_metric_keys
 from ui.tabs.launch_tab import LaunchTab, launch, validate
@@ -30,7 +31,7 @@ __all__ = ["CHEAP", "LIVE_TICK_SECONDS", "REDRAW", "TABLE_TICK_SECONDS", "acting
            "compare_outputs", "known_metric_keys", "launch", "live_outputs", "mount_dashboard", "table_fingerprint",
            "validate"]  # fmt: skip
 
-CSS = heatmap.CSS + runs.CSS
+CSS = heatmap.CSS + runs.CSS + launch_tab.CSS
 
 
 def build_dashboard() -> gr.Blocks:
@@ -77,5 +78,5 @@ def mount_dashboard(app: FastAPI) -> FastAPI:
     charts.mount_assets(app)  # before the mount: /dashboard-assets/... is not under /ui
     return gr.mount_gradio_app(
         app, build_dashboard(), path="/ui", auth_dependency=auth_dependency, css=CSS, footer_links=[],
-        ssr_mode=False, head=charts.HEAD,
+        ssr_mode=False, head=charts.HEAD + launch_tab.head(),
     )  # fmt: skip

@@ -91,6 +91,12 @@ def field_widgets() -> list[FieldWidget]:
 FIELD_NAMES = [w.name for w in field_widgets()]
 
 
+def default_values() -> list[Any]:
+    """Each field's default as the form holds it (JSON), in FIELD_NAMES order."""
+    dumped = DistillSpec.parse({}).model_dump(mode="json")
+    return [dumped[name] for name in FIELD_NAMES]
+
+
 def values_to_dict(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """Form values (in FIELD_NAMES order) as a spec dict; ints typed back from Gradio's floats.
 

@@ -63,13 +63,21 @@ def parse_tags(text: str) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+def sort_choices() -> list[tuple[str, str]]:
+    """The Runs tab's "sort by": newest first, or a result column highest or lowest first ("-key", "+key")."""
+    both = [(f"{key}, {word} first", f"{sign}{key}") for key in METRIC_COLUMNS
+            for word, sign in (("highest", "-"), ("lowest", "+"))]  # fmt: skip
+    return [("newest first", ""), *both]
+
+
 def runs_table(
-    status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0
+    status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0, sort: str = ""
 ) -> tuple[pd.DataFrame, str]:
     """(table, caption) for the filters; bad filters give an empty table and a caption naming the problem.
 
-    Columns: run, name, status, step, then the spec fields that differ among the listed runs, the
-    summary metrics, the usual spec fields that do not differ, tags, experiment and creation time.
+    Columns: run, name, status, step, then the spec fields that differ among the listed runs, each run's
+    latest results, the usual spec fields that do not differ, tags, experiment and creation time. `sort`
+    ("-key" highest first, "+key" lowest first, "" newest first) orders every matching run, not one page.
     """
     try:
         spec_filters = crud.parse_spec_filters(parse_field_filter(field_text))
@@ -83,6 +91,8 @@ def runs_table(
             spec_filters=spec_filters,
             skip=max(int(page or 0), 0) * PAGE_SIZE,
             limit=PAGE_SIZE,
+            sort=(sort or "")[1:] or None,
+            descending=(sort or "").startswith("-"),
         )
     rows, total, positions, metrics = listed.rows, listed.count, listed.positions, listed.results
     differing = comparison.differing_fields([experiment.spec for _, experiment in rows])

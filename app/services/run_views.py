@@ -19,6 +19,7 @@ from app.metrics_query import latest_metrics
 from app.models import EvalSamples, Experiment, MetricPoint, Run, RunStatus
 from app.services import runs as run_service
 from core_distill import metric_keys
+from core_distill.spec import SpecError
 
 RESULT_KEYS = metric_keys.SUMMARY
 
@@ -41,10 +42,16 @@ def runs_page(
     owner: str | None = None,
     skip: int = 0,
     limit: int = 100,
+    sort: str | None = None,
+    descending: bool = True,
 ) -> RunsPage:
-    """Runs newest first (`crud.list_runs`' filters), each with its place in the queue and latest results."""
+    """Runs (`crud.list_runs`' filters), each with its place in the queue and latest results: newest first,
+    or by the latest value of `sort` (one of RESULT_KEYS; runs that have none last) across every page."""
+    if sort is not None and sort not in RESULT_KEYS:
+        raise SpecError({"sort": f"{sort!r} is not a result column; one of {', '.join(RESULT_KEYS)}"})
     rows, count = crud.list_runs(session=session, status=status, tags=tags, spec_filters=spec_filters,
-                                 experiment_id=experiment_id, owner=owner, skip=skip, limit=limit)  # fmt: skip
+                                 experiment_id=experiment_id, owner=owner, skip=skip, limit=limit, sort_key=sort,
+                                 descending=descending)  # fmt: skip
     positions = run_service.queue_positions(session=session)
     run_ids = [run.id for run, _ in rows]
     return RunsPage(rows=rows, count=count, positions=positions, results=results(session=session, run_ids=run_ids))

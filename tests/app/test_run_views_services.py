@@ -196,3 +196,33 @@ def test_live_fingerprint_moves_with_a_new_loss_point_and_new_samples(client):
     assert live.probe(run.id) == after_samples
     assert live.latest_samples(run.id) == ([{"prompt": "at 4"}], 4)
     assert [s["step"] for s in client.get(f"/api/runs/{run.id}/samples").json()] == [2, 4]
+
+
+def test_runs_sort_by_a_result_across_pages_with_runs_without_one_last(client):
+    from app.services import run_views
+    from core_distill.spec import SpecError
+    from ui import runs as runs_view
+
+    ids = {}
+    with Session(get_engine()) as session:
+        for name, accuracy in (("b", 0.5), ("none", None), ("a", 0.9), ("c", 0.1)):
+            run = add_run(session, name=name, keys=())
+            ids[name] = run.id
+            if accuracy is not None:  # an older, lower point first: the latest one counts
+                session.execute(insert(MetricPoint), [
+                    {"run_id": run.id, "step": s, "key": mk.EVAL_EXACT_MATCH, "value": v, "wall_time": s}
+                    for s, v in ((0, 0.05), (10, accuracy))])  # fmt: skip
+                session.commit()
+        best = run_views.runs_page(session=session, sort=mk.EVAL_EXACT_MATCH, limit=2)
+        worst = run_views.runs_page(session=session, sort=mk.EVAL_EXACT_MATCH, descending=False, limit=2, skip=2)
+        with pytest.raises(SpecError, match="div/xyz"):
+            run_views.runs_page(session=session, sort="div/xyz")
+
+    assert [run.id for run, _ in best.rows] == [ids["a"], ids["b"]]
+    assert [run.id for run, _ in worst.rows] == [ids["a"], ids["none"]]  # lowest first: c, b | a, then none
+    api = client.get("/api/runs", params={"sort": mk.EVAL_EXACT_MATCH, "order": "asc"}).json()["data"]
+    assert [r["id"] for r in api] == [ids["c"], ids["b"], ids["a"], ids["none"]]
+    refused = client.get("/api/runs", params={"sort": "spec.beta"})
+    assert refused.status_code == 422 and "sort" in refused.text
+    table, _ = runs_view.runs_table(sort=f"-{mk.EVAL_EXACT_MATCH}")
+    assert list(table["name"]) == ["a", "b", "c", "none"]

@@ -9,7 +9,7 @@ import pytest
 from ui.endpoints import PUBLIC
 
 MEANT = {
-    "/runs_table": ["status", "tag_text", "field_text", "page"],
+    "/runs_table": ["status", "tag_text", "field_text", "page", "sort"],
     "/validate": ["spec_yaml"],
     "/launch": ["spec_yaml", "name", "tags", "notes"],
     "/save_tags_notes": ["run_id", "tags_text", "notes"],
@@ -41,7 +41,7 @@ def test_only_the_meant_endpoints_are_listed_and_they_work(api):
     experiment = httpx.get(f"{api}/api/experiments/{spec['experiment_id']}", timeout=30).json()
     assert (experiment["name"], experiment["tags"]) == ("via gradio_client", ["api", "toy"])
     assert (experiment["spec"]["max_steps"], experiment["spec"]["beta"]) == (7, 0.25)
-    table, caption = client.predict("all", "toy", "", 0, api_name="/runs_table")
+    table, caption = client.predict("all", "toy", "", 0, "", api_name="/runs_table")
     assert "1 run(s) match" in caption
     assert table["data"][0][0] == run_id
     # a private event is not callable by name (the page itself still runs it)

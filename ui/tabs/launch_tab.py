@@ -1,8 +1,15 @@
 """Launch tab: the form generated from the spec (one component per field), presets, the YAML pane,
-Validate and Launch."""
+Validate and Launch.
+
+Round trips: a field edit redraws the YAML pane in the browser (ui/static/form.js, from the spec's
+field names and defaults); the server checks the fields when one is left (blur) or picked (dropdowns,
+checkboxes), not on every keystroke. The YAML pane, when left, fills the fields (one round trip).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,6 +23,19 @@ from app.services.errors import ServiceError
 from app.settings import get_settings
 from core_distill.spec import SpecError
 from ui import form, runs
+
+FORM_JS = Path(__file__).resolve().parents[1] / "static" / "form.js"
+# the YAML pane and Validate/Launch stay in view while the (long) form scrolls beside them
+CSS = """
+#launch-side {position: sticky; top: 0; align-self: flex-start; max-height: 100vh; overflow-y: auto;}
+"""
+
+
+def head() -> str:
+    """The page head's script for the form: the spec's field names and defaults, then ui/static/form.js."""
+    defaults = dict(zip(form.FIELD_NAMES, form.default_values(), strict=True))
+    data = json.dumps({"names": form.FIELD_NAMES, "defaults": defaults}).replace("</", "<\\/")
+    return f"<script>window.distillFormSpec = {data};\n{FORM_JS.read_text()}</script>"
 
 
 def launch(
@@ -87,7 +107,7 @@ class LaunchTab:
             with gr.Row():
                 with gr.Column(scale=3):
                     self.spec_inputs = spec_components()
-                with gr.Column(scale=2):
+                with gr.Column(scale=2, elem_id="launch-side"):
                     self.spec_yaml = gr.Code(form.values_to_yaml([c.value for c in self.spec_inputs]),
                                              language="yaml",
                                              label="spec.yaml (only fields that differ from the defaults)",
@@ -118,11 +138,13 @@ class LaunchTab:
 
         self.preset.input(load_preset, self.preset, [*spec_inputs, spec_yaml, self.message, spec_status, self.name])
 
-        # One source of truth: the fields rewrite the YAML pane on every change; the YAML pane fills
-        # the fields when applied (button or leaving it). Launch and Validate check the side edited
-        # last (spec_source), so they never launch a value that the screen does not show.
+        # One source of truth: the fields rewrite the YAML pane on every edit (in the browser, form.js);
+        # the YAML pane fills the fields when applied (button or leaving it). Launch and Validate check
+        # the side edited last (spec_source), so they never launch a value that the screen does not show.
         spec_yaml.input(None, None, spec_source, js="() => 'yaml'")
-        gr.on([c.input for c in spec_inputs], None, None, spec_source, js="() => 'fields'")
+        # .change, not .input: a Textbox's input event misses Backspace, Delete and paste (Gradio 6.31)
+        gr.on([c.change for c in spec_inputs], None, [*spec_inputs, spec_yaml, spec_source], [spec_yaml, spec_source],
+              js="(...args) => window.distillForm.fieldChanged(...args)")  # fmt: skip
 
         def apply(text: str):
             values, problems = form.yaml_to_values(text)
@@ -133,12 +155,12 @@ class LaunchTab:
         self.apply_yaml.click(apply, spec_yaml, [*spec_inputs, spec_status])
         spec_yaml.blur(apply, spec_yaml, [*spec_inputs, spec_status], show_progress="hidden")
 
-        def form_changed(*values):
-            spec, problems = form.check_values(values, preflight=False)
-            return form.values_to_yaml(values), problems
+        def check_fields(*values):
+            return form.check_values(values, preflight=False)[1]
 
-        gr.on([c.input for c in spec_inputs], form_changed, spec_inputs, [spec_yaml, spec_status],
-              show_progress="hidden", trigger_mode="always_last")  # fmt: skip
+        # the server's check of the fields: when one is left, or picked (a checkbox has no blur)
+        left = [c.input if isinstance(c, gr.Checkbox) else c.blur for c in spec_inputs]
+        gr.on(left, check_fields, spec_inputs, spec_status, show_progress="hidden", trigger_mode="always_last")
 
         def shown_yaml(source: str, text: str) -> str | None:
             return text if source == "yaml" else None

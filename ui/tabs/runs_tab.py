@@ -25,6 +25,8 @@ class RunsTab:
                 self.status = gr.Dropdown(runs.STATUS_CHOICES, value="all", label="status", scale=1)
                 self.tag_filter = gr.Textbox(label="tag", placeholder="baseline", scale=1)
                 self.field_filter = gr.Textbox(label="spec fields", placeholder="beta=0.5 objective=gkd", scale=2)
+                # across every page (the column headers' own sort orders the page shown)
+                self.sort = gr.Dropdown(runs.sort_choices(), value="", label="sort by", scale=1, elem_id="runs-sort")
                 self.page = gr.Number(0, label="page", precision=0, minimum=0, scale=0)
                 self.refresh = gr.Button("Refresh", scale=0)
             self.caption = gr.Markdown()
@@ -49,13 +51,13 @@ class RunsTab:
             hosts.panel()  # each worker host's GPUs and the run holding each (ui/hosts.py)
             self.table_version = gr.State("")
             self.timer = gr.Timer(TABLE_TICK_SECONDS)  # the Sweeps tab's lists tick with it
-        self.inputs = [self.status, self.tag_filter, self.field_filter, self.page]
+        self.inputs = [self.status, self.tag_filter, self.field_filter, self.page, self.sort]
 
     def wire(self, *, tabs: gr.Tabs, live_run: gr.Number, compare_runs: gr.Textbox) -> None:
         table_out = [self.table, self.caption]
         # the selected-run panel follows the table: every redraw of the table re-reads its status lines
         triggers = (self.refresh.click, self.status.change, self.tag_filter.submit, self.field_filter.submit,
-                    self.page.submit, self.tab.select)  # fmt: skip
+                    self.page.submit, self.tab.select, self.sort.change)  # fmt: skip
         for i, trigger in enumerate(triggers):
             # the first one is the API's /runs_table (ui/endpoints.py); the others are the same call
             trigger(runs.runs_table, self.inputs, table_out, api_name="runs_table" if i == 0 else None, **REDRAW).then(

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
@@ -32,6 +32,7 @@ STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
 IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most (FastAPI pings every 15 s)
 ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 viewers, under 1 query/s
 TERMINAL = frozenset(s.value for s in FINISHED)
+SortKey = Literal[run_views.RESULT_KEYS]  # type: ignore[valid-type]  # the result columns, as an enum
 
 
 def summarize(
@@ -73,6 +74,10 @@ def list_runs(
     owner: Annotated[str | None, Query(max_length=200)] = None,
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 100,
+    sort: Annotated[
+        SortKey | None, Query(description="Order by the latest value of this result (runs without one last).")
+    ] = None,
+    order: Annotated[Literal["desc", "asc"], Query(description="With `sort`: highest or lowest first.")] = "desc",
 ) -> RunsPublic:
     """List runs, newest first, each with its place in the queue and its latest results (`results`: the last
     logged eval accuracy, divergences, loss and tokens/s). Spec filters: `spec.FIELD=value`."""
@@ -90,6 +95,8 @@ def list_runs(
         owner=owner,
         skip=skip,
         limit=limit,
+        sort=sort,
+        descending=order == "desc",
     )
     data = [summarize(run, experiment, page.positions, page.results.get(run.id)) for run, experiment in page.rows]
     return RunsPublic(data=data, count=page.count)

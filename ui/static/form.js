@@ -27,11 +27,19 @@
     return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
   }
 
+  // a number field that may stay empty is a text box (form.TEXT_NUMBERS): empty is null, else its number
+  function value(name, v) {
+    if (!spec.numbers.includes(name) || typeof v !== "string") return v;
+    const n = Number(v.trim());
+    return v.trim() === "" ? null : Number.isNaN(n) ? v : n;
+  }
+
   // the spec as YAML, only the fields that differ from the defaults (as form.values_to_yaml)
   function toYaml(values) {
     const lines = [];
     spec.names.forEach((name, i) => {
-      if (!same(values[i], spec.defaults[name])) lines.push(`${name}: ${scalar(values[i])}`);
+      const v = value(name, values[i]);
+      if (!same(v, spec.defaults[name])) lines.push(`${name}: ${scalar(v)}`);
     });
     return lines.length ? lines.join("\n") + "\n" : "{}\n";
   }
@@ -43,10 +51,22 @@
     return !!field && spec.names.includes(field.id.slice(5));
   }
 
+  let edited = false; // a field was edited since the server last checked the fields
+
   // js of the fields' change event: inputs (...fields, yaml, source), outputs [yaml, source]
   function fieldChanged(...args) {
     const source = args.pop(), yaml = args.pop();
-    return editing() ? [toYaml(args), "fields"] : [yaml, source];
+    if (!editing()) return [yaml, source];
+    edited = true;
+    return [toYaml(args), "fields"];
+  }
+
+  // js of a field's blur (a checkbox's input): a new stamp, whose change asks the server to check the
+  // fields, only when something was edited since the last check (moving through the form costs nothing)
+  function leftField(stamp) {
+    if (!edited) return stamp;
+    edited = false;
+    return String(Date.now() + Math.random());
   }
 
   function label(root) {
@@ -63,5 +83,5 @@
     queued = true; // at most once a frame: the live charts mutate the page often
     requestAnimationFrame(() => { queued = false; label(document); });
   }).observe(document.documentElement, {childList: true, subtree: true});
-  window.distillForm = {toYaml, fieldChanged, scalar};
+  window.distillForm = {toYaml, fieldChanged, leftField, scalar};
 })();

@@ -25,8 +25,10 @@ from core_distill.spec import SpecError
 from ui import form, runs
 
 FORM_JS = Path(__file__).resolve().parents[1] / "static" / "form.js"
-# the YAML pane and Validate/Launch stay in view while the (long) form scrolls beside them
+# the YAML pane and Validate/Launch stay in view while the (long) form scrolls beside them; Gradio's
+# container clips with overflow: hidden, which would make it the sticky column's scroll box: clip instead
 CSS = """
+.gradio-container {overflow: clip !important;}
 #launch-side {position: sticky; top: 0; align-self: flex-start; max-height: 100vh; overflow-y: auto;}
 """
 
@@ -34,7 +36,8 @@ CSS = """
 def head() -> str:
     """The page head's script for the form: the spec's field names and defaults, then ui/static/form.js."""
     defaults = dict(zip(form.FIELD_NAMES, form.default_values(), strict=True))
-    data = json.dumps({"names": form.FIELD_NAMES, "defaults": defaults}).replace("</", "<\\/")
+    data = json.dumps({"names": form.FIELD_NAMES, "defaults": defaults, "numbers": form.TEXT_NUMBERS})
+    data = data.replace("</", "<\\/")
     return f"<script>window.distillFormSpec = {data};\n{FORM_JS.read_text()}</script>"
 
 
@@ -117,6 +120,8 @@ class LaunchTab:
                     # which side was edited last ("fields" or "yaml"): set in the browser, so it is
                     # current when Launch is clicked even while the edit's own round trip is on its way
                     self.spec_source = gr.Textbox("fields", visible=False, elem_id="spec-source")
+                    # form.js's stamp; "hidden", not False: in the page (not drawn), so its change event fires
+                    self.spec_check = gr.Textbox("", visible="hidden", elem_id="spec-check")
                     with gr.Row():
                         self.check = gr.Button("Validate")
                         self.launch = gr.Button("Launch", variant="primary", elem_id="launch-button")
@@ -136,7 +141,8 @@ class LaunchTab:
             title = form.preset_title(text)
             return [*values, text, f"Loaded preset *{title}* (examples/{name_}.yaml).", "", title]
 
-        self.preset.input(load_preset, self.preset, [*spec_inputs, spec_yaml, self.message, spec_status, self.name])
+        # .select: once per pick (.input also fired when the dropdown lost the focus)
+        self.preset.select(load_preset, self.preset, [*spec_inputs, spec_yaml, self.message, spec_status, self.name])
 
         # One source of truth: the fields rewrite the YAML pane on every edit (in the browser, form.js);
         # the YAML pane fills the fields when applied (button or leaving it). Launch and Validate check
@@ -158,9 +164,12 @@ class LaunchTab:
         def check_fields(*values):
             return form.check_values(values, preflight=False)[1]
 
-        # the server's check of the fields: when one is left, or picked (a checkbox has no blur)
+        # the server's check of the fields: when one is left (or a checkbox ticked: it has no blur) after an
+        # edit; form.js stamps spec_check then, and only then, and the stamp's change runs the check
         left = [c.input if isinstance(c, gr.Checkbox) else c.blur for c in spec_inputs]
-        gr.on(left, check_fields, spec_inputs, spec_status, show_progress="hidden", trigger_mode="always_last")
+        gr.on(left, None, self.spec_check, self.spec_check, js="(stamp) => window.distillForm.leftField(stamp)")
+        self.spec_check.change(check_fields, spec_inputs, spec_status, show_progress="hidden",
+                               trigger_mode="always_last")  # fmt: skip
 
         def shown_yaml(source: str, text: str) -> str | None:
             return text if source == "yaml" else None

@@ -18,7 +18,16 @@ from sqlalchemy import ColumnElement, Float, String, cast, delete, exists, func,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
-from app.models import Experiment, ExperimentCreate, ExperimentUpdate, Run, RunStatus, Sweep, SweepCreate
+from app.models import (
+    Experiment,
+    ExperimentCreate,
+    ExperimentUpdate,
+    MetricPoint,
+    Run,
+    RunStatus,
+    Sweep,
+    SweepCreate,
+)
 from app.paths_policy import DATA_FIELDS, MODEL_FIELDS, check_spec_policy
 from app.services.errors import ConflictError, NotFoundError, QueueUnavailableError
 from app.settings import get_settings
@@ -144,8 +153,11 @@ def list_runs(
     owner: str | None = None,
     skip: int = 0,
     limit: int = 100,
+    sort_key: str | None = None,
+    descending: bool = True,
 ) -> tuple[list[tuple[Run, Experiment]], int]:
-    """Runs newest first with their experiment, filtered by run status and experiment fields."""
+    """Runs with their experiment, filtered by run status and experiment fields: newest first, or by the
+    latest value of the metric `sort_key` (runs without one last, then newest first)."""
     dialect = session.get_bind().dialect.name
     where: list[ColumnElement[bool]] = []
     if status:
@@ -164,12 +176,18 @@ def list_runs(
         .join(Experiment, col(Run.experiment_id) == col(Experiment.id))
         .where(*where)
     ).scalar_one()
-    rows = session.execute(
-        joined.where(*where)
-        .order_by(col(Run.created_at).desc(), col(Run.id).desc())
-        .offset(max(skip, 0))
-        .limit(_page(limit))
-    ).all()
+    order = [col(Run.created_at).desc(), col(Run.id).desc()]
+    if sort_key is not None:  # one index seek per matching run (metricpoint's run_id, key, step index)
+        latest = (
+            select(MetricPoint.value)
+            .where(col(MetricPoint.run_id) == col(Run.id), col(MetricPoint.key) == sort_key)
+            .order_by(col(MetricPoint.step).desc())
+            .limit(1)
+            .correlate(Run)
+            .scalar_subquery()
+        )
+        order.insert(0, (latest.desc() if descending else latest.asc()).nulls_last())
+    rows = session.execute(joined.where(*where).order_by(*order).offset(max(skip, 0)).limit(_page(limit))).all()
     return [(run, experiment) for run, experiment in rows], count
 
 

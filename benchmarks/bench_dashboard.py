@@ -13,6 +13,16 @@
    records when each point arrived and was drawn (window.distillCharts.draws). Latency = drawn minus
    the wall time log() stamped on the point (same machine, same clock).
 5. Leaves that page open while the run keeps logging a step a second and samples the server's RSS.
+
+The Launch form alone (page load, then a preset plus four field edits typed key by key), against this
+tree's app or a server already running (`--url`, e.g. another checkout's, for a before/after):
+
+    python benchmarks/bench_dashboard.py --form                       # starts the app on SQLite
+    python benchmarks/bench_dashboard.py --form --url http://127.0.0.1:8000
+
+It reports the page load (navigation until the runs table's load event answered, cold then the
+median of 3), the time from picking the preset until the YAML pane shows all four edits, and how
+many events the page sent to the server meanwhile (the refresh timers' ticks left out).
 """
 
 from __future__ import annotations
@@ -203,6 +213,115 @@ def bench_browser(url: str, run_ids: list[int], server: subprocess.Popen, minute
     return out
 
 
+FORM_EDITS = (("max_steps", "40"), ("batch_size", "2"), ("max_new_tokens", "8"), ("eval_examples", "4"))
+# the refresh timers and the redraws they start: not the form's doing
+TICKS = ("table_tick", "sweeps_tick", "live_tick", "hosts_markdown", "runs_table", "run_summary", "sweeps_table",
+         "show_sweep")  # fmt: skip
+
+
+def bench_form(url: str, repeat: int = 3) -> dict[str, object]:
+    """Page load, and a preset plus FORM_EDITS typed key by key (Tab after each), in headless Chromium."""
+    import json
+
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=300_000)
+    names = {d["id"]: d.get("api_name") for d in httpx.get(f"{url}/ui/config", timeout=120).json()["dependencies"]}
+    out: dict[str, object] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(300_000)
+        sent: list[str] = []
+
+        def on_request(request) -> None:
+            if request.method == "POST" and "/queue/join" in request.url:
+                name = str(names.get(json.loads(request.post_data or "{}").get("fn_index"), "?"))
+                if not name.rstrip("_0123456789").startswith(TICKS):
+                    sent.append(name)
+
+        page.on("request", on_request)
+        loads = []
+        for _ in range(repeat + 1):  # the first one cold
+            t0 = time.perf_counter()
+            page.goto(f"{url}/ui/")
+            expect(page.get_by_text("run(s) match")).to_be_visible()
+            loads.append(time.perf_counter() - t0)
+        out["page load, cold"], out["page load"] = loads[0], statistics.median(loads[1:])
+
+        edits, counts = [], []
+        for _ in range(repeat):
+            page.goto(f"{url}/ui/")
+            expect(page.get_by_text("run(s) match")).to_be_visible()
+            page.get_by_role("tab", name="Launch").click()
+            page.get_by_role("button", name="Data").click()
+            page.get_by_role("button", name="Training").click()
+            pane = page.locator("#spec-yaml .cm-content")
+            sent.clear()
+            t0 = time.perf_counter()
+            page.get_by_label("preset (examples/)").click()
+            page.get_by_role("option", name="On-policy GKD (λ=1, β=0.5)").click()
+            expect(page.locator("#form-message")).to_contain_text("Loaded preset")
+            for field, value in FORM_EDITS:
+                box = page.locator(f"#spec-{field} input").first
+                box.click()
+                box.press("Control+a")
+                box.type(value, delay=80)  # a quick typist
+                box.press("Tab")
+            for field, value in FORM_EDITS:
+                expect(pane).to_contain_text(f"{field}: {value}")
+            edits.append(time.perf_counter() - t0)
+            page.wait_for_timeout(1000)
+            counts.append(len(sent))
+        out["preset + 4 edits"] = statistics.median(edits)
+        out["events sent for preset + 4 edits"] = statistics.median(counts)
+        out["events sent (last try)"] = list(sent)
+        browser.close()
+    return out
+
+
+def main_form(url: str | None, port: int) -> None:
+    server = None
+    if url is None:
+        home = Path(tempfile.mkdtemp(prefix="bench_dashboard_"))
+        os.environ["DISTILL_HOME"] = str(home)
+        os.environ.setdefault("DISTILL_DATABASE_URL", f"sqlite:///{home / 'distill.db'}")
+        os.environ.setdefault("DISTILL_REDIS_URL", "redis://127.0.0.1:6379/15")
+        from app.db import init_db
+
+        init_db()
+        server, url = start_server(port, home / "server.log"), f"http://127.0.0.1:{port}"
+        wait_serving(url, server, home / "server.log")
+    try:
+        result = bench_form(url)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    load = os.getloadavg()
+    print(f"\nLaunch form at {url} (load average {load[0]:.1f}, {os.cpu_count()} CPUs):")
+    for name in ("page load, cold", "page load", "preset + 4 edits"):
+        print(f"  {name:36s} {result[name]:8.2f} s")
+    print(f"  {'events sent for preset + 4 edits':36s} {result['events sent for preset + 4 edits']:8.0f}")
+    print(f"  last try's events: {result['events sent (last try)']}")
+
+
+def wait_serving(url: str, server: subprocess.Popen, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/ui/", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit(log.read_text())
+        time.sleep(0.5)
+
+
 def set_running(run_id: int) -> None:
     from sqlalchemy import update
     from sqlmodel import Session
@@ -245,7 +364,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--minutes", type=float, default=30.0, help="how long the live page is left open")
     parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--form", action="store_true", help="only the page load and the Launch form's round trips")
+    parser.add_argument("--url", default=None, help="with --form: a running server instead of this tree's app")
     args = parser.parse_args()
+    if args.form:
+        main_form(args.url, args.port)
+        return
 
     home = Path(tempfile.mkdtemp(prefix="bench_dashboard_"))
     os.environ["DISTILL_HOME"] = str(home)

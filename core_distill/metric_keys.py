@@ -61,7 +61,8 @@ def is_known(key: str) -> bool:
 
 
 # --- what views show by default
-SUMMARY = (LOSS, DIV_FKL, EVAL_EXACT_MATCH)  # a run in one line (runs table)
+# a run's latest results in one line (runs table, GET /api/runs): accuracy, divergences, loss, speed
+SUMMARY = (EVAL_EXACT_MATCH, DIV_FKL, DIV_RKL, LOSS, PERF_TOKENS_PER_SEC)
 FINAL = (LOSS, LOSS_KD, DIV_FKL, DIV_RKL, DIV_JSD, EVAL_EXACT_MATCH, PERF_TOKENS_PER_SEC)  # a finished run
 COMPARED = (LOSS, DIV_FKL, DIV_RKL, EVAL_EXACT_MATCH)  # curves overlaid when comparing runs
 PRINTED = (LOSS, LOSS_KD, DIV_FKL, DIV_RKL, EVAL_EXACT_MATCH, EVAL_DIV_FKL, PERF_TOKENS_PER_SEC)  # `distill run`

@@ -74,6 +74,11 @@ def field_widgets() -> list[FieldWidget]:
             widgets.append(FieldWidget(name, group, "dropdown", {**common, "choices": choices, "multiselect": True}))
         elif annotation is bool:
             widgets.append(FieldWidget(name, group, "checkbox", common))
+        elif number_type(annotation) is not None and info.default is None:
+            # a number that may stay empty: a text box, since Gradio's Number shows (and sends) 0 for None
+            limits = field_limits(name)
+            info_text = f"{info.description} ({limits})" if limits else info.description
+            widgets.append(FieldWidget(name, group, "text", {**common, "info": info_text, "value": "", "max_lines": 1}))
         elif (kind := number_type(annotation)) is not None:
             # no minimum/maximum/precision: Gradio would clamp or round what was typed, silently
             limits = field_limits(name)
@@ -89,6 +94,15 @@ def field_widgets() -> list[FieldWidget]:
 
 
 FIELD_NAMES = [w.name for w in field_widgets()]
+# number fields that may stay empty, shown as text boxes (field_widgets)
+TEXT_NUMBERS = [w.name for w in field_widgets() if w.kind == "text" and number_type(
+    DistillSpec.model_fields[w.name].annotation) is not None]  # fmt: skip
+
+
+def default_values() -> list[Any]:
+    """Each field's default as the form holds it (JSON), in FIELD_NAMES order."""
+    dumped = DistillSpec.parse({}).model_dump(mode="json")
+    return [dumped[name] for name in FIELD_NAMES]
 
 
 def values_to_dict(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
@@ -100,14 +114,32 @@ def values_to_dict(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     data = dict(zip(FIELD_NAMES, values, strict=True))
     for name, info in DistillSpec.model_fields.items():
         value = data[name]
+        if name in TEXT_NUMBERS and isinstance(value, str):
+            data[name] = value = _number_text(value)
         if number_type(info.annotation) is int and isinstance(value, float) and value.is_integer():
             data[name] = int(value)
     return data
 
 
+def _number_text(text: str) -> float | str | None:
+    """A TEXT_NUMBERS box's text: empty is None, a number its value; anything else is left for the spec
+    to refuse, naming the field."""
+    try:
+        return float(text) if text.strip() else None
+    except ValueError:
+        return text
+
+
+def form_value(name: str, value: Any) -> Any:
+    """A spec value as its form component holds it (a TEXT_NUMBERS box holds text)."""
+    if name in TEXT_NUMBERS:
+        return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return value
+
+
 def spec_to_values(spec: DistillSpec) -> list[Any]:
     dumped = spec.model_dump()
-    return [dumped[name] for name in FIELD_NAMES]
+    return [form_value(name, dumped[name]) for name in FIELD_NAMES]
 
 
 def format_errors(errors: dict[str, str]) -> str:

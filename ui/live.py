@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from app.db import get_engine
-from app.models import EvalSamples, Experiment, MetricPoint, Run
+from app.models import Experiment, Run
+from app.services import run_views
 from app.services import runs as run_service
-from core_distill import metric_keys
 from ui.runs import error_block, status_text
 
 DOWNLOADS = ("metrics.csv", "metrics.json", "metrics.jsonl", "metrics.parquet", "spec.yaml")  # /api/runs/{id}/NAME
@@ -28,23 +27,7 @@ def probe(run_id: int | None) -> str:
     if not run_id:
         return ""
     with Session(get_engine()) as session:
-        run = session.execute(
-            select(Run.status, Run.last_step, Run.attempt, Run.cancel_requested, Run.resume_after).where(
-                Run.id == int(run_id)
-            )
-        ).first()
-        if run is None:
-            return "missing"
-        newest_point = session.execute(
-            select(func.max(MetricPoint.step)).where(MetricPoint.run_id == int(run_id), MetricPoint.key == metric_keys.LOSS)
-        ).scalar()
-        newest_samples = session.execute(
-            select(func.max(EvalSamples.id)).where(EvalSamples.run_id == int(run_id))
-        ).scalar()
-    return (
-        f"{run.status}|{run.last_step}|{run.attempt}|{run.cancel_requested}|{run.resume_after}|{newest_point}"
-        f"|{newest_samples}"
-    )
+        return run_views.run_fingerprint(session=session, run_id=int(run_id))
 
 
 def run_header(run_id: int) -> str:
@@ -73,8 +56,6 @@ def run_header(run_id: int) -> str:
 
 
 def latest_samples(run_id: int) -> tuple[list[dict[str, Any]], int | None]:
-    with Session(get_engine()) as session:
-        row = session.execute(
-            select(EvalSamples).where(EvalSamples.run_id == int(run_id)).order_by(col(EvalSamples.step).desc()).limit(1)
-        ).scalar()
-    return (row.samples, row.step) if row is not None else ([], None)
+    with Session(get_engine()) as session:  # the service behind GET /api/runs/{id}/samples
+        rows = run_views.eval_samples(session=session, run_id=int(run_id), limit=1)
+    return (rows[-1].samples, rows[-1].step) if rows else ([], None)

@@ -17,17 +17,15 @@ from sqlmodel import Session
 
 from app import crud
 from app.db import get_engine
-from app.metrics_query import latest_metrics
 from app.models import Experiment, ExperimentUpdate, Run, RunStatus
-from app.services import comparison
+from app.services import comparison, run_views
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
 from app.services.errors import ServiceError
-from core_distill import metric_keys
 from core_distill.spec import SpecError
 
 SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd", "gpus")  # shown for every run
-METRIC_COLUMNS = metric_keys.SUMMARY
+METRIC_COLUMNS = run_views.RESULT_KEYS  # each run's latest results (metric_keys.SUMMARY)
 # run id first: a selected row's first cell names the run
 LEAD_COLUMNS = ("run", "name", "status", "step")
 TAIL_COLUMNS = ("tags", "experiment", "created (UTC)")
@@ -65,29 +63,38 @@ def parse_tags(text: str) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+def sort_choices() -> list[tuple[str, str]]:
+    """The Runs tab's "sort by": newest first, or a result column highest or lowest first ("-key", "+key")."""
+    both = [(f"{key}, {word} first", f"{sign}{key}") for key in METRIC_COLUMNS
+            for word, sign in (("highest", "-"), ("lowest", "+"))]  # fmt: skip
+    return [("newest first", ""), *both]
+
+
 def runs_table(
-    status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0
+    status: str = "all", tag_text: str = "", field_text: str = "", page: int = 0, sort: str = ""
 ) -> tuple[pd.DataFrame, str]:
     """(table, caption) for the filters; bad filters give an empty table and a caption naming the problem.
 
-    Columns: run, name, status, step, then the spec fields that differ among the listed runs, the
-    summary metrics, the usual spec fields that do not differ, tags, experiment and creation time.
+    Columns: run, name, status, step, then the spec fields that differ among the listed runs, each run's
+    latest results, the usual spec fields that do not differ, tags, experiment and creation time. `sort`
+    ("-key" highest first, "+key" lowest first, "" newest first) orders every matching run, not one page.
     """
     try:
         spec_filters = crud.parse_spec_filters(parse_field_filter(field_text))
     except (FilterError, SpecError) as exc:
         return pd.DataFrame(columns=RUN_COLUMNS), f"**Filter not applied:** {exc}"
-    with Session(get_engine()) as session:
-        rows, total = crud.list_runs(
+    with Session(get_engine()) as session:  # the service behind GET /api/runs
+        listed = run_views.runs_page(
             session=session,
             status=None if status in ("", "all") else status,
             tags=parse_tags(tag_text),
             spec_filters=spec_filters,
             skip=max(int(page or 0), 0) * PAGE_SIZE,
             limit=PAGE_SIZE,
+            sort=(sort or "")[1:] or None,
+            descending=(sort or "").startswith("-"),
         )
-        positions = run_service.queue_positions(session=session)
-        metrics = latest_metrics(session, [run.id for run, _ in rows], METRIC_COLUMNS)
+    rows, total, positions, metrics = listed.rows, listed.count, listed.positions, listed.results
     differing = comparison.differing_fields([experiment.spec for _, experiment in rows])
     columns = table_columns(differing)
     records = [

@@ -56,6 +56,11 @@ class RunSummary(RunPublic):
     tags: list[str]
     owner: str | None
     queue_position: int | None
+    results: dict[str, float] = Field(
+        default_factory=dict,
+        description="The last logged value of each of the run's summary metrics (core_distill.metric_keys.SUMMARY: "
+        "eval/exact_match, div/fkl, div/rkl, loss, perf/tokens_per_sec); keys without a point are left out.",
+    )
 
 
 class RunsPublic(SQLModel):

@@ -5,9 +5,11 @@ rows of the final metrics (the student before training, the teacher where its sc
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 
-from sqlalchemy import insert
+import pytest
+from sqlalchemy import insert, select
 from sqlmodel import Session
 
 from app.db import get_engine
@@ -131,3 +133,96 @@ def test_no_reference_row_where_the_score_is_unknown(service_env):
     assert [row["run"] for row in rows] == [f"#{greedy.id} greedy", f"#{other_metric.id} em", f"#{hub_teacher.id} hub"]
     for spec in ({**TOY_EVAL, "teacher": "toy:nope"}, {**TOY_EVAL, "teacher": ""}):
         assert comparison.teacher_score(spec) is None
+
+
+def test_runs_list_carries_each_runs_latest_results_as_the_dashboard_table_shows_them(client):
+    """GET /api/runs and the runs table read one service (run_views.runs_page): the last value of each
+    summary key, keys a run never logged left out, the dashboard's columns in metric_keys' names."""
+    from app.services import run_views
+    from ui import runs as runs_view
+
+    keys = (mk.LOSS, mk.DIV_FKL, mk.DIV_RKL, mk.PERF_TOKENS_PER_SEC)  # no eval/exact_match yet
+    with Session(get_engine()) as session:
+        trained = add_run(session, name="trained", steps=30, keys=keys)
+        session.execute(insert(MetricPoint), [{"run_id": trained.id, "step": s, "key": mk.EVAL_EXACT_MATCH,
+                                               "value": v, "wall_time": s} for s, v in ((0, 0.25), (30, 0.75))])  # fmt: skip
+        session.commit()
+        fresh = add_run(session, name="fresh", status="queued")
+        page = run_views.runs_page(session=session)
+        last = {k: session.execute(
+            select(MetricPoint.value).where(MetricPoint.run_id == trained.id, MetricPoint.key == k,
+                                            MetricPoint.step == 30)).scalar_one() for k in keys}  # fmt: skip
+
+    assert run_views.RESULT_KEYS == mk.SUMMARY
+    assert set(mk.SUMMARY) >= {mk.EVAL_EXACT_MATCH, mk.DIV_FKL, mk.DIV_RKL, mk.LOSS, mk.PERF_TOKENS_PER_SEC}
+    assert page.results[trained.id] == {**last, mk.EVAL_EXACT_MATCH: 0.75}
+    assert page.results[fresh.id] == {}
+
+    listed = {r["id"]: r for r in client.get("/api/runs").json()["data"]}
+    assert listed[trained.id]["results"] == pytest.approx(page.results[trained.id])
+    assert listed[fresh.id]["results"] == {}
+    assert client.get(f"/api/runs/{trained.id}").json()["results"] == pytest.approx(page.results[trained.id])
+
+    table, _ = runs_view.runs_table()
+    row = table[table["run"] == trained.id].iloc[0]
+    for key in mk.SUMMARY:
+        assert key in table.columns
+        assert row[key] == pytest.approx(page.results[trained.id][key], abs=1e-4)
+    assert table[table["run"] == fresh.id].iloc[0][mk.LOSS] is None or math.isnan(
+        table[table["run"] == fresh.id].iloc[0][mk.LOSS]
+    )
+
+
+def test_live_fingerprint_moves_with_a_new_loss_point_and_new_samples(client):
+    """The fingerprint the live view's tick compares (run_views.run_fingerprint) and the samples it then
+    reads (run_views.eval_samples, behind GET /api/runs/{id}/samples)."""
+    from app.models import EvalSamples
+    from app.services import run_views
+    from ui import live
+
+    with Session(get_engine()) as session:
+        run = add_run(session, name="live", status="running", steps=3, keys=(mk.LOSS,))
+        before = run_views.run_fingerprint(session=session, run_id=run.id)
+        assert run_views.run_fingerprint(session=session, run_id=run.id + 999) == "missing"
+        session.execute(insert(MetricPoint), [{"run_id": run.id, "step": 4, "key": mk.LOSS, "value": 1.0,
+                                               "wall_time": 4.0}])  # fmt: skip
+        session.commit()
+        after_point = run_views.run_fingerprint(session=session, run_id=run.id)
+        for step in (2, 4):
+            session.add(EvalSamples(run_id=run.id, step=step, wall_time=step, samples=[{"prompt": f"at {step}"}]))
+        session.commit()
+        after_samples = run_views.run_fingerprint(session=session, run_id=run.id)
+    assert len({before, after_point, after_samples}) == 3
+    assert live.probe(run.id) == after_samples
+    assert live.latest_samples(run.id) == ([{"prompt": "at 4"}], 4)
+    assert [s["step"] for s in client.get(f"/api/runs/{run.id}/samples").json()] == [2, 4]
+
+
+def test_runs_sort_by_a_result_across_pages_with_runs_without_one_last(client):
+    from app.services import run_views
+    from core_distill.spec import SpecError
+    from ui import runs as runs_view
+
+    ids = {}
+    with Session(get_engine()) as session:
+        for name, accuracy in (("b", 0.5), ("none", None), ("a", 0.9), ("c", 0.1)):
+            run = add_run(session, name=name, keys=())
+            ids[name] = run.id
+            if accuracy is not None:  # an older, lower point first: the latest one counts
+                session.execute(insert(MetricPoint), [
+                    {"run_id": run.id, "step": s, "key": mk.EVAL_EXACT_MATCH, "value": v, "wall_time": s}
+                    for s, v in ((0, 0.05), (10, accuracy))])  # fmt: skip
+                session.commit()
+        best = run_views.runs_page(session=session, sort=mk.EVAL_EXACT_MATCH, limit=2)
+        worst = run_views.runs_page(session=session, sort=mk.EVAL_EXACT_MATCH, descending=False, limit=2, skip=2)
+        with pytest.raises(SpecError, match="div/xyz"):
+            run_views.runs_page(session=session, sort="div/xyz")
+
+    assert [run.id for run, _ in best.rows] == [ids["a"], ids["b"]]
+    assert [run.id for run, _ in worst.rows] == [ids["a"], ids["none"]]  # lowest first: c, b | a, then none
+    api = client.get("/api/runs", params={"sort": mk.EVAL_EXACT_MATCH, "order": "asc"}).json()["data"]
+    assert [r["id"] for r in api] == [ids["c"], ids["b"], ids["a"], ids["none"]]
+    refused = client.get("/api/runs", params={"sort": "spec.beta"})
+    assert refused.status_code == 422 and "sort" in refused.text
+    table, _ = runs_view.runs_table(sort=f"-{mk.EVAL_EXACT_MATCH}")
+    assert list(table["name"]) == ["a", "b", "c", "none"]

@@ -34,7 +34,8 @@ def test_every_field_has_one_widget_with_its_help_and_default():
     assert sorted(w.name for w in widgets) == sorted(DistillSpec.model_fields)
     for w in widgets:
         info = DistillSpec.model_fields[w.name]
-        assert w.kwargs["info"].startswith(info.description) and w.kwargs["value"] == info.default
+        assert w.kwargs["info"].startswith(info.description)
+        assert w.kwargs["value"] == form.form_value(w.name, info.default)  # "" for an empty number's text box
     by_name = {w.name: w for w in widgets}
     assert by_name["beta"].kind == "number" and by_name["beta"].kwargs["info"].endswith("(0 ≤ beta ≤ 1)")
     assert by_name["max_steps"].kind == "number" and "(1 ≤ max_steps ≤ " in by_name["max_steps"].kwargs["info"]
@@ -63,7 +64,7 @@ def test_each_field_round_trips_through_form_values_and_yaml(name):
         assert "**" in problems
         return
     back, problems = form.yaml_to_values(form.values_to_yaml(values))
-    assert problems == "" and dict(zip(form.FIELD_NAMES, back, strict=True)) == data
+    assert problems == "" and form.values_to_dict(back) == data  # form values: an empty number's box holds text
 
 
 def test_gradio_never_clamps_or_rounds_a_number():
@@ -149,3 +150,22 @@ def test_every_example_preset_loads_into_the_form():
         assert DistillSpec.from_yaml(form.preset_yaml(name)).model_dump() == form.values_to_dict(values)
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         form.preset_yaml("nope")
+
+
+def test_a_number_that_may_stay_empty_is_a_text_box_so_opening_it_changes_nothing():
+    """Gradio's Number shows and sends 0 for None once it is drawn (opening the Training accordion set
+    auto_resume_attempts to 0, "never resume"); such fields are text boxes: empty is None, text a number."""
+    assert form.TEXT_NUMBERS == ["auto_resume_attempts"]
+    widget = next(w for w in form.field_widgets() if w.name == "auto_resume_attempts")
+    assert (widget.kind, widget.kwargs["value"]) == ("text", "")
+    defaults = form.spec_to_values(DistillSpec())
+    at = form.FIELD_NAMES.index("auto_resume_attempts")
+    assert defaults[at] == ""
+    assert form.values_to_yaml(defaults) == "{}\n"
+    for typed, stored in (("", None), (" 3 ", 3), ("0", 0)):
+        values = [*defaults[:at], typed, *defaults[at + 1 :]]
+        assert form.values_to_dict(values)["auto_resume_attempts"] == stored
+        assert form.check_values(values, preflight=False)[0].auto_resume_attempts == stored
+    spec, problems = form.check_values([*defaults[:at], "three", *defaults[at + 1 :]], preflight=False)
+    assert spec is None and "auto_resume_attempts" in problems
+    assert form.spec_to_values(DistillSpec(auto_resume_attempts=2))[at] == "2"

@@ -6,21 +6,22 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from app import crud, events
 from app.api.deps import CurrentUser, SessionDep
 from app.api.routes.experiments import spec_filters_from, split_list
 from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
-from app.models import FINISHED, EvalSamples, Experiment, Run, RunEventPublic, RunPublic, RunStatus
+from app.models import FINISHED, Experiment, Run, RunEventPublic, RunPublic, RunStatus
+from app.services import run_views
 from app.services import runs as run_service
 from app.settings import get_settings
 from core_distill.spec import DistillSpec, yaml_comment
@@ -31,21 +32,26 @@ STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
 IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most (FastAPI pings every 15 s)
 ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 viewers, under 1 query/s
 TERMINAL = frozenset(s.value for s in FINISHED)
+SortKey = Literal[run_views.RESULT_KEYS]  # type: ignore[valid-type]  # the result columns, as an enum
 
 
-def summarize(run: Run, experiment: Experiment, positions: dict[int, int]) -> RunSummary:
+def summarize(
+    run: Run, experiment: Experiment, positions: dict[int, int], results: dict[str, float] | None = None
+) -> RunSummary:
     return RunSummary(
         **RunPublic.model_validate(run).model_dump(),
         experiment_name=experiment.name,
         tags=experiment.tags,
         owner=experiment.owner,
         queue_position=positions.get(run.id),
+        results=results or {},
     )
 
 
 def run_detail(session: Session, run: Run) -> RunDetail:
     experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
-    summary = summarize(run, experiment, run_service.queue_positions(session=session))
+    latest = run_views.results(session=session, run_ids=[run.id])[run.id]
+    summary = summarize(run, experiment, run_service.queue_positions(session=session), latest)
     history = run_service.run_history(session=session, run_id=run.id)
     automatic, manual = run_service.resume_counts(history)
     return RunDetail(
@@ -68,14 +74,19 @@ def list_runs(
     owner: Annotated[str | None, Query(max_length=200)] = None,
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 100,
+    sort: Annotated[
+        SortKey | None, Query(description="Order by the latest value of this result (runs without one last).")
+    ] = None,
+    order: Annotated[Literal["desc", "asc"], Query(description="With `sort`: highest or lowest first.")] = "desc",
 ) -> RunsPublic:
-    """List runs, newest first, each with its place in the queue. Spec filters: `spec.FIELD=value`."""
+    """List runs, newest first, each with its place in the queue and its latest results (`results`: the last
+    logged eval accuracy, divergences, loss and tokens/s). Spec filters: `spec.FIELD=value`."""
     statuses = split_list(status)
     bad = [s for s in statuses if s not in RunStatus.__members__]
     if bad:
         raise HTTPException(422, [{"loc": ["query", "status"], "msg": f"unknown status {bad[0]!r}; one of "
                                    f"{', '.join(RunStatus.__members__)}", "type": "enum"}])  # fmt: skip
-    rows, count = crud.list_runs(
+    page = run_views.runs_page(
         session=session,
         status=statuses or None,
         tags=split_list(tags),
@@ -84,9 +95,11 @@ def list_runs(
         owner=owner,
         skip=skip,
         limit=limit,
+        sort=sort,
+        descending=order == "desc",
     )
-    positions = run_service.queue_positions(session=session)
-    return RunsPublic(data=[summarize(run, experiment, positions) for run, experiment in rows], count=count)
+    data = [summarize(run, experiment, page.positions, page.results.get(run.id)) for run, experiment in page.rows]
+    return RunsPublic(data=data, count=page.count)
 
 
 @router.get("/{run_id}", response_model=RunDetail)
@@ -128,11 +141,8 @@ def run_samples(
 ) -> list[SamplesAtStep]:
     """Sampled eval completions with per-token divergences: at `step`, else the latest evaluations, oldest first."""
     crud.get_run(session=session, run_id=run_id)
-    query = select(EvalSamples).where(EvalSamples.run_id == run_id)
-    if step is not None:
-        query = query.where(EvalSamples.step == step)
-    rows = session.exec(query.order_by(EvalSamples.step.desc(), EvalSamples.id.desc()).limit(limit)).all()
-    return [SamplesAtStep(step=r.step, wall_time=r.wall_time, samples=r.samples) for r in reversed(rows)]
+    rows = run_views.eval_samples(session=session, run_id=run_id, step=step, limit=limit)
+    return [SamplesAtStep(step=r.step, wall_time=r.wall_time, samples=r.samples) for r in rows]
 
 
 # --- live events ----------------------------------------------------------------------------------

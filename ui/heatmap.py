@@ -60,7 +60,8 @@ def _stop_label(value: float) -> str:
 def legend() -> str:
     """The fixed scale's stops with their colours and the unit."""
     cells = "".join(
-        f'<span class="tok" style="background:{_colour(v)}" data-nats="{v:g}">{_stop_label(v)}</span>' for v in LEGEND_STOPS
+        f'<span class="tok" style="background:{_colour(v)}" data-nats="{v:g}">{_stop_label(v)}</span>'
+        for v in LEGEND_STOPS
     )
     return (
         '<div class="legend">per-token divergence to the teacher, in nats (fixed log scale, the same for every '

@@ -134,7 +134,8 @@ def _row(
         "tags": ", ".join(experiment.tags),
         "created (UTC)": run.created_at.strftime("%Y-%m-%d %H:%M"),
     }
-    row.update({metric_keys.display_label(key): metric_keys.display_value(key, metrics.get(key)) for key in METRIC_KEYS})
+    shown = {metric_keys.display_label(key): metric_keys.display_value(key, metrics.get(key)) for key in METRIC_KEYS}
+    row.update(shown)
     row.update({name: _cell(spec.get(name)) for name in columns if name not in row})
     return row
 

@@ -31,6 +31,7 @@ HISTORY_POINTS = 500  # per series on load; a zoom asks for as many inside its r
 HEAD = (
     f'<script src="{ASSETS_URL}/plotly.min.js"></script>\n'
     f'<script src="{ASSETS_URL}/charts.js"></script>\n'
+    f'<script src="{ASSETS_URL}/confirm.js"></script>\n'
     f'<link rel="stylesheet" href="{ASSETS_URL}/charts.css">'
 )
 
@@ -43,10 +44,11 @@ def plotly_js() -> Path:
 
 
 def mount_assets(app: FastAPI) -> None:
-    """GET /dashboard-assets/{plotly.min.js, charts.js, charts.css}: public, cached by the browser."""
+    """GET /dashboard-assets/{plotly.min.js, charts.js, confirm.js, charts.css}: public, cached by the browser."""
     files = {
         "plotly.min.js": plotly_js,
         "charts.js": lambda: STATIC / "charts.js",
+        "confirm.js": lambda: STATIC / "confirm.js",  # destructive buttons ask first
         "charts.css": lambda: STATIC / "charts.css",
     }
     media = {".js": "text/javascript", ".css": "text/css"}

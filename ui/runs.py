@@ -42,8 +42,9 @@ CSS = """
     background: var(--color-accent-soft) !important;
 }
 /* a run's error (a traceback) wraps inside the panel instead of running off its right edge */
-#selected-run-details pre, #live-header pre {white-space: pre-wrap !important; overflow-wrap: anywhere;}
-#selected-run-details pre code, #live-header pre code {white-space: inherit !important;}
+#selected-run-details pre, #selected-run-details pre code, #live-header pre, #live-header pre code {
+    white-space: pre-wrap !important; overflow-wrap: anywhere !important;
+}
 """
 STATUS_CHOICES = ["all", *[s.value for s in RunStatus]]
 PAGE_SIZE = 100

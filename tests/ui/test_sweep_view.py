@@ -86,6 +86,7 @@ def test_the_sweep_view_marks_the_chosen_setting_and_draws_its_charts(api, tab):
     expect(header).to_contain_text(f"Sweep {new_id} · from the page · queued", timeout=SERVER_MS)
     expect(tab.locator("#sweeps-table")).to_contain_text("from the page", timeout=SERVER_MS)  # the tick saw it
 
+    tab.once("dialog", lambda dialog: dialog.accept())  # Cancel asks first (ui/static/confirm.js)
     tab.get_by_role("button", name="Cancel sweep").click()
     expect(tab.locator("#sweep-action-message")).to_contain_text(f"Sweep {new_id} cancelled: 4 cancelled")
     expect(header).to_contain_text("cancelled", timeout=SERVER_MS)

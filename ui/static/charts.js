@@ -38,9 +38,8 @@
     return Plotly.relayout(div, on || !range ? { "yaxis.type": on ? "log" : "linear", "yaxis.autorange": true }
       : { "yaxis.type": "linear", "yaxis.range": range });
   }
-  const FINISHED_WORDS = { succeeded: "the run succeeded", failed: "the run failed", cancelled: "the run was cancelled",
-    lost: "the run was lost (its worker stopped)" };
-  const finishedWords = (st) => FINISHED_WORDS[st] || `the run is ${st}`;
+  const ENDED = { succeeded: "succeeded", failed: "failed", cancelled: "was cancelled", lost: "was lost" };
+  const endedWords = (st) => `The run ${ENDED[st] || `is ${st}`}`; // true words for each finished status
 
   function familyOf(families, key) {
     for (const f of families) if (f.keys.includes(key)) return f;
@@ -184,8 +183,8 @@
     }
 
     ended(st) { // the run is over: no stream to follow
-      this.status(`${finishedWords(st)}: every point it logged is shown`);
-      if (!this.series.size) this.empty.textContent = `No metric was logged: ${finishedWords(st)} before its first step.`;
+      this.status(`${endedWords(st)}: every point it logged is shown.`);
+      if (!this.series.size) this.empty.textContent = `${endedWords(st)} without logging a metric: nothing to chart.`;
     }
 
     close() { this.closed = true; clearTimeout(this.retry); if (this.es) this.es.close(); this.charts.forEach((c) => Plotly.purge(c.div)); }

@@ -165,6 +165,31 @@ def family_of(key: str) -> Family:
     return Family("other:" + key, key, key, (key,))
 
 
+# --- the unit a key is shown in, in tables and charts alike: shares (accuracy, coverage, rates: the
+# percent families) as %, the rest as logged. The API and the files keep the logged value (a share in [0, 1]).
+def is_percent(key: str) -> bool:
+    return family_of(key).percent
+
+
+def display_scale(key: str) -> float:
+    """What a logged value is multiplied by to be shown: 100 for a share, else 1."""
+    return 100.0 if is_percent(key) else 1.0
+
+
+def display_label(key: str) -> str:
+    """A table column's name for `key`: 'eval/exact_match (%)', 'loss'."""
+    return f"{key} (%)" if is_percent(key) else key
+
+
+def display_value(key: str, value: float | None, digits: int = 4) -> float | None:
+    """`value` in the unit `key` is shown in, rounded to `digits` significant decimals of the logged value
+    (0.6123 -> 61.23 %)."""
+    if value is None:
+        return None
+    scale = display_scale(key)
+    return round(value * scale, max(digits - len(str(int(scale))) + 1, 0))
+
+
 def is_sparse(key: str) -> bool:
     """Evaluation series (a point every eval_every steps): drawn with markers and never smoothed."""
     return key.startswith(EVAL_PREFIX)

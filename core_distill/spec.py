@@ -540,6 +540,7 @@ class DistillSpec(BaseModel):
         from core_distill.checks.files import check_folder
         from core_distill.checks.preflight import (
             check_data,
+            check_teacher_server,
             check_teacher_vocabulary,
             import_checkers,
             load_preflight_tokenizer,
@@ -571,6 +572,10 @@ class DistillSpec(BaseModel):
         errors.update(_attention_errors(self))
         if missing := missing_packages(self.report_to):
             errors["report_to"] = "; ".join(f"{name} {msg}" for name, msg in missing.items())
+        if self.teacher_server_url:  # it answers now (its vocabulary is compared when the run connects)
+            server_error = check_teacher_server(self.teacher_server_url, self.teacher_server_api)
+            if server_error:
+                errors["teacher_server_url"] = server_error
         # a teacher_server_url's teacher is compared in its handshake, when the run connects
         local_teacher = self.teacher and self.teacher != self.student and not self.teacher_server_url
         if "student" not in errors and "teacher" not in errors and local_teacher:

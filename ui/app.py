@@ -17,7 +17,7 @@ import os
 import gradio as gr
 from fastapi import FastAPI
 
-from ui import charts, endpoints, heatmap, runs
+from ui import charts, endpoints, form, heatmap, runs
 from ui import compare as compare_view
 from ui.tabs import launch_tab
 from ui.tabs.common import CHEAP, LIVE_TICK_SECONDS, REDRAW, TABLE_TICK_SECONDS, acting_user
@@ -31,7 +31,7 @@ __all__ = ["CHEAP", "LIVE_TICK_SECONDS", "REDRAW", "TABLE_TICK_SECONDS", "acting
            "compare_outputs", "known_metric_keys", "launch", "live_outputs", "mount_dashboard", "table_fingerprint",
            "validate"]  # fmt: skip
 
-CSS = heatmap.CSS + runs.CSS + launch_tab.CSS
+CSS = heatmap.CSS + runs.CSS + launch_tab.CSS + form.CSS
 
 
 def build_dashboard() -> gr.Blocks:

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse
 from sqlmodel import Session
 
 from app.db import get_engine
-from app.models import Experiment, Run
+from app.models import Experiment, Run, RunStatus
 from app.services import comparison
 from core_distill import metric_keys
 
@@ -31,6 +31,7 @@ HISTORY_POINTS = 500  # per series on load; a zoom asks for as many inside its r
 HEAD = (
     f'<script src="{ASSETS_URL}/plotly.min.js"></script>\n'
     f'<script src="{ASSETS_URL}/charts.js"></script>\n'
+    f'<script src="{ASSETS_URL}/confirm.js"></script>\n'
     f'<link rel="stylesheet" href="{ASSETS_URL}/charts.css">'
 )
 
@@ -43,10 +44,11 @@ def plotly_js() -> Path:
 
 
 def mount_assets(app: FastAPI) -> None:
-    """GET /dashboard-assets/{plotly.min.js, charts.js, charts.css}: public, cached by the browser."""
+    """GET /dashboard-assets/{plotly.min.js, charts.js, confirm.js, charts.css}: public, cached by the browser."""
     files = {
         "plotly.min.js": plotly_js,
         "charts.js": lambda: STATIC / "charts.js",
+        "confirm.js": lambda: STATIC / "confirm.js",  # destructive buttons ask first
         "charts.css": lambda: STATIC / "charts.css",
     }
     media = {".js": "text/javascript", ".css": "text/css"}
@@ -93,17 +95,33 @@ def live_html(run_id: int | None, smoothing: float = 0.0, x: str = "step") -> st
         experiment = session.get(Experiment, run.experiment_id) if run else None
     if experiment is None:
         return f'<div class="distill-empty">No run {int(run_id)}.</div>'
-    # the attempt is part of the container: a resumed run gets a fresh one (history re-read, stream followed again)
-    attrs = _attrs(run=int(run_id), attempt=run.attempt, smoothing=float(smoothing), x=x, max_points=HISTORY_POINTS,
+    # the attempt is part of the container: a resumed run gets a fresh one (history re-read, stream followed again);
+    # so is a finished status: a finished run's page shows its history and follows no stream
+    finished = run.status if RunStatus(run.status).finished else ""
+    attrs = _attrs(run=int(run_id), attempt=run.attempt, finished=finished, smoothing=float(smoothing), x=x,
+                   max_points=HISTORY_POINTS,
                    families=families_json(),
                    references=json.dumps(teacher_references([experiment.spec])))  # fmt: skip
     return f'<div class="distill-live" id="live-charts-{int(run_id)}" {attrs}></div>'
 
 
+# a run's colour and dash in every comparison: from its id, never its place in the list (10 colours x 4
+# dashes: runs whose ids differ by less than 40 never look the same)
+RUN_COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+               "#bab0ac")  # fmt: skip
+RUN_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def run_style(run_id: int) -> tuple[str, str]:
+    """(colour, Plotly dash) of run `run_id`: the same in every comparison it is part of."""
+    return RUN_COLOURS[run_id % len(RUN_COLOURS)], RUN_DASHES[run_id // len(RUN_COLOURS) % len(RUN_DASHES)]
+
+
 def compare_html(
     runs: list[tuple[int, str]], specs: list[dict], keys: list[str], smoothing: float, x: str, max_points: int
 ) -> str:
-    """One chart per metric key, one colour per run (in the order given)."""
-    attrs = _attrs(runs=json.dumps(runs), keys=json.dumps(keys), smoothing=float(smoothing), x=x, max_points=int(max_points),
+    """One chart per metric key, one colour and dash per run (`run_style`: its own, whatever the order)."""
+    styled = [(run_id, label, *run_style(run_id)) for run_id, label in runs]
+    attrs = _attrs(runs=json.dumps(styled), keys=json.dumps(keys), smoothing=float(smoothing), x=x, max_points=int(max_points),
                    families=families_json(), references=json.dumps(teacher_references(specs)))  # fmt: skip
     return f'<div class="distill-compare" {attrs}></div>'

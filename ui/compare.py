@@ -72,8 +72,18 @@ def spec_diff(specs: dict[str, dict]) -> pd.DataFrame:
 
 
 def final_metrics(session: Session, runs: list[tuple[Run, Experiment]]) -> pd.DataFrame:
-    """The runs' final metrics, then the student before training and the teacher where known."""
-    return pd.DataFrame(comparison.final_rows(session=session, runs=runs))
+    """The runs' final metrics, then the student before training and the teacher where known; shares in %
+    (as the charts show them: `metric_keys.display_value`), the API's own rows keep the logged values."""
+    rows = comparison.final_rows(session=session, runs=runs)
+    return pd.DataFrame([{_label(k): _shown(k, v) for k, v in row.items()} for row in rows])
+
+
+def _label(column: str) -> str:
+    return metric_keys.display_label(column) if metric_keys.is_known(column) else column
+
+
+def _shown(column: str, value):
+    return metric_keys.display_value(column, value) if metric_keys.is_known(column) and value is not None else value
 
 
 def compare(run_text: str | list, keys: list[str], smoothing: float = 0.0, x: XAxis = "step"):

@@ -51,7 +51,7 @@ def run_header(run_id: int) -> str:
         f"Model: `{run.model_dir}`" if run.model_dir else f"Output folder: `{run.output_dir or 'not started'}`",
     ]
     if run.error:
-        lines.append(error_block(run.error))
+        lines.append(error_block(run.error, run.status))
     return "\n\n".join(lines)
 
 

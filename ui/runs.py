@@ -22,10 +22,12 @@ from app.services import comparison, run_views
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
 from app.services.errors import ServiceError
+from core_distill import metric_keys
 from core_distill.spec import SpecError
 
 SPEC_COLUMNS = ("student", "teacher", "objective", "lmbda", "beta", "loss_top_k", "opsd", "gpus")  # shown for every run
-METRIC_COLUMNS = run_views.RESULT_KEYS  # each run's latest results (metric_keys.SUMMARY)
+METRIC_KEYS = run_views.RESULT_KEYS  # each run's latest results (metric_keys.SUMMARY)
+METRIC_COLUMNS = tuple(metric_keys.display_label(key) for key in METRIC_KEYS)  # shares in %, as the charts show them
 # run id first: a selected row's first cell names the run
 LEAD_COLUMNS = ("run", "name", "status", "step")
 TAIL_COLUMNS = ("tags", "experiment", "created (UTC)")
@@ -38,6 +40,10 @@ CSS = """
 #runs-table .body-cell {cursor: pointer;}
 #runs-table [role=row]:has(.cell-selected) .body-cell, #runs-table .body-cell.cell-selected {
     background: var(--color-accent-soft) !important;
+}
+/* a run's error (a traceback) wraps inside the panel instead of running off its right edge */
+#selected-run-details pre, #selected-run-details pre code, #live-header pre, #live-header pre code {
+    white-space: pre-wrap !important; overflow-wrap: anywhere !important;
 }
 """
 STATUS_CHOICES = ["all", *[s.value for s in RunStatus]]
@@ -65,7 +71,7 @@ def parse_tags(text: str) -> list[str]:
 
 def sort_choices() -> list[tuple[str, str]]:
     """The Runs tab's "sort by": newest first, or a result column highest or lowest first ("-key", "+key")."""
-    both = [(f"{key}, {word} first", f"{sign}{key}") for key in METRIC_COLUMNS
+    both = [(f"{metric_keys.display_label(key)}, {word} first", f"{sign}{key}") for key in METRIC_KEYS
             for word, sign in (("highest", "-"), ("lowest", "+"))]  # fmt: skip
     return [("newest first", ""), *both]
 
@@ -113,10 +119,16 @@ def table_columns(differing: list[str]) -> list[str]:
 
 
 def status_text(run: Run, queue: int | None) -> str:
-    """'running', 'running (cancelling)', 'queued (2nd in line)'."""
-    if run.status == RunStatus.queued and queue is not None:
+    """True words for every state: 'queued (2nd in line)', 'running (cancelling)', 'lost (resuming
+    automatically)', else the status itself (succeeded, failed, cancelled, lost)."""
+    status = RunStatus(run.status)
+    if status == RunStatus.queued and queue is not None:
         return f"queued ({run_service.ordinal(queue)} in line)"
-    return run.status + (" (cancelling)" if run.cancel_requested and run.status == RunStatus.running else "")
+    if status == RunStatus.running and run.cancel_requested:
+        return "running (cancelling)"
+    if status == RunStatus.lost and run.resume_after is not None:
+        return "lost (resuming automatically)"
+    return status.value
 
 
 def _row(
@@ -133,7 +145,8 @@ def _row(
         "tags": ", ".join(experiment.tags),
         "created (UTC)": run.created_at.strftime("%Y-%m-%d %H:%M"),
     }
-    row.update({key: round(metrics[key], 4) if key in metrics else None for key in METRIC_COLUMNS})
+    shown = {metric_keys.display_label(key): metric_keys.display_value(key, metrics.get(key)) for key in METRIC_KEYS}
+    row.update(shown)
     row.update({name: _cell(spec.get(name)) for name in columns if name not in row})
     return row
 
@@ -174,15 +187,22 @@ def run_summary(run_id: int | None) -> str:
         summary += f"\n\n*{healing}*"
     summary += "".join(f"\n\n{line}" for line in run_service.header_lines(history))
     summary += "".join(f"\n\n**{line}**" for line in run_service.warning_lines(history))
-    return summary + ("\n\n" + error_block(run.error) if run.error else "")
+    return summary + ("\n\n" + error_block(run.error, run.status) if run.error else "")
 
 
-def error_block(error: str) -> str:
-    """A run's error as a fenced block (rendered as <pre>, its text shown as is): the fence is longer
-    than any run of backticks inside, so a traceback cannot close it."""
+# The heading over a run's stored `error` text: only a failure is an error (a cancelled run's text says
+# where it stopped, a lost run's why it was lost)
+ERROR_HEADINGS = {RunStatus.failed: "Error", RunStatus.cancelled: "Stopped", RunStatus.lost: "Lost"}
+
+
+def error_block(error: str, status: str = RunStatus.failed) -> str:
+    """A run's error as a fenced block (rendered as <pre>, its text shown as is, wrapped by CSS) under a
+    heading true to its status; the fence is longer than any run of backticks inside, so a traceback
+    cannot close it."""
     longest = max((len(m) for m in re.findall(r"`+", error)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"**Error:**\n\n{fence}text\n{error.rstrip()}\n{fence}"
+    heading = ERROR_HEADINGS.get(RunStatus(status), "Last error")
+    return f"**{heading}:**\n\n{fence}text\n{error.rstrip()}\n{fence}"
 
 
 def save_tags_notes(run_id: int | None, tags_text: str, notes: str, *, user: str | None = None) -> str:

@@ -57,7 +57,7 @@ def higher_is_better(key: str) -> bool:
 
 
 def scale_of(key: str) -> float:
-    return 100.0 if metric_keys.family_of(key).percent else 1.0
+    return metric_keys.display_scale(key)
 
 
 def unit_of(key: str) -> str:

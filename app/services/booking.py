@@ -235,7 +235,8 @@ def snapshot(*, session: Session, cutoff: datetime) -> tuple[list[HostView], lis
     session.commit()  # end the read transaction (SQLite WAL readers pin old snapshots otherwise)
     views = [
         HostView(h.name, [s.label for s in slots if s.host == h.name and s.run_id is None],
-                 sum(1 for s in slots if s.host == h.name), h.heartbeat_at, h.reserved_for)
+                 sum(1 for s in slots if s.host == h.name), h.heartbeat_at, h.reserved_for,
+                 cpu=[s.label for s in slots if s.host == h.name] == [CPU_LABEL])
         for h in hosts
     ]  # fmt: skip
     return views, asks

@@ -13,6 +13,7 @@ Policy (`plan`): FIFO with backfill and one head-of-line reservation.
     big run starts: small runs cannot starve it. Later runs still start on every other host
     (backfill), so a big run does not block small ones that fit elsewhere.
   - A run asking more GPUs than any live host has waits ("waiting for a host with N GPUs").
+  - A CPU-only host has one slot (`cpu`), not GPUs: the reasons a run waits for it say so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class HostView:
     total: int
     heartbeat_at: datetime
     reserved_for: int | None = None
+    cpu: bool = False  # a CPU-only host: its one slot is not a GPU
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,28 @@ def plan(hosts: list[HostView], queued: list[Ask]) -> Plan:
             host = max(big_enough, key=lambda h: (len(free[h.name]), h.total, h.name))
             reserved = (host.name, ask.run_id)
         if reserved[1] == ask.run_id:
-            missing = ask.gpus - len(free[reserved[0]])
-            result.waiting[ask.run_id] = f"next on {reserved[0]}: waiting for {missing} more GPU(s) to free up"
+            host = next(h for h in hosts if h.name == reserved[0])
+            result.waiting[ask.run_id] = f"next on {host.name}: {_drain_reason(host, ask.gpus - len(free[host.name]))}"
         else:
-            result.waiting[ask.run_id] = f"waiting for {ask.gpus} free GPU(s) on one host"
+            result.waiting[ask.run_id] = _busy_reason(big_enough, ask.gpus)
     result.reservation = reserved
     return result
+
+
+def _gpus(n: int) -> str:
+    return "GPU" if n == 1 else "GPUs"
+
+
+def _drain_reason(host: HostView, missing: int) -> str:
+    if host.cpu:
+        return "waiting for the run on its CPU slot to finish"
+    return f"waiting for {missing} more {_gpus(missing)} to free up"
+
+
+def _busy_reason(hosts: list[HostView], gpus: int) -> str:
+    """Why a run that fits on `hosts` (all busy) waits: GPUs, a CPU slot, or either."""
+    kinds = {h.cpu for h in hosts}
+    if kinds == {True}:
+        return "waiting for a free CPU slot"
+    either = " (or a free CPU slot)" if True in kinds else ""
+    return f"waiting for {gpus} free {_gpus(gpus)} on one host{either}"

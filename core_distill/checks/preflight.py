@@ -9,7 +9,10 @@ Validate refuse the same things:
 - data that cannot serve the spec: an unknown format, rows that are not JSON, rows without the
   columns the method needs, rows that do not tokenize. Only the first `PREVIEW_ROWS` rows are read,
   within the bounds of core_distill/checks/files.py;
-- a teacher whose vocabulary differs from the student's (core_distill/data/vocab.py).
+- a teacher whose vocabulary differs from the student's (core_distill/data/vocab.py);
+- a `teacher_server_url` where nothing answers as that kind of teacher server: one request
+  (`TEACHER_SERVER_TIMEOUT` s, no retries; `check_teacher_server`), not the worker's retries a minute
+  after the run was queued. The vocabulary handshake stays with the run, when it connects.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from core_distill.checks.files import IMPORT_LOCK, preview_rows
 from core_distill.data.sources import DataError, FieldDataError, request_for
 
 _imported = False
+TEACHER_SERVER_TIMEOUT = 3.0  # seconds for the one request that tells a teacher server from nothing
+# what each kind of server answers without work: `distill teacher serve` its /info, vLLM its model list
+TEACHER_SERVER_PROBES = {"distill": "/info", "vllm": "/v1/models"}
+TEACHER_SERVER_NAMES = {"distill": "`distill teacher serve`", "vllm": "an OpenAI-compatible vLLM server"}
 
 
 def import_checkers() -> None:
@@ -158,6 +165,27 @@ def load_preflight_tokenizer(student: str, trust_remote_code: bool):
         return load_tokenizer(student, trust_remote_code)
     except Exception:  # noqa: BLE001  (a broken model folder is reported by the model checks and the run)
         return None
+
+
+def check_teacher_server(url: str, api: str) -> str | None:
+    """None when the teacher server at `url` answers its probe (GET /info, or GET /v1/models for vLLM)
+    with a success within TEACHER_SERVER_TIMEOUT s; else what is wrong, in one line."""
+    import httpx
+
+    path, kind = TEACHER_SERVER_PROBES[api], TEACHER_SERVER_NAMES[api]
+    probe = url.rstrip("/") + path
+    try:
+        reply = httpx.get(probe, timeout=TEACHER_SERVER_TIMEOUT, follow_redirects=False)
+    except httpx.TimeoutException:
+        return (f"nothing answered GET {path} at {url} within {TEACHER_SERVER_TIMEOUT:g} s: is {kind} "
+                "running there and reachable from this machine?")  # fmt: skip
+    except httpx.HTTPError as exc:  # refused, unknown host, not HTTP at all
+        reason = str(exc).strip() or type(exc).__name__
+        return f"cannot reach a teacher server at {url} ({reason[:160]}): start {kind} there or fix the URL"
+    if not reply.is_success:
+        return (f"{url} answered GET {path} with HTTP {reply.status_code}, not as {kind} does: check the URL "
+                "and teacher_server_api")  # fmt: skip
+    return None
 
 
 def teacher_url_allowed(url: str, prefixes: list[str] | None) -> bool:

@@ -60,6 +60,18 @@ def test_a_run_bigger_than_every_host_waits_without_blocking_others():
     assert [p.run_id for p in result.placements] == [2]
 
 
+def test_a_cpu_host_is_not_said_to_have_gpus():
+    """A CPU-only host's one slot is its CPU: a run waiting for it waits for the run on it, not for "1 more GPU(s)"."""
+    cpu = HostView("cpu@box", [], 1, NOW, cpu=True)
+    result = plan([cpu], [Ask(1, 1), Ask(2, 1)])
+    assert result.waiting[1] == "next on cpu@box: waiting for the run on its CPU slot to finish"
+    assert result.waiting[2] == "waiting for a free CPU slot"
+    assert not any("GPU" in reason for reason in result.waiting.values()), result.waiting
+    mixed = plan([cpu, host("gpu@box", 0, 2)], [Ask(1, 2), Ask(2, 1)])
+    assert mixed.waiting[1] == "next on gpu@box: waiting for 2 more GPUs to free up"
+    assert mixed.waiting[2] == "waiting for 1 free GPU on one host (or a free CPU slot)"
+
+
 def test_small_runs_never_starve_a_big_one():
     """Simulated time on one 2-GPU host: a stream of 1-GPU runs keeps arriving; the 2-GPU run queued
     behind the first of them starts once the two running ones end, and every small run starts too."""

@@ -28,6 +28,7 @@ from app.main import create_app
 from app.settings import get_settings
 from core_distill.spec import DistillSpec
 from tests.helpers.factories import row_counts
+from tests.helpers.servers import answering_teacher_url
 from tests.helpers.specs import tiny_spec
 from tests.services import free_port, stop_group
 
@@ -107,6 +108,44 @@ def test_a_hub_id_with_hf_hub_offline_fails_in_seconds(client, service_env, monk
     (problem,) = response.json()["detail"]
     assert problem["loc"] == ["body", "spec", "student"] and "HF_HUB_OFFLINE" in problem["msg"]
     assert row_counts() == before
+
+
+def test_a_teacher_server_url_where_nothing_answers_is_refused_in_seconds_everywhere(client, service_env, tmp_path):
+    """The API's create, the dashboard's Validate and `distill run` probe teacher_server_url (issue 22)
+    instead of leaving it to the worker's retries a minute after the run was queued."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from core_distill.cli import engine_cli
+    from ui import form
+    from ui.app import validate
+
+    def remote(url: str, api: str = "distill") -> dict:
+        return tiny_spec(teacher_server_url=url, teacher_server_api=api, loss_top_k=4)
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    before = row_counts()
+    with answering_teacher_url() as (alive, _):
+        cases = [(dead, "distill", f"cannot reach a teacher server at {dead}"),
+                 (f"{alive}/elsewhere", "distill", "answered GET /info with HTTP 404"),
+                 (f"{alive}/elsewhere", "vllm", "answered GET /v1/models with HTTP 404")]  # fmt: skip
+        for url, api, words in cases:
+            started = time.monotonic()
+            response = client.post("/api/experiments", json={"name": "x", "spec": remote(url, api)})
+            assert time.monotonic() - started < 10
+            assert response.status_code == 422, response.text
+            detail = {tuple(d["loc"]): d["msg"] for d in response.json()["detail"]}
+            assert words in detail.get(("body", "spec", "teacher_server_url"), ""), detail
+        assert row_counts() == before
+        message = validate(*form.spec_to_values(DistillSpec.parse(remote(dead))))
+        assert "teacher_server_url" in message and "cannot reach a teacher server" in message, message
+        spec_file = tmp_path / "remote.yaml"
+        spec_file.write_text(yaml.safe_dump(remote(dead)))
+        result = CliRunner().invoke(engine_cli, ["run", str(spec_file), "-o", str(tmp_path / "run")])
+        assert result.exit_code == 2 and "error: teacher_server_url: cannot reach" in result.output, result.output
+        for api in ("distill", "vllm"):  # a server that answers its probe passes
+            ok = client.post("/api/experiments", json={"name": "x", "spec": remote(alive, api)})
+            assert ok.status_code == 201, ok.text
 
 
 # --- a hub that never answers, behind a real server process --------------------------------------------

@@ -1,9 +1,11 @@
 """Which teacher servers a spec may name (issue 11, finding 2: runs pointed at http://127.0.0.1:6379 made
-the worker send HTTP requests to the box's Redis). DISTILL_ALLOWED_TEACHER_URLS holds URL prefixes."""
+the worker send HTTP requests to the box's Redis). DISTILL_ALLOWED_TEACHER_URLS holds URL prefixes.
+
+An allowed URL must also answer as a teacher server at submit (the preflight's probe, issue 22): the
+allowed cases use `answering_teacher_url`, a local server that answers the probe."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +19,7 @@ from app.models import Run
 from app.settings import get_settings
 from core_distill.checks.preflight import teacher_url_allowed
 from tests.helpers.factories import row_counts
+from tests.helpers.servers import answering_teacher_url
 from tests.helpers.specs import tiny_spec
 
 REDIS_URL = "http://127.0.0.1:6379"
@@ -55,6 +58,12 @@ def test_prefixes_match_at_a_url_boundary():
 
 
 @pytest.fixture
+def teacher_url() -> Iterator[str]:
+    with answering_teacher_url() as (url, _):
+        yield url
+
+
+@pytest.fixture
 def auth_client(service_env, monkeypatch) -> Iterator[TestClient]:
     allow(monkeypatch, auth="on")
     with Session(get_engine()) as session:
@@ -64,23 +73,24 @@ def auth_client(service_env, monkeypatch) -> Iterator[TestClient]:
 
 
 @pytest.mark.parametrize("api", ["distill", "vllm"])
-def test_with_auth_on_an_empty_list_allows_no_remote_teacher(auth_client, monkeypatch, api):
+def test_with_auth_on_an_empty_list_allows_no_remote_teacher(auth_client, monkeypatch, api, teacher_url):
     before = row_counts()
     response = auth_client.post("/api/experiments", json={"name": "x", "spec": remote(REDIS_URL, api)})
     assert refused(response), response.text
     assert "DISTILL_ALLOWED_TEACHER_URLS" in response.text
-    allow(monkeypatch, "http://teacher.lan:8001/", auth="on")
+    allow(monkeypatch, f"{teacher_url}/", auth="on")
     assert refused(auth_client.post("/api/experiments", json={"name": "x", "spec": remote(REDIS_URL, api)}))
     assert row_counts() == before
-    ok = auth_client.post("/api/experiments", json={"name": "x", "spec": remote("http://teacher.lan:8001/", api)})
+    ok = auth_client.post("/api/experiments", json={"name": "x", "spec": remote(f"{teacher_url}/", api)})
     assert ok.status_code == 201, ok.text
 
 
-def test_with_auth_off_any_url_unless_a_list_is_set(client, monkeypatch):
+def test_with_auth_off_any_url_unless_a_list_is_set(client, monkeypatch, teacher_url):
     allow(monkeypatch)
-    assert client.post("/api/experiments", json={"name": "x", "spec": remote(REDIS_URL)}).status_code == 201
+    assert client.post("/api/experiments", json={"name": "x", "spec": remote(teacher_url)}).status_code == 201
     allow(monkeypatch, "http://teacher.lan:8001/")
-    assert refused(client.post("/api/experiments", json={"name": "x", "spec": remote(REDIS_URL)}))
+    refusal = client.post("/api/experiments", json={"name": "x", "spec": remote(teacher_url)})
+    assert refused(refusal) and "not an allowed teacher server" in refusal.text, refusal.text
 
 
 def test_the_worker_checks_again_before_connecting(client, monkeypatch):
@@ -92,18 +102,14 @@ def test_the_worker_checks_again_before_connecting(client, monkeypatch):
     monkeypatch.setenv(HOST_ENV, "cpu@teacher-urls-test")  # this process plays a one-slot CPU worker host
     with Session(get_engine()) as session:
         announce_host(session=session, name="cpu@teacher-urls-test", labels=["cpu"], queue="gpu.cpu@teacher-urls-test")
-    with socket.socket() as teacher:
-        teacher.bind(("127.0.0.1", 0))
-        teacher.listen(16)
-        url = f"http://127.0.0.1:{teacher.getsockname()[1]}"
+    with answering_teacher_url() as (url, requested):
         allow(monkeypatch)
         created = client.post("/api/experiments", json={"name": "x", "spec": remote(url)})
         assert created.status_code == 201, created.text
+        assert requested == ["/info"]  # the submit's preflight probed it once
         allow(monkeypatch, "http://teacher.lan:8001/")
         run_experiment.apply(args=(created.json()["run_id"],))  # the worker's task, in this process
         with Session(get_engine()) as session:
             run = session.get(Run, created.json()["run_id"])
             assert run.status == "failed" and "teacher_server_url" in run.error, (run.status, run.error)
-        teacher.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            teacher.accept()  # nobody knocked
+        assert requested == ["/info"]  # the worker never knocked

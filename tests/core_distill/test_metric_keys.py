@@ -28,7 +28,7 @@ def test_every_logged_key_is_in_the_catalogue(tiny_workspace, tmp_path):
 def test_the_views_read_their_keys_from_the_catalogue():
     from ui import charts, compare, runs
 
-    assert runs.METRIC_COLUMNS == mk.SUMMARY and compare.FINAL_KEYS == mk.FINAL
+    assert runs.METRIC_KEYS == mk.SUMMARY and compare.FINAL_KEYS == mk.FINAL
     assert list(mk.COMPARED) == compare.DEFAULT_KEYS
     assert [f["keys"] for f in json.loads(charts.families_json())] == [list(f.keys) for f in mk.FAMILIES]
     shown = {key for f in mk.FAMILIES for key in f.keys} | set(mk.SUMMARY + mk.FINAL + mk.COMPARED + mk.PRINTED)

@@ -39,3 +39,30 @@ def address_of(url: str) -> tuple[str, int]:
     """(host, port) of a base URL, for http.client."""
     parts = urlsplit(url)
     return parts.hostname, parts.port
+
+
+@contextmanager
+def answering_teacher_url() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server that answers the preflight's teacher-server probes (GET /info, GET /v1/models)
+    and nothing else: (its base URL, the paths requested so far). For tests about which URLs a spec may
+    name, where no teacher needs to score anything."""
+    from fastapi import FastAPI, Request
+
+    seen: list[str] = []
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def record(request: Request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    @app.get("/info")
+    def info() -> dict:
+        return {"model": "answering-stub"}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"data": [{"id": "answering-stub"}]}
+
+    with serve_in_thread(app) as url:
+        yield url, seen

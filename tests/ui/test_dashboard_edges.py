@@ -167,15 +167,15 @@ def test_runs_table_shows_latest_results_sortable(api, tab):
     expect(tab.get_by_text("3 run(s) match")).to_be_visible(timeout=SERVER_MS)
 
     headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
-    assert set(mk.SUMMARY) <= set(headers), headers
-    assert headers.index(mk.EVAL_EXACT_MATCH) < headers.index("student")  # results beside the spec fields
+    assert {mk.display_label(key) for key in mk.SUMMARY} <= set(headers), headers
+    assert headers.index(mk.display_label(mk.EVAL_EXACT_MATCH)) < headers.index("student")  # results beside the spec fields
     assert _column(table, "name") == ["worst", "best", "steady"]  # newest first
     assert _column(table, mk.LOSS) == ["2.5", "0.75", "1.25"]
     assert _column(table, mk.PERF_TOKENS_PER_SEC) == ["1000", "800", "900"]
 
     # "sort by": every matching run, through the service (GET /api/runs?sort=...)
     tab.get_by_label("sort by").click()
-    tab.get_by_role("option", name=f"{mk.EVAL_EXACT_MATCH}, highest first").click()
+    tab.get_by_role("option", name=f"{mk.display_label(mk.EVAL_EXACT_MATCH)}, highest first").click()
     expect(table.get_by_role("row").nth(1)).to_contain_text("best")
     assert _column(table, "name") == ["best", "steady", "worst"]
     tab.get_by_label("sort by").click()

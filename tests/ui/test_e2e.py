@@ -132,6 +132,7 @@ def test_launch_watch_cancel_compare(service, page):
     table.get_by_text("toy run to cancel", exact=True).filter(visible=True).first.click()
     expect(page.locator("#selected-run input")).to_have_value(str(second))
     _shot(page, "runs")
+    page.once("dialog", lambda dialog: dialog.accept())  # Cancel asks first (ui/static/confirm.js)
     page.get_by_role("button", name="Cancel run").click()
     expect(page.locator("#run-action-message")).to_contain_text(f"Run {second}")
     expect(table.locator("tr", has_text="toy run to cancel")).to_contain_text("cancelled", timeout=120_000)

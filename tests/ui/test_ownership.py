@@ -131,6 +131,7 @@ def test_bob_in_a_browser_is_told_he_cannot_change_alices_run(team):
             selected.press("Tab")
             message = page.locator("#run-action-message")
 
+            page.once("dialog", lambda dialog: dialog.accept())  # Cancel asks first (ui/static/confirm.js)
             page.get_by_role("button", name="Cancel run").click()
             sync_api.expect(message).to_contain_text("bob may not cancel a run of experiment")
             sync_api.expect(message).to_contain_text("belongs to alice")

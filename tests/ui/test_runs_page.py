@@ -80,7 +80,10 @@ def test_runs_table_shows_what_differs_and_its_panel_follows_a_cancel(api, tab):
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= visible_right, (field, box)
     row = table.get_by_role("row").filter(has_text="on-policy reverse KL, lr 3e-4")
     expect(row).to_contain_text("0.0003")
-    expect(table).to_contain_text("0.41")  # the last eval/exact_match
+    expect(table.get_by_role("columnheader", name="eval/exact_match (%)", exact=True)).to_have_count(1)
+    jsd_row = table.get_by_role("row").filter(has=tab.get_by_text("on-policy JSD", exact=True)).first
+    expect(jsd_row).to_contain_text("41")  # the last eval/exact_match, in % as the charts show it
+    expect(jsd_row).not_to_contain_text("0.41")
 
     # a click selects the run; the table is read-only and does not look like a cell editor
     table.get_by_text("on-policy JSD, seed 1", exact=True).filter(visible=True).first.click()
@@ -97,6 +100,7 @@ def test_runs_table_shows_what_differs_and_its_panel_follows_a_cancel(api, tab):
     # cancel the running run: the panel says it is stopping, then follows the worker's end of it
     details = tab.locator("#selected-run-details")
     expect(details).to_contain_text(f"Run {running.id}")
+    tab.once("dialog", lambda dialog: dialog.accept())  # Cancel asks first (ui/static/confirm.js)
     tab.get_by_role("button", name="Cancel run").click()
     expect(tab.locator("#run-action-message")).to_contain_text(f"Run {running.id} asked to stop")
     expect(details).to_contain_text("running (cancelling)")
@@ -154,5 +158,5 @@ def test_run_pages_queue_place_failure_and_reference_rows(api, tab):
     expect(finals).to_contain_text(f"#{b.id} rkl", timeout=2 * SERVER)
     before_row = finals.get_by_role("row").filter(has_text="student before")
     expect(before_row).to_contain_text(f"toy:student (#{a.id} at step 0)")
-    expect(before_row).to_contain_text("0.3")
+    expect(before_row).to_contain_text("30")  # eval/exact_match in %, as the charts show it
     expect(finals.get_by_role("row").filter(has_text="teacher: toy:teacher")).to_contain_text("test split")

@@ -86,6 +86,14 @@ def test_the_sweep_view_marks_the_chosen_setting_and_draws_its_charts(api, tab):
     expect(header).to_contain_text(f"Sweep {new_id} · from the page · queued", timeout=SERVER_MS)
     expect(tab.locator("#sweeps-table")).to_contain_text("from the page", timeout=SERVER_MS)  # the tick saw it
 
+    # Cancel asks first (ui/static/confirm.js): dismissed, nothing is sent; accepted, the sweep is cancelled,
+    # and its message counts all 4 runs, which it could not had the dismissed click cancelled them
+    asked: list[str] = []
+    tab.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    tab.get_by_role("button", name="Cancel sweep").click()
+    tab.wait_for_function("() => true")  # one round trip through the page: the dialog has been handled
+    assert asked and asked[0].startswith(f"Cancel sweep {new_id}?"), asked
+    tab.once("dialog", lambda dialog: dialog.accept())
     tab.get_by_role("button", name="Cancel sweep").click()
     expect(tab.locator("#sweep-action-message")).to_contain_text(f"Sweep {new_id} cancelled: 4 cancelled")
     expect(header).to_contain_text("cancelled", timeout=SERVER_MS)

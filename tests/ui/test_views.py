@@ -12,7 +12,7 @@ from app.models import Experiment, MetricPoint, Run
 from core_distill.spec import DistillSpec
 from tests.ui.factories import add_run
 from ui import app as dashboard
-from ui import compare, form, heatmap, live, runs
+from ui import charts, compare, form, heatmap, live, runs
 
 
 def _count(model) -> int:
@@ -167,7 +167,9 @@ def test_compare_overlays_runs_with_a_reproducible_link(service_env):
     chart_html, diff, finals, link = compare.compare(f"{a.id}, {b.id}", keys)
     assert 'class="distill-compare"' in chart_html
     assert all(f"&quot;{key}&quot;" in chart_html for key in keys)
-    assert f"[[{a.id}, &quot;#{a.id} fkl&quot;], [{b.id}, &quot;#{b.id} rkl&quot;]]" in chart_html  # colour order
+    styles = [charts.run_style(a.id), charts.run_style(b.id)]
+    assert (f"[[{a.id}, &quot;#{a.id} fkl&quot;, &quot;{styles[0][0]}&quot;, &quot;{styles[0][1]}&quot;], "
+            f"[{b.id}, &quot;#{b.id} rkl&quot;, &quot;{styles[1][0]}&quot;, &quot;{styles[1][1]}&quot;]]") in chart_html  # fmt: skip
     assert f'data-max-points="{compare.points_per_series(2)}"' in chart_html
     assert list(diff["field"]) == ["beta"]
     assert list(finals["run"])[:2] == [f"#{a.id} fkl", f"#{b.id} rkl"] and finals["min loss"][:2].notna().all()
@@ -180,20 +182,27 @@ def test_compare_overlays_runs_with_a_reproducible_link(service_env):
 
 def test_heat_map_escapes_tokens_and_shows_values():
     samples = [{"prompt": "<b>1+1=</b>", "completion": "<script>", "reference": "2 & 2", "correct": False,
-                "tokens": ["<script>", "2"], "token_div": [0.5, 2.0]}]  # fmt: skip
+                "tokens": ["<script>", "2"], "token_div": [0.5, 20.0]}]  # fmt: skip
     html = heatmap.samples_html(samples, step=4)
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;1+1=&lt;/b&gt;" in html
-    assert "2 &amp; 2" in html and 'data-div="2.00000"' in html and "✗ wrong" in html
-    assert "step 4" in html and "per-token divergence" in html
-    # the largest divergence gets the strongest colour
+    assert "2 &amp; 2" in html and 'data-div="20.00000"' in html and "✗ wrong" in html
+    assert "step 4" in html and "per-token divergence to the teacher, in nats" in html
+    # 10 nats and above get the strongest colour
     assert "rgba(220, 38, 38, 0.93)" in html
     assert "No evaluation samples" in heatmap.samples_html([], None)
 
 
-def test_heatmap_legend_keeps_small_divergences_readable():
-    # a well-distilled student diverges by thousandths of a nat: the legend must not read 0.00 throughout
-    cells = re.findall(r">([^<>]+)</span>", heatmap.legend(0.0042))
-    assert cells == ["0", "0.00084", "0.00168", "0.00252", "0.00336", "0.0042"]
+def test_heatmap_scale_is_fixed_in_nats_not_stretched_to_the_view():
+    """Issue 22: every token was saturated at 0.0049 nats because the scale ran to the view's largest value."""
+    tiny = [{"prompt": "p", "completion": "ab", "tokens": ["a", "b"], "token_div": [0.0049, 0.0049]}]
+    colours = re.findall(r"background:([^\"]+)\"", heatmap.token_spans(tiny[0]["tokens"], tiny[0]["token_div"]))
+    assert colours == [heatmap._colour(0.0049)] * 2 and heatmap.share(0.0049) < 0.2  # pale, not saturated
+    # the same value has the same colour whatever else the view holds
+    mixed = heatmap.token_spans(["a", "b"], [0.0049, 5.0])
+    assert heatmap._colour(0.0049) in mixed and heatmap._colour(5.0) in mixed
+    assert [heatmap.share(v) for v in (0.0, 0.001, 0.01, 10.0, 100.0)] == [0.0, 0.0, 0.25, 1.0, 1.0]
+    cells = re.findall(r">([^<>]+)</span>", heatmap.legend())
+    assert cells == ["&lt; 0.001", "0.001", "0.01", "0.1", "1", "≥ 10"] and heatmap.legend().endswith("nats</div>")
 
 
 def test_launch_refuses_bad_specs_and_queues_good_ones(service_env):
@@ -231,3 +240,75 @@ def test_launch_and_validate_use_the_yaml_pane_when_it_was_edited_last(service_e
 def test_compared_runs_share_a_points_budget_per_chart():
     assert [compare.points_per_series(n) for n in (1, 2, 4, 10)] == [500, 500, 250, 100]
     assert all(n * compare.points_per_series(n) <= compare.POINTS_PER_PLOT for n in range(2, compare.MAX_RUNS + 1))
+
+
+def test_every_status_has_true_words_and_only_a_failure_is_an_error(service_env):
+    """Issue 22: a cancelled run was shown under an "Error:" heading."""
+    from datetime import timedelta
+
+    from app.models import RunStatus, utcnow
+
+    texts = {RunStatus.failed: "Traceback (most recent call last):\n  ...\nValueError: boom",
+             RunStatus.cancelled: "cancelled at step 7 (checkpoint kept; resume to continue)",
+             RunStatus.lost: "lost: worker w1 sent no heartbeat for over 60 s"}  # fmt: skip
+    with Session(get_engine()) as session:
+        made = {status: add_run(session, name=status, status=status) for status in RunStatus}
+        for status, text in texts.items():
+            run = session.get(Run, made[status].id)
+            run.error = text
+            session.add(run)
+        cancelling = add_run(session, name="cancelling", status="running")
+        healing = add_run(session, name="healing", status="lost")
+        for run_id, values in ((cancelling.id, {"cancel_requested": True}),
+                               (healing.id, {"resume_after": utcnow() + timedelta(seconds=30)})):  # fmt: skip
+            run = session.get(Run, run_id)
+            for name, value in values.items():
+                setattr(run, name, value)
+            session.add(run)
+        session.commit()
+    expected = {made[s].id: s.value for s in RunStatus if s != RunStatus.queued}
+    expected |= {cancelling.id: "running (cancelling)", healing.id: "lost (resuming automatically)"}
+    table = runs.runs_table()[0].set_index("run")
+    for run_id, words in expected.items():
+        assert table.loc[run_id, "status"] == words, (run_id, table.loc[run_id, "status"])
+    assert table.loc[made[RunStatus.queued].id, "status"] == "queued (1st in line)"
+    headings = {RunStatus.failed: "**Error:**", RunStatus.cancelled: "**Stopped:**", RunStatus.lost: "**Lost:**"}
+    for status, heading in headings.items():
+        for shown in (runs.run_summary(made[status].id), live.run_header(made[status].id)):
+            assert heading in shown and texts[status].splitlines()[-1] in shown, (status, shown)
+            assert status == RunStatus.failed or "Error" not in shown, (status, shown)
+    assert "cancel requested" in live.run_header(cancelling.id)
+
+
+def test_a_runs_colour_follows_its_id_not_its_place_in_the_list(service_env):
+    with Session(get_engine()) as session:
+        a, b, c = (add_run(session, name=n, steps=3, keys=("loss",)).id for n in "abc")
+    styles = [dict((r[0], tuple(r[2:])) for r in _compare_runs(ids)) for ids in ([a, b, c], [c, a], [b])]
+    assert styles[0][a] == styles[1][a] == charts.run_style(a) and styles[0][c] == styles[1][c]
+    assert styles[2][b] == styles[0][b]
+    assert len({charts.run_style(i) for i in range(40)}) == 40  # ids closer than 40 never look alike
+
+
+def _compare_runs(ids: list[int]) -> list[list]:
+    import html
+    import json
+
+    chart_html = compare.compare(", ".join(map(str, ids)), ["loss"])[0]
+    return json.loads(html.unescape(re.search(r'data-runs="([^"]*)"', chart_html).group(1)))
+
+
+def test_tables_show_shares_in_percent_as_the_charts_do(service_env):
+    """Issue 22: eval/exact_match was 0.6 in tables and 60 % in charts."""
+    from core_distill import metric_keys as mk
+
+    with Session(get_engine()) as session:
+        run = add_run(session, name="acc", steps=2, keys=("loss",))
+        session.execute(insert(MetricPoint), [{"run_id": run.id, "step": 2, "key": mk.EVAL_EXACT_MATCH,
+                                               "value": 0.6123, "wall_time": 2.0}])  # fmt: skip
+        session.commit()
+    table = runs.runs_table()[0].set_index("run")
+    assert table.loc[run.id, "eval/exact_match (%)"] == 61.23 and "eval/exact_match" not in table.columns
+    finals = compare.compare(str(run.id), ["loss"])[2].set_index("run")
+    assert finals.iloc[0]["eval/exact_match (%)"] == 61.23
+    assert finals.iloc[0]["loss"] == table.loc[run.id, "loss"]  # not a share: as logged
+    assert all(f.percent for f in mk.FAMILIES if mk.EVAL_EXACT_MATCH in f.keys or mk.TOPK_COVERAGE in f.keys)

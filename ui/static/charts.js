@@ -2,7 +2,11 @@
 //  - the live view of a run (.distill-live): downsampled history from /api/runs/{id}/metrics, then
 //    every new point from the run's event stream (/api/runs/{id}/events, server-sent events) appended
 //    with Plotly.extendTraces; a zoom fetches finer buckets of the zoomed steps;
-//  - a comparison (.distill-compare): one chart per metric, one colour per run, from /api/compare.
+//  - a comparison (.distill-compare): one chart per metric, one colour (and dash) per run id, from
+//    /api/compare: the colours come with the runs (ui/charts.py run_style), so a run keeps its colour
+//    whatever its place in the list.
+// A series of one point is drawn as a marker; a flat series (all zeros, a constant) gets a y range
+// around its value instead of Plotly's -1..1.
 // Gradio renders the containers (ui/charts.py); a MutationObserver binds them here.
 // window.distillCharts.draws records, per streamed point, when it was logged, arrived and was drawn
 // (benchmarks/bench_dashboard.py reads it); .compareDrawn the time each comparison finished drawing.
@@ -18,6 +22,24 @@
   const bound = new Map(); // element -> controller
 
   const isSparse = (key) => key.startsWith("eval/"); // evaluations: markers, never smoothed
+  const modeOf = (key, n) => (isSparse(key) || n === 1 ? "lines+markers" : "lines"); // one point: a line draws nothing
+
+  // the y range of a chart whose every value is the same (null otherwise): Plotly's own is v-1..v+1,
+  // which makes an all-zero accuracy a -1..1 % axis
+  function flatRange(traces, family) {
+    let lo = Infinity, hi = -Infinity;
+    for (const t of traces) for (const v of t.y) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (lo === Infinity || lo !== hi) return null;
+    if (family.percent) return lo === 0 ? [0, 100] : [Math.max(0, lo - 10), Math.min(100, lo + 10)];
+    return lo === 0 ? [0, 1] : [lo - Math.abs(lo) * 0.1, lo + Math.abs(lo) * 0.1];
+  }
+  function applyFlat(layout, range, log) { if (range && !log) Object.assign(layout.yaxis, { range, autorange: false }); }
+  function logRelayout(div, on, range) { // the log toggle: autorange, or back to the flat range
+    return Plotly.relayout(div, on || !range ? { "yaxis.type": on ? "log" : "linear", "yaxis.autorange": true }
+      : { "yaxis.type": "linear", "yaxis.range": range });
+  }
+  const ENDED = { succeeded: "succeeded", failed: "failed", cancelled: "was cancelled", lost: "was lost" };
+  const endedWords = (st) => `The run ${ENDED[st] || `is ${st}`}`; // true words for each finished status
 
   function familyOf(families, key) {
     for (const f of families) if (f.keys.includes(key)) return f;
@@ -96,6 +118,7 @@
       this.x = el.dataset.x || "step";
       this.maxPoints = Number(el.dataset.maxPoints || 500);
       this.references = JSON.parse(el.dataset.references || "[]"); // [{key, value, label}]: the teacher's score
+      this.finished = el.dataset.finished || ""; // a finished run's status: its history is all there is
       this.log = false;
       this.series = new Map(); // key -> Series
       this.charts = new Map(); // family name -> {div, family, traces: [{key, kind}], zoomed}
@@ -133,6 +156,7 @@
         this.series.clear();
         for (const [key, points] of Object.entries(body.series)) if (points.length) this.series.set(key, new Series(key, points));
         this.drawAll();
+        if (this.finished) { this.ended(this.finished); return; }
         this.follow(cursor || "0-0");
       } catch (err) {
         this.status(`history unavailable (${err.message}); retrying`);
@@ -148,10 +172,7 @@
       es.addEventListener("resumed", (e) => { this.flush(); const s = JSON.parse(e.data).step; this.series.forEach((v) => v.truncate(s)); this.drawAll(); });
       es.addEventListener("status", (e) => {
         const st = JSON.parse(e.data).status;
-        if (TERMINAL.has(st)) {
-          es.close(); this.status(`run ${st}: all points shown`);
-          if (!this.series.size) this.empty.textContent = `The run ${st} without logging a metric: nothing to chart.`;
-        }
+        if (TERMINAL.has(st)) { es.close(); this.ended(st); }
       });
       es.onerror = () => {
         if (es.readyState !== EventSource.CLOSED || this.closed) { this.status("reconnecting…"); return; } // the browser retries with Last-Event-ID
@@ -159,6 +180,11 @@
         this.status("live stream lost: re-reading the history");
         this.retry = setTimeout(() => this.start(), RETRY_MS);
       };
+    }
+
+    ended(st) { // the run is over: no stream to follow
+      this.status(`${endedWords(st)}: every point it logged is shown.`);
+      if (!this.series.size) this.empty.textContent = `${endedWords(st)} without logging a metric: nothing to chart.`;
     }
 
     close() { this.closed = true; clearTimeout(this.retry); if (this.es) this.es.close(); this.charts.forEach((c) => Plotly.purge(c.div)); }
@@ -174,14 +200,15 @@
       const color = PALETTE[family.keys.indexOf(key) % PALETTE.length];
       const sparse = isSparse(key);
       const hover = "%{y:.6~g}  <span style='color:#777'>step %{customdata[0]} · %{customdata[1]}</span>";
-      const raw = { x: xs, y: ys, customdata: custom, name: key, type: "scatter", mode: sparse ? "lines+markers" : "lines",
-        line: { color, width: sparse ? 2 : 1.5 }, marker: { size: 7 }, hovertemplate: hover, meta: { key, kind: "raw" } };
+      const raw = { x: xs, y: ys, customdata: custom, name: key, type: "scatter", mode: modeOf(key, n),
+        line: { color, width: sparse ? 2 : 1.5 }, marker: { size: 7 }, hovertemplate: hover,
+        meta: { key, kind: "raw", single: n === 1 } };
       if (sparse || this.smoothing <= 0) return [raw];
       Object.assign(raw, { opacity: 0.25, name: `${key} (raw)`, legendgroup: key, showlegend: false });
       const st = emaState(this.smoothing);
       const smooth = { x: xs.slice(), y: ys.map((v) => emaNext(st, v)), customdata: custom, name: `${key} (smoothed ${this.smoothing})`,
-        type: "scatter", mode: "lines", line: { color, width: 2 }, legendgroup: key, hovertemplate: hover,
-        meta: { key, kind: "smooth", ema: st } };
+        type: "scatter", mode: modeOf(key, n), line: { color, width: 2 }, legendgroup: key, hovertemplate: hover,
+        meta: { key, kind: "smooth", ema: st, single: n === 1 } };
       return [raw, smooth];
     }
 
@@ -220,6 +247,8 @@
       const xTitle = this.x === "step" ? "optimizer step" : "wall time since the run's first point (s)";
       const layout = baseLayout(family.title, family.unit, xTitle, this.log);
       referenceLines(layout, family, this.references.filter((r) => keys.includes(r.key)));
+      chart.flat = flatRange(traces, family); // kept whatever the log toggle: unticking it returns to this range
+      applyFlat(layout, chart.flat, this.log);
       const fresh = !chart.div.classList.contains("js-plotly-plot");
       Plotly.react(chart.div, traces, layout, CONFIG);
       chart.traces = traces.map((t) => t.meta);
@@ -275,11 +304,11 @@
         let found = false;
         chart.traces.forEach((meta, i) => {
           if (meta.key !== key) return;
-          found = true;
+          found = !meta.single; // a one-point series becomes a line: redraw it (and the chart) whole
           job.idx.push(i); job.upd.x.push(xs); job.upd.customdata.push(custom);
           job.upd.y.push(meta.kind === "smooth" ? ys.map((v) => emaNext(meta.ema, v)) : ys);
         });
-        job.missing = job.missing || !found;
+        job.missing = job.missing || !found || chart.flat !== null; // a flat chart's fixed range must move
       }
       for (const [chart, job] of perChart) {
         if (job.missing) this.drawFamily(chart.family); // a key new to this chart: redraw it whole
@@ -336,7 +365,7 @@
 
     setLog(on) {
       this.log = on;
-      this.charts.forEach((c) => Plotly.relayout(c.div, { "yaxis.type": on ? "log" : "linear" }));
+      this.charts.forEach((c) => logRelayout(c.div, on, c.flat));
     }
   }
 
@@ -345,14 +374,14 @@
     constructor(el) {
       this.el = el;
       this.families = JSON.parse(el.dataset.families);
-      this.runs = JSON.parse(el.dataset.runs); // [[id, label], ...]
+      this.runs = JSON.parse(el.dataset.runs); // [[id, label, colour, dash], ...]: the style is the run's own
       this.keys = JSON.parse(el.dataset.keys);
       this.smoothing = Number(el.dataset.smoothing || 0);
       this.x = el.dataset.x || "step";
       this.maxPoints = Number(el.dataset.maxPoints || 100);
       this.references = JSON.parse(el.dataset.references || "[]");
       this.charts = [];
-      this.bar = toolbar(el, (on) => this.charts.forEach((d) => Plotly.relayout(d, { "yaxis.type": on ? "log" : "linear" })));
+      this.bar = toolbar(el, (on) => this.charts.forEach((d) => logRelayout(d, on, d.flatRange)));
       this.grid = document.createElement("div");
       this.grid.className = "distill-grid";
       el.appendChild(this.grid);
@@ -375,23 +404,24 @@
         const scale = family.percent ? 100 : 1;
         const sparse = isSparse(key);
         const traces = [];
-        this.runs.forEach(([id, label], i) => {
+        this.runs.forEach(([id, label, color, dash]) => {
           const pts = (body.series[String(id)] || {})[key] || [];
           if (!pts.length) return;
           const w0 = pts[0].wall_time;
           const xs = pts.map((p) => (this.x === "step" ? p.step : p.wall_time - w0));
           const ys = pts.map((p) => p.value * scale);
           const custom = pts.map((p) => [p.step, clock(p.wall_time, w0)]);
-          const color = PALETTE[i % PALETTE.length];
           const hover = "%{y:.6~g}  <span style='color:#777'>step %{customdata[0]} · %{customdata[1]}</span>";
           const smooth = !sparse && this.smoothing > 0;
           traces.push({ x: xs, y: ys, customdata: custom, name: smooth ? `${label} (raw)` : label, legendgroup: label,
-            showlegend: !smooth, opacity: smooth ? 0.25 : 1, mode: sparse ? "lines+markers" : "lines",
-            line: { color, width: smooth ? 1 : 1.5 }, marker: { size: 6 }, hovertemplate: hover, type: "scatter" });
+            showlegend: !smooth, opacity: smooth ? 0.25 : 1, mode: modeOf(key, pts.length),
+            line: { color, dash, width: smooth ? 1 : 1.5 }, marker: { size: 6 }, hovertemplate: hover, type: "scatter",
+            meta: { run: id } });
           if (smooth) {
             const st = emaState(this.smoothing);
             traces.push({ x: xs, y: ys.map((v) => emaNext(st, v)), customdata: custom, name: label, legendgroup: label,
-              mode: "lines", line: { color, width: 2 }, hovertemplate: hover, type: "scatter" });
+              mode: modeOf(key, pts.length), line: { color, dash, width: 2 }, hovertemplate: hover, type: "scatter",
+              meta: { run: id } });
           }
         });
         const div = document.createElement("div");
@@ -402,6 +432,8 @@
         if (!traces.length) { div.className += " distill-nodata"; div.textContent = `${family.title} · ${key}: no data in these runs`; continue; }
         const layout = baseLayout(`${family.title} · ${key}`, family.unit, xTitle, false);
         referenceLines(layout, family, this.references.filter((r) => r.key === key));
+        div.flatRange = flatRange(traces, family);
+        applyFlat(layout, div.flatRange, false);
         Plotly.newPlot(div, traces, layout, CONFIG);
         this.charts.push(div);
       }
@@ -439,6 +471,14 @@
       });
     });
   }
+  // Enter in a slider's number box (smoothing) applies it: Gradio applies it on blur only (its `release`)
+  document.addEventListener("keydown", (e) => {
+    const box = e.target;
+    if (e.key !== "Enter" || !(box instanceof HTMLInputElement) || box.type !== "number") return;
+    const block = box.closest(".block");
+    if (block && block.querySelector("input[type=range]")) box.blur();
+  }, true);
+
   function start() {
     new MutationObserver(rescan).observe(document.body, { childList: true, subtree: true });
     rescan();

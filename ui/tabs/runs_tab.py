@@ -44,7 +44,7 @@ class RunsTab:
             with gr.Row():
                 self.open_live = gr.Button("Open live view", variant="primary")
                 self.add_compare = gr.Button("Add to comparison")
-                self.cancel = gr.Button("Cancel run", variant="stop")
+                self.cancel = gr.Button("Cancel run", variant="stop", elem_id="cancel-run")  # asks: confirm.js
                 self.rerun = gr.Button("Re-run")
                 self.resume = gr.Button("Resume")
             self.action_msg = gr.Markdown(elem_id="run-action-message")

@@ -38,7 +38,7 @@ class SweepsTab:
                 self.band = gr.Radio([("95% CI of the mean", "ci"), ("± 1 sd", "sd")], value="ci",
                                      label="bands and error bars over seeds", scale=2)  # fmt: skip
                 self.x_field = gr.Dropdown([], value=None, label="setting plot: x axis", scale=1, elem_id="sweep-x")
-                self.cancel = gr.Button("Cancel sweep", variant="stop", scale=0)
+                self.cancel = gr.Button("Cancel sweep", variant="stop", scale=0, elem_id="cancel-sweep")  # confirm.js
             self.header = gr.Markdown(elem_id="sweep-header")
             self.msg = gr.Markdown(elem_id="sweep-action-message")
             self.groups = gr.Dataframe(interactive=False, elem_id="sweep-groups", wrap=True)

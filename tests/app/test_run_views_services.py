@@ -165,9 +165,11 @@ def test_runs_list_carries_each_runs_latest_results_as_the_dashboard_table_shows
 
     table, _ = runs_view.runs_table()
     row = table[table["run"] == trained.id].iloc[0]
-    for key in mk.SUMMARY:
-        assert key in table.columns
-        assert row[key] == pytest.approx(page.results[trained.id][key], abs=1e-4)
+    for key in mk.SUMMARY:  # shown in the charts' unit (shares in %), under a label that says so
+        column = mk.display_label(key)
+        assert column in table.columns
+        shown = page.results[trained.id][key] * mk.display_scale(key)
+        assert row[column] == pytest.approx(shown, abs=1e-4 * mk.display_scale(key))
     assert table[table["run"] == fresh.id].iloc[0][mk.LOSS] is None or math.isnan(
         table[table["run"] == fresh.id].iloc[0][mk.LOSS]
     )

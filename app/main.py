@@ -24,11 +24,12 @@ from app.api.deps import get_current_user
 from app.api.errors import install_error_handlers
 from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec, sweeps
-from app.api.schemas import ErrorMessage, Problems
+from app.api.schemas import RETRY_AFTER, ErrorMessage, Problems
 from app.boot import FAVICON_PNG
 from app.broker import get_queue
 from app.db_retry import is_db_unavailable
-from app.models import ExperimentCreate, SweepCreate
+from app.auth import auth_enabled
+from app.models import SweepCreate
 from app.services.errors import RETRY_AFTER_SECONDS
 from core_distill.spec import MAX_PATH_COMPONENT
 
@@ -153,8 +154,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorMessage, "description": "Auth is on and no valid token was sent."},
     404: {"model": ErrorMessage, "description": "No such experiment or run."},
     422: {"model": Problems, "description": "A bad value; `detail[].loc` names the parameter or field."},
-    503: {"model": ErrorMessage, "description": "The database is unavailable; retry after `Retry-After` seconds."},
-}
+    503: {"model": ErrorMessage, "headers": RETRY_AFTER,
+          "description": "The database (or the queue) is unavailable; retry after `Retry-After` seconds."},
+}  # fmt: skip
+TOO_LARGE = {"description": f"The body is larger than {MAX_BODY_BYTES} bytes.", "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ErrorMessage"}}}}  # fmt: skip
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorMessage, "description": "The experiment belongs to someone else."},
     409: {"model": ErrorMessage, "description": "The run's state does not allow it (cancel a finished run)."},
@@ -243,18 +247,24 @@ def create_app(ui: bool = True, progress: Callable[[str], None] | None = None) -
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus ExperimentCreate and SweepCreate (their bodies are read by hand: JSON, YAML
-    and files for an experiment; 422s that name the setting and field for a sweep)."""
+    """The generated schema plus SweepCreate (its body is read by hand: 422s that name the setting and field).
+
+    With auth off, every secured operation also lists the empty requirement `{}`: the token is optional
+    there, and the document says so (fuzzers check that a declared requirement is enforced)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ExperimentCreate, SweepCreate):
-        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(body.pop("$defs", {}))
-        components[model.__name__] = body
+    body = SweepCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body.pop("$defs", {}))
+    components[SweepCreate.__name__] = body
+    optional_auth = not auth_enabled()
     for operations in schema["paths"].values():
         for operation in operations.values():
+            if optional_auth and operation.get("security"):
+                operation["security"].append({})
+            if "requestBody" in operation:  # BodyLimitMiddleware answers any /api body past the limit
+                operation["responses"].setdefault("413", TOO_LARGE)
             for code, response in operation["responses"].items():
                 content = response.get("content", {})
                 if code[0] in "45" and content and "application/json" not in content:

@@ -6,6 +6,7 @@ class on the way in; its fields are never re-declared here.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -48,16 +49,25 @@ FINISHED = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled
 
 MAX_TAGS = 32
 MAX_TAG_LENGTH = 64
+BLANKS = " \t\n\r\f\v"  # what a tag is stripped of; the same set in TAG_PATTERN, so document and check agree
+NO_NUL_PATTERN = r"^[^\x00]*$"
+TAG_PATTERN = r"^[^\x00]*[^\x00 \t\n\r\f\v][^\x00]*$"  # not blank, no NUL
+# The rules as the OpenAPI document states them (check_tags and check_text enforce them with clearer words)
+TAGS_SCHEMA = {
+    "type": "array",
+    "maxItems": MAX_TAGS,
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH, "pattern": TAG_PATTERN},
+}
 
 
 def check_tags(tags: list[str]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise ValueError(f"at most {MAX_TAGS} tags, got {len(tags)}")
     for tag in tags:
-        if not tag.strip() or len(tag) > MAX_TAG_LENGTH:
-            raise ValueError(f"each tag must be 1 to {MAX_TAG_LENGTH} characters, got {tag[:80]!r}")
+        if not re.search(f"[^{BLANKS}]", tag) or len(tag) > MAX_TAG_LENGTH:
+            raise ValueError(f"each tag must be 1 to {MAX_TAG_LENGTH} characters, not blank, got {tag[:80]!r}")
         check_text(tag)
-    return [t.strip() for t in tags]
+    return [t.strip(BLANKS) for t in tags]
 
 
 def check_text(text: str | None) -> str | None:
@@ -72,15 +82,26 @@ MAX_GROUP_LABEL = 1000
 
 # --- experiments --------------------------------------------------------------------------------
 class ExperimentBase(SQLModel):
-    name: str = Field(min_length=1, max_length=200, description="A short name to find the experiment by.")
-    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False), description="Labels.")
-    notes: str = Field(default="", max_length=10_000, description="Free text.")
+    name: str = Field(
+        min_length=1, max_length=200, description="A short name to find the experiment by.",
+        schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}},
+    )  # fmt: skip
+    tags: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False), description="Labels.",
+        schema_extra={"json_schema_extra": TAGS_SCHEMA},
+    )  # fmt: skip
+    notes: str = Field(
+        default="", max_length=10_000, description="Free text.",
+        schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}},
+    )  # fmt: skip
 
     _tags = field_validator("tags")(lambda tags: check_tags(tags))
     _text = field_validator("name", "notes")(lambda text: check_text(text))
 
 
 class ExperimentCreate(ExperimentBase):
+    model_config = ConfigDict(extra="forbid")  # `owner`, `id`, a typo: a 422 naming it, not silently dropped
+
     spec: DistillSpec = Field(description="The experiment: models, method knobs, data, training.")
     launch: bool = Field(default=True, description="Queue a run right away.")
 
@@ -88,9 +109,13 @@ class ExperimentCreate(ExperimentBase):
 class ExperimentUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422 naming it, not silently ignored
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    tags: list[str] | None = None
-    notes: str | None = Field(default=None, max_length=10_000)
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}}
+    )
+    tags: list[str] | None = Field(default=None, schema_extra={"json_schema_extra": {"anyOf": [TAGS_SCHEMA, {"type": "null"}]}})
+    notes: str | None = Field(
+        default=None, max_length=10_000, schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}}
+    )
 
     _tags = field_validator("tags")(lambda tags: None if tags is None else check_tags(tags))
     _text = field_validator("name", "notes")(lambda text: check_text(text))
@@ -112,9 +137,20 @@ class Experiment(ExperimentBase, table=True):
         return DistillSpec.parse(self.spec)
 
 
+def experiment_yaml_schema(ref_prefix: str) -> dict[str, Any]:
+    """The body of POST /api/experiments/yaml, from the two schemas: a bare spec (a field at least: an empty
+    document is refused), or an ExperimentCreate whose `name` may come from the query instead."""
+    whole = ExperimentCreate.model_json_schema(ref_template=f"{ref_prefix}{{model}}")
+    whole.pop("$defs", None)
+    whole["required"] = [name for name in whole.get("required", []) if name != "name"]
+    whole["title"] = "ExperimentYaml"
+    bare = {"allOf": [{"$ref": f"{ref_prefix}DistillSpec"}], "minProperties": 1, "title": "BareSpec"}
+    return {"anyOf": [bare, whole]}
+
+
 class ExperimentPublic(ExperimentBase):
     id: int
-    spec: dict[str, Any]
+    spec: DistillSpec
     owner: str | None
     created_at: datetime
     sweep_id: int | None = None
@@ -123,6 +159,7 @@ class ExperimentPublic(ExperimentBase):
 
 # --- sweeps -------------------------------------------------------------------------------------
 SweepSearch = Literal["grid", "random"]
+SweepStatus = Literal["queued", "running", "finished", "cancelled"]
 
 
 class SweepBase(SQLModel):
@@ -200,7 +237,7 @@ class SweepRunView(SQLModel):
     run_id: int
     experiment_id: int
     seed: int
-    status: str
+    status: RunStatus
     attempt: int
     last_step: int
     max_steps: int
@@ -223,7 +260,7 @@ class SweepGroupView(SQLModel):
 
 
 class SweepSummary(SweepPublic):
-    status: str  # queued | running | finished | cancelled (app.services.sweeps.sweep_status)
+    status: SweepStatus  # app.services.sweeps.sweep_status
     counts: dict[str, int]  # runs per status (every status, zeros included)
     runs: int
 
@@ -266,7 +303,7 @@ class Run(SQLModel, table=True):
 class RunPublic(SQLModel):
     id: int
     experiment_id: int
-    status: str
+    status: RunStatus
     attempt: int
     cancel_requested: bool
     worker: str | None
@@ -311,7 +348,7 @@ class RunEvent(SQLModel, table=True):
 
 class RunEventPublic(SQLModel):
     at: datetime
-    kind: str
+    kind: RunEventKind
     attempt: int
     step: int
     note: str

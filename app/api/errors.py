@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.services.errors import (
     RETRY_AFTER_SECONDS,
@@ -51,17 +55,22 @@ def spec_error_detail(exc: SpecError, prefix: tuple[str, ...] = ("body", "spec")
 
 def validation_detail(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[dict[str, Any]]:
     """pydantic errors without echoing the (possibly huge) input back, with the bad value shortened."""
+    return problems([{**err, "loc": (*prefix, *err["loc"])} for err in exc.errors()])
+
+
+def problems(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's (or FastAPI's) error dicts as `Problem`s: loc, a message naming the bad value, type."""
     detail = []
-    for err in exc.errors():
-        loc = [*prefix, *err["loc"]]
+    for err in errors:
+        loc = list(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         # DistillSpec's cross-field rules report at the model level as "field: message"
         field, sep, rest = msg.partition(": ")
-        if loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
+        if loc and loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
             loc, msg = [*loc, field], rest
         elif err["type"] == "extra_forbidden" and len(loc) > 1 and loc[-2] == "spec":
             msg = unknown_field_message(str(loc[-1]))  # a typo names its fix: did you mean 'lmbda'?
-        elif "input" in err and err["type"] not in ("missing", "extra_forbidden"):
+        elif "input" in err and err["type"] not in ("missing", "extra_forbidden", "json_invalid"):
             msg = f"{msg}, got {_short(err['input'])}"
         detail.append({"loc": loc, "msg": msg, "type": err["type"]})
     return detail
@@ -75,7 +84,27 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:120] + f"... ({len(text)} characters)"
 
 
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads could not take
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": problems(exc.errors())}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # A body that is not UTF-8, or nested deeper than the parser's stack, is a 422 at ["body"] like
+        # any unreadable body (one declared shape for every bad body), not FastAPI's bare 400.
+        if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == UNREADABLE_BODY:
+            cause = exc.__cause__
+            why = "is not UTF-8 text" if isinstance(cause, UnicodeDecodeError) else "could not be read as JSON"
+            if isinstance(cause, RecursionError):
+                why = "is nested too deep to read"
+            detail = [{"loc": ["body"], "msg": why, "type": "json_invalid"}]
+            return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestInvalid)
     async def _invalid(_: Request, exc: RequestInvalid) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)

@@ -9,15 +9,26 @@ route runs, so no route (today's or a new one) has to remember them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Query, Request
 
 from app.api.errors import RequestInvalid
 
 INTEGER_MAX = 2**31 - 1  # ids and steps: the largest value of an INTEGER column on every database
 BIGINT_MAX = 2**63 - 1  # offsets (`skip`)
 BIGINT_PARAMS = frozenset({"skip"})
+
+# Ids as the document declares them (generated clients and fuzzers keep to these): 1 to the column's top.
+ExperimentId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="An experiment's id.")]
+RunId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="A run's id.")]
+SweepId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="A sweep's id.")]
+Skip = Annotated[int, Query(ge=0, le=BIGINT_MAX, description="Rows to skip (newest first).")]
+
+
+def split_list(text: str | None) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"]: the comma-separated values of a query parameter."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def int_in_range(value: int, limit: int = INTEGER_MAX) -> bool:

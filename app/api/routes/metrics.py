@@ -14,8 +14,8 @@ from sqlmodel import Session, select
 
 from app import crud, events
 from app.api.deps import SessionDep
-from app.api.params import int_in_range
-from app.api.routes.experiments import split_list
+from app.api.params import RunId, int_in_range, split_list
+
 from app.api.routes.runs import run_detail
 from app.api.schemas import Comparison, MetricSeries, SpecField
 from app.db import get_engine
@@ -41,7 +41,7 @@ StepBound = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only st
                                                         "query: follow /events?after= it to miss nothing."}}}},
 )  # fmt: skip
 def run_metrics(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
     response: Response,
     keys: KeysQuery = None,
@@ -83,7 +83,7 @@ def _points(run_id: int, keys: list[str]) -> Iterator[MetricPoint]:
 @router.get(
     "/runs/{run_id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
 )
-def run_metrics_csv(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+def run_metrics_csv(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as CSV (step, key, value, wall_time), streamed."""
     crud.get_run(session=session, run_id=run_id)
 
@@ -104,7 +104,7 @@ def run_metrics_csv(run_id: int, session: SessionDep, keys: KeysQuery = None) ->
 
 
 @router.get("/runs/{run_id}/metrics.json", response_class=StreamingResponse)
-def run_metrics_json(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+def run_metrics_json(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as a JSON array of {step, key, value, wall_time}, streamed."""
     crud.get_run(session=session, run_id=run_id)
 
@@ -143,7 +143,7 @@ def compare_runs(
     loaded = comparison.load_runs(session=session, run_ids=ids)
     runs = [run_detail(session, run) for run, _ in loaded]
     wanted = split_list(keys) or comparison.common_keys(session=session, run_ids=ids)
-    fields = [SpecField(**vars(f)) for f in comparison.spec_fields([run.spec for run in runs])]
+    fields = [SpecField(**vars(f)) for f in comparison.spec_fields([run.spec.model_dump() for run in runs])]
     series = comparison.series(session=session, run_ids=ids, keys=wanted, max_points=max_points, x=x)
     finals = comparison.final_rows(session=session, runs=loaded)
     return Comparison(runs=runs, fields=fields, series=series, finals=finals)

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
@@ -16,12 +16,16 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlmodel import Session, select
 
 from app import crud, events
+from pydantic import BeforeValidator
+
 from app.api.deps import CurrentUser, SessionDep
-from app.api.routes.experiments import spec_filters_from, split_list
+from app.api.params import INTEGER_MAX, RunId, Skip, split_list
+from app.api.routes.experiments import spec_filters_from
 from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
 from app.models import FINISHED, EvalSamples, Experiment, Run, RunEventPublic, RunPublic, RunStatus
 from app.services import runs as run_service
+from app.services.errors import RETRY_AFTER_SECONDS
 from app.settings import get_settings
 from core_distill.spec import DistillSpec, yaml_comment
 
@@ -31,6 +35,18 @@ STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
 IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most (FastAPI pings every 15 s)
 ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 viewers, under 1 query/s
 TERMINAL = frozenset(s.value for s in FINISHED)
+
+
+def _each_comma_separated(values: Any) -> Any:
+    """`?status=queued,running` and `?status=queued&status=running` alike."""
+    return [part for value in values for part in split_list(value)] if isinstance(values, list) else values
+
+
+StatusList = Annotated[
+    list[RunStatus] | None,
+    BeforeValidator(_each_comma_separated),
+    Query(description="Only these statuses: repeat it, or comma-separate them (`status=queued,running`)."),
+]
 
 
 def summarize(run: Run, experiment: Experiment, positions: dict[int, int]) -> RunSummary:
@@ -50,7 +66,7 @@ def run_detail(session: Session, run: Run) -> RunDetail:
     automatic, manual = run_service.resume_counts(history)
     return RunDetail(
         **summary.model_dump(),
-        spec=experiment.spec,
+        spec=experiment.distill_spec(),
         history=[RunEventPublic.model_validate(event) for event in history],
         auto_resumes=automatic,
         manual_resumes=manual,
@@ -62,22 +78,17 @@ def run_detail(session: Session, run: Run) -> RunDetail:
 def list_runs(
     request: Request,
     session: SessionDep,
-    status: Annotated[str | None, Query(max_length=200, description="Comma-separated statuses.")] = None,
+    status: StatusList = None,
     tags: Annotated[str | None, Query(max_length=2000, description="Comma-separated; all must match.")] = None,
-    experiment_id: int | None = None,
+    experiment_id: Annotated[int | None, Query(ge=1, le=INTEGER_MAX, description="Only this experiment's.")] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    skip: Skip = 0,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 100,
 ) -> RunsPublic:
     """List runs, newest first, each with its place in the queue. Spec filters: `spec.FIELD=value`."""
-    statuses = split_list(status)
-    bad = [s for s in statuses if s not in RunStatus.__members__]
-    if bad:
-        raise HTTPException(422, [{"loc": ["query", "status"], "msg": f"unknown status {bad[0]!r}; one of "
-                                   f"{', '.join(RunStatus.__members__)}", "type": "enum"}])  # fmt: skip
     rows, count = crud.list_runs(
         session=session,
-        status=statuses or None,
+        status=[str(s) for s in status] if status else None,
         tags=split_list(tags),
         spec_filters=spec_filters_from(request),
         experiment_id=experiment_id,
@@ -90,19 +101,19 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetail)
-def get_run(run_id: int, session: SessionDep) -> RunDetail:
+def get_run(run_id: RunId, session: SessionDep) -> RunDetail:
     """One run with its experiment's spec and its place in the queue."""
     return run_detail(session, crud.get_run(session=session, run_id=run_id))
 
 
 @router.post("/{run_id}/cancel", response_model=RunDetail)
-def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
+def cancel_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Cancel: a queued run at once; a running run checkpoints and stops at its next step (409 if finished)."""
     return run_detail(session, run_service.cancel_run(session=session, run_id=run_id, user=user))
 
 
 @router.post("/{run_id}/resume", response_model=RunDetail)
-def resume_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
+def resume_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Continue a lost, failed or cancelled run from its last checkpoint (same run, next attempt)."""
     return run_detail(session, run_service.resume_run(session=session, run_id=run_id, user=user))
 
@@ -110,7 +121,7 @@ def resume_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail
 @router.get(
     "/{run_id}/spec.yaml", response_class=PlainTextResponse, responses={200: {"content": {"application/yaml": {}}}}
 )
-def run_spec_yaml(run_id: int, session: SessionDep) -> PlainTextResponse:
+def run_spec_yaml(run_id: RunId, session: SessionDep) -> PlainTextResponse:
     """The run's spec as YAML, ready for `distill run` or another POST /api/experiments."""
     run = crud.get_run(session=session, run_id=run_id)
     experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
@@ -121,9 +132,9 @@ def run_spec_yaml(run_id: int, session: SessionDep) -> PlainTextResponse:
 
 @router.get("/{run_id}/samples", response_model=list[SamplesAtStep])
 def run_samples(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
-    step: int | None = None,
+    step: Annotated[int | None, Query(ge=0, le=INTEGER_MAX, description="Only this evaluation's.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="How many evaluations, the latest.")] = 10,
 ) -> list[SamplesAtStep]:
     """Sampled eval completions with per-token divergences: at `step`, else the latest evaluations, oldest first."""
@@ -149,14 +160,17 @@ class StreamStart:
     status: str  # the run's status as its row had it when the stream opened
 
 
-def stream_source(run_id: int, session: SessionDep) -> StreamStart:
+def stream_source(run_id: RunId, session: SessionDep) -> StreamStart:
     """The checks that must answer before the stream starts (an error raised inside an event generator
     would arrive after a 200): 404 for an unknown run, 503 without Redis. In the request's session, which
     closes before the first event is sent."""
     run = crud.get_run(session=session, run_id=run_id)
     url = get_settings().redis_url
     if not url:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )  # fmt: skip
     return StreamStart(url, run.status)
 
 
@@ -166,7 +180,7 @@ def stream_source(run_id: int, session: SessionDep) -> StreamStart:
     responses={200: {"description": "Events `metrics`, `samples`, `status`, `resumed`; ids are Redis stream ids."}},
 )
 async def run_events(
-    run_id: int,
+    run_id: RunId,
     request: Request,
     start: Annotated[StreamStart, Depends(stream_source)],
     last_event_id: Annotated[str | None, Header(pattern=STREAM_ID_PATTERN)] = None,

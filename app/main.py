@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import get_current_user
-from app.api.errors import install_error_handlers
+from app.api.errors import BodyTooLarge, install_error_handlers
 from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec, sweeps
 from app.api.schemas import RETRY_AFTER, ErrorMessage, Problems
@@ -41,10 +41,6 @@ DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_BODY_BYTES = 1024 * 1024  # specs are a few kB; anything near this is a mistake or an attack
 DB_UNAVAILABLE_DETAIL = "the database is unavailable; nothing was changed, retry in a few seconds"
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class BodyLimitMiddleware:

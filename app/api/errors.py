@@ -24,6 +24,10 @@ from app.services.errors import (
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
 
 
+class BodyTooLarge(Exception):
+    """Raised while a body streams in past app.main.MAX_BODY_BYTES; the body-limit middleware answers 413."""
+
+
 class RequestInvalid(Exception):
     """A request body that could not be read or validated: answered with 422 and `detail`."""
 
@@ -98,6 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # any unreadable body (one declared shape for every bad body), not FastAPI's bare 400.
         if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == UNREADABLE_BODY:
             cause = exc.__cause__
+            if isinstance(cause, BodyTooLarge):
+                raise cause  # the body-limit middleware's 413
             why = "is not UTF-8 text" if isinstance(cause, UnicodeDecodeError) else "could not be read as JSON"
             if isinstance(cause, RecursionError):
                 why = "is nested too deep to read"

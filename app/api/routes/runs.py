@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.sse import format_sse_event
 from sqlmodel import Session, select
 
 from app import crud, events
@@ -32,7 +32,12 @@ from core_distill.spec import DistillSpec, yaml_comment
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
-IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most (FastAPI pings every 15 s)
+IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most
+# A ping is a comment line with no blank line after it: it keeps proxies from closing an idle stream, and
+# no client can turn it into an event (a blank line dispatches one in parsers that keep the last id, httpx-sse).
+PING = b": ping\n"
+PING_SECONDS = 15.0  # after this long without an event
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of a live stream
 ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 viewers, under 1 query/s
 TERMINAL = frozenset(s.value for s in FINISHED)
 
@@ -174,18 +179,23 @@ def stream_source(run_id: RunId, session: SessionDep) -> StreamStart:
     return StreamStart(url, run.status)
 
 
-@router.get(
-    "/{run_id}/events",
-    response_class=EventSourceResponse,
-    responses={200: {"description": "Events `metrics`, `samples`, `status`, `resumed`; ids are Redis stream ids."}},
-)
+EVENTS_DOC = {
+    200: {
+        "description": "Server-sent events `started`, `metrics`, `samples`, `status`, `resumed` (docs/api.md); "
+        "ids are Redis stream ids. Keep-alive pings are `: ping` comment lines without an event.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/{run_id}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
 async def run_events(
     run_id: RunId,
     request: Request,
     start: Annotated[StreamStart, Depends(stream_source)],
     last_event_id: Annotated[str | None, Header(pattern=STREAM_ID_PATTERN)] = None,
     after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN, description="Like Last-Event-ID.")] = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> StreamingResponse:
     """Live metric points, samples and status changes of a run, as server-sent events.
 
     Starts with everything the stream holds (or after `Last-Event-ID`), then follows new events.
@@ -193,30 +203,42 @@ async def run_events(
     The stream is followed in Redis alone; the run's row is read in a short session of its own only
     to confirm a final status, and once a minute while the stream is silent (a status Redis missed).
     """
+    stream = _follow(run_id, request, start, last_event_id or after or "0-0")
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _follow(run_id: int, request: Request, start: StreamStart, cursor: str) -> AsyncIterator[bytes]:
     client = aioredis.Redis.from_url(start.redis_url, decode_responses=True, socket_timeout=IDLE_BLOCK_MS / 1000 + 30)
-    cursor = last_event_id or after or "0-0"
     last_status: str | None = None
     row_status, row_read_at = start.status, time.monotonic()
+    sent_at = time.monotonic()
     try:
         while not await request.is_disconnected():
             finishing = last_status in TERMINAL or row_status in TERMINAL
-            # after a final status, only drain what is left; otherwise wait for new events
+            # after a final status, only drain what is left; otherwise wait for new events (or the next ping)
+            block_ms = max(1, int(min(IDLE_BLOCK_MS, (PING_SECONDS - (time.monotonic() - sent_at)) * 1000)))
             reply = await client.xread(
-                {events.stream_key(run_id): cursor}, count=500, block=None if finishing else IDLE_BLOCK_MS
+                {events.stream_key(run_id): cursor}, count=500, block=None if finishing else block_ms
             )
             entries = [entry for _, stream_entries in reply for entry in stream_entries]
             for event_id, fields in entries:
                 cursor = event_id
                 if fields["kind"] == "status":
                     last_status = json.loads(fields["data"]).get("status")
-                yield ServerSentEvent(raw_data=fields["data"], event=fields["kind"], id=event_id)
-            if entries or not (finishing or time.monotonic() - row_read_at >= ROW_CHECK_SECONDS):
+                yield format_sse_event(data_str=fields["data"], event=fields["kind"], id=event_id)
+            if entries:
+                sent_at = time.monotonic()
+                continue
+            if time.monotonic() - sent_at >= PING_SECONDS:
+                yield PING
+                sent_at = time.monotonic()
+            if not (finishing or time.monotonic() - row_read_at >= ROW_CHECK_SECONDS):
                 continue
             state = await run_in_threadpool(_run_state, run_id)
             row_status, row_read_at = state["status"], time.monotonic()
             if row_status in TERMINAL:
                 if row_status != last_status:  # finished while Redis missed it: say so from the row
-                    yield ServerSentEvent(data=state, event="status")
+                    yield format_sse_event(data_str=json.dumps(state), event="status")
                 return
             last_status = None if last_status in TERMINAL else last_status  # resumed meanwhile
     finally:

@@ -25,11 +25,11 @@ from app.api.errors import BodyTooLarge, install_error_handlers
 from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec, sweeps
 from app.api.schemas import RETRY_AFTER, ErrorMessage, Problems
+from app.auth import auth_enabled
 from app.boot import FAVICON_PNG
 from app.broker import get_queue
 from app.db_retry import is_db_unavailable
-from app.auth import auth_enabled
-from app.models import SweepCreate
+from app.models import NO_NUL_PATTERN, SweepCreate
 from app.services.errors import RETRY_AFTER_SECONDS
 from core_distill.spec import MAX_PATH_COMPONENT
 
@@ -261,6 +261,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 operation["security"].append({})
             if "requestBody" in operation:  # BodyLimitMiddleware answers any /api body past the limit
                 operation["responses"].setdefault("413", TOO_LARGE)
+            for parameter in operation.get("parameters", []):
+                _declare_no_nul(parameter["schema"])  # check_request_values refuses NUL in every value
             for code, response in operation["responses"].items():
                 content = response.get("content", {})
                 if code[0] in "45" and content and "application/json" not in content:
@@ -268,6 +270,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     response["content"] = {"application/json": next(iter(content.values()))}
     app.openapi_schema = schema
     return schema
+
+
+def _declare_no_nul(schema: dict[str, Any]) -> None:
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string" and "pattern" not in option:
+            option["pattern"] = NO_NUL_PATTERN
 
 
 def create_api() -> FastAPI:

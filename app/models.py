@@ -112,7 +112,9 @@ class ExperimentUpdate(SQLModel):
     name: str | None = Field(
         default=None, min_length=1, max_length=200, schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}}
     )
-    tags: list[str] | None = Field(default=None, schema_extra={"json_schema_extra": {"anyOf": [TAGS_SCHEMA, {"type": "null"}]}})
+    tags: list[str] | None = Field(
+        default=None, schema_extra={"json_schema_extra": {"anyOf": [TAGS_SCHEMA, {"type": "null"}]}}
+    )
     notes: str | None = Field(
         default=None, max_length=10_000, schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}}
     )
@@ -163,24 +165,48 @@ SweepStatus = Literal["queued", "running", "finished", "cancelled"]
 
 
 class SweepBase(SQLModel):
-    name: str = Field(min_length=1, max_length=200, description="A short name; its runs are named after it.")
+    name: str = Field(
+        min_length=1, max_length=200, description="A short name; its runs are named after it.",
+        schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}},
+    )  # fmt: skip
 
     _text = field_validator("name")(lambda text: check_text(text))
+
+
+SWEPT_FIELDS = [name for name in DistillSpec.model_fields if name != "seed"]  # `seeds` sets the seed
+_GRID_SCHEMA = {"type": "object", "propertyNames": {"enum": SWEPT_FIELDS},
+                "additionalProperties": {"type": "array", "minItems": 1, "uniqueItems": True}}  # fmt: skip
+_SETTINGS_SCHEMA = {"type": "array", "minItems": 1, "uniqueItems": True,
+                    "items": {"type": "object", "propertyNames": {"enum": SWEPT_FIELDS}}}  # fmt: skip
+_RANDOM = {"properties": {"search": {"const": "random"}}, "required": ["search"]}
+# SweepCreate's rules between fields, as the document states them (the validators below enforce them)
+SWEEP_RULES: dict[str, Any] = {
+    "not": {"properties": {"grid": {"type": "object"}, "settings": {"type": "array"}}, "required": ["grid", "settings"]},
+    "if": _RANDOM,
+    "then": {"properties": {"grid": {"type": "object"}, "samples": {"type": "integer"}}, "required": ["grid", "samples"]},
+    "else": {"properties": {"samples": {"type": "null"}}},
+}  # fmt: skip
 
 
 class SweepCreate(SweepBase):
     """A base spec, a grid (every combination) or an explicit list of settings, times seeds (app.services.sweeps)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=SWEEP_RULES)
 
     spec: DistillSpec = Field(description="The base spec every run starts from.")
     grid: dict[str, list[Any]] | None = Field(
-        default=None, description="Spec field -> values; every combination is a setting (or `samples` of them)."
-    )
+        default=None, description="Spec field -> values; every combination is a setting (or `samples` of them).",
+        schema_extra={"json_schema_extra": {"anyOf": [_GRID_SCHEMA, {"type": "null"}]}},
+    )  # fmt: skip
     settings: list[dict[str, Any]] | None = Field(
-        default=None, description="Explicit settings, each a mapping of spec field -> value (instead of a grid)."
-    )
-    seeds: list[int] = Field(default=[0], min_length=1, max_length=1000, description="Each setting runs once per seed.")
+        default=None, description="Explicit settings, each a mapping of spec field -> value (instead of a grid).",
+        schema_extra={"json_schema_extra": {"anyOf": [_SETTINGS_SCHEMA, {"type": "null"}]}},
+    )  # fmt: skip
+    seeds: list[int] = Field(
+        default=[0], min_length=1, max_length=1000, description="Each setting runs once per seed.",
+        schema_extra={"json_schema_extra": {"uniqueItems": True, "items": {"type": "integer", "minimum": 0,
+                                                                           "maximum": 2**31 - 1}}},
+    )  # fmt: skip
     search: SweepSearch = Field(default="grid", description="grid: every combination; random: `samples` of them.")
     samples: int | None = Field(default=None, ge=1, le=100_000, description="How many settings random search draws.")
     search_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of random search's draw.")

@@ -20,6 +20,7 @@ from app.services.errors import (
     NotFoundError,
     QueueUnavailableError,
     SweepError,
+    SweepTooLarge,
 )
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
 
@@ -70,13 +71,14 @@ def problems(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         msg = err["msg"].removeprefix("Value error, ")
         # DistillSpec's cross-field rules report at the model level as "field: message"
         field, sep, rest = msg.partition(": ")
+        kind = err["type"]
         if loc and loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
-            loc, msg = [*loc, field], rest
+            loc, msg, kind = [*loc, field], rest, "spec_combination"  # fields valid alone, not together
         elif err["type"] == "extra_forbidden" and len(loc) > 1 and loc[-2] == "spec":
             msg = unknown_field_message(str(loc[-1]))  # a typo names its fix: did you mean 'lmbda'?
         elif "input" in err and err["type"] not in ("missing", "extra_forbidden", "json_invalid"):
             msg = f"{msg}, got {_short(err['input'])}"
-        detail.append({"loc": loc, "msg": msg, "type": err["type"]})
+        detail.append({"loc": loc, "msg": msg, "type": kind})
     return detail
 
 
@@ -117,7 +119,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SweepError)  # before SpecError: the more specific class is looked up first
     async def _sweep(_: Request, exc: SweepError) -> JSONResponse:
-        detail = [{"loc": ["body", *loc], "msg": msg, "type": "sweep_error"} for loc, msg in exc.problems.items()]
+        kind = "sweep_too_large" if isinstance(exc, SweepTooLarge) else "sweep_error"
+        detail = [{"loc": ["body", *loc], "msg": msg, "type": kind} for loc, msg in exc.problems.items()]
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(SpecError)

@@ -11,7 +11,6 @@ from typing_extensions import TypedDict
 from app.models import ExperimentPublic, HostPublic, RunEventPublic, RunPublic, SweepSummary
 from core_distill.spec import DistillSpec
 
-
 # the header of every 503 (app.services.errors.RETRY_AFTER_SECONDS), as responses= declares it
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 

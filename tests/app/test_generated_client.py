@@ -60,7 +60,9 @@ def generated(token, tmp_path, monkeypatch):
     assert result.returncode == 0, output
     # the one thing it may skip: the YAML route (its only content type is YAML, which it does not speak)
     warnings = [line for line in output.splitlines() if line.startswith("WARNING")]
-    assert warnings == ["WARNING parsing POST /api/experiments/yaml within experiments. Endpoint will not be generated."], output
+    assert warnings == [
+        "WARNING parsing POST /api/experiments/yaml within experiments. Endpoint will not be generated."
+    ], output
     assert "Unsupported content type application/yaml" in output
     monkeypatch.syspath_prepend(str(tmp_path))
     yield app
@@ -80,7 +82,9 @@ def test_a_generated_client_creates_polls_reads_metrics_and_cancels(generated, t
     me = importlib.import_module(f"{api}.auth.auth_me")
 
     with serve_in_thread(generated) as url:
-        anonymous = client_module.AuthenticatedClient(base_url=url, token="not-a-token", raise_on_unexpected_status=True)
+        anonymous = client_module.AuthenticatedClient(
+            base_url=url, token="not-a-token", raise_on_unexpected_status=True
+        )
         assert me.sync_detailed(client=anonymous).status_code == 401
         client = client_module.AuthenticatedClient(base_url=url, token=token, raise_on_unexpected_status=True)
         assert me.sync(client=client).user == "ada"

@@ -37,8 +37,11 @@ EXAMPLE_SPEC = {"student": "toy:student", "teacher": "toy:teacher", "lmbda": 1.0
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"model": Problems, "description": "Another content type; `detail[0].msg` names the route that takes it."},
     422: {"model": Problems, "description": "A bad spec; `detail[].loc` names the field."},
-    503: {"model": ErrorMessage, "headers": RETRY_AFTER,
-          "description": "Queue or database down: nothing was stored; retry after `Retry-After` seconds."},
+    503: {
+        "model": ErrorMessage,
+        "headers": RETRY_AFTER,
+        "description": "Queue or database down: nothing was stored; retry after `Retry-After` seconds.",
+    },
 }
 
 

@@ -10,12 +10,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator, Field
 from sqlmodel import Session, select
 
 from app import crud, events
 from app.api.deps import SessionDep
-from app.api.params import RunId, int_in_range, split_list
-
+from app.api.params import INTEGER_MAX, RunId, each_comma_separated, split_list
 from app.api.routes.runs import run_detail
 from app.api.schemas import Comparison, MetricSeries, SpecField
 from app.db import get_engine
@@ -31,7 +31,7 @@ KeysQuery = Annotated[str | None, Query(max_length=4000, description="Comma-sepa
 EXPORT_CHUNK = 5000
 
 
-StepBound = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only steps in [step_min, step_max].")]
+StepBound = Annotated[int | None, Query(ge=0, le=INTEGER_MAX, description="Only steps in [step_min, step_max].")]
 
 
 @router.get(
@@ -121,7 +121,13 @@ def run_metrics_json(run_id: RunId, session: SessionDep, keys: KeysQuery = None)
 @router.get("/compare", response_model=Comparison)
 def compare_runs(
     session: SessionDep,
-    run_ids: Annotated[str, Query(max_length=400, description="Comma-separated run ids.")],
+    run_ids: Annotated[
+        list[Annotated[int, Field(ge=1, le=INTEGER_MAX)]],
+        BeforeValidator(each_comma_separated),
+        Query(
+            min_length=1, max_length=comparison.MAX_COMPARED, description="Run ids: repeat it, or comma-separate them."
+        ),
+    ],
     keys: KeysQuery = None,
     max_points: MaxPoints = 500,
     x: XAxis = "step",
@@ -130,14 +136,7 @@ def compare_runs(
     vary), the runs' downsampled series of `keys` (default: the keys every run has) and the final
     metrics, with the student before training and the teacher where known."""
     try:
-        ids = list(dict.fromkeys(int(part) for part in split_list(run_ids)))
-        if not all(int_in_range(i) for i in ids):
-            raise ValueError
-    except ValueError:
-        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated 32-bit integers, "
-                                   f"got {run_ids[:100]!r}", "type": "int_parsing"}]) from None  # fmt: skip
-    try:
-        ids = comparison.check_run_ids(ids)
+        ids = comparison.check_run_ids(run_ids)
     except comparison.CompareError as exc:
         raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": str(exc), "type": "value_error"}]) from None
     loaded = comparison.load_runs(session=session, run_ids=ids)

@@ -6,20 +6,19 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.sse import format_sse_event
+from pydantic import BeforeValidator
 from sqlmodel import Session, select
 
 from app import crud, events
-from pydantic import BeforeValidator
-
 from app.api.deps import CurrentUser, SessionDep
-from app.api.params import INTEGER_MAX, RunId, Skip, split_list
+from app.api.params import INTEGER_MAX, RunId, Skip, each_comma_separated, split_list
 from app.api.routes.experiments import spec_filters_from
 from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
@@ -42,14 +41,9 @@ ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 
 TERMINAL = frozenset(s.value for s in FINISHED)
 
 
-def _each_comma_separated(values: Any) -> Any:
-    """`?status=queued,running` and `?status=queued&status=running` alike."""
-    return [part for value in values for part in split_list(value)] if isinstance(values, list) else values
-
-
 StatusList = Annotated[
     list[RunStatus] | None,
-    BeforeValidator(_each_comma_separated),
+    BeforeValidator(each_comma_separated),
     Query(description="Only these statuses: repeat it, or comma-separate them (`status=queued,running`)."),
 ]
 

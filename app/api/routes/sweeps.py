@@ -13,9 +13,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import ValidationError
 
 from app import crud
-from app.api.params import Skip, SweepId
 from app.api.deps import CurrentUser, SessionDep
 from app.api.errors import RequestInvalid, json_object, validation_detail
+from app.api.params import Skip, SweepId
 from app.api.routes.experiments import SUBMIT_LIMITER
 from app.api.schemas import RETRY_AFTER, ErrorMessage, Problems, SweepsPublic
 from app.models import SweepCreate, SweepView

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -58,13 +59,16 @@ def generated(token, tmp_path, monkeypatch):
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = importlib.import_module(PACKAGE)
+    for module in pkgutil.walk_packages(package.__path__, f"{PACKAGE}."):
+        importlib.import_module(module.name)  # every module imports (a body in two content types did not: Unset)
     # the one thing it may skip: the YAML route (its only content type is YAML, which it does not speak)
     warnings = [line for line in output.splitlines() if line.startswith("WARNING")]
     assert warnings == [
         "WARNING parsing POST /api/experiments/yaml within experiments. Endpoint will not be generated."
     ], output
     assert "Unsupported content type application/yaml" in output
-    monkeypatch.syspath_prepend(str(tmp_path))
     yield app
     for name in [n for n in sys.modules if n == PACKAGE or n.startswith(f"{PACKAGE}.")]:
         del sys.modules[name]

@@ -192,8 +192,8 @@ def test_bad_queries_are_422(client, unchanged):
         ("/api/experiments?limit=100000", ["query", "limit"]),
         ("/api/experiments?skip=-1", ["query", "skip"]),
         ("/api/runs?status=queued,sleeping", ["query", "status", 1]),  # names the bad one
-        ("/api/compare?run_ids=1,x", ["query", "run_ids"]),
-        ("/api/compare?run_ids=" + ",".join(str(i) for i in range(30)), ["query", "run_ids"]),
+        ("/api/compare?run_ids=1,x", ["query", "run_ids", 1]),
+        ("/api/compare?run_ids=" + ",".join(str(i) for i in range(1, 31)), ["query", "run_ids"]),
     ]:
         response = client.get(path)
         assert response.status_code == 422, (path, response.text)

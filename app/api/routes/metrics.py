@@ -124,8 +124,10 @@ def compare_runs(
     run_ids: Annotated[
         list[Annotated[int, Field(ge=1, le=INTEGER_MAX)]],
         BeforeValidator(each_comma_separated),
+        # the count is declared here and checked by the service, whose message the dashboard shows too
         Query(
-            min_length=1, max_length=comparison.MAX_COMPARED, description="Run ids: repeat it, or comma-separate them."
+            description="Run ids: repeat it, or comma-separate them.",
+            json_schema_extra={"minItems": 1, "maxItems": comparison.MAX_COMPARED},
         ),
     ],
     keys: KeysQuery = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,6 +91,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:120] + f"... ({len(text)} characters)"
 
 
+def allowed_methods(request: Request) -> str | None:
+    """Every method the OpenAPI document lists for the request's path (its ids are digits: app.api.params)."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = ["-?[0-9]+" if part.startswith("{") else re.escape(part) for part in template.split("/")]
+        if re.fullmatch("/".join(parts), path):
+            methods = {method.upper() for method in operations}
+            return ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+    return None
+
+
 UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads could not take
 
 
@@ -111,6 +123,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 why = "is nested too deep to read"
             detail = [{"loc": ["body"], "msg": why, "type": "json_invalid"}]
             return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        # Starlette's Allow names the methods of the first route on the path; a path has several
+        # (GET and POST /api/experiments are two routes): name them all, as RFC 9110 asks
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED and (allowed := allowed_methods(request)):
+            exc.headers = {**(exc.headers or {}), "Allow": allowed}
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestInvalid)

@@ -13,6 +13,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.errors import RequestInvalid
 
@@ -20,6 +21,25 @@ INTEGER_MAX = 2**31 - 1  # ids and steps: the largest value of an INTEGER column
 BIGINT_MAX = 2**63 - 1  # offsets (`skip`)
 BIGINT_PARAMS = frozenset({"skip"})
 INTEGER_TEXT = re.compile(r"-?[0-9]+(\.0*)?")  # 3.0 is an integer to JSON Schema too
+
+
+class IdConvertor(Convertor[str]):
+    """`{run_id:id}`: a path segment of digits (a sign allowed, so -1 is a 422 naming it, not a 404).
+
+    Anything else is no id, so the route does not match: POST /api/experiments/yaml is never read as
+    experiment "yaml", and an undeclared method on it is a 405. The value stays text for FastAPI to validate.
+    """
+
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
 
 # Ids as the document declares them (generated clients and fuzzers keep to these): 1 to the column's top.
 ExperimentId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="An experiment's id.")]

@@ -147,7 +147,7 @@ def list_experiments(
     return ExperimentsPublic(data=[ExperimentPublic.model_validate(e) for e in rows], count=count)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentDetail)
+@router.get("/{experiment_id:id}", response_model=ExperimentDetail)
 def get_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentDetail:
     """One experiment with its runs (newest first)."""
     experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
@@ -157,7 +157,7 @@ def get_experiment(experiment_id: ExperimentId, session: SessionDep) -> Experime
     )
 
 
-@router.patch("/{experiment_id}", response_model=ExperimentPublic)
+@router.patch("/{experiment_id:id}", response_model=ExperimentPublic)
 def update_experiment(
     experiment_id: ExperimentId, experiment_in: ExperimentUpdate, session: SessionDep, user: CurrentUser
 ) -> Experiment:
@@ -167,7 +167,7 @@ def update_experiment(
     )
 
 
-@router.post("/{experiment_id}/runs", status_code=status.HTTP_201_CREATED, response_model=RunPublic)
+@router.post("/{experiment_id:id}/runs", status_code=status.HTTP_201_CREATED, response_model=RunPublic)
 async def rerun_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser) -> Run:
     """Queue a fresh run of the experiment's spec (to continue a stopped run, resume it instead)."""
     rerun = partial(experiment_service.rerun_experiment, session=session, experiment_id=experiment_id, user=user)

@@ -35,7 +35,7 @@ StepBound = Annotated[int | None, Query(ge=0, le=INTEGER_MAX, description="Only 
 
 
 @router.get(
-    "/runs/{run_id}/metrics",
+    "/runs/{run_id:id}/metrics",
     response_model=MetricSeries,
     responses={200: {"headers": {events.CURSOR_HEADER: {"description": "The run's event stream id before the "
                                                         "query: follow /events?after= it to miss nothing."}}}},
@@ -81,7 +81,7 @@ def _points(run_id: int, keys: list[str]) -> Iterator[MetricPoint]:
 
 
 @router.get(
-    "/runs/{run_id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
+    "/runs/{run_id:id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
 )
 def run_metrics_csv(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as CSV (step, key, value, wall_time), streamed."""
@@ -103,7 +103,7 @@ def run_metrics_csv(run_id: RunId, session: SessionDep, keys: KeysQuery = None) 
     return StreamingResponse(rows(), media_type="text/csv", headers=headers)
 
 
-@router.get("/runs/{run_id}/metrics.json", response_class=StreamingResponse)
+@router.get("/runs/{run_id:id}/metrics.json", response_class=StreamingResponse)
 def run_metrics_json(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as a JSON array of {step, key, value, wall_time}, streamed."""
     crud.get_run(session=session, run_id=run_id)

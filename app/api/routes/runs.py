@@ -99,26 +99,26 @@ def list_runs(
     return RunsPublic(data=[summarize(run, experiment, positions) for run, experiment in rows], count=count)
 
 
-@router.get("/{run_id}", response_model=RunDetail)
+@router.get("/{run_id:id}", response_model=RunDetail)
 def get_run(run_id: RunId, session: SessionDep) -> RunDetail:
     """One run with its experiment's spec and its place in the queue."""
     return run_detail(session, crud.get_run(session=session, run_id=run_id))
 
 
-@router.post("/{run_id}/cancel", response_model=RunDetail)
+@router.post("/{run_id:id}/cancel", response_model=RunDetail)
 def cancel_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Cancel: a queued run at once; a running run checkpoints and stops at its next step (409 if finished)."""
     return run_detail(session, run_service.cancel_run(session=session, run_id=run_id, user=user))
 
 
-@router.post("/{run_id}/resume", response_model=RunDetail)
+@router.post("/{run_id:id}/resume", response_model=RunDetail)
 def resume_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Continue a lost, failed or cancelled run from its last checkpoint (same run, next attempt)."""
     return run_detail(session, run_service.resume_run(session=session, run_id=run_id, user=user))
 
 
 @router.get(
-    "/{run_id}/spec.yaml", response_class=PlainTextResponse, responses={200: {"content": {"application/yaml": {}}}}
+    "/{run_id:id}/spec.yaml", response_class=PlainTextResponse, responses={200: {"content": {"application/yaml": {}}}}
 )
 def run_spec_yaml(run_id: RunId, session: SessionDep) -> PlainTextResponse:
     """The run's spec as YAML, ready for `distill run` or another POST /api/experiments."""
@@ -129,7 +129,7 @@ def run_spec_yaml(run_id: RunId, session: SessionDep) -> PlainTextResponse:
     return PlainTextResponse(header + DistillSpec.parse(experiment.spec).to_yaml(), media_type="application/yaml")
 
 
-@router.get("/{run_id}/samples", response_model=list[SamplesAtStep])
+@router.get("/{run_id:id}/samples", response_model=list[SamplesAtStep])
 def run_samples(
     run_id: RunId,
     session: SessionDep,
@@ -182,7 +182,7 @@ EVENTS_DOC = {
 }
 
 
-@router.get("/{run_id}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
+@router.get("/{run_id:id}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
 async def run_events(
     run_id: RunId,
     request: Request,

@@ -62,20 +62,20 @@ def list_sweeps(
     return SweepsPublic(data=rows, count=count)
 
 
-@router.get("/{sweep_id}", response_model=SweepView)
+@router.get("/{sweep_id:id}", response_model=SweepView)
 def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepView:
     """One sweep: its groups (one per setting) with their runs and the mean +- sd over seeds of each final eval metric."""
     return sweep_service.get_sweep(session=session, sweep_id=sweep_id)
 
 
-@router.post("/{sweep_id}/cancel", response_model=SweepView)
+@router.post("/{sweep_id:id}/cancel", response_model=SweepView)
 def cancel_sweep(sweep_id: SweepId, session: SessionDep, user: CurrentUser) -> SweepView:
     """Cancel every unfinished run of the sweep (owner or admin; 409 when none is left)."""
     return sweep_service.cancel_sweep(session=session, sweep_id=sweep_id, user=user)
 
 
 @router.get(
-    "/{sweep_id}/export",
+    "/{sweep_id:id}/export",
     response_class=Response,
     responses={
         200: {

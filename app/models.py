@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, StrictBool, field_validator, model_validator
 from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -103,7 +103,7 @@ class ExperimentCreate(ExperimentBase):
     model_config = ConfigDict(extra="forbid")  # `owner`, `id`, a typo: a 422 naming it, not silently dropped
 
     spec: DistillSpec = Field(description="The experiment: models, method knobs, data, training.")
-    launch: bool = Field(default=True, description="Queue a run right away.")
+    launch: StrictBool = Field(default=True, description="Queue a run right away.")  # not 0, not "yes"
 
 
 class ExperimentUpdate(SQLModel):
@@ -210,6 +210,14 @@ class SweepCreate(SweepBase):
     search: SweepSearch = Field(default="grid", description="grid: every combination; random: `samples` of them.")
     samples: int | None = Field(default=None, ge=1, le=100_000, description="How many settings random search draws.")
     search_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of random search's draw.")
+
+    @field_validator("seeds", "samples", "search_seed", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        # pydantic would read `search_seed: false` as 0: a boolean for a number is a mistake, not a value
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError(f"must be a number, not a boolean, got {value!r}"[:200])
+        return value
 
     @field_validator("seeds")
     @classmethod

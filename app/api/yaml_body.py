@@ -18,8 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app.api.errors import RequestInvalid, invalid, validation_detail
-from app.api.params import split_list
-from app.models import ExperimentCreate
+from app.models import MAX_TAG_LENGTH, MAX_TAGS, ExperimentCreate
 from core_distill.spec import DuplicateKeyError, load_yaml
 
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
@@ -64,10 +63,26 @@ async def _read_upload(request: Request) -> tuple[str, dict[str, Any], str]:
     if not isinstance(upload, UploadFile):
         raise invalid(["body", "file"], "a multipart request carries the YAML spec as a 'file' part", "missing")
     text = _utf8(await upload.read(), ["body", "file"])
-    fields = {k: v for k, v in form.items() if k in ("name", "tags", "notes", "launch") and isinstance(v, str)}
+    fields: dict[str, Any] = {
+        k: v for k, v in form.items() if k in ("name", "tags", "notes", "launch") and isinstance(v, str)
+    }
     if "tags" in fields:
-        fields["tags"] = split_list(fields["tags"])
+        fields["tags"] = tags_of(fields["tags"], ["body", "tags"])
+    if "launch" in fields:  # a form sends text; ExperimentCreate takes a real boolean only
+        fields["launch"] = {"true": True, "false": False}.get(fields["launch"].strip().lower(), fields["launch"])
     return text, fields, PurePath(upload.filename or DEFAULT_NAME).stem or DEFAULT_NAME
+
+
+# `tags=a,b`: at most MAX_TAGS parts of at most MAX_TAG_LENGTH characters each, blank parts dropped
+TAGS_TEXT_PATTERN = rf"^[^,\x00]{{0,{MAX_TAG_LENGTH}}}(,[^,\x00]{{0,{MAX_TAG_LENGTH}}}){{0,{MAX_TAGS - 1}}}$"
+
+
+def tags_of(text: str, loc: list[str]) -> list[str]:
+    """The tags of a comma-separated field, with the limits TAGS_TEXT_PATTERN declares (422 at `loc`)."""
+    parts = text.split(",")
+    if len(parts) > MAX_TAGS or any(len(part) > MAX_TAG_LENGTH for part in parts):
+        raise invalid(loc, f"at most {MAX_TAGS} comma-separated tags of at most {MAX_TAG_LENGTH} characters each")
+    return [part.strip() for part in parts if part.strip()]
 
 
 def _with_fields(document: dict[str, Any], fields: dict[str, Any], default_name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from app.api.deps import CurrentUser, SessionDep
 from app.api.errors import RequestInvalid
 from app.api.params import ExperimentId, Skip, split_list
 from app.api.schemas import RETRY_AFTER, ErrorMessage, ExperimentCreated, ExperimentDetail, ExperimentsPublic, Problems
-from app.api.yaml_body import YAML_TYPES, media_type, read_yaml_experiment
+from app.api.yaml_body import TAGS_TEXT_PATTERN, YAML_TYPES, media_type, read_yaml_experiment, tags_of
 from app.models import (
     Experiment,
     ExperimentCreate,
@@ -99,7 +99,7 @@ async def create_experiment_yaml(
     session: SessionDep,
     user: CurrentUser,
     name: Annotated[str | None, Query(min_length=1, max_length=200, description="Overrides the document's.")] = None,
-    tags: Annotated[str | None, Query(max_length=2000, description="Comma-separated.")] = None,
+    tags: Annotated[str | None, Query(pattern=TAGS_TEXT_PATTERN, description="Comma-separated.")] = None,
     notes: Annotated[str | None, Query(max_length=10_000)] = None,
     launch: Annotated[bool | None, Query(description="Queue a run right away (default true).")] = None,
 ) -> ExperimentCreated:
@@ -108,7 +108,8 @@ async def create_experiment_yaml(
     The experiment's name, tags, notes and launch come from the query (or the upload's form fields),
     else from the document; an empty document is a 422.
     """
-    fields = {"name": name, "tags": None if tags is None else split_list(tags), "notes": notes, "launch": launch}
+    fields = {"name": name, "tags": None if tags is None else tags_of(tags, ["query", "tags"]), "notes": notes,
+              "launch": launch}  # fmt: skip
     return await _submit(session, await read_yaml_experiment(request, fields), user)
 
 

@@ -32,6 +32,7 @@ from app.db_retry import is_db_unavailable
 from app.models import NO_NUL_PATTERN, SweepCreate
 from app.services.errors import RETRY_AFTER_SECONDS
 from core_distill.spec import MAX_PATH_COMPONENT
+from core_distill.trackers.names import TRACKERS
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     body = SweepCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(body.pop("$defs", {}))
     components[SweepCreate.__name__] = body
+    _declare_report_to_forms(components["DistillSpec"]["properties"]["report_to"])
     optional_auth = not auth_enabled()
     for operations in schema["paths"].values():
         for operation in operations.values():
@@ -270,6 +272,23 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     response["content"] = {"application/json": next(iter(content.values()))}
     app.openapi_schema = schema
     return schema
+
+
+def _declare_report_to_forms(prop: dict[str, Any]) -> None:
+    """`report_to` takes TRL's forms (core_distill.trackers.names.normalize_report_to): a list of names, one
+    comma-separated string, null; any case, blanks and "none" skipped. The document says so (what comes back
+    is always the list); the engine's own schema keeps the list the dashboard's form is built from."""
+    blank = "[ \\t\\n\\r\\f\\v]*"
+    names = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in name) for name in (*TRACKERS, "none"))
+    item = f"{blank}(?:{names})?{blank}"
+    forms = [
+        {"type": "array", "items": {"type": "string", "pattern": f"^{item}$"}},
+        {"type": "string", "pattern": f"^{item}(?:,{item})*$"},
+        {"type": "null"},
+    ]
+    for key in ("type", "items"):
+        prop.pop(key, None)
+    prop["anyOf"] = forms
 
 
 def _declare_no_nul(schema: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 A document is either a bare spec (like examples/*.yaml, or GET /api/runs/{id}/spec.yaml) with the
 experiment's name, tags, notes and launch as query (or form) fields, or a whole `ExperimentCreate`
-(it has `spec:`; its `name` may come from the fields instead). The engine's strict loader reads it:
+(it has `spec:`; what it leaves out, its `name` say, may come from the fields). The engine's strict loader reads it:
 no aliases, no key set twice. An empty document is refused: it would silently launch the defaults.
 """
 
@@ -86,9 +86,11 @@ def tags_of(text: str, loc: list[str]) -> list[str]:
 
 
 def _with_fields(document: dict[str, Any], fields: dict[str, Any], default_name: str) -> dict[str, Any]:
-    """A whole ExperimentCreate (it has `spec:`) or a bare spec, named and tagged by the fields."""
+    """A whole ExperimentCreate (it has `spec:`) or a bare spec; the fields fill in what the document leaves out."""
     data = dict(document) if "spec" in document else {"spec": document}
-    data.update({k: v for k, v in fields.items() if v is not None and v != ""})
+    for key, value in fields.items():
+        if value is not None and value != "":
+            data.setdefault(key, value)
     data.setdefault("name", default_name)
     return data
 

@@ -57,6 +57,7 @@ def fuzz(app, headers: dict[str, str], figures: dict) -> None:
     missing headers, boundary values), fuzzing and stateful phases, every check on every response."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path=SKIPPED)
     schema.config.generation.update(max_examples=EXAMPLES)
+    schema.config.cache.enabled = False  # it would write .schemathesis/ into the working tree
     schema.config.update(headers=headers)
     for event in engine.from_schema(schema).execute():
         if isinstance(event, events.FatalError | events.NonFatalError):

@@ -98,15 +98,15 @@ async def create_experiment_yaml(
     request: Request,
     session: SessionDep,
     user: CurrentUser,
-    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Overrides the document's.")] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=200, description="Where the document has none.")] = None,
     tags: Annotated[str | None, Query(pattern=TAGS_TEXT_PATTERN, description="Comma-separated.")] = None,
     notes: Annotated[str | None, Query(max_length=10_000)] = None,
     launch: Annotated[bool | None, Query(description="Queue a run right away (default true).")] = None,
 ) -> ExperimentCreated:
     """Create an experiment from a YAML spec (like examples/*.yaml) and queue its first run.
 
-    The experiment's name, tags, notes and launch come from the query (or the upload's form fields),
-    else from the document; an empty document is a 422.
+    The experiment's name, tags, notes and launch come from the document, else from the query (or the
+    upload's form fields); an empty document is a 422.
     """
     fields = {"name": name, "tags": None if tags is None else tags_of(tags, ["query", "tags"]), "notes": notes,
               "launch": launch}  # fmt: skip

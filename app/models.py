@@ -175,7 +175,7 @@ class SweepBase(SQLModel):
 
 SWEPT_FIELDS = [name for name in DistillSpec.model_fields if name != "seed"]  # `seeds` sets the seed
 _GRID_SCHEMA = {"type": "object", "propertyNames": {"enum": SWEPT_FIELDS},
-                "additionalProperties": {"type": "array", "minItems": 1, "uniqueItems": True}}  # fmt: skip
+                "additionalProperties": {"type": "array", "items": {}, "minItems": 1, "uniqueItems": True}}  # fmt: skip
 _SETTINGS_SCHEMA = {"type": "array", "minItems": 1, "uniqueItems": True,
                     "items": {"type": "object", "propertyNames": {"enum": SWEPT_FIELDS}}}  # fmt: skip
 _RANDOM = {"properties": {"search": {"const": "random"}}, "required": ["search"]}

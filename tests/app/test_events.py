@@ -145,13 +145,16 @@ def test_pings_are_no_events_to_an_sse_client(server, service_env, monkeypatch):
         def later() -> None:
             time.sleep(1.0)  # about five pings
             events.publish(client, run_id, "metrics", points(2))
-            http.post(f"/api/runs/{run_id}/cancel")  # a final status ends the stream
+            with httpx.Client(base_url=server, timeout=30) as other:  # not the streaming client's connection
+                other.post(f"/api/runs/{run_id}/cancel")  # a final status ends the stream
 
-        threading.Thread(target=later, daemon=True).start()
+        thread = threading.Thread(target=later, daemon=True)
+        thread.start()
         raw: list[str] = []
         with connect_sse(http, "GET", f"/api/runs/{run_id}/events") as source:
             source.response.iter_text = _recording(source.response.iter_text, raw)
             received = [(e.event, e.data) for e in source.iter_sse()]
+        thread.join(30)
     assert "".join(raw).count(": ping\n") >= 3  # pings were sent...
     assert [kind for kind, _ in received] == ["metrics", "metrics", "status"]  # ...and none became an event
     assert all(data for _, data in received)

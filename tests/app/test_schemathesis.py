@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -52,16 +53,18 @@ def semantic_rejection(label: str, response) -> bool:
     )
 
 
-def fuzz(app, headers: dict[str, str], figures: dict) -> None:
+def fuzz(app, headers: dict[str, str], figures: dict, cache: Path) -> None:
     """schemathesis's engine, as `st run --checks all` runs it: examples, coverage (undeclared methods,
     missing headers, boundary values), fuzzing and stateful phases, every check on every response."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path=SKIPPED)
     schema.config.generation.update(max_examples=EXAMPLES)
-    schema.config.cache.enabled = False  # it would write .schemathesis/ into the working tree
+    schema.config.cache.directory = cache  # not .schemathesis/ in the working tree
+    schema.config.update(request_timeout=60)  # a submit's preflight on a loaded box may take seconds
     schema.config.update(headers=headers)
     for event in engine.from_schema(schema).execute():
         if isinstance(event, events.FatalError | events.NonFatalError):
-            figures["failures"].append(f"{type(event).__name__}: {getattr(event, 'value', None) or event.exception}")
+            what = getattr(event, "value", None) or event.exception
+            figures["failures"].append(f"{type(event).__name__} ({getattr(event, 'label', '')}): {what}")
         if not isinstance(event, events.ScenarioFinished):
             continue
         recorder = event.recorder
@@ -85,7 +88,7 @@ def fuzz(app, headers: dict[str, str], figures: dict) -> None:
 
 
 @pytest.mark.parametrize("auth", ["off", "on"])
-def test_every_check_passes(client, service_env, monkeypatch, auth):
+def test_every_check_passes(client, service_env, monkeypatch, tmp_path, auth):
     headers: dict[str, str] = {}
     if auth == "on":
         monkeypatch.setenv("DISTILL_AUTH", "on")
@@ -96,7 +99,7 @@ def test_every_check_passes(client, service_env, monkeypatch, auth):
     assert seen.status_code == 201, seen.text  # a run and an experiment with ids 1..: lookups find one
     figures: dict = {"requests": 0, "failures": [], "semantic": Counter()}
     started = time.monotonic()
-    fuzz(create_app(ui=False), headers, figures)
+    fuzz(create_app(ui=False), headers, figures, tmp_path / "schemathesis-cache")
     seconds = time.monotonic() - started
     print(
         f"\nschemathesis (auth {auth}) on {get_engine().dialect.name}: {figures['requests']} requests, "

@@ -56,7 +56,9 @@ cli.add_typer(teacher_cli, name="teacher")
 def up_command(
     host: Annotated[str, typer.Option(help="Interface of the API and dashboard.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API and dashboard.")] = 8000,
-    gpus: Annotated[int | None, typer.Option(help="GPUs the worker offers, 0..N-1 (default: every GPU; 0 = one CPU slot).")] = None,
+    gpus: Annotated[
+        int | None, typer.Option(help="GPUs the worker offers, 0..N-1 (default: every GPU; 0 = one CPU slot).")
+    ] = None,
 ) -> None:
     """Start everything on this machine: Redis, the API and dashboard, a worker for its GPUs. Ctrl-C stops it."""
     from app.embedded import up
@@ -127,7 +129,12 @@ def quiet_access_log(record: logging.LogRecord) -> bool:
 
 @cli.command("worker")
 def worker_command(
-    gpus: Annotated[str | None, typer.Option(help="GPU indices this host offers, e.g. 0,1, or 'cpu' (default: every visible GPU, else one CPU slot).")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU indices this host offers, e.g. 0,1, or 'cpu' (default: every visible GPU, else one CPU slot)."
+        ),
+    ] = None,
     gpu: Annotated[str | None, typer.Option(help="One GPU index (the same as --gpus N).", hidden=True)] = None,
     name: Annotated[str | None, typer.Option(help="Host name (default: gpu0-1@machine, cpu@machine).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
@@ -143,7 +150,9 @@ token_cli = typer.Typer(no_args_is_help=True, help="API tokens for DISTILL_AUTH=
 
 
 @token_cli.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="Who holds it; their experiments are owned by this name.")]) -> None:
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who holds it; their experiments are owned by this name.")],
+) -> None:
     """Create a token and print it once (only its hash is stored)."""
     from sqlmodel import Session
 
@@ -172,7 +181,9 @@ def token_list() -> None:
     init_db()
     with Session(get_engine()) as session:
         for token in list_tokens(session=session):
-            typer.echo(f"{token.name}\tcreated {token.created_at:%Y-%m-%d %H:%M}\tlast used {token.last_used_at or 'never'}")
+            typer.echo(
+                f"{token.name}\tcreated {token.created_at:%Y-%m-%d %H:%M}\tlast used {token.last_used_at or 'never'}"
+            )
 
 
 @token_cli.command("revoke")

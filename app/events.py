@@ -18,11 +18,12 @@ from app.settings import get_settings
 STREAM_MAXLEN = 200_000  # per run; old entries are trimmed approximately, the DB keeps everything
 
 # Event kinds and their data:
+#   started  {"attempt": 1, "step": 0}           (a run's first attempt began training)
 #   metrics  {"points": [{"step", "key", "value", "wall_time"}, ...]}
 #   samples  {"step": int}                      (fetch them from the DB)
 #   status   {"status": str, "error": str | None, "last_step": int}
-#   resumed  {"step": int}                      (drop anything after this step: the run restarts there)
-KINDS = ("metrics", "samples", "status", "resumed")
+#   resumed  {"step": int, "attempt": int}      (a later attempt: drop anything after this step, it restarts there)
+KINDS = ("started", "metrics", "samples", "status", "resumed")
 
 
 def stream_key(run_id: int) -> str:

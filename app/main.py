@@ -21,16 +21,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import get_current_user
-from app.api.errors import install_error_handlers
+from app.api.errors import BodyTooLarge, install_error_handlers
 from app.api.params import check_request_values
 from app.api.routes import auth, experiments, health, metrics, queue, runs, spec, sweeps
-from app.api.schemas import ErrorMessage, Problems
+from app.api.schemas import RETRY_AFTER, ErrorMessage, Problems
+from app.auth import auth_enabled
 from app.boot import FAVICON_PNG
 from app.broker import get_queue
 from app.db_retry import is_db_unavailable
-from app.models import ExperimentCreate, SweepCreate
+from app.models import NO_NUL_PATTERN, SweepCreate
 from app.services.errors import RETRY_AFTER_SECONDS
 from core_distill.spec import MAX_PATH_COMPONENT
+from core_distill.trackers.names import TRACKERS
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,6 @@ DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_BODY_BYTES = 1024 * 1024  # specs are a few kB; anything near this is a mistake or an attack
 DB_UNAVAILABLE_DETAIL = "the database is unavailable; nothing was changed, retry in a few seconds"
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class BodyLimitMiddleware:
@@ -153,8 +151,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorMessage, "description": "Auth is on and no valid token was sent."},
     404: {"model": ErrorMessage, "description": "No such experiment or run."},
     422: {"model": Problems, "description": "A bad value; `detail[].loc` names the parameter or field."},
-    503: {"model": ErrorMessage, "description": "The database is unavailable; retry after `Retry-After` seconds."},
-}
+    503: {"model": ErrorMessage, "headers": RETRY_AFTER,
+          "description": "The database (or the queue) is unavailable; retry after `Retry-After` seconds."},
+}  # fmt: skip
+TOO_LARGE = {"description": f"The body is larger than {MAX_BODY_BYTES} bytes.", "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ErrorMessage"}}}}  # fmt: skip
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorMessage, "description": "The experiment belongs to someone else."},
     409: {"model": ErrorMessage, "description": "The run's state does not allow it (cancel a finished run)."},
@@ -243,18 +244,27 @@ def create_app(ui: bool = True, progress: Callable[[str], None] | None = None) -
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus ExperimentCreate and SweepCreate (their bodies are read by hand: JSON, YAML
-    and files for an experiment; 422s that name the setting and field for a sweep)."""
+    """The generated schema plus SweepCreate (its body is read by hand: 422s that name the setting and field).
+
+    With auth off, every secured operation also lists the empty requirement `{}`: the token is optional
+    there, and the document says so (fuzzers check that a declared requirement is enforced)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ExperimentCreate, SweepCreate):
-        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(body.pop("$defs", {}))
-        components[model.__name__] = body
+    body = SweepCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body.pop("$defs", {}))
+    components[SweepCreate.__name__] = body
+    _declare_report_to_forms(components["DistillSpec"]["properties"]["report_to"])
+    optional_auth = not auth_enabled()
     for operations in schema["paths"].values():
         for operation in operations.values():
+            if optional_auth and operation.get("security"):
+                operation["security"].append({})
+            if "requestBody" in operation:  # BodyLimitMiddleware answers any /api body past the limit
+                operation["responses"].setdefault("413", TOO_LARGE)
+            for parameter in operation.get("parameters", []):
+                _declare_no_nul(parameter["schema"])  # check_request_values refuses NUL in every value
             for code, response in operation["responses"].items():
                 content = response.get("content", {})
                 if code[0] in "45" and content and "application/json" not in content:
@@ -262,6 +272,29 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     response["content"] = {"application/json": next(iter(content.values()))}
     app.openapi_schema = schema
     return schema
+
+
+def _declare_report_to_forms(prop: dict[str, Any]) -> None:
+    """`report_to` takes TRL's forms (core_distill.trackers.names.normalize_report_to): a list of names, one
+    comma-separated string, null; any case, blanks and "none" skipped. The document says so (what comes back
+    is always the list); the engine's own schema keeps the list the dashboard's form is built from."""
+    blank = "[ \\t\\n\\r\\f\\v]*"
+    names = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in name) for name in (*TRACKERS, "none"))
+    item = f"{blank}(?:{names})?{blank}"
+    forms = [
+        {"type": "array", "items": {"type": "string", "pattern": f"^{item}$"}},
+        {"type": "string", "pattern": f"^{item}(?:,{item})*$"},
+        {"type": "null"},
+    ]
+    for key in ("type", "items"):
+        prop.pop(key, None)
+    prop["anyOf"] = forms
+
+
+def _declare_no_nul(schema: dict[str, Any]) -> None:
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string" and "pattern" not in option:
+            option["pattern"] = NO_NUL_PATTERN
 
 
 def create_api() -> FastAPI:

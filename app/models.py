@@ -6,11 +6,12 @@ class on the way in; its fields are never re-declared here.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, StrictBool, field_validator, model_validator
 from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -48,16 +49,25 @@ FINISHED = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled
 
 MAX_TAGS = 32
 MAX_TAG_LENGTH = 64
+BLANKS = " \t\n\r\f\v"  # what a tag is stripped of; the same set in TAG_PATTERN, so document and check agree
+NO_NUL_PATTERN = r"^[^\x00]*$"
+TAG_PATTERN = r"^[^\x00]*[^\x00 \t\n\r\f\v][^\x00]*$"  # not blank, no NUL
+# The rules as the OpenAPI document states them (check_tags and check_text enforce them with clearer words)
+TAGS_SCHEMA = {
+    "type": "array",
+    "maxItems": MAX_TAGS,
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH, "pattern": TAG_PATTERN},
+}
 
 
 def check_tags(tags: list[str]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise ValueError(f"at most {MAX_TAGS} tags, got {len(tags)}")
     for tag in tags:
-        if not tag.strip() or len(tag) > MAX_TAG_LENGTH:
-            raise ValueError(f"each tag must be 1 to {MAX_TAG_LENGTH} characters, got {tag[:80]!r}")
+        if not re.search(f"[^{BLANKS}]", tag) or len(tag) > MAX_TAG_LENGTH:
+            raise ValueError(f"each tag must be 1 to {MAX_TAG_LENGTH} characters, not blank, got {tag[:80]!r}")
         check_text(tag)
-    return [t.strip() for t in tags]
+    return [t.strip(BLANKS) for t in tags]
 
 
 def check_text(text: str | None) -> str | None:
@@ -72,25 +82,42 @@ MAX_GROUP_LABEL = 1000
 
 # --- experiments --------------------------------------------------------------------------------
 class ExperimentBase(SQLModel):
-    name: str = Field(min_length=1, max_length=200, description="A short name to find the experiment by.")
-    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False), description="Labels.")
-    notes: str = Field(default="", max_length=10_000, description="Free text.")
+    name: str = Field(
+        min_length=1, max_length=200, description="A short name to find the experiment by.",
+        schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}},
+    )  # fmt: skip
+    tags: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False), description="Labels.",
+        schema_extra={"json_schema_extra": TAGS_SCHEMA},
+    )  # fmt: skip
+    notes: str = Field(
+        default="", max_length=10_000, description="Free text.",
+        schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}},
+    )  # fmt: skip
 
     _tags = field_validator("tags")(lambda tags: check_tags(tags))
     _text = field_validator("name", "notes")(lambda text: check_text(text))
 
 
 class ExperimentCreate(ExperimentBase):
+    model_config = ConfigDict(extra="forbid")  # `owner`, `id`, a typo: a 422 naming it, not silently dropped
+
     spec: DistillSpec = Field(description="The experiment: models, method knobs, data, training.")
-    launch: bool = Field(default=True, description="Queue a run right away.")
+    launch: StrictBool = Field(default=True, description="Queue a run right away.")  # not 0, not "yes"
 
 
 class ExperimentUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422 naming it, not silently ignored
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    tags: list[str] | None = None
-    notes: str | None = Field(default=None, max_length=10_000)
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}}
+    )
+    tags: list[str] | None = Field(
+        default=None, schema_extra={"json_schema_extra": {"anyOf": [TAGS_SCHEMA, {"type": "null"}]}}
+    )
+    notes: str | None = Field(
+        default=None, max_length=10_000, schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}}
+    )
 
     _tags = field_validator("tags")(lambda tags: None if tags is None else check_tags(tags))
     _text = field_validator("name", "notes")(lambda text: check_text(text))
@@ -112,9 +139,20 @@ class Experiment(ExperimentBase, table=True):
         return DistillSpec.parse(self.spec)
 
 
+def experiment_yaml_schema(ref_prefix: str) -> dict[str, Any]:
+    """The body of POST /api/experiments/yaml, from the two schemas: a bare spec (a field at least: an empty
+    document is refused), or an ExperimentCreate whose `name` may come from the query instead."""
+    whole = ExperimentCreate.model_json_schema(ref_template=f"{ref_prefix}{{model}}")
+    whole.pop("$defs", None)
+    whole["required"] = [name for name in whole.get("required", []) if name != "name"]
+    whole["title"] = "ExperimentYaml"
+    bare = {"allOf": [{"$ref": f"{ref_prefix}DistillSpec"}], "minProperties": 1, "title": "BareSpec"}
+    return {"anyOf": [bare, whole]}
+
+
 class ExperimentPublic(ExperimentBase):
     id: int
-    spec: dict[str, Any]
+    spec: DistillSpec
     owner: str | None
     created_at: datetime
     sweep_id: int | None = None
@@ -123,30 +161,63 @@ class ExperimentPublic(ExperimentBase):
 
 # --- sweeps -------------------------------------------------------------------------------------
 SweepSearch = Literal["grid", "random"]
+SweepStatus = Literal["queued", "running", "finished", "cancelled"]
 
 
 class SweepBase(SQLModel):
-    name: str = Field(min_length=1, max_length=200, description="A short name; its runs are named after it.")
+    name: str = Field(
+        min_length=1, max_length=200, description="A short name; its runs are named after it.",
+        schema_extra={"json_schema_extra": {"pattern": NO_NUL_PATTERN}},
+    )  # fmt: skip
 
     _text = field_validator("name")(lambda text: check_text(text))
+
+
+SWEPT_FIELDS = [name for name in DistillSpec.model_fields if name != "seed"]  # `seeds` sets the seed
+_GRID_SCHEMA = {"type": "object", "propertyNames": {"enum": SWEPT_FIELDS},
+                "additionalProperties": {"type": "array", "items": {}, "minItems": 1, "uniqueItems": True}}  # fmt: skip
+_SETTINGS_SCHEMA = {"type": "array", "minItems": 1, "uniqueItems": True,
+                    "items": {"type": "object", "propertyNames": {"enum": SWEPT_FIELDS}}}  # fmt: skip
+_RANDOM = {"properties": {"search": {"const": "random"}}, "required": ["search"]}
+# SweepCreate's rules between fields, as the document states them (the validators below enforce them)
+SWEEP_RULES: dict[str, Any] = {
+    "not": {"properties": {"grid": {"type": "object"}, "settings": {"type": "array"}}, "required": ["grid", "settings"]},
+    "if": _RANDOM,
+    "then": {"properties": {"grid": {"type": "object"}, "samples": {"type": "integer"}}, "required": ["grid", "samples"]},
+    "else": {"properties": {"samples": {"type": "null"}}},
+}  # fmt: skip
 
 
 class SweepCreate(SweepBase):
     """A base spec, a grid (every combination) or an explicit list of settings, times seeds (app.services.sweeps)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=SWEEP_RULES)
 
     spec: DistillSpec = Field(description="The base spec every run starts from.")
     grid: dict[str, list[Any]] | None = Field(
-        default=None, description="Spec field -> values; every combination is a setting (or `samples` of them)."
-    )
+        default=None, description="Spec field -> values; every combination is a setting (or `samples` of them).",
+        schema_extra={"json_schema_extra": {"anyOf": [_GRID_SCHEMA, {"type": "null"}]}},
+    )  # fmt: skip
     settings: list[dict[str, Any]] | None = Field(
-        default=None, description="Explicit settings, each a mapping of spec field -> value (instead of a grid)."
-    )
-    seeds: list[int] = Field(default=[0], min_length=1, max_length=1000, description="Each setting runs once per seed.")
+        default=None, description="Explicit settings, each a mapping of spec field -> value (instead of a grid).",
+        schema_extra={"json_schema_extra": {"anyOf": [_SETTINGS_SCHEMA, {"type": "null"}]}},
+    )  # fmt: skip
+    seeds: list[int] = Field(
+        default=[0], min_length=1, max_length=1000, description="Each setting runs once per seed.",
+        schema_extra={"json_schema_extra": {"uniqueItems": True, "items": {"type": "integer", "minimum": 0,
+                                                                           "maximum": 2**31 - 1}}},
+    )  # fmt: skip
     search: SweepSearch = Field(default="grid", description="grid: every combination; random: `samples` of them.")
     samples: int | None = Field(default=None, ge=1, le=100_000, description="How many settings random search draws.")
     search_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of random search's draw.")
+
+    @field_validator("seeds", "samples", "search_seed", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        # pydantic would read `search_seed: false` as 0: a boolean for a number is a mistake, not a value
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError(f"must be a number, not a boolean, got {value!r}"[:200])
+        return value
 
     @field_validator("seeds")
     @classmethod
@@ -200,7 +271,7 @@ class SweepRunView(SQLModel):
     run_id: int
     experiment_id: int
     seed: int
-    status: str
+    status: RunStatus
     attempt: int
     last_step: int
     max_steps: int
@@ -223,7 +294,7 @@ class SweepGroupView(SQLModel):
 
 
 class SweepSummary(SweepPublic):
-    status: str  # queued | running | finished | cancelled (app.services.sweeps.sweep_status)
+    status: SweepStatus  # app.services.sweeps.sweep_status
     counts: dict[str, int]  # runs per status (every status, zeros included)
     runs: int
 
@@ -266,7 +337,7 @@ class Run(SQLModel, table=True):
 class RunPublic(SQLModel):
     id: int
     experiment_id: int
-    status: str
+    status: RunStatus
     attempt: int
     cancel_requested: bool
     worker: str | None
@@ -311,7 +382,7 @@ class RunEvent(SQLModel, table=True):
 
 class RunEventPublic(SQLModel):
     at: datetime
-    kind: str
+    kind: RunEventKind
     attempt: int
     step: int
     note: str

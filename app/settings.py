@@ -78,7 +78,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # a _FILE variable ranks with the environment: above .env, below explicit arguments
-        return init_settings, env_settings, FileVariablesSource(settings_cls, dotenv_settings), dotenv_settings, file_secret_settings
+        return (
+            init_settings,
+            env_settings,
+            FileVariablesSource(settings_cls, dotenv_settings),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     home: Path = Field(
         default_factory=_default_home,
@@ -159,7 +165,8 @@ class Settings(BaseSettings):
         "", description="MLflow tracking server of service runs with report_to mlflow (else MLFLOW_TRACKING_URI)."
     )
     tracker_project: str = Field(
-        "", description="MLflow experiment, W&B project and trackio project of runs (else each tool's variable, "
+        "",
+        description="MLflow experiment, W&B project and trackio project of runs (else each tool's variable, "
         "else 'distill').",
     )
     tensorboard_dir: str = Field(

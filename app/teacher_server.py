@@ -90,7 +90,9 @@ class ServedTeacher:
         if width is None or width == self.vocab_size:
             return self.head
         head = self.head
-        return Head(head.weight[:width], None if head.bias is None else head.bias[:width], head.logit_scale, head.softcap)
+        return Head(
+            head.weight[:width], None if head.bias is None else head.bias[:width], head.logit_scale, head.softcap
+        )
 
     @torch.no_grad()
     def score_many(self, requests: list[ScoreRequest], max_batch_tokens: int) -> list[ScoreResponse]:
@@ -105,7 +107,11 @@ class ServedTeacher:
             starts = np.concatenate([[0], np.cumsum(request.lengths)[:-1]]).astype(np.int64)
             next_ids = torch.cat([tokens[s + p : s + n] for s, p, n in
                                   zip(starts, request.prompt_lengths, request.lengths, strict=True)]) if b else tokens  # fmt: skip
-            extra = None if request.extra_ids is None else torch.from_numpy(request.extra_ids.astype(np.int64)).to(self.device)
+            extra = (
+                None
+                if request.extra_ids is None
+                else torch.from_numpy(request.extra_ids.astype(np.int64)).to(self.device)
+            )
             targets, extra_logp = sparse_targets(h, self.head_for(request.width), next_ids, top_k=request.top_k,
                                                  temperature=request.temperature, extra_ids=extra)  # fmt: skip
             as_numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
@@ -209,7 +215,9 @@ class BatchingScorer:
         while True:
             try:
                 remaining = deadline - loop.time()
-                job = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+                job = (
+                    self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+                )
             except (asyncio.QueueEmpty, TimeoutError):
                 return jobs
             if tokens + job.tokens > self.max_batch_tokens:
@@ -271,7 +279,9 @@ def create_app(teacher: ServedTeacher, *, max_batch_tokens: int = 16384, batch_w
             raise HTTPException(409, f"vocabulary mismatch: the client's tokenizer has fingerprint {parsed.fingerprint}, "
                                      f"this teacher ({teacher.name}) has {teacher.fingerprint}")  # fmt: skip
         try:
-            parsed.validate(vocab_size=teacher.vocab_size, max_top_k=teacher.max_top_k, max_tokens=teacher.max_request_tokens)
+            parsed.validate(
+                vocab_size=teacher.vocab_size, max_top_k=teacher.max_top_k, max_tokens=teacher.max_request_tokens
+            )
         except ProtocolError as exc:
             status = 413 if "at most" in str(exc) else 400
             raise HTTPException(status, f"bad score request: {exc}") from None
@@ -291,7 +301,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8600, dtype: str =
     """Load the teacher and serve it until interrupted."""
     import uvicorn
 
-    teacher = ServedTeacher.load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, max_top_k=max_top_k)
+    teacher = ServedTeacher.load(
+        model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, max_top_k=max_top_k
+    )
     app = create_app(teacher, max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms)
     print(f"teacher {model} ({teacher.info()['dtype']} on {teacher.device}, vocabulary {teacher.vocab_size}, "
           f"{teacher.fingerprint}) on http://{host}:{port}", flush=True)  # fmt: skip

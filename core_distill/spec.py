@@ -413,8 +413,11 @@ class DistillSpec(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic would read `lmbda: true` as 1.0: a boolean for a number is a mistake, not a value
-        if isinstance(value, bool) and number_type(cls.model_fields[info.field_name].annotation) is not None:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and number_type(annotation) is not None:
             raise ValueError("must be a number, not a boolean")
+        if annotation is bool and not isinstance(value, bool):  # nor `lora: 0` or "yes" a boolean: say true or false
+            raise ValueError(f"must be true or false, got {value!r}"[:200])
         return value
 
     @field_validator("*", mode="after")

@@ -134,7 +134,11 @@ class DatabaseReporter:
 
         with_db_retry(forget, what=f"run {self.run_id}: forgetting the steps after {step}")
         self.last_step = step
-        self._publish("resumed", {"step": step})
+        # the engine calls this at every attempt's start; a run's first attempt starts, it resumes nothing
+        if step == 0 and (self.attempt or 1) == 1:
+            self._publish("started", {"attempt": 1, "step": 0})
+        else:
+            self._publish("resumed", {"step": step, "attempt": self.attempt})
 
     def header(self, lines: list[str]) -> None:
         """The engine's header of this attempt, as a `header` event of the run's history (the run views show

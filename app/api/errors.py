@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.services.errors import (
     RETRY_AFTER_SECONDS,
@@ -16,8 +21,13 @@ from app.services.errors import (
     NotFoundError,
     QueueUnavailableError,
     SweepError,
+    SweepTooLarge,
 )
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
+
+
+class BodyTooLarge(Exception):
+    """Raised while a body streams in past app.main.MAX_BODY_BYTES; the body-limit middleware answers 413."""
 
 
 class RequestInvalid(Exception):
@@ -51,19 +61,25 @@ def spec_error_detail(exc: SpecError, prefix: tuple[str, ...] = ("body", "spec")
 
 def validation_detail(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[dict[str, Any]]:
     """pydantic errors without echoing the (possibly huge) input back, with the bad value shortened."""
+    return problems([{**err, "loc": (*prefix, *err["loc"])} for err in exc.errors()])
+
+
+def problems(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's (or FastAPI's) error dicts as `Problem`s: loc, a message naming the bad value, type."""
     detail = []
-    for err in exc.errors():
-        loc = [*prefix, *err["loc"]]
+    for err in errors:
+        loc = list(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         # DistillSpec's cross-field rules report at the model level as "field: message"
         field, sep, rest = msg.partition(": ")
-        if loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
-            loc, msg = [*loc, field], rest
+        kind = err["type"]
+        if loc and loc[-1] == "spec" and sep and field in DistillSpec.model_fields:
+            loc, msg, kind = [*loc, field], rest, "spec_combination"  # fields valid alone, not together
         elif err["type"] == "extra_forbidden" and len(loc) > 1 and loc[-2] == "spec":
             msg = unknown_field_message(str(loc[-1]))  # a typo names its fix: did you mean 'lmbda'?
-        elif "input" in err and err["type"] not in ("missing", "extra_forbidden"):
+        elif "input" in err and err["type"] not in ("missing", "extra_forbidden", "json_invalid"):
             msg = f"{msg}, got {_short(err['input'])}"
-        detail.append({"loc": loc, "msg": msg, "type": err["type"]})
+        detail.append({"loc": loc, "msg": msg, "type": kind})
     return detail
 
 
@@ -75,14 +91,52 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:120] + f"... ({len(text)} characters)"
 
 
+def allowed_methods(request: Request) -> str | None:
+    """Every method the OpenAPI document lists for the request's path (its ids are digits: app.api.params)."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = ["-?[0-9]+" if part.startswith("{") else re.escape(part) for part in template.split("/")]
+        if re.fullmatch("/".join(parts), path):
+            methods = {method.upper() for method in operations}
+            return ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+    return None
+
+
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads could not take
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": problems(exc.errors())}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # A body that is not UTF-8, or nested deeper than the parser's stack, is a 422 at ["body"] like
+        # any unreadable body (one declared shape for every bad body), not FastAPI's bare 400.
+        if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == UNREADABLE_BODY:
+            cause = exc.__cause__
+            if isinstance(cause, BodyTooLarge):
+                raise cause  # the body-limit middleware's 413
+            why = "is not UTF-8 text" if isinstance(cause, UnicodeDecodeError) else "could not be read as JSON"
+            if isinstance(cause, RecursionError):
+                why = "is nested too deep to read"
+            detail = [{"loc": ["body"], "msg": why, "type": "json_invalid"}]
+            return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        # Starlette's Allow names the methods of the first route on the path; a path has several
+        # (GET and POST /api/experiments are two routes): name them all, as RFC 9110 asks
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED and (allowed := allowed_methods(request)):
+            exc.headers = {**(exc.headers or {}), "Allow": allowed}
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestInvalid)
     async def _invalid(_: Request, exc: RequestInvalid) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(SweepError)  # before SpecError: the more specific class is looked up first
     async def _sweep(_: Request, exc: SweepError) -> JSONResponse:
-        detail = [{"loc": ["body", *loc], "msg": msg, "type": "sweep_error"} for loc, msg in exc.problems.items()]
+        kind = "sweep_too_large" if isinstance(exc, SweepTooLarge) else "sweep_error"
+        detail = [{"loc": ["body", *loc], "msg": msg, "type": kind} for loc, msg in exc.problems.items()]
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(SpecError)

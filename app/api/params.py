@@ -9,15 +9,53 @@ route runs, so no route (today's or a new one) has to remember them.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.errors import RequestInvalid
 
 INTEGER_MAX = 2**31 - 1  # ids and steps: the largest value of an INTEGER column on every database
 BIGINT_MAX = 2**63 - 1  # offsets (`skip`)
 BIGINT_PARAMS = frozenset({"skip"})
+INTEGER_TEXT = re.compile(r"-?[0-9]+(\.0*)?")  # 3.0 is an integer to JSON Schema too
+
+
+class IdConvertor(Convertor[str]):
+    """`{run_id:id}`: a path segment of digits (a sign allowed, so -1 is a 422 naming it, not a 404).
+
+    Anything else is no id, so the route does not match: POST /api/experiments/yaml is never read as
+    experiment "yaml", and an undeclared method on it is a 405. The value stays text for FastAPI to validate.
+    """
+
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
+
+# Ids as the document declares them (generated clients and fuzzers keep to these): 1 to the column's top.
+ExperimentId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="An experiment's id.")]
+RunId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="A run's id.")]
+SweepId = Annotated[int, Path(ge=1, le=INTEGER_MAX, description="A sweep's id.")]
+Skip = Annotated[int, Query(ge=0, le=BIGINT_MAX, description="Rows to skip (newest first).")]
+
+
+def split_list(text: str | None) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"]: the comma-separated values of a query parameter."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def each_comma_separated(values: Any) -> Any:
+    """For a list-typed query parameter: `?x=a,b` and `?x=a&x=b` alike."""
+    return [part for value in values for part in split_list(value)] if isinstance(values, list) else values
 
 
 def int_in_range(value: int, limit: int = INTEGER_MAX) -> bool:
@@ -39,6 +77,9 @@ def check_request_values(request: Request) -> None:
                 continue
             if "\x00" in value or "\x00" in name:
                 problems.append(_problem(kind, name, "NUL characters (\\x00) are refused", "string_nul"))
+            elif name in int_params[kind] and not INTEGER_TEXT.fullmatch(value):
+                # pydantic would read "1\r" or " 1" as 1: an id is digits, as the document says
+                problems.append(_problem(kind, name, f"must be an integer, got {value[:40]!r}", "int_parsing"))
             elif name in int_params[kind] and _too_big(value, limit := _limit(name)):
                 problems.append(
                     _problem(

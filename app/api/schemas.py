@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlmodel import Field, SQLModel
+from typing_extensions import TypedDict
 
 from app.models import ExperimentPublic, HostPublic, RunEventPublic, RunPublic, SweepSummary
+from core_distill.spec import DistillSpec
+
+# the header of every 503 (app.services.errors.RETRY_AFTER_SECONDS), as responses= declares it
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 
 
 class ErrorMessage(SQLModel):
@@ -69,7 +74,7 @@ class RunsPublic(SQLModel):
 
 
 class RunDetail(RunSummary):
-    spec: dict[str, Any]
+    spec: DistillSpec
     history: list[RunEventPublic] = Field(
         default_factory=list, description="Lost, resumed, healing given up, and the engine's header of an attempt."
     )
@@ -78,12 +83,20 @@ class RunDetail(RunSummary):
     healing: str | None = Field(default=None, description="One line on losing and healing, as the run page says it.")
 
 
+class SeriesPoint(TypedDict):
+    """One point of a chart series (a TypedDict: series are long, and the services build them as dicts)."""
+
+    step: int
+    wall_time: float  # Unix time the worker logged it
+    value: float
+
+
 class MetricSeries(SQLModel):
     run_id: int
-    x: str
+    x: Literal["step", "wall_time"]
     max_points: int
     keys: list[str]  # every key the run has logged
-    series: dict[str, list[dict[str, float]]]
+    series: dict[str, list[SeriesPoint]]
 
 
 class SpecField(SQLModel):
@@ -96,7 +109,7 @@ class SpecField(SQLModel):
 class Comparison(SQLModel):
     runs: list[RunDetail]
     fields: list[SpecField]
-    series: dict[int, dict[str, list[dict[str, float]]]]
+    series: dict[int, dict[str, list[SeriesPoint]]]
     # the dashboard's final-metrics table: one row per run, then the student before training (step 0)
     # and the teacher where its score is known (app.services.comparison.final_rows)
     finals: list[dict[str, Any]] = []
@@ -138,7 +151,7 @@ class QueueState(SQLModel):
 
 
 class Health(SQLModel):
-    status: str  # ok | degraded | starting (only while `distill api` is still building the app)
+    status: Literal["ok", "degraded", "starting"]  # starting: only while `distill api` is still building the app
     database: str
     redis: str
     starting: list[str] = Field(
@@ -156,5 +169,5 @@ class SamplesAtStep(SQLModel):
 class Preset(SQLModel):
     name: str
     description: str
-    spec: dict[str, Any]
+    spec: DistillSpec
     yaml: str

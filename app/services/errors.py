@@ -34,3 +34,7 @@ class SweepError(SpecError):
     def __init__(self, problems: dict[tuple[str | int, ...], str]):
         self.problems = problems
         super().__init__({".".join(map(str, loc)): msg for loc, msg in problems.items()})
+
+
+class SweepTooLarge(SweepError):
+    """A sweep of more runs than the server's DISTILL_SWEEP_MAX_RUNS allows (a setting, not a schema rule)."""

@@ -43,7 +43,7 @@ from app.models import (
 )
 from app.services import booking, dispatch
 from app.services.access import check_may_change_sweep
-from app.services.errors import ConflictError, QueueUnavailableError, SweepError
+from app.services.errors import ConflictError, QueueUnavailableError, SweepError, SweepTooLarge
 from app.settings import get_settings
 from core_distill import metric_keys as mk
 from core_distill.spec import DistillSpec, SpecError, unknown_field_message
@@ -154,7 +154,7 @@ def expand_settings(sweep_in: SweepCreate, max_runs: int | None = None) -> list[
 
 def _check_cap(settings: int, seeds: int, max_runs: int, where: Loc) -> None:
     if settings * seeds > max_runs:
-        raise SweepError({where: f"asks for {settings * seeds} runs ({settings} settings x {seeds} seeds); a sweep "
+        raise SweepTooLarge({where: f"asks for {settings * seeds} runs ({settings} settings x {seeds} seeds); a sweep "
                                  f"may have at most {max_runs} (DISTILL_SWEEP_MAX_RUNS)"})  # fmt: skip
 
 

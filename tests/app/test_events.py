@@ -127,3 +127,43 @@ def _spec() -> dict:
     from tests.helpers.specs import tiny_spec
 
     return tiny_spec()
+
+
+def test_pings_are_no_events_to_an_sse_client(server, service_env, monkeypatch):
+    """httpx-sse dispatches an (empty) event at every blank line once an id was seen: a ping must be a
+    comment line alone. Pings every 0.2 s here, over a stream that is silent for a second between events."""
+    from httpx_sse import connect_sse
+
+    from app.api.routes import runs as run_routes
+
+    monkeypatch.setattr(run_routes, "PING_SECONDS", 0.2)
+    with httpx.Client(base_url=server, timeout=30) as http:
+        run_id = http.post("/api/experiments", json={"name": "quiet", "spec": _spec()}).json()["run_id"]
+        client = events.redis_client(service_env.redis_url)
+        events.publish(client, run_id, "metrics", points(1))
+
+        def later() -> None:
+            time.sleep(1.0)  # about five pings
+            events.publish(client, run_id, "metrics", points(2))
+            with httpx.Client(base_url=server, timeout=30) as other:  # not the streaming client's connection
+                other.post(f"/api/runs/{run_id}/cancel")  # a final status ends the stream
+
+        thread = threading.Thread(target=later, daemon=True)
+        thread.start()
+        raw: list[str] = []
+        with connect_sse(http, "GET", f"/api/runs/{run_id}/events") as source:
+            source.response.iter_text = _recording(source.response.iter_text, raw)
+            received = [(e.event, e.data) for e in source.iter_sse()]
+        thread.join(30)
+    assert "".join(raw).count(": ping\n") >= 3  # pings were sent...
+    assert [kind for kind, _ in received] == ["metrics", "metrics", "status"]  # ...and none became an event
+    assert all(data for _, data in received)
+
+
+def _recording(iter_text, into: list[str]):
+    def wrapper(*args, **kwargs):
+        for text in iter_text(*args, **kwargs):
+            into.append(text)
+            yield text
+
+    return wrapper

@@ -41,7 +41,7 @@ def test_launch_false_stores_without_a_run(client, service_env):
 def test_post_yaml_body_bare_spec_with_query_fields(client):
     text = yaml.safe_dump(tiny_spec(beta=0.9))
     response = client.post(
-        "/api/experiments?name=from-yaml&tags=a,b", content=text, headers={"Content-Type": "application/yaml"}
+        "/api/experiments/yaml?name=from-yaml&tags=a,b", content=text, headers={"Content-Type": "application/yaml"}
     )
     assert response.status_code == 201, response.text
     experiment = client.get(f"/api/experiments/{response.json()['id']}").json()
@@ -52,7 +52,7 @@ def test_post_yaml_body_bare_spec_with_query_fields(client):
 
 def test_post_yaml_document_with_experiment_fields(client):
     text = yaml.safe_dump({"name": "whole", "notes": "n", "launch": False, "spec": tiny_spec()})
-    response = client.post("/api/experiments", content=text, headers={"Content-Type": "text/yaml"})
+    response = client.post("/api/experiments/yaml", content=text, headers={"Content-Type": "text/yaml"})
     assert response.status_code == 201, response.text
     assert response.json()["experiment"]["name"] == "whole" and response.json()["run_id"] is None
 
@@ -60,7 +60,7 @@ def test_post_yaml_document_with_experiment_fields(client):
 def test_post_uploaded_yaml_file(client):
     text = yaml.safe_dump(tiny_spec(lmbda=0.0, objective="sft"))
     response = client.post(
-        "/api/experiments",
+        "/api/experiments/yaml",
         files={"file": ("sft_baseline.yaml", text, "application/yaml")},
         data={"tags": "baseline", "launch": "true"},
     )

@@ -49,13 +49,13 @@ def locs(response) -> list[list]:
         ("GET", f"/api/experiments?skip={BIG}", ["query", "skip"]),
         ("GET", f"/api/runs?skip={BIG}", ["query", "skip"]),
         ("GET", f"/api/runs?experiment_id={BIG}", ["query", "experiment_id"]),
-        ("GET", f"/api/compare?run_ids=1,{BIG}", ["query", "run_ids"]),
+        ("GET", f"/api/compare?run_ids=1,{BIG}", ["query", "run_ids", 1]),
         # ids and steps are INTEGER columns: 32 bits in PostgreSQL
         ("GET", f"/api/experiments/{2**31}", ["path", "experiment_id"]),
         ("GET", f"/api/runs/{2**31}/metrics.json", ["path", "run_id"]),
         ("GET", f"/api/runs?experiment_id={2**31}", ["query", "experiment_id"]),
         ("GET", f"/api/runs/1/samples?step={-(2**31) - 1}", ["query", "step"]),
-        ("GET", f"/api/compare?run_ids={2**31}", ["query", "run_ids"]),
+        ("GET", f"/api/compare?run_ids={2**31}", ["query", "run_ids", 0]),
     ],
 )
 def test_integers_past_64_bits_are_422(client, unchanged, method, path, loc):

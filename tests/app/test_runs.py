@@ -128,7 +128,7 @@ def test_spec_yaml_round_trips(client):
     spec = yaml.safe_load(response.text)
     assert spec == created["experiment"]["spec"]
     again = client.post(
-        "/api/experiments?name=copy", content=response.text, headers={"Content-Type": "application/yaml"}
+        "/api/experiments/yaml?name=copy", content=response.text, headers={"Content-Type": "application/yaml"}
     )
     assert again.status_code == 201 and again.json()["experiment"]["spec"] == spec
 
@@ -147,7 +147,7 @@ def test_spec_yaml_survives_any_name(client, name):
     assert header.startswith("# experiment ") and header.isprintable()
     assert load_yaml(response.text) == created["experiment"]["spec"]  # no key from the name got in
     again = client.post(
-        "/api/experiments?name=copy", content=response.text, headers={"Content-Type": "application/yaml"}
+        "/api/experiments/yaml?name=copy", content=response.text, headers={"Content-Type": "application/yaml"}
     )
     assert again.status_code == 201, again.text
     assert again.json()["experiment"]["spec"] == created["experiment"]["spec"]

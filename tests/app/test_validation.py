@@ -72,22 +72,32 @@ def test_bad_experiment_fields_are_422(client, unchanged, body, loc):
 
 
 @pytest.mark.parametrize(
-    ("content", "content_type", "status"),
+    ("path", "content", "content_type", "status"),
     [
-        (b'{"name": "x", "spec": {', "application/json", 422),
-        (b"[1, 2, 3]", "application/json", 422),
-        (b"\xff\xfe not utf-8", "application/yaml", 422),
-        (b"a: [unclosed", "application/yaml", 422),
-        (b"- just\n- a list\n", "application/yaml", 422),
-        (b"base: &a [1, 2]\nlmbda: *a\n", "application/yaml", 422),  # aliases: the billion-laughs door
-        (b"[" * 100_000 + b"]" * 100_000, "application/json", 422),  # nesting deeper than the parser's stack
-        (b"name=x", "application/x-www-form-urlencoded", 415),
+        ("", b'{"name": "x", "spec": {', "application/json", 422),
+        ("", b"[1, 2, 3]", "application/json", 422),
+        ("", b'{"name": "\xff\xfe"}', "application/json", 422),  # not UTF-8: 422 at body, not a bare 400
+        ("/yaml", b"\xff\xfe not utf-8", "application/yaml", 422),
+        ("/yaml", b"a: [unclosed", "application/yaml", 422),
+        ("/yaml", b"- just\n- a list\n", "application/yaml", 422),
+        ("/yaml", b"base: &a [1, 2]\nlmbda: *a\n", "application/yaml", 422),  # aliases: the billion-laughs door
+        ("/yaml", b"{}", "application/yaml", 422),  # an empty document would launch every default
+        ("/yaml", b"", "application/yaml", 422),
+        ("/yaml", b"# only a comment\n", "text/yaml", 422),
+        ("", b"[" * 100_000 + b"]" * 100_000, "application/json", 422),  # nesting deeper than the parser's stack
+        ("", b"name=x", "application/x-www-form-urlencoded", 415),
+        ("", b"student: toy:student\n", "application/yaml", 415),  # YAML has its own route, which the 415 names
+        ("/yaml", b'{"name": "x"}', "application/json", 415),
     ],
 )
-def test_unreadable_bodies(client, unchanged, content, content_type, status):
-    response = client.post("/api/experiments", content=content, headers={"Content-Type": content_type})
+def test_unreadable_bodies(client, unchanged, path, content, content_type, status):
+    response = client.post(f"/api/experiments{path}", content=content, headers={"Content-Type": content_type})
     assert response.status_code == status, response.text
     assert response.json()["detail"][0]["msg"]
+    if content == b"{}":
+        assert "empty" in response.json()["detail"][0]["msg"]
+    if content_type == "application/yaml" and status == 415:
+        assert "/api/experiments/yaml" in response.json()["detail"][0]["msg"]
 
 
 @pytest.mark.parametrize(
@@ -100,9 +110,9 @@ def test_unreadable_bodies(client, unchanged, content, content_type, status):
 )
 def test_yaml_keys_set_twice_are_422_naming_the_key(client, unchanged, content, files):
     if files:
-        response = client.post("/api/experiments", files=files)
+        response = client.post("/api/experiments/yaml", files=files)
     else:
-        response = client.post("/api/experiments", content=content, headers={"Content-Type": "application/yaml"})
+        response = client.post("/api/experiments/yaml", content=content, headers={"Content-Type": "application/yaml"})
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert "'batch_size' is set twice" in detail["msg"] and detail["type"] == "yaml_duplicate_key"
@@ -181,9 +191,9 @@ def test_bad_queries_are_422(client, unchanged):
         ("/api/runs?spec.lmbda=high", ["body", "spec", "lmbda"]),
         ("/api/experiments?limit=100000", ["query", "limit"]),
         ("/api/experiments?skip=-1", ["query", "skip"]),
-        ("/api/runs?status=sleeping", ["query", "status"]),
-        ("/api/compare?run_ids=1,x", ["query", "run_ids"]),
-        ("/api/compare?run_ids=" + ",".join(str(i) for i in range(30)), ["query", "run_ids"]),
+        ("/api/runs?status=queued,sleeping", ["query", "status", 1]),  # names the bad one
+        ("/api/compare?run_ids=1,x", ["query", "run_ids", 1]),
+        ("/api/compare?run_ids=" + ",".join(str(i) for i in range(1, 31)), ["query", "run_ids"]),
     ]:
         response = client.get(path)
         assert response.status_code == 422, (path, response.text)

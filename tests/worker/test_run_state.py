@@ -139,6 +139,23 @@ def test_reporter_batches_and_resume_drops_what_came_after_the_checkpoint(sessio
     assert kinds.count("resumed") == 1 and kinds.count("metrics") >= 3
 
 
+def test_a_first_attempt_says_started_and_a_later_one_resumed(session):
+    """The engine calls resumed(step) at every attempt's start; a fresh run's event is `started`."""
+    run_id = new_run(session)
+    client = events.redis_client()
+    for attempt, step in ((1, 0), (2, 0), (3, 4)):
+        reporter = DatabaseReporter(run_id, engine=get_engine(), redis_client=client, attempt=attempt,
+                                    flush_seconds=60, heartbeat_seconds=60)  # fmt: skip
+        reporter.resumed(step)
+        reporter.close()
+    said = [(kind, data) for _, kind, data in events.read(client, run_id) if kind in ("started", "resumed")]
+    assert said == [
+        ("started", {"attempt": 1, "step": 0}),
+        ("resumed", {"attempt": 2, "step": 0}),  # no checkpoint yet: still drop what attempt 1 logged
+        ("resumed", {"attempt": 3, "step": 4}),
+    ]
+
+
 def test_an_engine_warning_lands_in_the_runs_history_and_on_its_pages(session):
     from app.services import runs as run_service
     from ui.live import run_header

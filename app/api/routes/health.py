@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 from sqlmodel import Session
 
-from app.api.schemas import Health
+from app.api.schemas import RETRY_AFTER, Health
 from app.boot import read_starting
 from app.db import get_engine
 from app.events import redis_client
@@ -26,7 +26,7 @@ CHECK_TIMEOUT_SECONDS = 3.0
 _checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-check")
 
 
-@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+@router.get("/health", response_model=Health, responses={503: {"model": Health, "headers": RETRY_AFTER}})
 def health(response: Response) -> Health:
     """`ok` when the database and Redis answer (within a few seconds); 503 and the failing part's error otherwise."""
     database = _state(_ping_database)

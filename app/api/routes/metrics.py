@@ -13,12 +13,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BeforeValidator, Field
 from starlette.background import BackgroundTask
 
 from app import crud, events
 from app.api.deps import SessionDep
-from app.api.params import int_in_range
-from app.api.routes.experiments import split_list
+from app.api.params import INTEGER_MAX, RunId, each_comma_separated, split_list
 from app.api.routes.runs import run_detail
 from app.api.schemas import Comparison, ErrorMessage, MetricSeries, SpecField
 from app.metrics_query import MAX_POINTS_CAP, MIN_POINTS, downsample_series, metric_keys
@@ -31,17 +31,17 @@ XAxis = Annotated[Literal["step", "wall_time"], Query(description="The axis the 
 KeysQuery = Annotated[str | None, Query(max_length=4000, description="Comma-separated metric keys; default all.")]
 
 
-StepBound = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only steps in [step_min, step_max].")]
+StepBound = Annotated[int | None, Query(ge=0, le=INTEGER_MAX, description="Only steps in [step_min, step_max].")]
 
 
 @router.get(
-    "/runs/{run_id}/metrics",
+    "/runs/{run_id:id}/metrics",
     response_model=MetricSeries,
     responses={200: {"headers": {events.CURSOR_HEADER: {"description": "The run's event stream id before the "
                                                         "query: follow /events?after= it to miss nothing."}}}},
 )  # fmt: skip
 def run_metrics(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
     response: Response,
     keys: KeysQuery = None,
@@ -66,9 +66,9 @@ def run_metrics(
 
 
 @router.get(
-    "/runs/{run_id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
+    "/runs/{run_id:id}/metrics.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}}
 )
-def run_metrics_csv(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+def run_metrics_csv(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as CSV (step, key, value, wall_time), streamed."""
     crud.get_run(session=session, run_id=run_id)
 
@@ -88,8 +88,8 @@ def run_metrics_csv(run_id: int, session: SessionDep, keys: KeysQuery = None) ->
     return StreamingResponse(rows(), media_type="text/csv", headers=headers)
 
 
-@router.get("/runs/{run_id}/metrics.json", response_class=StreamingResponse)
-def run_metrics_json(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+@router.get("/runs/{run_id:id}/metrics.json", response_class=StreamingResponse)
+def run_metrics_json(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as a JSON array of {step, key, value, wall_time}, streamed."""
     crud.get_run(session=session, run_id=run_id)
 
@@ -104,11 +104,11 @@ def run_metrics_json(run_id: int, session: SessionDep, keys: KeysQuery = None) -
 
 
 @router.get(
-    "/runs/{run_id}/metrics.jsonl",
+    "/runs/{run_id:id}/metrics.jsonl",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/jsonl": {}}}},
 )
-def run_metrics_jsonl(run_id: int, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
+def run_metrics_jsonl(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> StreamingResponse:
     """Every stored point of the run as the metrics.jsonl a CLI run writes: one line per log call,
     {"step", "time", "metrics": {key: value}}, streamed."""
     crud.get_run(session=session, run_id=run_id)
@@ -118,14 +118,14 @@ def run_metrics_jsonl(run_id: int, session: SessionDep, keys: KeysQuery = None) 
 
 
 @router.get(
-    "/runs/{run_id}/metrics.parquet",
+    "/runs/{run_id:id}/metrics.parquet",
     response_class=FileResponse,
     responses={
         200: {"content": {"application/vnd.apache.parquet": {}}},
         501: {"description": "pyarrow is not installed on the server.", "model": ErrorMessage},
     },
 )
-def run_metrics_parquet(run_id: int, session: SessionDep, keys: KeysQuery = None) -> FileResponse:
+def run_metrics_parquet(run_id: RunId, session: SessionDep, keys: KeysQuery = None) -> FileResponse:
     """Every stored point of the run as a Parquet table (step, key, value, wall_time), written to a temporary
     file that is removed once sent. 501 when the server has no pyarrow."""
     crud.get_run(session=session, run_id=run_id)
@@ -146,7 +146,15 @@ def run_metrics_parquet(run_id: int, session: SessionDep, keys: KeysQuery = None
 @router.get("/compare", response_model=Comparison)
 def compare_runs(
     session: SessionDep,
-    run_ids: Annotated[str, Query(max_length=400, description="Comma-separated run ids.")],
+    run_ids: Annotated[
+        list[Annotated[int, Field(ge=1, le=INTEGER_MAX)]],
+        BeforeValidator(each_comma_separated),
+        # the count is declared here and checked by the service, whose message the dashboard shows too
+        Query(
+            description="Run ids: repeat it, or comma-separate them.",
+            json_schema_extra={"minItems": 1, "maxItems": comparison.MAX_COMPARED},
+        ),
+    ],
     keys: KeysQuery = None,
     max_points: MaxPoints = 500,
     x: XAxis = "step",
@@ -155,20 +163,13 @@ def compare_runs(
     vary), the runs' downsampled series of `keys` (default: the keys every run has) and the final
     metrics, with the student before training and the teacher where known."""
     try:
-        ids = list(dict.fromkeys(int(part) for part in split_list(run_ids)))
-        if not all(int_in_range(i) for i in ids):
-            raise ValueError
-    except ValueError:
-        raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": f"must be comma-separated 32-bit integers, "
-                                   f"got {run_ids[:100]!r}", "type": "int_parsing"}]) from None  # fmt: skip
-    try:
-        ids = comparison.check_run_ids(ids)
+        ids = comparison.check_run_ids(run_ids)
     except comparison.CompareError as exc:
         raise HTTPException(422, [{"loc": ["query", "run_ids"], "msg": str(exc), "type": "value_error"}]) from None
     loaded = comparison.load_runs(session=session, run_ids=ids)
     runs = [run_detail(session, run) for run, _ in loaded]
     wanted = split_list(keys) or comparison.common_keys(session=session, run_ids=ids)
-    fields = [SpecField(**vars(f)) for f in comparison.spec_fields([run.spec for run in runs])]
+    fields = [SpecField(**vars(f)) for f in comparison.spec_fields([run.spec.model_dump() for run in runs])]
     series = comparison.series(session=session, run_ids=ids, keys=wanted, max_points=max_points, x=x)
     finals = comparison.final_rows(session=session, runs=loaded)
     return Comparison(runs=runs, fields=fields, series=series, finals=finals)

@@ -11,28 +11,43 @@ from typing import Annotated, Literal
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.sse import format_sse_event
+from pydantic import BeforeValidator
 from sqlmodel import Session
 
 from app import crud, events
 from app.api.deps import CurrentUser, SessionDep
-from app.api.routes.experiments import spec_filters_from, split_list
+from app.api.params import INTEGER_MAX, RunId, Skip, each_comma_separated, split_list
+from app.api.routes.experiments import spec_filters_from
 from app.api.schemas import RunDetail, RunsPublic, RunSummary, SamplesAtStep
 from app.db import get_engine
 from app.models import FINISHED, Experiment, Run, RunEventPublic, RunPublic, RunStatus
 from app.services import run_views
 from app.services import runs as run_service
+from app.services.errors import RETRY_AFTER_SECONDS
 from app.settings import get_settings
 from core_distill.spec import DistillSpec, yaml_comment
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
-IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most (FastAPI pings every 15 s)
+IDLE_BLOCK_MS = 5000  # one blocking read of Redis waits this long at most
+# A ping is a comment line with no blank line after it: it keeps proxies from closing an idle stream, and
+# no client can turn it into an event (a blank line dispatches one in parsers that keep the last id, httpx-sse).
+PING = b": ping\n"
+PING_SECONDS = 15.0  # after this long without an event
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of a live stream
 ROW_CHECK_SECONDS = 60.0  # a silent stream reads the run's row this seldom: 50 viewers, under 1 query/s
 TERMINAL = frozenset(s.value for s in FINISHED)
 SortKey = Literal[run_views.RESULT_KEYS]  # type: ignore[valid-type]  # the result columns, as an enum
+
+
+StatusList = Annotated[
+    list[RunStatus] | None,
+    BeforeValidator(each_comma_separated),
+    Query(description="Only these statuses: repeat it, or comma-separate them (`status=queued,running`)."),
+]
 
 
 def summarize(
@@ -56,7 +71,7 @@ def run_detail(session: Session, run: Run) -> RunDetail:
     automatic, manual = run_service.resume_counts(history)
     return RunDetail(
         **summary.model_dump(),
-        spec=experiment.spec,
+        spec=experiment.distill_spec(),
         history=[RunEventPublic.model_validate(event) for event in history],
         auto_resumes=automatic,
         manual_resumes=manual,
@@ -68,11 +83,11 @@ def run_detail(session: Session, run: Run) -> RunDetail:
 def list_runs(
     request: Request,
     session: SessionDep,
-    status: Annotated[str | None, Query(max_length=200, description="Comma-separated statuses.")] = None,
+    status: StatusList = None,
     tags: Annotated[str | None, Query(max_length=2000, description="Comma-separated; all must match.")] = None,
-    experiment_id: int | None = None,
+    experiment_id: Annotated[int | None, Query(ge=1, le=INTEGER_MAX, description="Only this experiment's.")] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    skip: Skip = 0,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 100,
     sort: Annotated[
         SortKey | None, Query(description="Order by the latest value of this result (runs without one last).")
@@ -81,14 +96,9 @@ def list_runs(
 ) -> RunsPublic:
     """List runs, newest first, each with its place in the queue and its latest results (`results`: the last
     logged eval accuracy, divergences, loss and tokens/s). Spec filters: `spec.FIELD=value`."""
-    statuses = split_list(status)
-    bad = [s for s in statuses if s not in RunStatus.__members__]
-    if bad:
-        raise HTTPException(422, [{"loc": ["query", "status"], "msg": f"unknown status {bad[0]!r}; one of "
-                                   f"{', '.join(RunStatus.__members__)}", "type": "enum"}])  # fmt: skip
     page = run_views.runs_page(
         session=session,
-        status=statuses or None,
+        status=[str(s) for s in status] if status else None,
         tags=split_list(tags),
         spec_filters=spec_filters_from(request),
         experiment_id=experiment_id,
@@ -102,28 +112,28 @@ def list_runs(
     return RunsPublic(data=data, count=page.count)
 
 
-@router.get("/{run_id}", response_model=RunDetail)
-def get_run(run_id: int, session: SessionDep) -> RunDetail:
+@router.get("/{run_id:id}", response_model=RunDetail)
+def get_run(run_id: RunId, session: SessionDep) -> RunDetail:
     """One run with its experiment's spec and its place in the queue."""
     return run_detail(session, crud.get_run(session=session, run_id=run_id))
 
 
-@router.post("/{run_id}/cancel", response_model=RunDetail)
-def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
+@router.post("/{run_id:id}/cancel", response_model=RunDetail)
+def cancel_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Cancel: a queued run at once; a running run checkpoints and stops at its next step (409 if finished)."""
     return run_detail(session, run_service.cancel_run(session=session, run_id=run_id, user=user))
 
 
-@router.post("/{run_id}/resume", response_model=RunDetail)
-def resume_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunDetail:
+@router.post("/{run_id:id}/resume", response_model=RunDetail)
+def resume_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunDetail:
     """Continue a lost, failed or cancelled run from its last checkpoint (same run, next attempt)."""
     return run_detail(session, run_service.resume_run(session=session, run_id=run_id, user=user))
 
 
 @router.get(
-    "/{run_id}/spec.yaml", response_class=PlainTextResponse, responses={200: {"content": {"application/yaml": {}}}}
+    "/{run_id:id}/spec.yaml", response_class=PlainTextResponse, responses={200: {"content": {"application/yaml": {}}}}
 )
-def run_spec_yaml(run_id: int, session: SessionDep) -> PlainTextResponse:
+def run_spec_yaml(run_id: RunId, session: SessionDep) -> PlainTextResponse:
     """The run's spec as YAML, ready for `distill run` or another POST /api/experiments."""
     run = crud.get_run(session=session, run_id=run_id)
     experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
@@ -132,11 +142,11 @@ def run_spec_yaml(run_id: int, session: SessionDep) -> PlainTextResponse:
     return PlainTextResponse(header + DistillSpec.parse(experiment.spec).to_yaml(), media_type="application/yaml")
 
 
-@router.get("/{run_id}/samples", response_model=list[SamplesAtStep])
+@router.get("/{run_id:id}/samples", response_model=list[SamplesAtStep])
 def run_samples(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
-    step: int | None = None,
+    step: Annotated[int | None, Query(ge=0, le=INTEGER_MAX, description="Only this evaluation's.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="How many evaluations, the latest.")] = 10,
 ) -> list[SamplesAtStep]:
     """Sampled eval completions with per-token divergences: at `step`, else the latest evaluations, oldest first."""
@@ -159,29 +169,37 @@ class StreamStart:
     status: str  # the run's status as its row had it when the stream opened
 
 
-def stream_source(run_id: int, session: SessionDep) -> StreamStart:
+def stream_source(run_id: RunId, session: SessionDep) -> StreamStart:
     """The checks that must answer before the stream starts (an error raised inside an event generator
     would arrive after a 200): 404 for an unknown run, 503 without Redis. In the request's session, which
     closes before the first event is sent."""
     run = crud.get_run(session=session, run_id=run_id)
     url = get_settings().redis_url
     if not url:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "no Redis configured: the live stream is off",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )  # fmt: skip
     return StreamStart(url, run.status)
 
 
-@router.get(
-    "/{run_id}/events",
-    response_class=EventSourceResponse,
-    responses={200: {"description": "Events `metrics`, `samples`, `status`, `resumed`; ids are Redis stream ids."}},
-)
+EVENTS_DOC = {
+    200: {
+        "description": "Server-sent events `started`, `metrics`, `samples`, `status`, `resumed` (docs/api.md); "
+        "ids are Redis stream ids. Keep-alive pings are `: ping` comment lines without an event.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/{run_id:id}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
 async def run_events(
-    run_id: int,
+    run_id: RunId,
     request: Request,
     start: Annotated[StreamStart, Depends(stream_source)],
     last_event_id: Annotated[str | None, Header(pattern=STREAM_ID_PATTERN)] = None,
     after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN, description="Like Last-Event-ID.")] = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> StreamingResponse:
     """Live metric points, samples and status changes of a run, as server-sent events.
 
     Starts with everything the stream holds (or after `Last-Event-ID`), then follows new events.
@@ -189,30 +207,42 @@ async def run_events(
     The stream is followed in Redis alone; the run's row is read in a short session of its own only
     to confirm a final status, and once a minute while the stream is silent (a status Redis missed).
     """
+    stream = _follow(run_id, request, start, last_event_id or after or "0-0")
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _follow(run_id: int, request: Request, start: StreamStart, cursor: str) -> AsyncIterator[bytes]:
     client = aioredis.Redis.from_url(start.redis_url, decode_responses=True, socket_timeout=IDLE_BLOCK_MS / 1000 + 30)
-    cursor = last_event_id or after or "0-0"
     last_status: str | None = None
     row_status, row_read_at = start.status, time.monotonic()
+    sent_at = time.monotonic()
     try:
         while not await request.is_disconnected():
             finishing = last_status in TERMINAL or row_status in TERMINAL
-            # after a final status, only drain what is left; otherwise wait for new events
+            # after a final status, only drain what is left; otherwise wait for new events (or the next ping)
+            block_ms = max(1, int(min(IDLE_BLOCK_MS, (PING_SECONDS - (time.monotonic() - sent_at)) * 1000)))
             reply = await client.xread(
-                {events.stream_key(run_id): cursor}, count=500, block=None if finishing else IDLE_BLOCK_MS
+                {events.stream_key(run_id): cursor}, count=500, block=None if finishing else block_ms
             )
             entries = [entry for _, stream_entries in reply for entry in stream_entries]
             for event_id, fields in entries:
                 cursor = event_id
                 if fields["kind"] == "status":
                     last_status = json.loads(fields["data"]).get("status")
-                yield ServerSentEvent(raw_data=fields["data"], event=fields["kind"], id=event_id)
-            if entries or not (finishing or time.monotonic() - row_read_at >= ROW_CHECK_SECONDS):
+                yield format_sse_event(data_str=fields["data"], event=fields["kind"], id=event_id)
+            if entries:
+                sent_at = time.monotonic()
+                continue
+            if time.monotonic() - sent_at >= PING_SECONDS:
+                yield PING
+                sent_at = time.monotonic()
+            if not (finishing or time.monotonic() - row_read_at >= ROW_CHECK_SECONDS):
                 continue
             state = await run_in_threadpool(_run_state, run_id)
             row_status, row_read_at = state["status"], time.monotonic()
             if row_status in TERMINAL:
                 if row_status != last_status:  # finished while Redis missed it: say so from the row
-                    yield ServerSentEvent(data=state, event="status")
+                    yield format_sse_event(data_str=json.dumps(state), event="status")
                 return
             last_status = None if last_status in TERMINAL else last_status  # resumed meanwhile
     finally:

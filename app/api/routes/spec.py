@@ -36,7 +36,5 @@ def _load_presets() -> tuple[Preset, ...]:
         except SpecError:
             continue  # an example that no longer parses is the engine's test failure, not the API's
         comments = [line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")]
-        found.append(
-            Preset(name=path.stem, description=comments[0] if comments else "", spec=spec.model_dump(), yaml=text)
-        )
+        found.append(Preset(name=path.stem, description=comments[0] if comments else "", spec=spec, yaml=text))
     return tuple(found)

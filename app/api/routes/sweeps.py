@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from app import crud
 from app.api.deps import CurrentUser, SessionDep
 from app.api.errors import RequestInvalid, json_object, validation_detail
+from app.api.params import Skip, SweepId
 from app.api.routes.experiments import SUBMIT_LIMITER
-from app.api.schemas import ErrorMessage, Problems, SweepsPublic
+from app.api.schemas import RETRY_AFTER, ErrorMessage, Problems, SweepsPublic
 from app.models import SweepCreate, SweepView
 from app.services import sweeps as sweep_service
 
@@ -37,7 +38,7 @@ EXPORT_FORMATS = Literal["csv", "json"]
     },
     responses={
         422: {"model": Problems, "description": "A bad sweep; `detail[].loc` names the setting and field."},
-        503: {"model": ErrorMessage, "description": "Queue down: nothing was stored."},
+        503: {"model": ErrorMessage, "headers": RETRY_AFTER, "description": "Queue down: nothing was stored."},
     },
 )
 async def create_sweep(request: Request, session: SessionDep, user: CurrentUser) -> SweepView:
@@ -53,7 +54,7 @@ async def create_sweep(request: Request, session: SessionDep, user: CurrentUser)
 def list_sweeps(
     session: SessionDep,
     owner: Annotated[str | None, Query(max_length=200, description="Only this owner's sweeps.")] = None,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    skip: Skip = 0,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 100,
 ) -> SweepsPublic:
     """List sweeps, newest first, each with its status and run counts."""
@@ -61,20 +62,20 @@ def list_sweeps(
     return SweepsPublic(data=rows, count=count)
 
 
-@router.get("/{sweep_id}", response_model=SweepView)
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepView:
+@router.get("/{sweep_id:id}", response_model=SweepView)
+def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepView:
     """One sweep: its groups (one per setting) with their runs and the mean +- sd over seeds of each final eval metric."""
     return sweep_service.get_sweep(session=session, sweep_id=sweep_id)
 
 
-@router.post("/{sweep_id}/cancel", response_model=SweepView)
-def cancel_sweep(sweep_id: int, session: SessionDep, user: CurrentUser) -> SweepView:
+@router.post("/{sweep_id:id}/cancel", response_model=SweepView)
+def cancel_sweep(sweep_id: SweepId, session: SessionDep, user: CurrentUser) -> SweepView:
     """Cancel every unfinished run of the sweep (owner or admin; 409 when none is left)."""
     return sweep_service.cancel_sweep(session=session, sweep_id=sweep_id, user=user)
 
 
 @router.get(
-    "/{sweep_id}/export",
+    "/{sweep_id:id}/export",
     response_class=Response,
     responses={
         200: {
@@ -87,7 +88,7 @@ def cancel_sweep(sweep_id: int, session: SessionDep, user: CurrentUser) -> Sweep
     },
 )
 def export_sweep(
-    sweep_id: int, session: SessionDep, format: Annotated[EXPORT_FORMATS, Query(description="csv or json.")] = "csv"
+    sweep_id: SweepId, session: SessionDep, format: Annotated[EXPORT_FORMATS, Query(description="csv or json.")] = "csv"
 ) -> Response:
     """The sweep's runs as a table (CSV or JSON), one row per run."""
     rows = sweep_service.export_rows(sweep_service.get_sweep(session=session, sweep_id=sweep_id))

@@ -158,8 +158,8 @@ def test_killed_worker_leaves_run_lost_and_resume_continues_exactly(client, work
     assert run.status == RunStatus.succeeded, run.error
     assert run.attempt == 2 and run.output_dir == lost.output_dir and run.last_step == 200
     assert step_counts(run_id) == dict.fromkeys(range(1, 201), 1)  # no step lost, none twice
-    resumed_at = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
-    assert resumed_at == [0, checkpoint_step]  # attempt 1 started fresh, attempt 2 from the checkpoint
+    said = [(kind, data["step"]) for kind, data in stream_events(run_id) if kind in ("started", "resumed")]
+    assert said == [("started", 0), ("resumed", checkpoint_step)]  # attempt 1 fresh, attempt 2 from the checkpoint
     detail = client.get(f"/api/runs/{run_id}").json()
     assert [event["kind"] for event in detail["history"]] == ["lost", "resumed"]
     assert (detail["auto_resumes"], detail["manual_resumes"], detail["healing"]) == (0, 1, None)
@@ -195,8 +195,8 @@ def test_a_killed_worker_s_run_heals_itself_without_any_call(client, worker, mon
     assert run.status == RunStatus.succeeded, run.error
     assert run.attempt == 2 and run.last_step == 200 and run.output_dir == lost.output_dir
     assert step_counts(run_id) == dict.fromkeys(range(1, 201), 1)  # no step lost, none twice
-    checkpoint_steps = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
-    assert checkpoint_steps[0] == 0 and 3 <= checkpoint_steps[1] <= lost.last_step
+    said = [(kind, data["step"]) for kind, data in stream_events(run_id) if kind in ("started", "resumed")]
+    assert [kind for kind, _ in said] == ["started", "resumed"] and 3 <= said[1][1] <= lost.last_step
 
     detail = client.get(f"/api/runs/{run_id}").json()
     history = [(e["kind"], e["attempt"], e["note"]) for e in detail["history"]]
@@ -248,5 +248,5 @@ def test_worker_shutdown_checkpoints_and_requeues_the_running_run(client, worker
     wait_for(lambda: read_run(run_id).last_step > run.last_step, RUN_TIMEOUT, "the run to continue", worker)
     assert client.post(f"/api/runs/{run_id}/cancel").status_code == 200
     wait_for(lambda: finished(run_id), 60, "the run to stop", worker)
-    resumed_at = [data["step"] for kind, data in stream_events(run_id) if kind == "resumed"]
-    assert resumed_at == [0, run.last_step]
+    said = [(kind, data["step"]) for kind, data in stream_events(run_id) if kind in ("started", "resumed")]
+    assert said == [("started", 0), ("resumed", run.last_step)]

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
-from sqlmodel import Session
 
-from app.db import get_engine
-from app.models import Experiment, Run, RunStatus
-from app.services import comparison
+from app.models import RunStatus
+from app.services import comparison, run_views
+from app.services.errors import NotFoundError
+from app.services.session import open_session
 from core_distill import metric_keys
 
 ASSETS_URL = "/dashboard-assets"
@@ -90,10 +90,10 @@ def live_html(run_id: int | None, smoothing: float = 0.0, x: str = "step") -> st
     """The live charts of a run: history first, then every point as the worker logs it."""
     if not run_id:
         return '<div class="distill-empty">Pick a run in the Runs tab or type its id.</div>'
-    with Session(get_engine()) as session:
-        run = session.get(Run, int(run_id))
-        experiment = session.get(Experiment, run.experiment_id) if run else None
-    if experiment is None:
+    try:
+        with open_session() as session:
+            run, experiment = run_views.run_with_experiment(session=session, run_id=int(run_id))
+    except NotFoundError:
         return f'<div class="distill-empty">No run {int(run_id)}.</div>'
     # the attempt is part of the container: a resumed run gets a fresh one (history re-read, stream followed again);
     # so is a finished status: a finished run's page shows its history and follows no stream

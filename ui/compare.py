@@ -10,10 +10,10 @@ import re
 import pandas as pd
 from sqlmodel import Session
 
-from app.db import get_engine
 from app.models import Experiment, Run
 from app.services import comparison
 from app.services.errors import NotFoundError
+from app.services.session import open_session
 from core_distill import metric_keys
 from ui import charts
 from ui.live import MAX_POINTS, XAxis
@@ -93,7 +93,7 @@ def compare(run_text: str | list, keys: list[str], smoothing: float = 0.0, x: XA
     if len(run_ids) < 1:
         raise CompareError("pick at least one run")
     keys = list(dict.fromkeys(k for k in keys if k))
-    with Session(get_engine()) as session:
+    with open_session() as session:
         runs = load_runs(session, run_ids)
         finals = final_metrics(session, runs)
     labelled = [(run.id, run_label(run, experiment)) for run, experiment in runs]

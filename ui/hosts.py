@@ -7,17 +7,16 @@ called inside the Runs tab and refreshes itself every few seconds.
 from __future__ import annotations
 
 import gradio as gr
-from sqlmodel import Session
 
-from app.db import get_engine
 from app.services import booking
+from app.services.session import open_session
 
 REFRESH_SECONDS = 5.0
 
 
 def hosts_markdown() -> str:
     """A Markdown table: host, state, and one cell per GPU (`0: run 12`, `1: free`)."""
-    with Session(get_engine()) as session:
+    with open_session() as session:
         hosts = booking.list_hosts(session=session)
     if not hosts:
         return "No worker host has announced itself yet: start one with `distill worker --gpus 0,1` (or `distill up`)."

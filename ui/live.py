@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlmodel import Session
-
-from app.db import get_engine
-from app.models import Experiment, Run
 from app.services import run_views
 from app.services import runs as run_service
+from app.services.errors import NotFoundError
+from app.services.session import open_session
 from ui.runs import error_block, status_text
 
 DOWNLOADS = ("metrics.csv", "metrics.json", "metrics.jsonl", "metrics.parquet", "spec.yaml")  # /api/runs/{id}/NAME
@@ -26,21 +24,19 @@ def probe(run_id: int | None) -> str:
     """A fingerprint of everything the live view shows; cheap enough for every tick of every viewer."""
     if not run_id:
         return ""
-    with Session(get_engine()) as session:
+    with open_session() as session:
         return run_views.run_fingerprint(session=session, run_id=int(run_id))
 
 
 def run_header(run_id: int) -> str:
     """Status line (with the place in the queue), the downloads, where the model is, and the error."""
-    with Session(get_engine()) as session:
-        run = session.get(Run, int(run_id))
-        if run is None:
-            return f"No run {int(run_id)}."
-        experiment = session.get(Experiment, run.experiment_id)
-        name = experiment.name if experiment else "?"
-        queue = run_service.queue_position(session=session, run_id=run.id)
-        history = run_service.run_history(session=session, run_id=run.id)
-        healing = run_service.healing_line(run, experiment.spec if experiment else {}, history)
+    try:
+        with open_session() as session:
+            view = run_views.run_status_view(session=session, run_id=int(run_id))
+    except NotFoundError:
+        return f"No run {int(run_id)}."
+    run, name, queue, history = view.run, view.experiment.name, view.queue_position, view.history
+    healing = run_service.healing_line(run, view.experiment.spec, history)
     status = status_text(run, queue).replace(" (cancelling)", " (cancel requested)")
     lines = [
         f"### Run {run.id} · {name} · **{status}** · step {run.last_step}/{run.max_steps} · attempt {run.attempt}",
@@ -56,6 +52,6 @@ def run_header(run_id: int) -> str:
 
 
 def latest_samples(run_id: int) -> tuple[list[dict[str, Any]], int | None]:
-    with Session(get_engine()) as session:  # the service behind GET /api/runs/{id}/samples
+    with open_session() as session:  # the service behind GET /api/runs/{id}/samples
         rows = run_views.eval_samples(session=session, run_id=int(run_id), limit=1)
     return (rows[-1].samples, rows[-1].step) if rows else ([], None)

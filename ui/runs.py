@@ -13,15 +13,14 @@ import shlex
 from typing import Any
 
 import pandas as pd
-from sqlmodel import Session
 
 from app import crud
-from app.db import get_engine
 from app.models import Experiment, ExperimentUpdate, Run, RunStatus
 from app.services import comparison, run_views
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
-from app.services.errors import ServiceError
+from app.services.errors import NotFoundError, ServiceError
+from app.services.session import open_session
 from core_distill import metric_keys
 from core_distill.spec import SpecError
 
@@ -89,7 +88,7 @@ def runs_table(
         spec_filters = crud.parse_spec_filters(parse_field_filter(field_text))
     except (FilterError, SpecError) as exc:
         return pd.DataFrame(columns=RUN_COLUMNS), f"**Filter not applied:** {exc}"
-    with Session(get_engine()) as session:  # the service behind GET /api/runs
+    with open_session() as session:  # the service behind GET /api/runs
         listed = run_views.runs_page(
             session=session,
             status=None if status in ("", "all") else status,
@@ -161,9 +160,10 @@ def run_details(run_id: int | None) -> tuple[str, str, str]:
     """(summary markdown, tags, notes) of the run's experiment, for the side panel."""
     if not run_id:
         return "Select a run in the table.", "", ""
-    with Session(get_engine()) as session:
-        experiment = session.get(Experiment, run.experiment_id) if (run := session.get(Run, int(run_id))) else None
-    if run is None or experiment is None:
+    try:
+        with open_session() as session:
+            _, experiment = run_views.run_with_experiment(session=session, run_id=int(run_id))
+    except NotFoundError:
         return f"No run {int(run_id)}.", "", ""
     return run_summary(run_id), ", ".join(experiment.tags), experiment.notes
 
@@ -172,13 +172,12 @@ def run_summary(run_id: int | None) -> str:
     """The side panel's status lines: refreshed with the table, so it follows a cancel or a failure."""
     if not run_id:
         return "Select a run in the table."
-    with Session(get_engine()) as session:
-        run = session.get(Run, int(run_id))
-        if run is None:
-            return f"No run {int(run_id)}."
-        experiment = session.get(Experiment, run.experiment_id)
-        queue = run_service.queue_position(session=session, run_id=run.id)
-        history = run_service.run_history(session=session, run_id=run.id)
+    try:
+        with open_session() as session:
+            view = run_views.run_status_view(session=session, run_id=int(run_id))
+    except NotFoundError:
+        return f"No run {int(run_id)}."
+    run, experiment, queue, history = view.run, view.experiment, view.queue_position, view.history
     summary = (
         f"**Run {run.id}** of experiment {experiment.id} *{experiment.name}*: {status_text(run, queue)}, "
         f"step {run.last_step}/{run.max_steps}, attempt {run.attempt}"
@@ -213,9 +212,9 @@ def save_tags_notes(run_id: int | None, tags_text: str, notes: str, *, user: str
         update = ExperimentUpdate(tags=parse_tags(tags_text), notes=notes)
     except ValueError as exc:
         return f"**Not saved:** {exc}"
-    with Session(get_engine()) as session:
+    with open_session() as session:
         try:
-            run = crud.get_run(session=session, run_id=int(run_id))
+            run, _ = run_views.run_with_experiment(session=session, run_id=int(run_id))
             experiment = experiment_service.update_experiment(
                 session=session, experiment_id=run.experiment_id, experiment_in=update, user=user
             )
@@ -228,7 +227,7 @@ def act_on_run(action: str, run_id: int | None, *, user: str | None = None) -> t
     """cancel | rerun | resume the run as `user`; (message, id of the run to show)."""
     if not run_id:
         return "Select a run first.", None
-    with Session(get_engine()) as session:
+    with open_session() as session:
         try:
             if action == "cancel":
                 run = run_service.cancel_run(session=session, run_id=int(run_id), user=user)
@@ -238,7 +237,7 @@ def act_on_run(action: str, run_id: int | None, *, user: str | None = None) -> t
                 run = run_service.resume_run(session=session, run_id=int(run_id), user=user)
                 return f"Run {run.id} queued again (attempt {run.attempt}), from its last checkpoint.", run.id
             if action == "rerun":
-                run = crud.get_run(session=session, run_id=int(run_id))
+                run, _ = run_views.run_with_experiment(session=session, run_id=int(run_id))
                 new_run = experiment_service.rerun_experiment(
                     session=session, experiment_id=run.experiment_id, user=user
                 )

@@ -13,13 +13,12 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from sqlmodel import Session
 
 from app.api.errors import validation_detail
-from app.db import get_engine
 from app.models import SweepCreate
 from app.services import sweeps as sweep_service
 from app.services.errors import ServiceError
+from app.services.session import open_session
 from core_distill.presets import SWEEPS_DIR, sweep_examples
 from core_distill.spec import DuplicateKeyError, SpecError, load_yaml, yaml_error_summary
 from ui.form import format_errors
@@ -86,7 +85,7 @@ def validate(text: str) -> str:
     try:
         sweep_in = parse(text)
         planned = sweep_service.plan_runs(sweep_in)
-        with Session(get_engine()) as session:
+        with open_session() as session:
             sweep_service.check_resources(session=session, planned=planned)
     except (SweepYamlError, SpecError) as exc:
         return _problems(exc.errors, "Not valid")
@@ -98,7 +97,7 @@ def launch(text: str, *, owner: str | None) -> tuple[str, int | None]:
     """Store and queue the sweep as `owner`; (message, sweep id or None). Nothing is stored on an error."""
     try:
         sweep_in = parse(text)
-        with Session(get_engine()) as session:
+        with open_session() as session:
             view = sweep_service.create_sweep(session=session, sweep_in=sweep_in, user=owner)
     except (SweepYamlError, SpecError) as exc:
         return _problems(exc.errors, "Cannot launch"), None

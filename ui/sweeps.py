@@ -12,14 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
-from sqlmodel import Session, col
 
-from app.db import get_engine
-from app.models import Experiment, Run, RunStatus, Sweep, SweepGroupView, SweepView
+from app.models import RunStatus, SweepGroupView, SweepView
 from app.services import comparison
 from app.services import sweeps as sweep_service
 from app.services.errors import NotFoundError, ServiceError
+from app.services.session import open_session
 from core_distill import metric_keys
 from ui import sweep_charts
 from ui.sweep_stats import Band, Chosen, choose, half_width, higher_is_better, mean_curve, scale_of
@@ -32,36 +30,26 @@ CURVE_POINTS = 5000  # points per chart read from the database, shared by the sw
 CHOSEN_MARK = "★"
 
 
-# --- fingerprints: one or two aggregate queries, for every tick of every open page ----------------
+# --- fingerprints: the service's aggregate queries, for every tick of every open page -------------
 def list_fingerprint() -> str:
     """Changes when a sweep is added or one of a sweep's runs changes status."""
-    with Session(get_engine()) as session:
-        sweeps = session.execute(select(func.count(Sweep.id), func.max(Sweep.id))).one()
-        by_status = session.execute(
-            select(Run.status, func.count(Run.id)).join(Experiment, col(Run.experiment_id) == col(Experiment.id))
-            .where(col(Experiment.sweep_id).is_not(None)).group_by(Run.status)
-        ).all()  # fmt: skip
-    return f"{tuple(sweeps)}|{sorted(tuple(r) for r in by_status)}"
+    with open_session() as session:
+        return sweep_service.sweeps_fingerprint(session=session)
 
 
 def view_fingerprint(sweep_id: int | None) -> str:
     """Changes when a run of the sweep is added, changes status, resumes or makes progress."""
     if not sweep_id:
         return ""
-    with Session(get_engine()) as session:
-        rows = session.execute(
-            select(Run.status, func.count(Run.id), func.sum(Run.last_step), func.sum(Run.attempt), func.max(Run.id))
-            .join(Experiment, col(Run.experiment_id) == col(Experiment.id))
-            .where(Experiment.sweep_id == int(sweep_id)).group_by(Run.status)
-        ).all()  # fmt: skip
-    return str(sorted(tuple(r) for r in rows))
+    with open_session() as session:
+        return sweep_service.sweep_fingerprint(session=session, sweep_id=int(sweep_id))
 
 
 # --- the list --------------------------------------------------------------------------------------
 def sweeps_table(owner: str = "", page: int = 0) -> tuple[pd.DataFrame, str]:
     """(table, caption): sweeps newest first, one owner's when `owner` is given, with their run counts."""
     owner = (owner or "").strip() or None
-    with Session(get_engine()) as session:
+    with open_session() as session:
         rows, total = sweep_service.list_sweeps(
             session=session, owner=owner, skip=max(int(page or 0), 0) * PAGE_SIZE, limit=PAGE_SIZE
         )
@@ -78,7 +66,7 @@ def sweeps_table(owner: str = "", page: int = 0) -> tuple[pd.DataFrame, str]:
 
 # --- one sweep -------------------------------------------------------------------------------------
 def load(sweep_id: int) -> SweepView:
-    with Session(get_engine()) as session:
+    with open_session() as session:
         return sweep_service.get_sweep(session=session, sweep_id=int(sweep_id))
 
 
@@ -176,7 +164,7 @@ def group_curves(view: SweepView, key: str, band: Band) -> dict[str, Any]:
     """Each group's mean curve of `key` over its runs (any status: a running sweep's curves grow)."""
     run_ids = [r.run_id for g in view.groups for r in g.runs]
     per_run = max(50, CURVE_POINTS // max(len(run_ids), 1))
-    with Session(get_engine()) as session:
+    with open_session() as session:
         series = comparison.series(session=session, run_ids=run_ids, keys=[key], max_points=per_run, x="step")
     return {g.label: mean_curve([series[r.run_id][key] for r in g.runs], band) for g in view.groups}
 
@@ -209,7 +197,7 @@ def cancel(sweep_id: int | None, *, user: str | None = None) -> str:
     """Cancel every unfinished run of the sweep as `user` (its owner or an admin); the message says what happened."""
     if not sweep_id:
         return "Open a sweep first."
-    with Session(get_engine()) as session:
+    with open_session() as session:
         try:
             view = sweep_service.cancel_sweep(session=session, sweep_id=int(sweep_id), user=user)
         except ServiceError as exc:

@@ -16,7 +16,8 @@ from sqlmodel import Session, col
 
 from app import crud
 from app.metrics_query import latest_metrics
-from app.models import EvalSamples, Experiment, MetricPoint, Run, RunStatus
+from app.metrics_query import metric_keys as stored_keys
+from app.models import EvalSamples, Experiment, MetricPoint, Run, RunEvent, RunStatus
 from app.services import runs as run_service
 from core_distill import metric_keys
 from core_distill.spec import SpecError
@@ -55,6 +56,36 @@ def runs_page(
     positions = run_service.queue_positions(session=session)
     run_ids = [run.id for run, _ in rows]
     return RunsPage(rows=rows, count=count, positions=positions, results=results(session=session, run_ids=run_ids))
+
+
+@dataclass
+class RunStatusView:
+    run: Run
+    experiment: Experiment
+    queue_position: int | None  # None unless queued
+    history: list[RunEvent]
+
+
+def run_with_experiment(*, session: Session, run_id: int) -> tuple[Run, Experiment]:
+    """The run and its experiment (GET /api/runs/{id}, the dashboard's run panels); NotFoundError if unknown."""
+    run = crud.get_run(session=session, run_id=int(run_id))
+    return run, crud.get_experiment(session=session, experiment_id=run.experiment_id)
+
+
+def run_status_view(*, session: Session, run_id: int) -> RunStatusView:
+    """What a run's status lines show: the run, its experiment, its place in the queue and its history."""
+    run, experiment = run_with_experiment(session=session, run_id=run_id)
+    return RunStatusView(
+        run=run,
+        experiment=experiment,
+        queue_position=run_service.queue_position(session=session, run_id=run.id),
+        history=run_service.run_history(session=session, run_id=run.id),
+    )
+
+
+def known_keys(*, session: Session, run_ids: Sequence[int]) -> list[str]:
+    """Every metric key any of the runs logged, sorted (unknown runs have none)."""
+    return sorted({key for run_id in run_ids for key in stored_keys(session, run_id)})
 
 
 def results(*, session: Session, run_ids: Sequence[int]) -> dict[int, dict[str, float]]:

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import func, select
+from sqlmodel import Session, col
 
 from app import broker, crud, run_state
 from app.metrics_query import final_values
@@ -254,6 +255,26 @@ def get_sweep(*, session: Session, sweep_id: int) -> SweepView:
     keys = sorted({key for values in finals.values() for key in values})
     summary = _summary(sweep, [run for run, _ in rows])
     return SweepView(**summary.model_dump(), groups=views, metric_keys=keys)
+
+
+def sweeps_fingerprint(*, session: Session) -> str:
+    """Changes when a sweep is added or one of a sweep's runs changes status (two aggregate queries)."""
+    sweeps = session.execute(select(func.count(Sweep.id), func.max(Sweep.id))).one()
+    by_status = session.execute(
+        select(Run.status, func.count(Run.id)).join(Experiment, col(Run.experiment_id) == col(Experiment.id))
+        .where(col(Experiment.sweep_id).is_not(None)).group_by(Run.status)
+    ).all()  # fmt: skip
+    return f"{tuple(sweeps)}|{sorted(tuple(r) for r in by_status)}"
+
+
+def sweep_fingerprint(*, session: Session, sweep_id: int) -> str:
+    """Changes when a run of the sweep is added, changes status, resumes or makes progress."""
+    rows = session.execute(
+        select(Run.status, func.count(Run.id), func.sum(Run.last_step), func.sum(Run.attempt), func.max(Run.id))
+        .join(Experiment, col(Run.experiment_id) == col(Experiment.id))
+        .where(Experiment.sweep_id == int(sweep_id)).group_by(Run.status)
+    ).all()  # fmt: skip
+    return str(sorted(tuple(r) for r in rows))
 
 
 def cancel_sweep(*, session: Session, sweep_id: int, user: str | None) -> SweepView:

@@ -228,3 +228,43 @@ def test_runs_sort_by_a_result_across_pages_with_runs_without_one_last(client):
     assert refused.status_code == 422 and "sort" in refused.text
     table, _ = runs_view.runs_table(sort=f"-{mk.EVAL_EXACT_MATCH}")
     assert list(table["name"]) == ["a", "b", "c", "none"]
+
+
+def test_one_run_read_serves_the_api_and_the_dashboard_panels(client):
+    """run_views.run_with_experiment is GET /api/runs/{id}'s read and the dashboard's (header, side panel,
+    live charts); an unknown run is the same NotFoundError to both (a 404 there, "No run N." here)."""
+    from app.services import run_views
+    from app.services.errors import NotFoundError
+    from ui import charts, live, runs
+
+    with Session(get_engine()) as session:
+        run = add_run(session, name="panel", status="queued", tags=["t1"])
+        run_id, experiment_id = run.id, run.experiment_id
+        read, experiment = run_views.run_with_experiment(session=session, run_id=run_id)
+        assert (read.id, experiment.id, experiment.name) == (run_id, experiment_id, "panel")
+        view = run_views.run_status_view(session=session, run_id=run_id)
+        assert view.queue_position == run_service.queue_position(session=session, run_id=run_id) == 1
+        with pytest.raises(NotFoundError, match=f"no run with id {run_id + 999}"):
+            run_views.run_with_experiment(session=session, run_id=run_id + 999)
+    body = client.get(f"/api/runs/{run_id}").json()
+    assert (body["experiment_name"], body["queue_position"]) == ("panel", 1)
+    assert client.get(f"/api/runs/{run_id + 999}").status_code == 404
+    assert f"Run {run_id} · panel · **queued" in live.run_header(run_id)
+    assert runs.run_details(run_id)[1] == "t1"
+    assert f'id="live-charts-{run_id}"' in charts.live_html(run_id)
+    missing = run_id + 999
+    assert live.run_header(missing) == runs.run_summary(missing) == f"No run {missing}."
+    assert runs.run_details(missing) == (f"No run {missing}.", "", "")
+    assert charts.live_html(missing) == f'<div class="distill-empty">No run {missing}.</div>'
+
+
+def test_known_keys_are_every_key_the_runs_logged(client):
+    from app.services import run_views
+    from ui.tabs.compare_tab import known_metric_keys
+
+    with Session(get_engine()) as session:
+        a = add_run(session, name="a", steps=2, keys=(mk.LOSS,))
+        b = add_run(session, name="b", steps=2, keys=(mk.LOSS, mk.PERF_TOKENS_PER_SEC))
+        assert run_views.known_keys(session=session, run_ids=[a.id, b.id]) == sorted({mk.LOSS, mk.PERF_TOKENS_PER_SEC})
+        assert run_views.known_keys(session=session, run_ids=[b.id + 999]) == []
+    assert {mk.LOSS, mk.PERF_TOKENS_PER_SEC} <= set(known_metric_keys(f"{a.id},{b.id}"))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from sqlmodel import Session
 
-from app.db import get_engine
-from app.metrics_query import metric_keys
+from app.services import run_views
+from app.services.session import open_session
 from ui import compare as compare_view
 
 
@@ -26,8 +25,8 @@ def known_metric_keys(run_text: str) -> list[str]:
         run_ids = compare_view.parse_run_ids(run_text)
     except compare_view.CompareError:
         return compare_view.DEFAULT_KEYS
-    with Session(get_engine()) as session:
-        keys = sorted({k for run_id in run_ids for k in metric_keys(session, run_id)})
+    with open_session() as session:
+        keys = run_views.known_keys(session=session, run_ids=run_ids)
     return sorted(set(keys) | set(compare_view.DEFAULT_KEYS))
 
 

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from sqlmodel import Session
 
 from app import crud
-from app.db import get_engine
 from app.models import ExperimentCreate
 from app.services import experiments as experiment_service
 from app.services.errors import ServiceError
+from app.services.session import open_session
 from app.settings import get_settings
 from core_distill.spec import SpecError
 from ui import form, runs
@@ -60,7 +59,7 @@ def launch(
         )  # fmt: skip
     except ValueError as exc:
         return f"**Cannot launch:** {exc}", None
-    with Session(get_engine()) as session:
+    with open_session() as session:
         try:
             experiment, run = experiment_service.create_experiment(
                 session=session, experiment_in=experiment_in, user=owner

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import gradio as gr
-from sqlmodel import Session
 
-from app.db import get_engine
 from app.services import run_views
+from app.services.session import open_session
 from ui import compare as compare_view
 from ui import hosts, runs
 from ui.tabs.common import CHEAP, REDRAW, TABLE_TICK_SECONDS, acting_user
@@ -14,7 +13,7 @@ from ui.tabs.common import CHEAP, REDRAW, TABLE_TICK_SECONDS, acting_user
 
 def table_fingerprint() -> str:
     """Changes whenever a run is added, changes status or makes progress."""
-    with Session(get_engine()) as session:
+    with open_session() as session:
         return run_views.runs_fingerprint(session=session)
 
 

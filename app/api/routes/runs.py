@@ -63,8 +63,8 @@ def summarize(
     )
 
 
-def run_detail(session: Session, run: Run) -> RunDetail:
-    experiment = crud.get_experiment(session=session, experiment_id=run.experiment_id)
+def run_detail(session: Session, run: Run, experiment: Experiment | None = None) -> RunDetail:
+    experiment = experiment or crud.get_experiment(session=session, experiment_id=run.experiment_id)
     latest = run_views.results(session=session, run_ids=[run.id])[run.id]
     summary = summarize(run, experiment, run_service.queue_positions(session=session), latest)
     history = run_service.run_history(session=session, run_id=run.id)
@@ -115,7 +115,8 @@ def list_runs(
 @router.get("/{run_id:id}", response_model=RunDetail)
 def get_run(run_id: RunId, session: SessionDep) -> RunDetail:
     """One run with its experiment's spec and its place in the queue."""
-    return run_detail(session, crud.get_run(session=session, run_id=run_id))
+    run, experiment = run_views.run_with_experiment(session=session, run_id=run_id)  # the dashboard's read too
+    return run_detail(session, run, experiment)
 
 
 @router.post("/{run_id:id}/cancel", response_model=RunDetail)

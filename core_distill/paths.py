@@ -82,13 +82,16 @@ _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.
 
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 MAX_REPO_NAME = 96  # the hub's limit on each part of a repo id
+# the same rules as one JSON Schema pattern (ECMA regex), so the API document declares what repo_id_problem refuses
+HUB_REPO_ID_PATTERN = (r"^$|^(?!.*(?:--|\.\.))(?!.*\.git$)[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
+                       r"(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")  # fmt: skip
 
 
 def repo_id_problem(repo_id: str) -> str | None:
     """None for a repo id the hub accepts to create ('ORG/NAME', or 'NAME' in the token's own namespace),
     else what is wrong with it (the hub's rules: letters, digits, '-', '_', '.'; no '--' or '..')."""
     parts = repo_id.split("/")
-    bad = (len(parts) > 2 or not all(_REPO_NAME.match(p) and len(p) <= MAX_REPO_NAME for p in parts)
+    bad = (len(parts) > 2 or not all(_REPO_NAME.fullmatch(p) and len(p) <= MAX_REPO_NAME for p in parts)
            or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"))  # fmt: skip
     if bad:
         return (f"must be a hub repo id 'ORG/NAME' or 'NAME' (letters, digits, '-', '_', '.'; at most {MAX_REPO_NAME} "

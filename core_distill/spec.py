@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core_distill.paths import (
+    HUB_REPO_ID_PATTERN,
     is_hub_dataset,
     looks_like_local_path,
     missing_model_message,
@@ -49,7 +50,8 @@ class SpecError(ValueError):
 
 def _field(default: Any, help: str, group: str, **constraints: Any) -> Any:
     # `group` orders the UI form; `help` is the tooltip, the CLI help and the OpenAPI description.
-    return Field(default, description=help, json_schema_extra={"group": group}, **constraints)
+    extra = {"group": group, **constraints.pop("schema_extra", {})}  # e.g. a pattern the validator enforces
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
 class DistillSpec(BaseModel):
@@ -390,6 +392,7 @@ class DistillSpec(BaseModel):
         "`hf auth login`) of the machine that trains; a failed upload warns and keeps final/ (docs/hub.md).",
         "training",
         max_length=200,
+        schema_extra={"pattern": HUB_REPO_ID_PATTERN},  # repo_id_problem's rules, declared for clients
     )
     hub_private: bool = _field(
         True, "push_to_hub creates the repository private (off = public); an existing one keeps its visibility.",

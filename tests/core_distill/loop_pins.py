@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m tests.core_distill.loop_pins --write           # re-pin every case
     PYTHONPATH=. python -m tests.core_distill.loop_pins --write on_policy # re-pin the cases named
 
-The pins are this machine's float order (torch's CPU kernels): a reshape of the loop that keeps the math
+The pins are this machine's float order (torch's CPU kernels, one thread): a reshape of the loop that keeps the math
 keeps them to the last digit; a changed sampler or loss moves them, which the change then says.
 """
 
@@ -47,10 +47,19 @@ def _numbers(metrics: dict[str, float]) -> dict[str, float]:
 
 def run_case(workspace, name: str, folder: Path) -> list[list]:
     """[step, metrics] of every line the run logs, in order."""
+    import torch
+
     from core_distill.reporting import JsonlReporter
     from core_distill.train import run
 
-    run(workspace.spec(**CASES[name]), output_dir=folder, reporter=JsonlReporter(folder))
+    # one intra-op thread: the float order of a reduction follows the thread count, which other tests (a toy
+    # build sets 1) and the machine change; pinned under one, the last digits do not depend on what ran before
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(workspace.spec(**CASES[name]), output_dir=folder, reporter=JsonlReporter(folder))
+    finally:
+        torch.set_num_threads(threads)
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return [[line["step"], _numbers(line["metrics"])] for line in lines]
 

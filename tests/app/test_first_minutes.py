@@ -32,9 +32,10 @@ def test_favicon_is_a_png(client):
 
 
 def test_a_typo_in_a_spec_field_names_the_field_meant(client):
-    for body in ({"json": {"name": "t", "spec": {**tiny_spec(), "lmbd": 1.0}}},
-                 {"content": "name: t\nspec:\n  lmbd: 1.0\n", "headers": {"content-type": "application/yaml"}}):  # fmt: skip
-        response = client.post("/api/experiments", **body)
+    for route, body in (("/api/experiments", {"json": {"name": "t", "spec": {**tiny_spec(), "lmbd": 1.0}}}),
+                        ("/api/experiments/yaml", {"content": "name: t\nspec:\n  lmbd: 1.0\n",
+                                                   "headers": {"content-type": "application/yaml"}})):  # fmt: skip
+        response = client.post(route, **body)
         assert response.status_code == 422
         [problem] = [p for p in response.json()["detail"] if p["loc"][-1] == "lmbd"]
         assert problem["msg"] == "is not a spec field; did you mean 'lmbda'?"

@@ -16,12 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
 
-from app.auth import create_token
 from app.db import get_engine
 from app.main import create_app
-from app.settings import get_settings
 from tests.helpers.factories import wait_for
 from tests.helpers.servers import serve_in_thread
 from tests.helpers.specs import tiny_spec
@@ -34,14 +31,6 @@ def generator() -> str:
     found = shutil.which("openapi-python-client") or Path(sys.executable).with_name("openapi-python-client")
     assert Path(found).exists(), "openapi-python-client is missing: pip install -e '.[test]'"
     return str(found)
-
-
-@pytest.fixture
-def token(service_env, monkeypatch) -> str:
-    monkeypatch.setenv("DISTILL_AUTH", "on")
-    get_settings.cache_clear()
-    with Session(get_engine()) as session:
-        return create_token(session=session, name="ada")
 
 
 @pytest.fixture

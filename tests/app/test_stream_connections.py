@@ -11,13 +11,10 @@ from contextlib import ExitStack
 import httpx
 import psycopg
 import pytest
-from sqlmodel import Session
 
 from app import events
-from app.auth import create_token
 from app.db import get_engine
 from app.main import create_app
-from app.settings import get_settings
 from tests.helpers.servers import serve_in_thread
 from tests.helpers.specs import tiny_spec
 from tests.services import POSTGRES_ADMIN_URL
@@ -26,14 +23,6 @@ STREAMS = 20
 BURST = 120  # concurrent requests: three times the 40 worker threads, past the pool's 50 connections
 MOST_CHECKED_OUT = 2  # a request in flight elsewhere (the reaper's loop is off: lifespan="off")
 GET_BOUND_SECONDS = 10.0  # generous: the count is the assertion, the time only catches a pool wait
-
-
-@pytest.fixture
-def token(service_env, monkeypatch) -> str:
-    monkeypatch.setenv("DISTILL_AUTH", "on")
-    get_settings.cache_clear()
-    with Session(get_engine()) as session:
-        return create_token(session=session, name="ada")
 
 
 @pytest.fixture
